@@ -1,0 +1,135 @@
+//! `POST /ingest/kumomta`: KumoMTA's log hook, one JSON record per request (`log_hooks:new_json`)
+//! or a JSON array of records (batched `log_hooks:new`).
+//!
+//! Status codes say what the sender should do:
+//! - 200: every record is either durable in the log or in the dead-letter store (listed in
+//!   `errors`); retrying would not help.
+//! - 400 / 422: the body (or every record in it) is unusable; it was dead-lettered with the
+//!   reason. 413: the body is larger than the configured limit.
+//! - 503: the log could not store the batch; nothing was kept, so retry.
+
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use vigil_log::{AppendBatch, AppendReceipt, EventLog};
+use vigil_schemas::DeadLetter;
+
+const SOURCE: &str = "kumomta-http";
+
+/// The JSON body of every answer from the receiver.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IngestResponse {
+    /// Records normalised and durable in the log (including ones already there).
+    pub accepted: usize,
+    /// Events newly appended (a multi-recipient record gives several).
+    pub events: usize,
+    /// Events that were already in the log (a re-send) and were not counted again.
+    pub duplicates: usize,
+    /// Records rejected and kept as dead letters.
+    pub dead_lettered: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<RecordError>,
+}
+
+/// Why one record of a request was rejected.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordError {
+    /// Index in the array, or 0 for a single record.
+    pub index: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+struct ReceiverState {
+    log: EventLog,
+    max_body_bytes: usize,
+}
+
+/// The receiver's routes, to be merged into the server's router.
+pub fn router(log: EventLog, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/ingest/kumomta", post(ingest))
+        .with_state(ReceiverState { log, max_body_bytes })
+}
+
+fn error(status: StatusCode, reason: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": reason.into() }))).into_response()
+}
+
+async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
+    let Ok(body) = to_bytes(body, state.max_body_bytes).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {} bytes; send smaller batches", state.max_body_bytes),
+        );
+    };
+    let records = match split_records(&body) {
+        Ok(records) => records,
+        Err(reason) => {
+            let reason = format!("body is not a JSON log record or array of records: {reason}");
+            let letter = DeadLetter::new(SOURCE, Some("body".into()), reason.clone(), &body);
+            let batch = AppendBatch { dead_letters: vec![letter], ..AppendBatch::default() };
+            return match append(&state.log, batch).await {
+                Ok(_) => error(StatusCode::BAD_REQUEST, reason),
+                Err(response) => response,
+            };
+        }
+    };
+    let total = records.len();
+    let (batch, rejected) = super::batch_from_records(
+        SOURCE,
+        records.iter().enumerate().map(|(i, raw)| (format!("index {i}"), raw.get().as_bytes())),
+    );
+    let receipt = match append(&state.log, batch).await {
+        Ok(receipt) => receipt,
+        Err(response) => return response,
+    };
+    let errors: Vec<RecordError> = rejected
+        .into_iter()
+        .map(|(index, reason)| RecordError { index, reason })
+        .collect();
+    let status = if total > 0 && errors.len() == total {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    let body = IngestResponse {
+        accepted: total - errors.len(),
+        events: receipt.appended,
+        duplicates: receipt.duplicates,
+        dead_lettered: receipt.dead_lettered,
+        errors,
+    };
+    (status, Json(body)).into_response()
+}
+
+/// A body is one JSON object or an array of them; each record keeps its own raw text.
+fn split_records(body: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
+    let text = std::str::from_utf8(body).map_err(|e| format!("not valid UTF-8: {e}"))?;
+    if text.trim_start().starts_with('[') {
+        serde_json::from_str::<Vec<Box<RawValue>>>(text).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_str::<Box<RawValue>>(text).map(|one| vec![one]).map_err(|e| e.to_string())
+    }
+}
+
+async fn append(log: &EventLog, batch: AppendBatch) -> Result<AppendReceipt, Response> {
+    let log = log.clone();
+    match tokio::task::spawn_blocking(move || log.append(batch)).await {
+        Ok(Ok(receipt)) => Ok(receipt),
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "log append failed; answering 503 so the sender retries");
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "the log of record is unavailable; retry later"))
+        }
+        Err(join) => {
+            tracing::error!(error = %join, "log append task failed");
+            Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+        }
+    }
+}

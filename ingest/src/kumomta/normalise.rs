@@ -1,0 +1,224 @@
+//! KumoMTA log record -> canonical [`DeliveryEvent`]s (one per recipient).
+
+use chrono::{DateTime, Utc};
+use vigil_schemas::{DeliveryEvent, EventKind, SourceKind};
+
+use super::record::KumoRecord;
+
+/// Prefix of responses kumod generates itself (KUMOMTA.md §1.2); they say nothing about how a
+/// receiver sees us.
+pub const KUMOMTA_INTERNAL_PREFIX: &str = "KumoMTA internal:";
+
+/// Why a record could not be normalised. The message is what the dead letter and the HTTP error
+/// say, so it names the field or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum NormaliseError {
+    #[error("invalid KumoMTA log record: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unknown KumoMTA record type `{0}`")]
+    UnknownType(String),
+    #[error("record has neither `timestamp` nor `event_time`")]
+    MissingTime,
+    #[error("`timestamp` {0} is out of range")]
+    BadTimestamp(i64),
+    #[error("record has no recipient")]
+    NoRecipient,
+}
+
+/// Maps KumoMTA's `RecordType` to the canonical kind.
+fn kind_of(record_type: &str) -> Result<EventKind, NormaliseError> {
+    Ok(match record_type {
+        "Reception" => EventKind::Reception,
+        "Delivery" => EventKind::Delivered,
+        "Bounce" | "OOB" | "AdminBounce" => EventKind::Bounced,
+        "TransientFailure" => EventKind::Deferred,
+        "Expiration" => EventKind::Expired,
+        "Feedback" => EventKind::Complaint,
+        "Rejection" => EventKind::Rejected,
+        "AdminRebind" | "DeferredInjectionRebind" => EventKind::Rebound,
+        "Delayed" => EventKind::Delayed,
+        "XferOut" | "XferIn" => EventKind::Transferred,
+        other => return Err(NormaliseError::UnknownType(other.to_owned())),
+    })
+}
+
+/// Normalises one KumoMTA JSON log record.
+///
+/// `raw` must be exactly one JSON object. Every event gets a stable `event_id` derived from the
+/// record's identity (message id, type, recipient, time, attempt, response), so the same record
+/// arriving twice (re-sent after a crash, or by both the log hook and the log files) gets the
+/// same id.
+///
+/// # Errors
+/// When the record is not valid JSON, lacks `type`, `id`, `recipient` or a time, or has a record
+/// type KumoMTA does not define.
+pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<DeliveryEvent>, NormaliseError> {
+    let record: KumoRecord = serde_json::from_str(raw)?;
+    let kind = kind_of(&record.kind)?;
+    let occurred_at = match (record.event_time, record.timestamp) {
+        (Some(at), _) => at,
+        (None, Some(secs)) => DateTime::from_timestamp(secs, 0).ok_or(NormaliseError::BadTimestamp(secs))?,
+        (None, None) => return Err(NormaliseError::MissingTime),
+    };
+    let recipients = record.recipient.into_vec();
+    if recipients.iter().all(|r| r.trim().is_empty()) {
+        return Err(NormaliseError::NoRecipient);
+    }
+
+    let response = record.response.as_ref();
+    let content = response.map(|r| single_line(&r.content));
+    let enhanced = response
+        .and_then(|r| r.enhanced_code.as_ref())
+        .map(|e| format!("{}.{}.{}", e.class, e.subject, e.detail));
+    let internal = matches!(record.kind.as_str(), "AdminBounce" | "Expiration")
+        || content.as_deref().is_some_and(|c| c.starts_with(KUMOMTA_INTERNAL_PREFIX));
+    // For inbound records `peer_address` is the client's EHLO name, not an MX.
+    let outbound = !matches!(kind, EventKind::Reception | EventKind::Rejected);
+    let (queue_campaign, queue_tenant) = parse_queue(&record.queue);
+    let meta_str = |key: &str| record.meta.get(key).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_owned);
+    let site = Some(record.site.clone()).filter(|s| !s.is_empty() && s != "localhost");
+    let egress_source = record
+        .egress_source
+        .clone()
+        .or_else(|| site.as_deref().and_then(|s| s.split_once("->")).map(|(source, _)| source.to_owned()));
+    let provider_class = if kind.is_bounce_classifiable() {
+        match kind {
+            EventKind::Complaint => record.feedback_report.as_ref().and_then(|f| f.feedback_type.clone()),
+            _ => record.bounce_classification.clone(),
+        }
+    } else {
+        None
+    };
+
+    let occurred_nanos = occurred_at.timestamp_nanos_opt().unwrap_or(occurred_at.timestamp());
+    let mut events = Vec::with_capacity(recipients.len());
+    for recipient in recipients.into_iter().filter(|r| !r.trim().is_empty()) {
+        let event_id = event_id(&[
+            &record.kind,
+            &record.id,
+            &recipient,
+            &occurred_nanos.to_string(),
+            &record.num_attempts.unwrap_or(0).to_string(),
+            &response.map_or(0, |r| r.code).to_string(),
+            content.as_deref().unwrap_or(""),
+        ]);
+        let mut event = DeliveryEvent::new(event_id, SourceKind::Kumomta, kind, occurred_at, ingested_at);
+        event.source_node = record.nodeid.clone();
+        event.source_type = Some(record.kind.clone());
+        event.message_id = Some(record.id.clone());
+        event.sender = Some(record.sender.clone()).filter(|s| !s.is_empty());
+        event.sender_domain = domain_of(&record.sender);
+        event.recipient_domain = domain_of(&recipient);
+        event.recipient = Some(recipient);
+        event.tenant = meta_str("tenant").or_else(|| queue_tenant.clone());
+        event.campaign = meta_str("campaign").or_else(|| queue_campaign.clone());
+        event.size_bytes = record.size;
+        event.attempt = record.num_attempts;
+        event.egress_pool = record.egress_pool.clone();
+        event.egress_source = egress_source.clone();
+        event.sending_ip = record.source_address.as_ref().map(|a| strip_port(&a.address));
+        if outbound {
+            let peer = record.peer_address.as_ref();
+            event.mx_host = peer
+                .and_then(|p| p.name.as_deref())
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                .filter(|n| !n.is_empty());
+            event.mx_ip = peer.and_then(|p| p.addr.clone());
+        }
+        event.site = site.clone();
+        event.smtp_code = response.map(|r| r.code);
+        event.enhanced_status = enhanced.clone();
+        event.response_text = content.clone().filter(|c| !c.is_empty());
+        event.smtp_command = response
+            .and_then(|r| r.command.as_deref())
+            .map(|c| c.trim_end_matches(['\r', '\n']).to_owned());
+        event.internal = internal;
+        event.provider_class = provider_class.clone();
+        event.raw = Some(raw.to_owned());
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// A stable 128-bit id (hex) over the identity fields, separated so that field boundaries
+/// cannot be confused.
+fn event_id(parts: &[&str]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"kumomta");
+    for part in parts {
+        hasher.update(&[0]);
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().to_hex()[..32].to_owned()
+}
+
+/// KumoMTA says `content` is already one line; older versions and other writers may not.
+fn single_line(text: &str) -> String {
+    if text.contains(['\r', '\n']) {
+        text.split(['\r', '\n']).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ")
+    } else {
+        text.to_owned()
+    }
+}
+
+/// Lower-cased domain of an address, without angle brackets.
+#[must_use]
+pub fn domain_of(address: &str) -> Option<String> {
+    let address = address.trim().trim_start_matches('<').trim_end_matches('>');
+    let (_, domain) = address.rsplit_once('@')?;
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    (!domain.is_empty()).then_some(domain)
+}
+
+/// `ip:port`, `[v6]:port` or a bare address -> the address.
+fn strip_port(address: &str) -> String {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest).to_owned();
+    }
+    match address.rsplit_once(':') {
+        // A single colon is ip:port; more are a bare IPv6 address.
+        Some((ip, _)) if !ip.contains(':') => ip.to_owned(),
+        _ => address.to_owned(),
+    }
+}
+
+/// Scheduled queue name `[campaign:][tenant@]domain[!routing_domain]` -> (campaign, tenant).
+fn parse_queue(queue: &str) -> (Option<String>, Option<String>) {
+    let queue = queue.split('!').next().unwrap_or(queue);
+    let Some((prefix, _domain)) = queue.rsplit_once('@') else {
+        return (None, None);
+    };
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    match prefix.split_once(':') {
+        Some((campaign, tenant)) => (non_empty(campaign), non_empty(tenant)),
+        None => (None, non_empty(prefix)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_give_campaign_and_tenant() {
+        let own = |(c, t): (Option<String>, Option<String>)| (c, t);
+        assert_eq!(own(parse_queue("campaign:tenant@domain")), (Some("campaign".into()), Some("tenant".into())));
+        assert_eq!(own(parse_queue("acme@gmail.com!relay.example")), (None, Some("acme".into())));
+        assert_eq!(own(parse_queue("spring:@gmail.com")), (Some("spring".into()), None));
+        assert_eq!(own(parse_queue("gmail.com")), (None, None));
+    }
+
+    #[test]
+    fn ports_are_stripped_from_v4_and_v6() {
+        assert_eq!(strip_port("10.0.0.1:53210"), "10.0.0.1");
+        assert_eq!(strip_port("[2001:db8::1]:25"), "2001:db8::1");
+        assert_eq!(strip_port("2001:db8::1"), "2001:db8::1");
+        assert_eq!(strip_port("10.0.0.1"), "10.0.0.1");
+    }
+
+    #[test]
+    fn domains_are_lower_cased_and_unbracketed() {
+        assert_eq!(domain_of("<User@Gmail.COM>").as_deref(), Some("gmail.com"));
+        assert_eq!(domain_of("nobody"), None);
+    }
+}

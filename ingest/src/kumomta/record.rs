@@ -1,0 +1,108 @@
+//! Vigil's own mirror of KumoMTA's `JsonLogRecord` (`crates/kumo-log-types`), written from the
+//! documented schema rather than depending on KumoMTA's workspace crates.
+//!
+//! Lenient where KumoMTA varies across versions (fields added since 2023 default, `recipient`
+//! is a string or an array, `event_time` is optional), strict where an event would be
+//! meaningless without it (`type`, `id`, `recipient`, a time). Unknown keys are ignored.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct KumoRecord {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    #[serde(default)]
+    pub sender: String,
+    pub recipient: OneOrMany,
+    #[serde(default)]
+    pub queue: String,
+    #[serde(default)]
+    pub site: String,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub response: Option<Response>,
+    #[serde(default)]
+    pub peer_address: Option<ResolvedAddress>,
+    /// Unix seconds. Required unless `event_time` is present.
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+    /// RFC 3339 with nanoseconds, since 2025.10.06.
+    #[serde(default)]
+    pub event_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub num_attempts: Option<u32>,
+    #[serde(default)]
+    pub bounce_classification: Option<String>,
+    #[serde(default)]
+    pub egress_pool: Option<String>,
+    #[serde(default)]
+    pub egress_source: Option<String>,
+    #[serde(default)]
+    pub source_address: Option<SourceAddress>,
+    #[serde(default)]
+    pub feedback_report: Option<FeedbackReport>,
+    #[serde(default)]
+    pub meta: HashMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub nodeid: Option<String>,
+}
+
+/// `recipient` is one string, or an array for multi-recipient batches (since 2025.12.02).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(one) => vec![one],
+            Self::Many(many) => many,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct Response {
+    pub code: u16,
+    #[serde(default)]
+    pub enhanced_code: Option<EnhancedCode>,
+    #[serde(default)]
+    pub content: String,
+    #[serde(default)]
+    pub command: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct EnhancedCode {
+    pub class: u8,
+    pub subject: u16,
+    pub detail: u16,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ResolvedAddress {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub addr: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SourceAddress {
+    pub address: String,
+}
+
+/// The part of KumoMTA's ARF report the event keeps.
+#[derive(Debug, Deserialize)]
+pub(crate) struct FeedbackReport {
+    #[serde(default)]
+    pub feedback_type: Option<String>,
+}

@@ -1,0 +1,18 @@
+//! Ingest: sources and normalisers that turn what MTAs say into canonical events in the log of
+//! record.
+//!
+//! # Contract
+//! - In: KumoMTA JSON log records, by HTTP log hook (`POST /ingest/kumomta`, one object or an
+//!   array) or by tailing a KumoMTA log directory (plain JSONL and zstd segments).
+//! - Out: [`vigil_schemas::DeliveryEvent`]s appended to the [`vigil_log::EventLog`], one per
+//!   (record, recipient); records that cannot be normalised become
+//!   [`vigil_schemas::DeadLetter`]s with the reason.
+//! - Guarantee: at least once into the log, made exactly once by the log's dedupe on the
+//!   stable `event_id`. HTTP answers 2xx only after the log has fsync'd the batch; a file's
+//!   checkpoint commits in the same transaction as the events it covers. Bad input never
+//!   crashes a receiver and never disappears: it gets a 4xx with a reason or a dead letter.
+//!
+//! # Layout
+//! - [`kumomta`]: the record mirror, the normaliser, the HTTP receiver and the directory tail.
+
+pub mod kumomta;

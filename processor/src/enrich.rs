@@ -1,0 +1,60 @@
+//! Enrichment: the pure step that turns a normalised event into an enriched one.
+
+use std::sync::Arc;
+
+use vigil_schemas::{BounceClass, DeliveryEvent, EventKind};
+
+use crate::classify::Classifier;
+use crate::providers::ProviderMap;
+
+/// Classifies and maps events. Immutable; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Enricher {
+    classifier: Arc<Classifier>,
+    providers: Arc<ProviderMap>,
+}
+
+impl Enricher {
+    #[must_use]
+    pub fn new(classifier: Arc<Classifier>, providers: Arc<ProviderMap>) -> Self {
+        Self { classifier, providers }
+    }
+
+    /// Vigil's bundled rules and provider map.
+    #[must_use]
+    pub fn bundled() -> Self {
+        Self::new(Arc::new(Classifier::bundled()), Arc::new(ProviderMap::bundled()))
+    }
+
+    /// Fills `provider`, and for failures `bounce_class` and `classifier_rule`.
+    ///
+    /// Responses our own MTA generated (`internal`) are not matched against the rule files:
+    /// an administrative bounce's `551 5.7.1` or a suspended queue's `451 4.4.4` would
+    /// otherwise read as an authentication failure or a routing error at the receiver.
+    pub fn enrich(&self, event: &mut DeliveryEvent) {
+        event.provider = Some(self.providers.provider_of(event));
+        if !event.kind.is_bounce_classifiable() {
+            return;
+        }
+        let source_class = event.provider_class.as_deref();
+        if event.internal {
+            let class = match source_class {
+                Some(label) if label != "Uncategorized" => BounceClass::from_label(label),
+                _ if event.kind == EventKind::Expired => BounceClass::MessageExpired,
+                _ => BounceClass::Uncategorized,
+            };
+            event.bounce_class = Some(class);
+            event.classifier_rule = Some("internal".into());
+            return;
+        }
+        if event.kind == EventKind::Complaint {
+            // A feedback report is not an SMTP response: it is counted by kind, and its
+            // feedback type stays in `provider_class`.
+            return;
+        }
+        let line = event.response_line().unwrap_or_default();
+        let found = self.classifier.classify(&line, event.enhanced_status.as_deref(), source_class);
+        event.bounce_class = Some(found.class);
+        event.classifier_rule = Some(found.rule);
+    }
+}

@@ -1,0 +1,337 @@
+//! The canonical delivery event (DESIGN.md §4).
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::BounceClass;
+
+/// What happened to one message for one recipient.
+///
+/// Disposition (`kind`) and classification (`bounce_class`) are separate: a 5xx can be transient
+/// for some MTAs, and the event keeps what the source said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Our MTA accepted the message for delivery.
+    Reception,
+    /// The receiving MTA accepted the message.
+    Delivered,
+    /// Transient failure; the MTA will retry.
+    Deferred,
+    /// Permanent failure; no further attempts.
+    Bounced,
+    /// The message outlived its queue lifetime.
+    Expired,
+    /// Our own MTA refused the message at reception.
+    Rejected,
+    /// Suppressed by a relay; never attempted.
+    Dropped,
+    /// A recipient reported the message as spam (ARF / feedback loop).
+    Complaint,
+    Unsubscribe,
+    Open,
+    Click,
+    AutoReply,
+    DmarcReport,
+    /// Moved to another queue by an operator or the MTA itself (KumoMTA AdminRebind,
+    /// DeferredInjectionRebind); not an outcome.
+    Rebound,
+    /// Moved into the scheduled queue without a failure record (KumoMTA Delayed).
+    Delayed,
+    /// Handed to or received from another node of the same MTA cluster (KumoMTA XferOut/XferIn).
+    Transferred,
+}
+
+impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 16] = [
+        Self::Reception,
+        Self::Delivered,
+        Self::Deferred,
+        Self::Bounced,
+        Self::Expired,
+        Self::Rejected,
+        Self::Dropped,
+        Self::Complaint,
+        Self::Unsubscribe,
+        Self::Open,
+        Self::Click,
+        Self::AutoReply,
+        Self::DmarcReport,
+        Self::Rebound,
+        Self::Delayed,
+        Self::Transferred,
+    ];
+
+    /// The snake_case name used in JSON, Parquet and the API.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reception => "reception",
+            Self::Delivered => "delivered",
+            Self::Deferred => "deferred",
+            Self::Bounced => "bounced",
+            Self::Expired => "expired",
+            Self::Rejected => "rejected",
+            Self::Dropped => "dropped",
+            Self::Complaint => "complaint",
+            Self::Unsubscribe => "unsubscribe",
+            Self::Open => "open",
+            Self::Click => "click",
+            Self::AutoReply => "auto_reply",
+            Self::DmarcReport => "dmarc_report",
+            Self::Rebound => "rebound",
+            Self::Delayed => "delayed",
+            Self::Transferred => "transferred",
+        }
+    }
+
+    /// True for kinds that carry a remote (or local) failure response worth classifying.
+    #[must_use]
+    pub fn is_bounce_classifiable(self) -> bool {
+        matches!(
+            self,
+            Self::Deferred | Self::Bounced | Self::Expired | Self::Rejected | Self::Complaint
+        )
+    }
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    Kumomta,
+    Postfix,
+    Powermta,
+    Exim,
+    Ses,
+    Sendgrid,
+    Mailgun,
+    Postmark,
+    Sparkpost,
+    Postal,
+    Elasticemail,
+    Dsn,
+    Arf,
+    Dmarc,
+}
+
+impl SourceKind {
+    /// The snake_case name used in JSON and the log.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kumomta => "kumomta",
+            Self::Postfix => "postfix",
+            Self::Powermta => "powermta",
+            Self::Exim => "exim",
+            Self::Ses => "ses",
+            Self::Sendgrid => "sendgrid",
+            Self::Mailgun => "mailgun",
+            Self::Postmark => "postmark",
+            Self::Sparkpost => "sparkpost",
+            Self::Postal => "postal",
+            Self::Elasticemail => "elasticemail",
+            Self::Dsn => "dsn",
+            Self::Arf => "arf",
+            Self::Dmarc => "dmarc",
+        }
+    }
+}
+
+/// One (message, recipient, outcome), normalised from any source.
+///
+/// Field groups follow DESIGN.md §4. Everything past identity, time and kind is optional
+/// because sources differ in what they know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryEvent {
+    /// Version of this schema the event was written with.
+    pub schema_version: u16,
+
+    // identity
+    /// Stable id: a hash of the source's own identity fields, so re-delivery of the same input
+    /// gives the same id and duplicates can be removed.
+    pub event_id: String,
+    pub source: SourceKind,
+    /// The node that reported the event (KumoMTA `nodeid`, a host name, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_node: Option<String>,
+    /// The source's own record type, verbatim (KumoMTA `type`, e.g. `AdminBounce`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_type: Option<String>,
+
+    // time
+    /// When it happened, by the source's clock (UTC, millisecond precision).
+    pub occurred_at: DateTime<Utc>,
+    /// When Vigil normalised it (UTC, millisecond precision).
+    pub ingested_at: DateTime<Utc>,
+
+    pub kind: EventKind,
+
+    // message
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// Lower-cased domain of the recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+
+    // route
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_pool: Option<String>,
+    /// The sending IP's name in the MTA (KumoMTA egress source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sending_ip: Option<String>,
+    /// Host name of the receiving MX, without a trailing dot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mx_host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mx_ip: Option<String>,
+    /// KumoMTA ready-queue name: `{egress_source}->{mx_site}@{protocol}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Mailbox provider (google, microsoft, yahoo, apple, ..., other); filled by the processor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+
+    // response
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_code: Option<u16>,
+    /// RFC 3463 enhanced status code, `class.subject.detail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enhanced_status: Option<String>,
+    /// The response text on a single line, without code or enhanced code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_text: Option<String>,
+    /// The SMTP command the response answered, without the trailing CRLF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_command: Option<String>,
+    /// The response was generated by our own MTA (e.g. "KumoMTA internal: ...", an administrative
+    /// bounce, an expiry), not by the receiver. Such events are excluded from reputation.
+    #[serde(default)]
+    pub internal: bool,
+
+    // classification
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce_class: Option<BounceClass>,
+    /// What the source itself said about the failure, verbatim (KumoMTA
+    /// `bounce_classification`, a relay's bounce type, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_class: Option<String>,
+    /// Which rule decided `bounce_class`, so an analyst can see why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_rule: Option<String>,
+
+    /// The source record as received, so any event can be normalised again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+}
+
+impl DeliveryEvent {
+    /// An event with identity, time and kind set and everything else empty.
+    #[must_use]
+    pub fn new(
+        event_id: String,
+        source: SourceKind,
+        kind: EventKind,
+        occurred_at: DateTime<Utc>,
+        ingested_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            schema_version: crate::SCHEMA_VERSION,
+            event_id,
+            source,
+            source_node: None,
+            source_type: None,
+            occurred_at: truncate_to_millis(occurred_at),
+            ingested_at: truncate_to_millis(ingested_at),
+            kind,
+            message_id: None,
+            queue_id: None,
+            sender: None,
+            sender_domain: None,
+            recipient: None,
+            recipient_domain: None,
+            tenant: None,
+            campaign: None,
+            size_bytes: None,
+            attempt: None,
+            egress_pool: None,
+            egress_source: None,
+            sending_ip: None,
+            mx_host: None,
+            mx_ip: None,
+            site: None,
+            provider: None,
+            smtp_code: None,
+            enhanced_status: None,
+            response_text: None,
+            smtp_command: None,
+            internal: false,
+            bounce_class: None,
+            provider_class: None,
+            classifier_rule: None,
+            raw: None,
+        }
+    }
+
+    /// The response as one SMTP line, `code enhanced text`, which is what KumoMTA's bounce
+    /// classifier matches against (`Response::to_single_line`).
+    #[must_use]
+    pub fn response_line(&self) -> Option<String> {
+        let text = self.response_text.as_deref().unwrap_or("");
+        let code = self.smtp_code?;
+        Some(match &self.enhanced_status {
+            Some(enhanced) => format!("{code} {enhanced} {text}"),
+            None => format!("{code} {text}"),
+        })
+    }
+}
+
+/// Events carry millisecond precision (DESIGN.md §4); sources may give nanoseconds.
+#[must_use]
+pub fn truncate_to_millis(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_match_serde() {
+        for kind in EventKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
+
+    #[test]
+    fn response_line_joins_code_enhanced_and_text() {
+        let at = DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
+        let mut event = DeliveryEvent::new("id".into(), SourceKind::Kumomta, EventKind::Bounced, at, at);
+        assert_eq!(event.occurred_at.timestamp_subsec_nanos(), 123_000_000);
+        assert_eq!(event.response_line(), None);
+        event.smtp_code = Some(550);
+        event.enhanced_status = Some("5.1.1".into());
+        event.response_text = Some("no such user".into());
+        assert_eq!(event.response_line().unwrap(), "550 5.1.1 no such user");
+    }
+}

@@ -1,0 +1,27 @@
+//! `vigil`: one binary, several roles. This file only parses the command line and hands over.
+
+mod cli;
+mod demo;
+mod parse;
+mod run;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Run(args) => {
+            init_tracing();
+            run::run(args)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        cli::Command::Parse(args) => parse::parse(&args),
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`); stdout is for data.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,142 @@
+//! `vigil run`: every stage in one process on the embedded log and warehouse.
+//!
+//! Start-up order matters for the guarantees: the listener comes up first (answering 503 on
+//! `/healthz` and accepting ingest, which only needs the log), then the processor recovers the
+//! warehouse to its committed offset and rebuilds its windows, then `/healthz` turns 200.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use vigil_ingest::kumomta::{TailConfig, Tailer};
+use vigil_log::EventLog;
+use vigil_processor::{ClassifierBuilder, Enricher, Pipeline, PipelineConfig, ProviderMap};
+use vigil_query::ApiState;
+use vigil_warehouse::{ParquetWriter, Reader};
+
+use crate::cli::RunArgs;
+
+/// How long a request may take before the server answers 503 itself.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: RunArgs) -> anyhow::Result<()> {
+    let log_dir = args.data_dir.join("log");
+    let warehouse_dir = args.data_dir.join("warehouse");
+    let log = EventLog::open(&log_dir).with_context(|| format!("opening the log in {}", log_dir.display()))?;
+    let writer = ParquetWriter::open(&warehouse_dir)?;
+
+    let mut rules = ClassifierBuilder::new();
+    for file in &args.rules {
+        rules.add_file(file)?;
+    }
+    let classifier = rules.with_bundled_rules().build()?;
+    tracing::info!(patterns = classifier.rule_count(), "bounce classifier loaded");
+    let enricher = Enricher::new(Arc::new(classifier), Arc::new(ProviderMap::bundled()));
+    let pipeline = Pipeline::new(log.clone(), writer, enricher, PipelineConfig::default());
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let api = vigil_query::router(ApiState {
+        reader: Reader::new(&warehouse_dir),
+        windows: pipeline.windows(),
+        log: log.clone(),
+        ready: Arc::clone(&ready),
+    });
+    let app = api
+        .merge(vigil_ingest::kumomta::router(log.clone(), args.max_body_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(%bound, "listening beyond loopback, and the API has no authentication yet: put it behind a firewall");
+    }
+    // Scripts and tests read this line to find the port when --listen ends in :0.
+    println!("vigil listening on http://{bound}");
+    tracing::info!(%bound, data_dir = %args.data_dir.display(), "vigil run starting");
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+                .context("HTTP server")
+        });
+    }
+
+    let pipeline = Arc::new(pipeline);
+    let prepared = Arc::clone(&pipeline);
+    let committed = tokio::task::spawn_blocking(move || prepared.prepare()).await??;
+    let pipeline = Arc::into_inner(pipeline).expect("prepare has returned");
+    tasks.spawn(pipeline.run(committed, shutdown.clone()).map_ok());
+    ready.store(true, Ordering::Release);
+    tracing::info!(committed, "processor ready");
+
+    for dir in &args.kumomta_logs {
+        let mut config = TailConfig::new(dir.clone());
+        config.poll_interval = Duration::from_millis(args.tail_interval_ms.max(10));
+        config.max_line_bytes = args.max_line_bytes;
+        tracing::info!(dir = %dir.display(), "tailing KumoMTA logs");
+        tasks.spawn(Tailer::new(config, log.clone()).run(shutdown.clone()).map_ok());
+    }
+    if args.demo {
+        tracing::info!("demo traffic on: synthetic KumoMTA records for 4 egress sources and 5 providers");
+        tasks.spawn(crate::demo::run(log.clone(), shutdown.clone()).map_ok());
+    }
+
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        Some(result) = tasks.join_next() => {
+            shutdown.cancel();
+            result??;
+            anyhow::bail!("a component stopped unexpectedly");
+        }
+    }
+    shutdown.cancel();
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(())
+}
+
+/// Lets `()`-returning tasks share a `JoinSet` with fallible ones.
+trait MapOk: std::future::Future<Output = ()> + Sized {
+    fn map_ok(self) -> impl std::future::Future<Output = anyhow::Result<()>> {
+        async move {
+            self.await;
+            Ok(())
+        }
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> MapOk for F {}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

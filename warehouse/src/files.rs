@@ -1,0 +1,82 @@
+//! Naming and listing of warehouse files, shared by the writer and the reader.
+
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+
+use crate::WarehouseError;
+
+/// A committed (or orphaned) warehouse file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartFile {
+    pub path: PathBuf,
+    pub date: NaiveDate,
+    /// First log offset the file's batch covers.
+    pub start: u64,
+    /// One past the last log offset the batch covers.
+    pub end: u64,
+}
+
+/// `events/` under the warehouse directory.
+#[must_use]
+pub fn events_dir(root: &Path) -> PathBuf {
+    root.join("events")
+}
+
+/// Where a batch's file for `date` goes.
+#[must_use]
+pub fn part_path(root: &Path, date: NaiveDate, start: u64, end: u64) -> PathBuf {
+    events_dir(root).join(format!("date={date}")).join(format!("part-{start:020}-{end:020}.parquet"))
+}
+
+fn parse_part(path: &Path, date: NaiveDate) -> Option<PartFile> {
+    let name = path.file_name()?.to_str()?;
+    let range = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let (start, end) = range.split_once('-')?;
+    Some(PartFile { path: path.to_owned(), date, start: start.parse().ok()?, end: end.parse().ok()? })
+}
+
+/// Every part file, by date then offset. Files that do not follow the naming scheme are
+/// ignored (and warned about), never read.
+///
+/// # Errors
+/// When a directory cannot be read.
+pub fn list_parts(root: &Path) -> Result<Vec<PartFile>, WarehouseError> {
+    let dir = events_dir(root);
+    let mut parts = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(parts),
+        Err(e) => return Err(WarehouseError::io(&dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(WarehouseError::io(&dir))?;
+        let name = entry.file_name();
+        let Some(date) = name.to_str().and_then(|n| n.strip_prefix("date=")).and_then(|d| d.parse().ok()) else {
+            continue;
+        };
+        let day_dir = entry.path();
+        for file in std::fs::read_dir(&day_dir).map_err(WarehouseError::io(&day_dir))? {
+            let path = file.map_err(WarehouseError::io(&day_dir))?.path();
+            match parse_part(&path, date) {
+                Some(part) => parts.push(part),
+                None => tracing::warn!(file = %path.display(), "ignoring a file that is not a warehouse part"),
+            }
+        }
+    }
+    parts.sort_by(|a, b| (a.date, a.start, a.end).cmp(&(b.date, b.start, b.end)));
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_names_round_trip() {
+        let date = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+        let path = part_path(Path::new("/w"), date, 7, 42);
+        assert_eq!(path, Path::new("/w/events/date=2026-11-25/part-00000000000000000007-00000000000000000042.parquet"));
+        assert_eq!(parse_part(&path, date), Some(PartFile { path: path.clone(), date, start: 7, end: 42 }));
+    }
+}
