@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "vigil", version, about = "Deliverability intelligence for MTAs: ingest logs, classify bounces, score reputation.")]
+#[command(
+    name = "vigil",
+    version,
+    about = "Deliverability intelligence for MTAs: ingest logs, classify bounces, score reputation."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use vigil_log::EventLog;
 
-const SOURCES: [(&str, &str); 4] = [("ip-1", "10.0.0.1"), ("ip-2", "10.0.0.2"), ("ip-3", "10.0.0.3"), ("ip-4", "10.0.0.4")];
+const SOURCES: [(&str, &str); 4] =
+    [("ip-1", "10.0.0.1"), ("ip-2", "10.0.0.2"), ("ip-3", "10.0.0.3"), ("ip-4", "10.0.0.4")];
 /// (recipient domain, MX site as KumoMTA factors it, MX host, provider weight).
 const DESTINATIONS: [(&str, &str, &str, u32); 6] = [
     ("gmail.com", "(alt1|alt2|alt3|alt4)?.gmail-smtp-in.l.google.com", "gmail-smtp-in.l.google.com", 40),
@@ -71,11 +72,20 @@ fn batch(at: DateTime<Utc>, started: DateTime<Utc>, count: usize) -> Vec<String>
     let mut records = Vec::with_capacity(count * 2);
     for _ in 0..count {
         let (source, ip) = *SOURCES.choose(&mut rng).expect("sources");
-        let (domain, site, mx, _) = *DESTINATIONS
-            .choose_weighted(&mut rng, |d| d.3)
-            .expect("destinations have weights");
+        let (domain, site, mx, _) =
+            *DESTINATIONS.choose_weighted(&mut rng, |d| d.3).expect("destinations have weights");
         let (tenant, campaign) = *TENANTS.choose(&mut rng).expect("tenants");
-        let message = Message { at, source, ip, domain, site, mx, tenant, campaign, id: format!("{:032x}", rng.random::<u128>()) };
+        let message = Message {
+            at,
+            source,
+            ip,
+            domain,
+            site,
+            mx,
+            tenant,
+            campaign,
+            id: format!("{:032x}", rng.random::<u128>()),
+        };
         let roll: f64 = rng.random();
         let yahoo_block = domain == "yahoo.com" && source == "ip-3" && roll < 0.1 + 0.6 * ramp;
         if yahoo_block {
@@ -84,7 +94,12 @@ fn batch(at: DateTime<Utc>, started: DateTime<Utc>, count: usize) -> Vec<String>
         } else if roll < 0.015 {
             records.push(message.record("Bounce", 550, Some((5, 1, 1)), &bounce_text(domain)));
         } else if roll < 0.05 {
-            records.push(message.record("TransientFailure", 451, Some((4, 3, 0)), "Temporary server error. Please try again later"));
+            records.push(message.record(
+                "TransientFailure",
+                451,
+                Some((4, 3, 0)),
+                "Temporary server error. Please try again later",
+            ));
             records.push(message.record("Delivery", 250, Some((2, 0, 0)), "OK queued"));
         } else {
             records.push(message.record("Delivery", 250, Some((2, 0, 0)), "OK queued"));
@@ -157,10 +172,12 @@ impl Message<'_> {
         let mut record = self.base("Feedback");
         record["site"] = json!("");
         record["response"] = json!({ "code": 200, "enhanced_code": null, "content": "", "command": null });
-        record["feedback_report"] = json!({ "feedback_type": "abuse", "user_agent": "Yahoo!-Mail-Feedback/2.0", "version": 1 });
+        record["feedback_report"] =
+            json!({ "feedback_type": "abuse", "user_agent": "Yahoo!-Mail-Feedback/2.0", "version": 1 });
         // A complaint arrives later than the delivery it reports.
         record["timestamp"] = json!(self.at.timestamp() + 1);
-        record["event_time"] = json!((self.at + TimeDelta::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+        record["event_time"] =
+            json!((self.at + TimeDelta::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
         record.to_string()
     }
 }

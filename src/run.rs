@@ -54,11 +54,15 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(
+            // 5xx are logged where they arise (with the cause); a 503 from /healthz while
+            // starting is expected, not an error.
+            tower_http::trace::TraceLayer::new_for_http()
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        );
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let bound = listener.local_addr()?;
     if !bound.ip().is_loopback() {
         tracing::warn!(%bound, "listening beyond loopback, and the API has no authentication yet: put it behind a firewall");

@@ -102,10 +102,7 @@ impl EventLog {
     /// When the directory cannot be created or the store cannot be opened (for example, another
     /// process holds it).
     pub fn open(dir: &Path) -> Result<Self, LogError> {
-        std::fs::create_dir_all(dir).map_err(|source| LogError::Open {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| LogError::Open { path: dir.display().to_string(), source })?;
         let db = Database::create(dir.join("log.redb")).map_err(storage)?;
         // Create every table up front so readers never meet a missing one.
         let txn = db.begin_write().map_err(storage)?;
@@ -120,10 +117,7 @@ impl EventLog {
             let events = txn.open_table(EVENTS).map_err(storage)?;
             next_key(&events)?
         };
-        Ok(Self {
-            db: Arc::new(db),
-            head: Arc::new(watch::Sender::new(head)),
-        })
+        Ok(Self { db: Arc::new(db), head: Arc::new(watch::Sender::new(head)) })
     }
 
     /// Appends a batch durably. Blocking (it fsyncs): call it from `spawn_blocking` in async
@@ -152,11 +146,9 @@ impl EventLog {
             receipt.head = offset;
 
             let mut dead = txn.open_table(DEAD_LETTERS).map_err(storage)?;
-            let mut seq = next_key(&dead)?;
-            for letter in &batch.dead_letters {
+            for (seq, letter) in (next_key(&dead)?..).zip(&batch.dead_letters) {
                 let bytes = serde_json::to_vec(letter).expect("DeadLetter always serialises");
                 dead.insert(seq, bytes.as_slice()).map_err(storage)?;
-                seq += 1;
                 receipt.dead_lettered += 1;
             }
 
@@ -195,8 +187,7 @@ impl EventLog {
         for entry in events.range(from..).map_err(storage)?.take(max) {
             let (offset, bytes) = entry.map_err(storage)?;
             let offset = offset.value();
-            let event = serde_json::from_slice(bytes.value())
-                .map_err(|source| LogError::Corrupt { offset, source })?;
+            let event = serde_json::from_slice(bytes.value()).map_err(|source| LogError::Corrupt { offset, source })?;
             out.push((offset, event));
         }
         Ok(out)
@@ -218,10 +209,7 @@ impl EventLog {
     /// On storage failure; the previous offset then still stands.
     pub fn commit_offset(&self, consumer: &str, next_offset: u64) -> Result<(), LogError> {
         let txn = self.db.begin_write().map_err(storage)?;
-        txn.open_table(CONSUMER_OFFSETS)
-            .map_err(storage)?
-            .insert(consumer, next_offset)
-            .map_err(storage)?;
+        txn.open_table(CONSUMER_OFFSETS).map_err(storage)?.insert(consumer, next_offset).map_err(storage)?;
         txn.commit().map_err(storage)
     }
 
@@ -246,8 +234,8 @@ impl EventLog {
         for entry in dead.range(from..).map_err(storage)?.take(max) {
             let (seq, bytes) = entry.map_err(storage)?;
             let seq = seq.value();
-            let letter = serde_json::from_slice(bytes.value())
-                .map_err(|source| LogError::Corrupt { offset: seq, source })?;
+            let letter =
+                serde_json::from_slice(bytes.value()).map_err(|source| LogError::Corrupt { offset: seq, source })?;
             out.push((seq, letter));
         }
         Ok(out)

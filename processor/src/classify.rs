@@ -78,10 +78,8 @@ impl ClassifierBuilder {
     /// # Errors
     /// When the file cannot be read or is not a bounce-classifier file.
     pub fn add_file(&mut self, path: &Path) -> Result<&mut Self, RuleError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RuleError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| RuleError::Read { path: path.display().to_string(), source })?;
         let origin = path.display().to_string();
         if path.extension().is_some_and(|e| e == "toml") {
             self.add_toml(&origin, &text)
@@ -95,8 +93,8 @@ impl ClassifierBuilder {
     /// # Errors
     /// When the text is not a bounce-classifier file or a pattern does not compile.
     pub fn add_toml(&mut self, origin: &str, text: &str) -> Result<&mut Self, RuleError> {
-        let file: RuleFile = toml::from_str(text)
-            .map_err(|e| RuleError::Format { origin: origin.to_owned(), reason: e.to_string() })?;
+        let file: RuleFile =
+            toml::from_str(text).map_err(|e| RuleError::Format { origin: origin.to_owned(), reason: e.to_string() })?;
         self.add_rules(origin, file)
     }
 
@@ -116,9 +114,8 @@ impl ClassifierBuilder {
         let short = if origin.starts_with("kumomta/") { origin.to_owned() } else { short };
         for (class, patterns) in file.rules {
             let format_err = |reason: String| RuleError::Format { origin: origin.to_owned(), reason };
-            let patterns = patterns
-                .as_array()
-                .ok_or_else(|| format_err(format!("class {class} must be a list of patterns")))?;
+            let patterns =
+                patterns.as_array().ok_or_else(|| format_err(format!("class {class} must be a list of patterns")))?;
             for (index, pattern) in patterns.iter().enumerate() {
                 let pattern = pattern
                     .as_str()
@@ -131,10 +128,8 @@ impl ClassifierBuilder {
                     reason: e.to_string(),
                 })?;
                 self.patterns.push(pattern.to_owned());
-                self.rules.push(Rule {
-                    class: BounceClass::from_label(&class),
-                    id: format!("{short}:{class}#{index}"),
-                });
+                self.rules
+                    .push(Rule { class: BounceClass::from_label(&class), id: format!("{short}:{class}#{index}") });
             }
         }
         Ok(self)
@@ -262,10 +257,15 @@ mod tests {
     fn first_match_in_load_order_wins() {
         let c = Classifier::bundled();
         // Both files match a 550 5.1.1 user-unknown line; the community file is loaded first.
-        let got = c.classify("550 5.1.1 <a@b>: Recipient address rejected: User unknown in virtual mailbox table", Some("5.1.1"), None);
+        let got = c.classify(
+            "550 5.1.1 <a@b>: Recipient address rejected: User unknown in virtual mailbox table",
+            Some("5.1.1"),
+            None,
+        );
         assert_eq!(got.class, BounceClass::InvalidRecipient);
         assert!(got.rule.starts_with("kumomta/community_bounces.toml:InvalidRecipient#"), "{}", got.rule);
-        let got = c.classify("550 5.1.1 The email account that you tried to reach does not exist.", Some("5.1.1"), None);
+        let got =
+            c.classify("550 5.1.1 The email account that you tried to reach does not exist.", Some("5.1.1"), None);
         assert_eq!(got.class, BounceClass::InvalidRecipient);
         let got = c.classify("552 5.2.2 over quota", Some("5.2.2"), None);
         assert_eq!(got.class, BounceClass::QuotaIssues);

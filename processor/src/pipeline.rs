@@ -45,11 +45,7 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self {
-            max_batch_events: 50_000,
-            linger: Duration::from_millis(250),
-            retry_backoff: Duration::from_secs(1),
-        }
+        Self { max_batch_events: 50_000, linger: Duration::from_millis(250), retry_backoff: Duration::from_secs(1) }
     }
 }
 
@@ -66,13 +62,7 @@ pub struct Pipeline {
 impl Pipeline {
     #[must_use]
     pub fn new(log: EventLog, writer: ParquetWriter, enricher: Enricher, config: PipelineConfig) -> Self {
-        Self {
-            log,
-            writer: Arc::new(writer),
-            enricher,
-            windows: Arc::new(RwLock::new(WindowStore::new())),
-            config,
-        }
+        Self { log, writer: Arc::new(writer), enricher, windows: Arc::new(RwLock::new(WindowStore::new())), config }
     }
 
     /// The live window counts.
@@ -141,7 +131,8 @@ impl Pipeline {
     async fn step(&self, offset: u64) -> Result<u64, PipelineError> {
         let log = self.log.clone();
         let max = self.config.max_batch_events;
-        let mut events: Vec<(u64, DeliveryEvent)> = tokio::task::spawn_blocking(move || log.read(offset, max)).await??;
+        let mut events: Vec<(u64, DeliveryEvent)> =
+            tokio::task::spawn_blocking(move || log.read(offset, max)).await??;
         let Some(end) = events.last().map(|(o, _)| o + 1) else { return Ok(offset) };
         for (_, event) in &mut events {
             self.enricher.enrich(event);

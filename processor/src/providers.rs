@@ -92,10 +92,10 @@ impl ProviderMap {
                 return name;
             }
         }
-        if let Some(mx) = mx_host.map(|m| m.trim_end_matches('.').to_ascii_lowercase()) {
-            if let Some(name) = suffix_match(&self.mx_suffixes, &mx) {
-                return name;
-            }
+        if let Some(mx) = mx_host.map(|m| m.trim_end_matches('.').to_ascii_lowercase())
+            && let Some(name) = suffix_match(&self.mx_suffixes, &mx)
+        {
+            return name;
         }
         OTHER
     }
@@ -156,8 +156,14 @@ mod tests {
             mx_of_site("ip-10-0-0-1->(alt1|alt2|alt3|alt4)?.gmail-smtp-in.l.google.com@smtp_client"),
             Some("(alt1|alt2|alt3|alt4)?.gmail-smtp-in.l.google.com")
         );
-        assert_eq!(mx_of_site("source2->(alt1|alt2)?.gmail-smtp-in.l.google.com."), Some("(alt1|alt2)?.gmail-smtp-in.l.google.com"));
-        assert_eq!(mx_of_site("unspecified->(mta5|mta6|mta7).am0.yahoodns.net"), Some("(mta5|mta6|mta7).am0.yahoodns.net"));
+        assert_eq!(
+            mx_of_site("source2->(alt1|alt2)?.gmail-smtp-in.l.google.com."),
+            Some("(alt1|alt2)?.gmail-smtp-in.l.google.com")
+        );
+        assert_eq!(
+            mx_of_site("unspecified->(mta5|mta6|mta7).am0.yahoodns.net"),
+            Some("(mta5|mta6|mta7).am0.yahoodns.net")
+        );
         assert_eq!(mx_of_site("localhost"), None);
         let map = ProviderMap::bundled();
         assert_eq!(map.lookup(None, mx_of_site("unspecified->(mta5|mta6|mta7).am0.yahoodns.net")), "yahoo");

@@ -89,10 +89,10 @@ async fn summary(
         from: parse_time("from", params.from.as_deref())?,
         to: parse_time("to", params.to.as_deref())?,
     };
-    if let (Some(from), Some(to)) = (query.from, query.to) {
-        if from > to {
-            return Err(ApiError::BadRequest(format!("`from` ({from}) is after `to` ({to})")));
-        }
+    if let (Some(from), Some(to)) = (query.from, query.to)
+        && from > to
+    {
+        return Err(ApiError::BadRequest(format!("`from` ({from}) is after `to` ({to})")));
     }
     Ok(Json(state.reader.summary(&query).await?))
 }
@@ -128,7 +128,9 @@ async fn reputation(
     let scope_text = params.scope.unwrap_or_else(|| "egress_source,provider".into());
     let window_text = params.window.unwrap_or_else(|| "1h".into());
     let scope = Scope::parse(&scope_text).ok_or_else(|| {
-        ApiError::BadRequest(format!("unknown scope `{scope_text}`; use egress_source, provider or egress_source,provider"))
+        ApiError::BadRequest(format!(
+            "unknown scope `{scope_text}`; use egress_source, provider or egress_source,provider"
+        ))
     })?;
     let window = Window::parse(&window_text)
         .ok_or_else(|| ApiError::BadRequest(format!("unknown window `{window_text}`; use 5m, 1h or 24h")))?;
@@ -179,9 +181,11 @@ async fn dead_letters(
     }
     let log = state.log.clone();
     let from = params.from.unwrap_or(0);
-    let (total, rows) = tokio::task::spawn_blocking(move || Ok::<_, vigil_log::LogError>((log.dead_letter_count()?, log.dead_letters(from, limit)?)))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let (total, rows) = tokio::task::spawn_blocking(move || {
+        Ok::<_, vigil_log::LogError>((log.dead_letter_count()?, log.dead_letters(from, limit)?))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
     let rows = rows.into_iter().map(|(seq, letter)| DeadLetterRow { seq, letter }).collect();
     Ok(Json(DeadLetterResponse { total, rows }))
 }
@@ -192,7 +196,10 @@ mod tests {
 
     #[test]
     fn dimensions_parse_with_clear_errors() {
-        assert_eq!(parse_dimensions(Some("egress_source, provider")).unwrap(), vec![Dimension::EgressSource, Dimension::Provider]);
+        assert_eq!(
+            parse_dimensions(Some("egress_source, provider")).unwrap(),
+            vec![Dimension::EgressSource, Dimension::Provider]
+        );
         assert!(parse_dimensions(None).unwrap().is_empty());
         let err = parse_dimensions(Some("provider,ip")).unwrap_err().to_string();
         assert!(err.contains("`ip`") && err.contains("recipient_domain"), "{err}");

@@ -90,10 +90,7 @@ impl EventKind {
     /// True for kinds that carry a remote (or local) failure response worth classifying.
     #[must_use]
     pub fn is_bounce_classifiable(self) -> bool {
-        matches!(
-            self,
-            Self::Deferred | Self::Bounced | Self::Expired | Self::Rejected | Self::Complaint
-        )
+        matches!(self, Self::Deferred | Self::Bounced | Self::Expired | Self::Rejected | Self::Complaint)
     }
 }
 

@@ -32,6 +32,5 @@ pub const SCHEMA_VERSION: u16 = 1;
 /// The JSON Schema of [`DeliveryEvent`], as checked in under `schemas/json/`.
 #[must_use]
 pub fn delivery_event_json_schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(DeliveryEvent))
-        .expect("a generated JSON Schema is always serialisable")
+    serde_json::to_value(schemars::schema_for!(DeliveryEvent)).expect("a generated JSON Schema is always serialisable")
 }

@@ -64,7 +64,7 @@ pub fn list_parts(root: &Path) -> Result<Vec<PartFile>, WarehouseError> {
             }
         }
     }
-    parts.sort_by(|a, b| (a.date, a.start, a.end).cmp(&(b.date, b.start, b.end)));
+    parts.sort_by_key(|p| (p.date, p.start, p.end));
     Ok(parts)
 }
 

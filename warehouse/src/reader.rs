@@ -53,7 +53,11 @@ impl Reader {
     }
 
     /// Part files that can hold events in `[from, to)`.
-    fn parts_for(&self, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Result<Vec<PartFile>, WarehouseError> {
+    fn parts_for(
+        &self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<Vec<PartFile>, WarehouseError> {
         let mut parts = list_parts(&self.root)?;
         parts.retain(|p| from.is_none_or(|f| p.date >= f.date_naive()) && to.is_none_or(|t| p.date <= t.date_naive()));
         Ok(parts)

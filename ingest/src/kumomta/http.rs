@@ -53,9 +53,7 @@ struct ReceiverState {
 
 /// The receiver's routes, to be merged into the server's router.
 pub fn router(log: EventLog, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/ingest/kumomta", post(ingest))
-        .with_state(ReceiverState { log, max_body_bytes })
+    Router::new().route("/ingest/kumomta", post(ingest)).with_state(ReceiverState { log, max_body_bytes })
 }
 
 fn error(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -90,15 +88,8 @@ async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
         Ok(receipt) => receipt,
         Err(response) => return response,
     };
-    let errors: Vec<RecordError> = rejected
-        .into_iter()
-        .map(|(index, reason)| RecordError { index, reason })
-        .collect();
-    let status = if total > 0 && errors.len() == total {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
+    let errors: Vec<RecordError> = rejected.into_iter().map(|(index, reason)| RecordError { index, reason }).collect();
+    let status = if total > 0 && errors.len() == total { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
     let body = IngestResponse {
         accepted: total - errors.len(),
         events: receipt.appended,

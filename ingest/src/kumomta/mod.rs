@@ -38,16 +38,32 @@ pub(crate) fn batch_from_records<'a>(
     let mut batch = AppendBatch::default();
     let mut rejected = Vec::new();
     for (position, (location, raw)) in records.into_iter().enumerate() {
-        let outcome = std::str::from_utf8(raw)
-            .map_err(|e| format!("record is not valid UTF-8: {e}"))
-            .and_then(|text| normalise_record(text, ingested_at).map_err(|e| e.to_string()));
-        match outcome {
-            Ok(events) => batch.events.extend(events),
-            Err(reason) => {
-                batch.dead_letters.push(DeadLetter::new(source, Some(location), reason.clone(), raw));
-                rejected.push((position, reason));
-            }
+        if let Err(reason) = push_record(&mut batch, source, location, raw, ingested_at) {
+            rejected.push((position, reason));
         }
     }
     (batch, rejected)
+}
+
+/// Adds one raw record to `batch`: its events, or a dead letter with the reason (returned).
+pub(crate) fn push_record(
+    batch: &mut AppendBatch,
+    source: &str,
+    location: String,
+    raw: &[u8],
+    ingested_at: chrono::DateTime<Utc>,
+) -> Result<(), String> {
+    let outcome = std::str::from_utf8(raw)
+        .map_err(|e| format!("record is not valid UTF-8: {e}"))
+        .and_then(|text| normalise_record(text, ingested_at).map_err(|e| e.to_string()));
+    match outcome {
+        Ok(events) => {
+            batch.events.extend(events);
+            Ok(())
+        }
+        Err(reason) => {
+            batch.dead_letters.push(DeadLetter::new(source, Some(location), reason.clone(), raw));
+            Err(reason)
+        }
+    }
 }

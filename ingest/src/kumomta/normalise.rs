@@ -67,15 +67,15 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
 
     let response = record.response.as_ref();
     let content = response.map(|r| single_line(&r.content));
-    let enhanced = response
-        .and_then(|r| r.enhanced_code.as_ref())
-        .map(|e| format!("{}.{}.{}", e.class, e.subject, e.detail));
+    let enhanced =
+        response.and_then(|r| r.enhanced_code.as_ref()).map(|e| format!("{}.{}.{}", e.class, e.subject, e.detail));
     let internal = matches!(record.kind.as_str(), "AdminBounce" | "Expiration")
         || content.as_deref().is_some_and(|c| c.starts_with(KUMOMTA_INTERNAL_PREFIX));
     // For inbound records `peer_address` is the client's EHLO name, not an MX.
     let outbound = !matches!(kind, EventKind::Reception | EventKind::Rejected);
     let (queue_campaign, queue_tenant) = parse_queue(&record.queue);
-    let meta_str = |key: &str| record.meta.get(key).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_owned);
+    let meta_str =
+        |key: &str| record.meta.get(key).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_owned);
     let site = Some(record.site.clone()).filter(|s| !s.is_empty() && s != "localhost");
     let egress_source = record
         .egress_source
@@ -129,9 +129,8 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
         event.smtp_code = response.map(|r| r.code);
         event.enhanced_status = enhanced.clone();
         event.response_text = content.clone().filter(|c| !c.is_empty());
-        event.smtp_command = response
-            .and_then(|r| r.command.as_deref())
-            .map(|c| c.trim_end_matches(['\r', '\n']).to_owned());
+        event.smtp_command =
+            response.and_then(|r| r.command.as_deref()).map(|c| c.trim_end_matches(['\r', '\n']).to_owned());
         event.internal = internal;
         event.provider_class = provider_class.clone();
         event.raw = Some(raw.to_owned());

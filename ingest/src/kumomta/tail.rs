@@ -17,6 +17,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use vigil_log::{EventLog, LogError};
@@ -133,11 +134,8 @@ impl Tailer {
 
     fn scan_file(&self, path: &Path) -> Result<usize, FileError> {
         let key = format!("{SOURCE}:{}", path.display());
-        let mut checkpoint: Checkpoint = self
-            .log
-            .checkpoint(&key)?
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
+        let mut checkpoint: Checkpoint =
+            self.log.checkpoint(&key)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
         let mut file = File::open(path)?;
         let len = file.metadata()?.len();
         if len == checkpoint.seen_len {
@@ -183,20 +181,23 @@ impl Tailer {
                 Line::End => break,
                 Line::Complete { consumed } => {
                     checkpoint.offset += consumed;
-                    let record = trim_line(&buf);
+                    let record = buf.trim_ascii();
                     if !record.is_empty() {
-                        pending.push_record(format!("{name}:{start}"), record);
+                        pending.bytes += record.len();
+                        let location = format!("{name}:{start}");
+                        // A rejected line is kept as a dead letter, in line order.
+                        let _ = super::push_record(&mut pending.batch, SOURCE, location, record, Utc::now());
+                        pending.lines += 1;
                     }
                 }
                 Line::TooLong { consumed } => {
                     checkpoint.offset += consumed;
-                    let reason = format!(
-                        "line of {consumed} bytes exceeds the limit of {} bytes",
-                        self.config.max_line_bytes
-                    );
+                    let reason =
+                        format!("line of {consumed} bytes exceeds the limit of {} bytes", self.config.max_line_bytes);
                     let mut letter = DeadLetter::new(SOURCE, Some(format!("{name}:{start}")), reason, &buf);
                     letter.raw_len = consumed;
-                    pending.dead_letters.push(letter);
+                    pending.batch.dead_letters.push(letter);
+                    pending.lines += 1;
                 }
             }
             if pending.bytes >= self.config.max_batch_bytes {
@@ -209,11 +210,7 @@ impl Tailer {
     }
 
     fn commit(&self, key: &str, pending: &mut PendingBatch, checkpoint: Checkpoint) -> Result<usize, LogError> {
-        let taken = std::mem::take(pending);
-        let lines = taken.records.len() + taken.dead_letters.len();
-        let (mut batch, _) =
-            super::batch_from_records(SOURCE, taken.records.iter().map(|(l, r)| (l.clone(), r.as_slice())));
-        batch.dead_letters.extend(taken.dead_letters);
+        let PendingBatch { mut batch, lines, .. } = std::mem::take(pending);
         batch.checkpoints.push((key.to_owned(), serde_json::to_vec(&checkpoint).expect("checkpoint serialises")));
         let receipt = self.log.append(batch)?;
         if receipt.dead_lettered > 0 {
@@ -223,19 +220,12 @@ impl Tailer {
     }
 }
 
-/// Lines read but not yet committed.
+/// Lines read but not yet committed, already normalised.
 #[derive(Debug, Default)]
 struct PendingBatch {
-    records: Vec<(String, Vec<u8>)>,
-    dead_letters: Vec<DeadLetter>,
+    batch: vigil_log::AppendBatch,
+    lines: usize,
     bytes: usize,
-}
-
-impl PendingBatch {
-    fn push_record(&mut self, location: String, record: &[u8]) {
-        self.bytes += record.len();
-        self.records.push((location, record.to_vec()));
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,10 +234,6 @@ enum FileError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Log(#[from] LogError),
-}
-
-fn trim_line(line: &[u8]) -> &[u8] {
-    line.trim_ascii()
 }
 
 /// One line from a reader, bounded in memory.
@@ -285,7 +271,8 @@ fn read_bounded_line(reader: &mut dyn BufRead, max: usize, buf: &mut Vec<u8>) ->
             too_long = true;
             buf.truncate(DEAD_LETTER_MAX_RAW_BYTES.min(max));
         }
-        let room = if too_long { DEAD_LETTER_MAX_RAW_BYTES.min(max).saturating_sub(buf.len()) } else { line_part.len() };
+        let room =
+            if too_long { DEAD_LETTER_MAX_RAW_BYTES.min(max).saturating_sub(buf.len()) } else { line_part.len() };
         buf.extend_from_slice(&line_part[..line_part.len().min(room)]);
         let n = chunk.len();
         reader.consume(n);

@@ -1,0 +1,132 @@
+//! Starting the real `vigil` binary for end-to-end tests, and waiting on conditions.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running `vigil run`, killed with SIGKILL when dropped.
+pub struct Vigil {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Vigil {
+    /// Starts `vigil run` on `data_dir` on a free loopback port and waits until `/healthz`
+    /// answers 200.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting vigil");
+        let stdout = child.stdout.take().unwrap();
+        // The first stdout line names the bound address.
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).unwrap();
+            line
+        })
+        .await
+        .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("vigil listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from vigil: {line:?}"))
+            .to_owned();
+        let vigil = Self { child, base, data_dir: data_dir.to_owned(), http: reqwest::Client::new() };
+        let url = vigil.url("/healthz");
+        let http = vigil.http.clone();
+        eventually("vigil to become ready", Duration::from_secs(60), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(&url).send().await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        vigil
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGKILL: no shutdown hook runs, as in a crash.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response =
+            self.http.post(self.url(path)).header("content-type", "application/json").body(body).send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// `GET /api/v1/summary?...` rows; panics on a non-200.
+    pub async fn summary(&self, query: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/summary?{query}")).await;
+        assert_eq!(status, 200, "{body}");
+        body["rows"].clone()
+    }
+
+    /// Waits until the summary for `query` equals `expected`, then keeps it for a final check.
+    pub async fn wait_for_summary(&self, query: &str, expected: &Value) {
+        let mut last = Value::Null;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            last = self.summary(query).await;
+            if &last == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("summary?{query} never became\n{expected:#}\nlast seen:\n{last:#}");
+    }
+}
+
+impl Drop for Vigil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds; panics naming `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// The KumoMTA example records of `testdata/kumomta/examples.jsonl`, one string each.
+pub fn example_records() -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/kumomta/examples.jsonl");
+    std::fs::read_to_string(path).unwrap().lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect()
+}

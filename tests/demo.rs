@@ -1,0 +1,34 @@
+//! `vigil run --demo` shows data at once: several sources and providers, and the Yahoo
+//! deferrals of one IP visible in the reputation windows.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Vigil, eventually};
+
+#[tokio::test]
+async fn demo_traffic_fills_summary_and_reputation() {
+    let dir = tempfile::tempdir().unwrap();
+    let vigil = Vigil::start(dir.path(), &["--demo"]).await;
+    eventually("demo data in the summary", Duration::from_secs(30), || async {
+        let rows = vigil.summary("group_by=provider").await;
+        let providers: Vec<&str> = rows.as_array().unwrap().iter().filter_map(|r| r["provider"].as_str()).collect();
+        ["google", "microsoft", "yahoo", "apple", "other"].iter().all(|p| providers.contains(p))
+    })
+    .await;
+    let (status, body) = vigil.get("/api/v1/reputation?scope=egress_source,provider&window=1h").await;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["rows"].as_array().unwrap();
+    let deferred = |source: &str, provider: &str| {
+        rows.iter()
+            .find(|r| r["egress_source"] == source && r["provider"] == provider)
+            .map_or(0, |r| r["deferred"].as_u64().unwrap())
+    };
+    assert!(deferred("ip-3", "yahoo") > 0, "{body:#}");
+    assert!(rows.len() >= 4 * 5, "every source sends to every provider: {}", rows.len());
+    let (_, sources) = vigil.get("/api/v1/reputation?scope=egress_source&window=24h").await;
+    assert_eq!(sources["rows"].as_array().unwrap().len(), 4, "{sources:#}");
+}

@@ -1,0 +1,160 @@
+//! End to end over HTTP: KumoMTA log-hook posts, summaries, and a `kill -9` in the middle.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Vigil, example_records};
+use serde_json::json;
+
+fn by_provider() -> serde_json::Value {
+    json!([
+        {"provider": "google", "delivered": 1, "deferred": 0, "bounced": 1, "expired": 0, "complaints": 0, "attempts": 2},
+        {"provider": "yahoo", "delivered": 0, "deferred": 1, "bounced": 1, "expired": 0, "complaints": 0, "attempts": 2},
+    ])
+}
+
+fn by_source_and_provider() -> serde_json::Value {
+    json!([
+        // The AdminBounce has no egress source: kumod bounced it from the scheduled queue.
+        {"egress_source": null, "provider": "yahoo", "delivered": 0, "deferred": 0, "bounced": 1, "expired": 0, "complaints": 0, "attempts": 1},
+        {"egress_source": "ip-10-0-0-1", "provider": "google", "delivered": 0, "deferred": 0, "bounced": 1, "expired": 0, "complaints": 0, "attempts": 1},
+        {"egress_source": "source2", "provider": "google", "delivered": 1, "deferred": 0, "bounced": 0, "expired": 0, "complaints": 0, "attempts": 1},
+        {"egress_source": "unspecified", "provider": "yahoo", "delivered": 0, "deferred": 1, "bounced": 0, "expired": 0, "complaints": 0, "attempts": 1},
+    ])
+}
+
+#[tokio::test]
+async fn posted_records_are_counted_once_across_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = example_records();
+    let array = format!("[{}]", records.join(","));
+
+    let vigil = Vigil::start(dir.path(), &[]).await;
+    let (status, body) = vigil.post("/ingest/kumomta", array.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"accepted": 5, "events": 5, "duplicates": 0, "dead_lettered": 0}));
+    // The same records one by one, as `log_hooks:new_json` sends them: all already there.
+    for record in &records {
+        let (status, body) = vigil.post("/ingest/kumomta", record.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!((body["accepted"].as_u64(), body["duplicates"].as_u64()), (Some(1), Some(1)));
+    }
+    vigil.wait_for_summary("group_by=provider", &by_provider()).await;
+    vigil.wait_for_summary("group_by=egress_source,provider", &by_source_and_provider()).await;
+    // Without grouping, one row of totals; by kind, outcome kinds only.
+    assert_eq!(
+        vigil.summary("").await,
+        json!([{"delivered": 1, "deferred": 1, "bounced": 2, "expired": 0, "complaints": 0, "attempts": 4}])
+    );
+    let kinds: Vec<String> = vigil
+        .summary("group_by=kind")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["bounced", "deferred", "delivered"]);
+    vigil.kill9();
+
+    let vigil = Vigil::start(dir.path(), &[]).await;
+    assert_eq!(vigil.summary("group_by=provider").await, by_provider());
+    // KumoMTA re-sends what it had in flight when we crashed: nothing is counted twice.
+    let (status, body) = vigil.post("/ingest/kumomta", array).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["duplicates"], 5);
+    assert_eq!(vigil.summary("group_by=provider").await, by_provider());
+    assert_eq!(vigil.summary("group_by=egress_source,provider").await, by_source_and_provider());
+}
+
+#[tokio::test]
+async fn summary_time_range_uses_event_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let vigil = Vigil::start(dir.path(), &[]).await;
+    let array = format!("[{}]", example_records().join(","));
+    assert_eq!(vigil.post("/ingest/kumomta", array).await.0, 200);
+    vigil.wait_for_summary("group_by=provider", &by_provider()).await;
+    // The 2023 delivery is outside 2025; the 2025-09-12 records are inside; `to` is exclusive.
+    let rows = vigil.summary("group_by=kind&from=2025-01-01T00:00:00Z&to=2026-01-01T00:00:00Z").await;
+    assert_eq!(
+        rows,
+        json!([
+            {"kind": "bounced", "delivered": 0, "deferred": 0, "bounced": 2, "expired": 0, "complaints": 0, "attempts": 2},
+            {"kind": "deferred", "delivered": 0, "deferred": 1, "bounced": 0, "expired": 0, "complaints": 0, "attempts": 1},
+        ])
+    );
+    let rows = vigil.summary("group_by=kind&from=2025-09-12T11:08:01Z&to=2025-09-12T11:08:10.120Z").await;
+    assert_eq!(
+        rows,
+        json!([{"kind": "deferred", "delivered": 0, "deferred": 1, "bounced": 0, "expired": 0, "complaints": 0, "attempts": 1}])
+    );
+    assert_eq!(vigil.summary("from=2030-01-01T00:00:00Z").await, json!([]));
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_reason_and_is_kept_as_a_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let vigil = Vigil::start(dir.path(), &["--max-body-bytes", "4194304"]).await;
+
+    let (status, body) = vigil.post("/ingest/kumomta", "{\"type\": \"Delivery\",").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not a JSON log record"), "{body}");
+
+    let mut invalid_utf8 = br#"{"type":"Delivery","id":"x","recipient":"a@b","timestamp":1,"sender":""#.to_vec();
+    invalid_utf8.extend_from_slice(&[0xff, 0xfe]);
+    invalid_utf8.extend_from_slice(b"\"}");
+    let (status, body) = vigil.post("/ingest/kumomta", invalid_utf8).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("UTF-8"), "{body}");
+
+    let (status, body) = vigil.post("/ingest/kumomta", vec![b'x'; 10 * 1024 * 1024]).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("4194304"), "{body}");
+
+    let (status, body) = vigil.post("/ingest/kumomta", r#"{"type":"Delivery","id":"x","timestamp":1}"#).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["errors"][0]["reason"].as_str().unwrap().contains("missing field `recipient`"), "{body}");
+
+    // One bad record in a batch does not cost the good ones.
+    let records = example_records();
+    let batch =
+        format!("[{}, {{\"type\":\"Teleport\",\"id\":\"y\",\"recipient\":\"a@b\",\"timestamp\":1}}]", records[1]);
+    let (status, body) = vigil.post("/ingest/kumomta", batch).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(body["dead_lettered"], 1);
+    assert_eq!(body["errors"][0]["index"], 1);
+
+    let (status, dead) = vigil.get("/api/v1/deadletters").await;
+    assert_eq!(status, 200);
+    assert_eq!(dead["total"], 4, "{dead:#}");
+    let reasons: Vec<&str> = dead["rows"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
+    assert!(reasons[3].contains("unknown KumoMTA record type `Teleport`"), "{reasons:?}");
+    assert_eq!(dead["rows"][2]["source"], "kumomta-http");
+
+    // Still serving, and the good record was counted.
+    vigil
+        .wait_for_summary(
+            "group_by=provider",
+            &json!([{"provider": "google", "delivered": 1, "deferred": 0, "bounced": 0, "expired": 0, "complaints": 0, "attempts": 1}]),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn bad_query_parameters_get_a_400_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let vigil = Vigil::start(dir.path(), &[]).await;
+    for (query, needle) in [
+        ("group_by=ip", "unknown dimension `ip`"),
+        ("from=yesterday", "RFC 3339"),
+        ("from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "is after"),
+    ] {
+        let (status, body) = vigil.get(&format!("/api/v1/summary?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(needle), "{query}: {body}");
+    }
+    let (status, body) = vigil.get("/api/v1/reputation?window=7m").await;
+    assert_eq!(status, 400, "{body}");
+}
