@@ -41,11 +41,18 @@ pub struct PipelineConfig {
     pub linger: Duration,
     /// Wait before retrying after a failure.
     pub retry_backoff: Duration,
+    /// How often small warehouse files are merged.
+    pub compaction_interval: Duration,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { max_batch_events: 50_000, linger: Duration::from_millis(250), retry_backoff: Duration::from_secs(1) }
+        Self {
+            max_batch_events: 50_000,
+            linger: Duration::from_millis(250),
+            retry_backoff: Duration::from_secs(1),
+            compaction_interval: Duration::from_secs(10),
+        }
     }
 }
 
@@ -101,12 +108,21 @@ impl Pipeline {
     /// Processes the log from `offset` until `shutdown` is cancelled.
     pub async fn run(self, mut offset: u64, shutdown: CancellationToken) {
         let mut head = self.log.subscribe();
+        let mut next_compaction = tokio::time::Instant::now() + self.config.compaction_interval;
         loop {
             while self.log.head() <= offset {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     changed = head.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep_until(next_compaction) => {
+                        self.compact().await;
+                        next_compaction = tokio::time::Instant::now() + self.config.compaction_interval;
+                    }
                 }
+            }
+            if tokio::time::Instant::now() >= next_compaction {
+                self.compact().await;
+                next_compaction = tokio::time::Instant::now() + self.config.compaction_interval;
             }
             if self.log.head() - offset < self.config.max_batch_events as u64 {
                 tokio::select! {
@@ -124,6 +140,17 @@ impl Pipeline {
                     }
                 }
             }
+        }
+    }
+
+    /// Merges small warehouse files. Runs between batches, so every file it sees is committed.
+    async fn compact(&self) {
+        let writer = Arc::clone(&self.writer);
+        match tokio::task::spawn_blocking(move || writer.compact()).await {
+            Ok(Ok(report)) if report.merged + report.deleted > 0 => tracing::debug!(?report, "warehouse compacted"),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "warehouse compaction failed; will retry"),
+            Err(error) => tracing::error!(%error, "warehouse compaction task failed"),
         }
     }
 

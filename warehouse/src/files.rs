@@ -68,6 +68,35 @@ pub fn list_parts(root: &Path) -> Result<Vec<PartFile>, WarehouseError> {
     Ok(parts)
 }
 
+/// Splits parts into the live set and the superseded ones: a part is superseded when another
+/// part of the same day covers its whole offset range (compaction wrote the merged file and
+/// has not deleted its inputs yet). Readers use only the live set, so a merged file and its
+/// inputs are never counted together. Returns `(live, [(superseded, the live part covering it)])`.
+#[must_use]
+pub fn split_superseded(parts: Vec<PartFile>) -> (Vec<PartFile>, Vec<(PartFile, PartFile)>) {
+    let covering = |part: &PartFile| {
+        parts
+            .iter()
+            .filter(|other| {
+                other.date == part.date
+                    && other.start <= part.start
+                    && part.end <= other.end
+                    && (other.start, other.end) != (part.start, part.end)
+            })
+            .max_by_key(|other| other.end - other.start)
+            .cloned()
+    };
+    let mut live = Vec::new();
+    let mut superseded = Vec::new();
+    for part in &parts {
+        match covering(part) {
+            Some(cover) => superseded.push((part.clone(), cover)),
+            None => live.push(part.clone()),
+        }
+    }
+    (live, superseded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +107,19 @@ mod tests {
         let path = part_path(Path::new("/w"), date, 7, 42);
         assert_eq!(path, Path::new("/w/events/date=2026-11-25/part-00000000000000000007-00000000000000000042.parquet"));
         assert_eq!(parse_part(&path, date), Some(PartFile { path: path.clone(), date, start: 7, end: 42 }));
+    }
+
+    #[test]
+    fn merged_parts_supersede_their_inputs_on_the_same_day_only() {
+        let day = |d| NaiveDate::from_ymd_opt(2026, 11, d).unwrap();
+        let part =
+            |d, start, end| PartFile { path: PathBuf::from(format!("{d}-{start}-{end}")), date: day(d), start, end };
+        let parts = vec![part(1, 0, 2), part(1, 2, 5), part(1, 0, 5), part(2, 2, 5), part(1, 5, 6)];
+        let (live, superseded) = split_superseded(parts);
+        assert_eq!(live, vec![part(1, 0, 5), part(2, 2, 5), part(1, 5, 6)]);
+        assert_eq!(
+            superseded.iter().map(|(p, c)| (p.clone(), c.clone())).collect::<Vec<_>>(),
+            vec![(part(1, 0, 2), part(1, 0, 5)), (part(1, 2, 5), part(1, 0, 5))]
+        );
     }
 }

@@ -16,7 +16,7 @@ use datafusion::scalar::ScalarValue;
 use vigil_schemas::api::{SummaryQuery, SummaryResponse, SummaryRow};
 
 use crate::WarehouseError;
-use crate::files::{PartFile, list_parts};
+use crate::files::{PartFile, list_parts, split_superseded};
 use crate::schema::event_schema;
 
 /// Reads the warehouse. Cheap to clone; safe to use while the writer writes (it only ever
@@ -58,7 +58,7 @@ impl Reader {
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
     ) -> Result<Vec<PartFile>, WarehouseError> {
-        let mut parts = list_parts(&self.root)?;
+        let (mut parts, _) = split_superseded(list_parts(&self.root)?);
         parts.retain(|p| from.is_none_or(|f| p.date >= f.date_naive()) && to.is_none_or(|t| p.date <= t.date_naive()));
         Ok(parts)
     }

@@ -3,16 +3,49 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use chrono::NaiveDate;
 use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use vigil_schemas::DeliveryEvent;
 
 use crate::WarehouseError;
-use crate::files::{self, part_path};
+use crate::files::{self, PartFile, part_path};
 use crate::schema::{event_schema, to_record_batch};
+
+/// Compaction merges runs of at least this many consecutive files of one size tier.
+const COMPACTION_RUN: usize = 8;
+/// Files at or above this size are left alone by compaction.
+const COMPACTION_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Merged-away files stay this long after the merged file appeared, so a query that listed them
+/// just before can still read them (well past the API's request timeout).
+const SUPERSEDED_GRACE: Duration = Duration::from_secs(120);
+
+/// What one [`ParquetWriter::compact`] pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Merged files written.
+    pub merged: usize,
+    /// Files they replaced (deleted later, after a grace period).
+    pub inputs: usize,
+    /// Superseded files deleted in this pass.
+    pub deleted: usize,
+}
+
+/// Size tier of a file: 0 below 256 KiB, then one tier per factor of 8. Merging only files of
+/// one tier rewrites each event about log8(total / 256 KiB) times, not once per merge.
+fn size_tier(bytes: u64) -> u32 {
+    let mut tier = 0;
+    let mut bound = 256 * 1024;
+    while bytes >= bound {
+        tier += 1;
+        bound *= 8;
+    }
+    tier
+}
 
 /// Writes the warehouse's Parquet files. Single writer per directory.
 #[derive(Debug)]
@@ -45,7 +78,12 @@ impl ParquetWriter {
         std::fs::remove_dir_all(&tmp).map_err(WarehouseError::io(&tmp))?;
         std::fs::create_dir_all(&tmp).map_err(WarehouseError::io(&tmp))?;
         let mut removed = 0;
-        for part in files::list_parts(&self.root)? {
+        let (live, superseded) = files::split_superseded(files::list_parts(&self.root)?);
+        // No reader runs yet, so merged-away inputs can go at once.
+        for (part, _) in &superseded {
+            std::fs::remove_file(&part.path).map_err(WarehouseError::io(&part.path))?;
+        }
+        for part in live {
             if part.end > committed_offset {
                 std::fs::remove_file(&part.path).map_err(WarehouseError::io(&part.path))?;
                 tracing::info!(file = %part.path.display(), committed_offset, "removed an uncommitted warehouse file");
@@ -53,6 +91,78 @@ impl ParquetWriter {
             }
         }
         Ok(removed)
+    }
+
+    /// Merges runs of small files into larger ones and deletes files merged away more than a
+    /// grace period ago. Only committed files may be in the directory when this runs (call it
+    /// after the consumer offset commit), so a merged file never mixes committed and
+    /// uncommitted batches.
+    ///
+    /// # Errors
+    /// On I/O or encoding failure; the files stay as they were, and superseded ones are ignored
+    /// by readers and removed by [`Self::recover`].
+    pub fn compact(&self) -> Result<CompactionReport, WarehouseError> {
+        let mut report = CompactionReport::default();
+        let (live, superseded) = files::split_superseded(files::list_parts(&self.root)?);
+        let now = SystemTime::now();
+        for (part, cover) in superseded {
+            let merged_at = std::fs::metadata(&cover.path).and_then(|m| m.modified()).unwrap_or(now);
+            if now.duration_since(merged_at).unwrap_or_default() >= SUPERSEDED_GRACE {
+                std::fs::remove_file(&part.path).map_err(WarehouseError::io(&part.path))?;
+                report.deleted += 1;
+            }
+        }
+        let mut run: Vec<(PartFile, u32)> = Vec::new();
+        let mut runs = Vec::new();
+        for part in live {
+            let size = std::fs::metadata(&part.path).map_err(WarehouseError::io(&part.path))?.len();
+            let tier = (size < COMPACTION_MAX_BYTES).then(|| size_tier(size));
+            let continues =
+                run.last().is_some_and(|(last, last_tier)| last.date == part.date && Some(*last_tier) == tier);
+            if !continues {
+                runs.push(std::mem::take(&mut run));
+            }
+            if let Some(tier) = tier {
+                run.push((part, tier));
+            }
+        }
+        runs.push(run);
+        for run in runs.into_iter().filter(|r| r.len() >= COMPACTION_RUN) {
+            let parts: Vec<PartFile> = run.into_iter().map(|(p, _)| p).collect();
+            self.merge(&parts)?;
+            report.merged += 1;
+            report.inputs += parts.len();
+        }
+        Ok(report)
+    }
+
+    /// Writes one file covering the offset range of `parts` (consecutive files of one day).
+    fn merge(&self, parts: &[PartFile]) -> Result<(), WarehouseError> {
+        let (first, last) = (&parts[0], &parts[parts.len() - 1]);
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("merge-{:020}-{:020}-{}.parquet.tmp", first.start, last.end, first.date));
+        let mut file = File::create(&tmp).map_err(WarehouseError::io(&tmp))?;
+        let mut writer = ArrowWriter::try_new(&mut file, event_schema(), Some(self.props.clone()))?;
+        for part in parts {
+            let input = File::open(&part.path).map_err(WarehouseError::io(&part.path))?;
+            for batch in ParquetRecordBatchReaderBuilder::try_new(input)?.build()? {
+                writer.write(&batch?)?;
+            }
+        }
+        writer.close()?;
+        file.sync_all().map_err(WarehouseError::io(&tmp))?;
+        self.publish(&tmp, &part_path(&self.root, first.date, first.start, last.end))
+    }
+
+    /// Renames a finished temporary file into place, durably.
+    fn publish(&self, tmp: &Path, target: &Path) -> Result<(), WarehouseError> {
+        let dir = target.parent().expect("part paths have a parent");
+        std::fs::create_dir_all(dir).map_err(WarehouseError::io(dir))?;
+        std::fs::rename(tmp, target).map_err(WarehouseError::io(target))?;
+        // The rename is durable only once the directory entry is.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(WarehouseError::io(dir))
     }
 
     /// Writes the events of log offsets `[start, end)` (each with its offset), one file per
@@ -75,12 +185,7 @@ impl ParquetWriter {
             writer.write(&batch)?;
             writer.close()?;
             file.sync_all().map_err(WarehouseError::io(&tmp))?;
-            let target = part_path(&self.root, date, start, end);
-            let dir = target.parent().expect("part paths have a parent");
-            std::fs::create_dir_all(dir).map_err(WarehouseError::io(dir))?;
-            std::fs::rename(&tmp, &target).map_err(WarehouseError::io(&target))?;
-            // The rename is durable only once the directory entry is.
-            File::open(dir).and_then(|d| d.sync_all()).map_err(WarehouseError::io(dir))?;
+            self.publish(&tmp, &part_path(&self.root, date, start, end))?;
             written += day_events.len();
         }
         Ok(written)
@@ -125,5 +230,38 @@ mod tests {
         let query = SummaryQuery { from: DateTime::from_timestamp(day, 0), ..query };
         let rows = reader.summary(&query).await.unwrap().rows;
         assert_eq!((rows[0].delivered, rows[0].bounced), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn compaction_merges_small_files_without_changing_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = ParquetWriter::open(dir.path()).unwrap();
+        for offset in 0..(COMPACTION_RUN as u64 + 3) {
+            let kind = if offset % 3 == 0 { EventKind::Bounced } else { EventKind::Delivered };
+            writer.write_batch(offset, offset + 1, &[(offset, event(kind, offset as i64, "google"))]).unwrap();
+        }
+        let reader = Reader::new(dir.path());
+        let query = SummaryQuery { group_by: vec![Dimension::Provider], ..SummaryQuery::default() };
+        let before = reader.summary(&query).await.unwrap();
+
+        let report = writer.compact().unwrap();
+        assert_eq!((report.merged, report.inputs, report.deleted), (1, COMPACTION_RUN + 3, 0));
+        let (live, superseded) = files::split_superseded(files::list_parts(dir.path()).unwrap());
+        assert_eq!((live.len(), superseded.len()), (1, COMPACTION_RUN + 3));
+        assert_eq!(reader.summary(&query).await.unwrap(), before, "inputs and merged file never counted together");
+
+        // A crash before the inputs were deleted: recovery removes them.
+        assert_eq!(writer.recover(COMPACTION_RUN as u64 + 3).unwrap(), 0);
+        assert_eq!(files::list_parts(dir.path()).unwrap().len(), 1);
+        assert_eq!(reader.summary(&query).await.unwrap(), before);
+        assert_eq!(writer.compact().unwrap(), CompactionReport::default(), "nothing left to merge");
+    }
+
+    #[test]
+    fn size_tiers_grow_by_eight() {
+        assert_eq!(size_tier(0), 0);
+        assert_eq!(size_tier(256 * 1024 - 1), 0);
+        assert_eq!(size_tier(256 * 1024), 1);
+        assert_eq!(size_tier(2 * 1024 * 1024), 2);
     }
 }
