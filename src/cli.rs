@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// Largest accepted HTTP ingest body, in bytes.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Most ingest requests handled at once; more get a 503 (KumoMTA retries them).
+    #[arg(long, default_value_t = 32)]
+    pub max_ingest_in_flight: usize,
     /// Longest accepted log line when tailing files, in bytes; longer lines become dead letters.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_line_bytes: usize,

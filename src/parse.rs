@@ -5,12 +5,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use vigil_ingest::kumomta::normalise_record;
+use vigil_ingest::kumomta::{ZSTD_MAGIC, normalise_record};
 use vigil_processor::Enricher;
 
 use crate::cli::{InputFormat, ParseArgs};
-
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
 /// Prints one JSON event per line on stdout; rejected lines go to stderr with their line number
 /// and the reason, and make the exit code 1 once every line has been read.

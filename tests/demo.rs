@@ -31,4 +31,14 @@ async fn demo_traffic_fills_summary_and_reputation() {
     assert!(rows.len() >= 4 * 5, "every source sends to every provider: {}", rows.len());
     let (_, sources) = vigil.get("/api/v1/reputation?scope=egress_source&window=24h").await;
     assert_eq!(sources["rows"].as_array().unwrap().len(), 4, "{sources:#}");
+    let total = |body: &serde_json::Value| {
+        body["rows"].as_array().unwrap().iter().map(|r| r["attempts"].as_u64().unwrap()).sum::<u64>()
+    };
+    vigil.kill9();
+
+    // Window state is a fold over the log: a restart (without new traffic) rebuilds it.
+    let vigil = Vigil::start(dir.path(), &[]).await;
+    let (_, after) = vigil.get("/api/v1/reputation?scope=egress_source&window=24h").await;
+    assert_eq!(after["rows"].as_array().unwrap().len(), 4, "{after:#}");
+    assert!(total(&after) >= total(&sources), "nothing lost: {} < {}", total(&after), total(&sources));
 }

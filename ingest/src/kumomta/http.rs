@@ -6,11 +6,13 @@
 //!   `errors`); retrying would not help.
 //! - 400 / 422: the body (or every record in it) is unusable; it was dead-lettered with the
 //!   reason. 413: the body is larger than the configured limit.
-//! - 503: the log could not store the batch; nothing was kept, so retry.
+//! - 503: the log could not store the batch, or too many requests are in flight; nothing was
+//!   kept, so retry. Bodies in flight are bounded by `max_in_flight x max_body_bytes`.
 
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, to_bytes};
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -51,9 +53,16 @@ struct ReceiverState {
     max_body_bytes: usize,
 }
 
-/// The receiver's routes, to be merged into the server's router.
-pub fn router(log: EventLog, max_body_bytes: usize) -> Router {
-    Router::new().route("/ingest/kumomta", post(ingest)).with_state(ReceiverState { log, max_body_bytes })
+/// The receiver's routes, to be merged into the server's router. At most `max_in_flight`
+/// requests are handled at once; more get a 503 at once rather than queueing in memory.
+pub fn router(log: EventLog, max_body_bytes: usize, max_in_flight: usize) -> Router {
+    let shed = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            error(StatusCode::SERVICE_UNAVAILABLE, "too many ingest requests in flight; retry later")
+        }))
+        .load_shed()
+        .concurrency_limit(max_in_flight);
+    Router::new().route("/ingest/kumomta", post(ingest).layer(shed)).with_state(ReceiverState { log, max_body_bytes })
 }
 
 fn error(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -122,5 +131,26 @@ async fn append(log: &EventLog, batch: AppendBatch) -> Result<AppendReceipt, Res
             tracing::error!(error = %join, "log append task failed");
             Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_receiver_answers_503_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        let request = || Request::post("/ingest/kumomta").body(Body::from("[]")).unwrap();
+        let ok = router(log.clone(), 1024, 1).oneshot(request()).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        let full = router(log, 1024, 0).oneshot(request()).await.unwrap();
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = to_bytes(full.into_body(), 1024).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("too many ingest requests"));
     }
 }

@@ -7,7 +7,7 @@ mod tail;
 
 pub use http::{IngestResponse, RecordError, router};
 pub use normalise::{KUMOMTA_INTERNAL_PREFIX, NormaliseError, domain_of, normalise_record};
-pub use tail::{TailConfig, TailError, Tailer};
+pub use tail::{TailConfig, TailError, Tailer, ZSTD_MAGIC};
 
 use chrono::Utc;
 use vigil_log::{AppendBatch, AppendReceipt, EventLog, LogError};

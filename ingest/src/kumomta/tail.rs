@@ -25,7 +25,8 @@ use vigil_schemas::DeadLetter;
 use vigil_schemas::deadletter::DEAD_LETTER_MAX_RAW_BYTES;
 
 const SOURCE: &str = "kumomta-file";
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+/// The first bytes of a zstd frame; how a compressed segment is told from plain JSONL.
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
 /// How the tail reads a directory.
 #[derive(Debug, Clone)]
