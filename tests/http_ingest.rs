@@ -158,3 +158,58 @@ async fn bad_query_parameters_get_a_400_with_a_reason() {
     let (status, body) = vigil.get("/api/v1/reputation?window=7m").await;
     assert_eq!(status, 400, "{body}");
 }
+
+/// A KumoMTA-style stream of unique deliveries, killed mid-stream: everything acknowledged
+/// survives, and re-sending the whole stream afterwards counts each record exactly once.
+#[tokio::test]
+async fn kill_9_mid_stream_loses_nothing_acknowledged_and_counts_resends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let template = example_records()[1].clone();
+    let batches: Vec<String> = (0..40)
+        .map(|b| {
+            let records: Vec<String> = (0..50)
+                .map(|i| template.replace("1d98076abbbc11ed940250ebf67f93bd", &format!("{:032x}", b * 50 + i)))
+                .collect();
+            format!("[{}]", records.join(","))
+        })
+        .collect();
+    let delivered = |n: u64| json!([{"provider": "google", "delivered": n, "deferred": 0, "bounced": 0, "expired": 0, "complaints": 0, "attempts": n}]);
+
+    let vigil = Vigil::start(dir.path(), &[]).await;
+    let mut acknowledged = 0u64;
+    for (i, batch) in batches.iter().enumerate() {
+        if i == 20 {
+            // Two requests in flight when the process dies.
+            let (a, b) = (vigil.url("/ingest/kumomta"), vigil.http.clone());
+            let (c, d) = (batches[20].clone(), batches[21].clone());
+            tokio::spawn(async move {
+                let _ = b.post(&a).body(c).send().await;
+            });
+            let (a, b) = (vigil.url("/ingest/kumomta"), vigil.http.clone());
+            tokio::spawn(async move {
+                let _ = b.post(&a).body(d).send().await;
+            });
+            break;
+        }
+        let (status, body) = vigil.post("/ingest/kumomta", batch.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        acknowledged += body["accepted"].as_u64().unwrap();
+    }
+    vigil.kill9();
+    assert_eq!(acknowledged, 1000);
+
+    let vigil = Vigil::start(dir.path(), &[]).await;
+    common::eventually("acknowledged records to be counted", std::time::Duration::from_secs(30), || async {
+        vigil.summary("group_by=provider").await[0]["delivered"].as_u64().unwrap_or(0) >= acknowledged
+    })
+    .await;
+    // The sender retries everything it is unsure of (here: all of it).
+    for batch in &batches {
+        let (status, body) = vigil.post("/ingest/kumomta", batch.clone()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    vigil.wait_for_summary("group_by=provider", &delivered(2000)).await;
+    vigil.kill9();
+    let vigil = Vigil::start(dir.path(), &[]).await;
+    assert_eq!(vigil.summary("group_by=provider").await, delivered(2000));
+}

@@ -199,6 +199,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_kumomta_record_type_has_a_kind() {
+        let expected = [
+            ("Reception", EventKind::Reception),
+            ("Delivery", EventKind::Delivered),
+            ("Bounce", EventKind::Bounced),
+            ("TransientFailure", EventKind::Deferred),
+            ("Expiration", EventKind::Expired),
+            ("AdminBounce", EventKind::Bounced),
+            ("OOB", EventKind::Bounced),
+            ("Feedback", EventKind::Complaint),
+            ("Rejection", EventKind::Rejected),
+            ("AdminRebind", EventKind::Rebound),
+            ("DeferredInjectionRebind", EventKind::Rebound),
+            ("Delayed", EventKind::Delayed),
+            ("XferOut", EventKind::Transferred),
+            ("XferIn", EventKind::Transferred),
+        ];
+        for (record_type, kind) in expected {
+            let raw = format!(r#"{{"type":"{record_type}","id":"m","recipient":"a@b.example","timestamp":1}}"#);
+            let events = normalise_record(&raw, Utc::now()).unwrap();
+            assert_eq!(events[0].kind, kind, "{record_type}");
+            assert_eq!(events[0].source_type.as_deref(), Some(record_type));
+        }
+        // `Any` exists only in logging configuration and is never emitted.
+        assert!(matches!(kind_of("Any"), Err(NormaliseError::UnknownType(_))));
+    }
+
+    #[test]
     fn queue_names_give_campaign_and_tenant() {
         let own = |(c, t): (Option<String>, Option<String>)| (c, t);
         assert_eq!(own(parse_queue("campaign:tenant@domain")), (Some("campaign".into()), Some("tenant".into())));
