@@ -22,6 +22,16 @@ pub enum Command {
     Run(RunArgs),
     /// Normalise log records and print canonical events as JSON lines (the server's normaliser).
     Parse(ParseArgs),
+    /// Classify SMTP responses read from stdin, one JSON object per line.
+    Classify(ClassifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Extra bounce-classifier rule files (KumoMTA format, TOML or JSON), checked before the
+    /// bundled ones. Repeatable; first match wins.
+    #[arg(long = "rules", value_name = "FILE")]
+    pub rules: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

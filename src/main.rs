@@ -1,5 +1,6 @@
 //! `vigil`: one binary, several roles. This file only parses the command line and hands over.
 
+mod classify;
 mod cli;
 mod demo;
 mod parse;
@@ -16,6 +17,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         cli::Command::Parse(args) => parse::parse(&args),
+        cli::Command::Classify(args) => classify::classify(&args),
     }
 }
 

@@ -53,8 +53,9 @@ impl Enricher {
             return;
         }
         let line = event.response_line().unwrap_or_default();
-        let found = self.classifier.classify(&line, event.enhanced_status.as_deref(), source_class);
+        // The line already carries the enhanced code.
+        let found = self.classifier.classify(&line, None, source_class);
         event.bounce_class = Some(found.class);
-        event.classifier_rule = Some(found.rule);
+        event.classifier_rule = Some(found.rule.to_string());
     }
 }

@@ -26,7 +26,7 @@ pub mod pipeline;
 pub mod providers;
 pub mod windows;
 
-pub use classify::{Classifier, ClassifierBuilder};
+pub use classify::{Classification, Classifier, ClassifierBuilder};
 pub use enrich::Enricher;
 pub use pipeline::{Pipeline, PipelineConfig, SharedWindows};
 pub use providers::ProviderMap;
