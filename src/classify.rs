@@ -29,6 +29,9 @@ pub fn classify(args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
         builder.add_file(file)?;
     }
     let classifier = builder.with_bundled_rules().build()?;
+    if !args.eml.is_empty() {
+        return classify_emails(args, &classifier);
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let stdin = std::io::stdin();
@@ -64,4 +67,92 @@ pub fn classify(args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Default, Serialize)]
+struct EmlResult<'a> {
+    file: &'a str,
+    recipient: Option<String>,
+    action: Option<String>,
+    status: Option<String>,
+    code: Option<u16>,
+    diagnostic: Option<String>,
+    class: Option<String>,
+    permanent: Option<bool>,
+    kind: Option<&'static str>,
+    feedback_type: Option<String>,
+    rule: Option<String>,
+    /// Why the email could not be decoded, when it could not.
+    error: Option<String>,
+}
+
+/// One JSON object per recipient of each email; an email that cannot be decoded gives one
+/// object with `error` set, and the exit code 1 once all files are done.
+fn classify_emails(args: &ClassifyArgs, classifier: &vigil_processor::Classifier) -> anyhow::Result<ExitCode> {
+    use vigil_ingest::dsn::{self, MailKind};
+    use vigil_processor::classify::EnhancedStatus;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut failed = false;
+    for path in &args.eml {
+        let file = path.display().to_string();
+        let decoded =
+            std::fs::read(path).map_err(|e| e.to_string()).and_then(|raw| dsn::decode(&raw).map_err(|e| e.to_string()));
+        let mail = match decoded {
+            Ok(mail) => mail,
+            Err(error) => {
+                failed = true;
+                serde_json::to_writer(
+                    &mut out,
+                    &EmlResult { file: &file, error: Some(error), ..EmlResult::default() },
+                )?;
+                out.write_all(b"\n")?;
+                continue;
+            }
+        };
+        for r in &mail.recipients {
+            let status = r.status.as_deref().and_then(EnhancedStatus::parse);
+            let diagnostic = r.diagnostic.clone().unwrap_or_default();
+            let found = classifier.classify(&diagnostic, status, None);
+            let (kind, class, permanent) = match mail.kind {
+                MailKind::Complaint => ("complaint", None, None),
+                MailKind::AutoReply => ("auto_reply", Some("AutoReply".to_owned()), Some(false)),
+                MailKind::Bounce => {
+                    let permanent = match r.action.as_deref() {
+                        Some("failed") => Some(true),
+                        Some("delayed") => Some(false),
+                        _ => found.permanent,
+                    };
+                    let success = found.code.is_some_and(|c| c / 100 == 2) || status.is_some_and(|s| s.class == 2);
+                    let kind = match r.action.as_deref() {
+                        Some("delivered" | "relayed" | "expanded" | "deliverable") => "delivered",
+                        Some("delayed") => "deferred",
+                        Some("failed") => "bounced",
+                        _ if success => "delivered",
+                        _ if permanent == Some(false) => "deferred",
+                        _ => "bounced",
+                    };
+                    (kind, (kind != "delivered").then(|| found.class.to_string()), permanent)
+                }
+            };
+            let result = EmlResult {
+                file: &file,
+                recipient: Some(r.recipient.clone()),
+                action: r.action.clone(),
+                status: r.status.clone().or_else(|| found.enhanced.map(|e| e.to_string())),
+                code: found.code,
+                diagnostic: r.diagnostic.clone(),
+                class,
+                permanent,
+                kind: Some(kind),
+                feedback_type: mail.feedback.as_ref().map(|f| f.feedback_type.clone()),
+                rule: (mail.kind == MailKind::Bounce).then(|| found.rule.to_string()),
+                error: None,
+            };
+            serde_json::to_writer(&mut out, &result)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

@@ -32,6 +32,10 @@ pub struct ClassifyArgs {
     /// bundled ones. Repeatable; first match wins.
     #[arg(long = "rules", value_name = "FILE")]
     pub rules: Vec<PathBuf>,
+    /// Decode these bounce / complaint / auto-reply emails instead of reading stdin: one JSON
+    /// object per reported recipient.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pub eml: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -14,5 +14,8 @@
 //!
 //! # Layout
 //! - [`kumomta`]: the record mirror, the normaliser, the HTTP receiver and the directory tail.
+//! - [`dsn`]: decoding bounce, complaint and auto-reply mail (RFC 3464, RFC 5965, RFC 3834 and
+//!   common non-standard bounce bodies).
 
+pub mod dsn;
 pub mod kumomta;

@@ -57,7 +57,9 @@ impl Response {
     }
 }
 
-/// Strips transport prefixes and folds the text to one line with single spaces.
+/// Strips transport prefixes, folds the text to one line with single spaces, and drops the
+/// `550-5.7.1` prefixes a multi-line reply repeats on every line after the first, so that
+/// wordings split across lines match again.
 fn clean(input: &str) -> String {
     let mut text = input.trim();
     for prefix in ["smtp;", "SMTP;", "X-Postfix;", "x-unix;", "X-Unix;"] {
@@ -65,20 +67,49 @@ fn clean(input: &str) -> String {
             text = rest.trim_start();
         }
     }
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut kept: Vec<&str> = Vec::with_capacity(words.len());
+    let is_code = |w: &str| {
+        w.len() == 3 && w.bytes().all(|b| b.is_ascii_digit()) && matches!(w.as_bytes()[0], b'2' | b'4' | b'5')
+    };
+    let mut i = 0;
+    while i < words.len() {
+        let word = words[i];
+        // `550-5.7.1` or `550 5.7.1` in the middle of the text: a continuation prefix.
+        let continuation = !kept.is_empty()
+            && (word.split_once('-').is_some_and(|(c, e)| is_code(c) && EnhancedStatus::parse(e).is_some())
+                || (is_code(word)
+                    && words.get(i + 1).is_some_and(|n| EnhancedStatus::parse(n).is_some())
+                    && kept.iter().any(|k| k.starts_with(word))));
+        if continuation {
+            i += if word.contains('-') { 1 } else { 2 };
+            continue;
+        }
+        kept.push(word);
+        i += 1;
+    }
+    kept.join(" ")
 }
 
 fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'.' || b == b'_'
 }
 
-/// The first `[245]\d\d` standing alone as a reply code (followed by a space, a hyphen or the
-/// end, and not part of a longer number or an address), with its byte offset.
+/// The first reply code standing alone (followed by a space, a hyphen, a colon or the end, and
+/// not part of a longer number, an address or a `key=value`), with its byte offset. A failure
+/// code (4xx, 5xx) is preferred over a success code anywhere before it.
 fn find_code(text: &str) -> Option<(usize, u16)> {
+    find_code_in(text, b"45").or_else(|| find_code_in(text, b"2"))
+}
+
+fn find_code_in(text: &str, classes: &[u8]) -> Option<(usize, u16)> {
     let bytes = text.as_bytes();
     (0..bytes.len().saturating_sub(2)).find_map(|i| {
         let digits = &bytes[i..i + 3];
-        let before_ok = i == 0 || !is_word_byte(bytes[i - 1]);
+        if !classes.contains(&digits[0]) || !(b'0'..=b'5').contains(&digits[1]) {
+            return None;
+        }
+        let before_ok = i == 0 || !(is_word_byte(bytes[i - 1]) || bytes[i - 1] == b'=');
         let after_ok = bytes.get(i + 3).is_none_or(|b| matches!(b, b' ' | b'-' | b':' | b')'));
         (matches!(digits[0], b'2' | b'4' | b'5')
             && digits[1].is_ascii_digit()
