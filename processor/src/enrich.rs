@@ -2,10 +2,23 @@
 
 use std::sync::Arc;
 
-use vigil_schemas::{BounceClass, DeliveryEvent, EventKind};
+use vigil_schemas::{BounceClass, DeliveryEvent, EventKind, SourceKind};
 
 use crate::classify::Classifier;
 use crate::providers::ProviderMap;
+
+fn relay_of(source: SourceKind) -> Option<crate::classify::relay::Relay> {
+    use crate::classify::relay::Relay;
+    Some(match source {
+        SourceKind::Ses => Relay::Ses,
+        SourceKind::Sendgrid => Relay::Sendgrid,
+        SourceKind::Mailgun => Relay::Mailgun,
+        SourceKind::Postmark => Relay::Postmark,
+        SourceKind::Sparkpost => Relay::Sparkpost,
+        SourceKind::Powermta => Relay::Powermta,
+        _ => return None,
+    })
+}
 
 /// Classifies and maps events. Immutable; cheap to clone.
 #[derive(Debug, Clone)]
@@ -36,7 +49,13 @@ impl Enricher {
         if !event.kind.is_bounce_classifiable() {
             return;
         }
-        let source_class = event.provider_class.as_deref();
+        // A relay's own taxonomy (SES bounce type, SparkPost class, ...) speaks in its own
+        // labels; map them so the fallback is a Vigil class.
+        let relay_class = relay_of(event.source)
+            .zip(event.provider_class.as_deref())
+            .and_then(|(relay, label)| crate::classify::relay::classify_relay(relay, label))
+            .map(|c| c.class.to_string());
+        let source_class = relay_class.as_deref().or(event.provider_class.as_deref());
         if event.internal {
             let class = match source_class {
                 Some(label) if label != "Uncategorized" => BounceClass::from_label(label),

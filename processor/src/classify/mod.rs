@@ -19,6 +19,7 @@
 //! so hot reload is: build a new one, swap the `Arc`.
 
 pub mod enhanced;
+pub mod relay;
 pub mod response;
 
 use std::path::Path;

@@ -1,0 +1,203 @@
+//! Classifier accuracy on the Sisimai corpus (`testdata/sisimai/`), through the real CLI:
+//! `vigil classify` on each case's diagnostic line, and `vigil classify --eml` on each email.
+//!
+//! A case is right when the class is the expected one or one of its acceptable alternates;
+//! complaints must come out as kind `complaint` with the expected feedback type; delivered
+//! reports as kind `delivered`. Recipients must equal the expected recipient.
+//!
+//! Writes the report to `docs/classifier-accuracy.md`; the test fails when the checked-in report
+//! is stale. Regenerate with `VIGIL_BLESS=1 cargo test --test classifier_accuracy`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+struct Case {
+    email: String,
+    module: String,
+    index: usize,
+    feedback_type: String,
+    recipient: String,
+    diagnostic: String,
+    accepted: Vec<String>,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cases() -> Vec<Case> {
+    let text = std::fs::read_to_string(root().join("testdata/sisimai/cases.tsv")).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            let mut accepted = vec![f[11].to_owned()];
+            accepted.extend(f[12].split('|').filter(|a| !a.is_empty()).map(str::to_owned));
+            Case {
+                email: f[0].to_owned(),
+                module: f[1].to_owned(),
+                index: f[2].parse().unwrap(),
+                feedback_type: f[8].to_owned(),
+                recipient: f[9].to_owned(),
+                diagnostic: f[10].to_owned(),
+                accepted,
+            }
+        })
+        .collect()
+}
+
+fn vigil(args: &[String], stdin: &str) -> Vec<Value> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("classify")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_owned();
+    let writer = std::thread::spawn(move || input.write_all(stdin.as_bytes()).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Whether a result is right for a case, for the class part.
+fn class_right(case: &Case, result: Option<&Value>) -> bool {
+    let Some(r) = result else { return false };
+    match case.accepted[0].as_str() {
+        "N/A:FeedbackLoop" => r["kind"] == "complaint" && r["feedback_type"] == case.feedback_type.as_str(),
+        "N/A:Delivered" => r["kind"] == "delivered",
+        _ => r["class"].as_str().is_some_and(|c| case.accepted.iter().any(|a| a == c)),
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    cases: usize,
+    bounce_cases: usize,
+    line_right: usize,
+    eml_right: usize,
+    recipient_right: usize,
+}
+
+fn pct(n: usize, d: usize) -> f64 {
+    if d == 0 { 100.0 } else { 100.0 * n as f64 / d as f64 }
+}
+
+#[test]
+fn accuracy_on_the_sisimai_corpus() {
+    let cases = cases();
+
+    // Diagnostic lines, for the bounce rows (the others have no SMTP line to classify).
+    let is_bounce = |c: &Case| !c.accepted[0].starts_with("N/A");
+    let lines: Vec<String> = cases.iter().filter(|c| is_bounce(c)).map(|c| c.diagnostic.trim().to_owned()).collect();
+    let by_line: HashMap<String, Value> = vigil(&[], &(lines.join("\n") + "\n"))
+        .into_iter()
+        .map(|r| (r["input"].as_str().unwrap().trim().to_owned(), r))
+        .collect();
+
+    // Emails: one object per recipient, in the email's order.
+    let mut files: Vec<&str> = cases.iter().map(|c| c.email.as_str()).collect();
+    files.dedup();
+    let paths: Vec<String> =
+        files.iter().map(|f| root().join("testdata/sisimai/emails").join(f).display().to_string()).collect();
+    let mut by_email: HashMap<String, Vec<Value>> = HashMap::new();
+    for result in vigil(&[vec!["--eml".to_owned()], paths].concat(), "") {
+        let file = result["file"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+        by_email.entry(file).or_default().push(result);
+    }
+
+    let mut modules: BTreeMap<String, Tally> = BTreeMap::new();
+    let mut total = Tally::default();
+    let mut misses = Vec::new();
+    for case in &cases {
+        let eml = by_email.get(&case.email).and_then(|r| r.get(case.index - 1));
+        let eml_ok = class_right(case, eml);
+        let recipient_ok =
+            eml.and_then(|r| r["recipient"].as_str()).is_some_and(|r| r.eq_ignore_ascii_case(&case.recipient));
+        let line_ok = is_bounce(case) && class_right(case, by_line.get(case.diagnostic.trim()));
+        for tally in [modules.entry(case.module.clone()).or_default(), &mut total] {
+            tally.cases += 1;
+            tally.bounce_cases += usize::from(is_bounce(case));
+            tally.line_right += usize::from(line_ok);
+            tally.eml_right += usize::from(eml_ok);
+            tally.recipient_right += usize::from(recipient_ok);
+        }
+        if !eml_ok || !recipient_ok {
+            let got = eml.map_or("(no result)".to_owned(), |r| {
+                format!(
+                    "{} / {}",
+                    r["class"].as_str().or(r["kind"].as_str()).unwrap_or("-"),
+                    r["recipient"].as_str().unwrap_or("-")
+                )
+            });
+            misses.push(format!("| {} | {} / {} | {} |", case.email, case.accepted[0], case.recipient, got));
+        }
+    }
+
+    let mut report = String::new();
+    report.push_str("# Classifier accuracy on the Sisimai corpus\n\n");
+    report.push_str("Generated by `VIGIL_BLESS=1 cargo test --test classifier_accuracy` from `testdata/sisimai/`\n");
+    report.push_str("(real bounces, BSD-2-Clause). A case is right when the class is the expected one or an\n");
+    report.push_str(
+        "acceptable alternate (`cases.tsv`); complaints must be kind `complaint` with the feedback type.\n\n",
+    );
+    report.push_str("| | cases | right | accuracy |\n|---|---|---|---|\n");
+    report.push_str(&format!(
+        "| class from the diagnostic line (`vigil classify`), bounce rows | {} | {} | {:.1} % |\n",
+        total.bounce_cases,
+        total.line_right,
+        pct(total.line_right, total.bounce_cases)
+    ));
+    report.push_str(&format!(
+        "| class from the email (`vigil classify --eml`), all rows | {} | {} | {:.1} % |\n",
+        total.cases,
+        total.eml_right,
+        pct(total.eml_right, total.cases)
+    ));
+    report.push_str(&format!(
+        "| recipient from the email | {} | {} | {:.1} % |\n\n",
+        total.cases,
+        total.recipient_right,
+        pct(total.recipient_right, total.cases)
+    ));
+    report.push_str("## Per module\n\n| module | cases | line | email | recipient |\n|---|---|---|---|---|\n");
+    for (module, t) in &modules {
+        report.push_str(&format!(
+            "| {module} | {} | {}/{} | {}/{} | {}/{} |\n",
+            t.cases, t.line_right, t.bounce_cases, t.eml_right, t.cases, t.recipient_right, t.cases
+        ));
+    }
+    report.push_str(
+        "\n## Cases the email path gets wrong\n\n| email | expected class / recipient | got |\n|---|---|---|\n",
+    );
+    for miss in &misses {
+        report.push_str(miss);
+        report.push('\n');
+    }
+
+    let path = root().join("docs/classifier-accuracy.md");
+    if std::env::var_os("VIGIL_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &report).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == report,
+        "{} is stale; regenerate with `VIGIL_BLESS=1 cargo test --test classifier_accuracy`\n{report}",
+        path.display()
+    );
+
+    // Floors: the targets are 90 % (line), 95 % (email) and 98 % (recipients); the last
+    // two are not reached yet and are guarded at today's level so they can only go up.
+    assert!(pct(total.line_right, total.bounce_cases) >= 90.0, "line accuracy fell below 90 %");
+    assert!(pct(total.eml_right, total.cases) >= 88.0, "email accuracy fell below 88 %");
+    assert!(pct(total.recipient_right, total.cases) >= 94.0, "recipient accuracy fell below 94 %");
+}
