@@ -82,11 +82,12 @@ pub struct ClassifierBuilder {
     patterns: Vec<String>,
     rules: Vec<Rule>,
     enhanced_fallback: bool,
+    cache_entries: usize,
 }
 
 impl Default for ClassifierBuilder {
     fn default() -> Self {
-        Self { patterns: Vec::new(), rules: Vec::new(), enhanced_fallback: true }
+        Self { patterns: Vec::new(), rules: Vec::new(), enhanced_fallback: true, cache_entries: CACHE_ENTRIES }
     }
 }
 
@@ -127,6 +128,13 @@ impl ClassifierBuilder {
     #[must_use]
     pub fn rules_only(mut self) -> Self {
         self.enhanced_fallback = false;
+        self
+    }
+
+    /// Sets how many distinct inputs the result cache holds (0 turns it off).
+    #[must_use]
+    pub fn cache_entries(mut self, entries: usize) -> Self {
+        self.cache_entries = entries;
         self
     }
 
@@ -202,7 +210,7 @@ impl ClassifierBuilder {
             set,
             rules: self.rules,
             enhanced_fallback: self.enhanced_fallback,
-            cache: quick_cache::sync::Cache::new(CACHE_ENTRIES),
+            cache: (self.cache_entries > 0).then(|| quick_cache::sync::Cache::new(self.cache_entries)),
         })
     }
 }
@@ -234,7 +242,7 @@ pub struct Classifier {
     set: RegexSet,
     rules: Vec<Rule>,
     enhanced_fallback: bool,
-    cache: quick_cache::sync::Cache<String, Matched>,
+    cache: Option<quick_cache::sync::Cache<String, Matched>>,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -277,8 +285,8 @@ impl Classifier {
 
     fn matched(&self, input: &str, known_enhanced: Option<EnhancedStatus>) -> Matched {
         let input = bounded(input);
-        let cacheable = known_enhanced.is_none() && input.len() <= MAX_CACHED_BYTES;
-        if cacheable && let Some(hit) = self.cache.get(input) {
+        let cache = self.cache.as_ref().filter(|_| known_enhanced.is_none() && input.len() <= MAX_CACHED_BYTES);
+        if let Some(hit) = cache.and_then(|c| c.get(input)) {
             return hit;
         }
         let response = parse_response(input, known_enhanced);
@@ -286,8 +294,8 @@ impl Classifier {
         let line = if self.enhanced_fallback { response.line.as_str() } else { input };
         let rule = self.set.matches(line).iter().next().map(|i| i as u32);
         let matched = Matched { rule, code: response.code, enhanced: response.enhanced };
-        if cacheable {
-            self.cache.insert(input.to_owned(), matched);
+        if let Some(cache) = cache {
+            cache.insert(input.to_owned(), matched);
         }
         matched
     }

@@ -67,28 +67,30 @@ fn clean(input: &str) -> String {
             text = rest.trim_start();
         }
     }
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let mut kept: Vec<&str> = Vec::with_capacity(words.len());
     let is_code = |w: &str| {
         w.len() == 3 && w.bytes().all(|b| b.is_ascii_digit()) && matches!(w.as_bytes()[0], b'2' | b'4' | b'5')
     };
-    let mut i = 0;
-    while i < words.len() {
-        let word = words[i];
-        // `550-5.7.1` or `550 5.7.1` in the middle of the text: a continuation prefix.
-        let continuation = !kept.is_empty()
-            && (word.split_once('-').is_some_and(|(c, e)| is_code(c) && EnhancedStatus::parse(e).is_some())
-                || (is_code(word)
-                    && words.get(i + 1).is_some_and(|n| EnhancedStatus::parse(n).is_some())
-                    && kept.iter().any(|k| k.starts_with(word))));
-        if continuation {
-            i += if word.contains('-') { 1 } else { 2 };
-            continue;
+    let mut out = String::with_capacity(text.len());
+    let mut first_code: Option<&str> = None;
+    let mut words = text.split_whitespace().peekable();
+    while let Some(word) = words.next() {
+        if !out.is_empty() {
+            // `550-5.7.1` or `550 5.7.1` after the start: a continuation prefix, dropped.
+            if word.split_once('-').is_some_and(|(c, e)| is_code(c) && EnhancedStatus::parse(e).is_some()) {
+                continue;
+            }
+            if first_code == Some(word) && words.peek().is_some_and(|n| EnhancedStatus::parse(n).is_some()) {
+                words.next();
+                continue;
+            }
+            out.push(' ');
         }
-        kept.push(word);
-        i += 1;
+        if first_code.is_none() && is_code(word.get(..3).unwrap_or(word)) {
+            first_code = word.get(..3);
+        }
+        out.push_str(word);
     }
-    kept.join(" ")
+    out
 }
 
 fn is_word_byte(b: u8) -> bool {

@@ -1,0 +1,77 @@
+//! `vigil classify`: the CLI contract scripts depend on.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+fn classify(args: &[&str], stdin: &str) -> (i32, Vec<Value>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("classify")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (out.status.code().unwrap(), lines)
+}
+
+#[test]
+fn lines_give_one_object_each_with_the_documented_fields() {
+    let input = "550 5.1.1 <a@b>: Recipient address rejected: User unknown\nsmtp; 452 4.2.2 mailbox full\n\nsomething with no code at all\n";
+    let (code, out) = classify(&[], input);
+    assert_eq!(code, 0);
+    assert_eq!(out.len(), 3, "blank lines are skipped");
+    assert_eq!(
+        out[0],
+        json!({"input": "550 5.1.1 <a@b>: Recipient address rejected: User unknown", "class": "InvalidRecipient",
+               "permanent": true, "code": 550, "enhanced": "5.1.1", "rule": out[0]["rule"]})
+    );
+    assert!(out[0]["rule"].as_str().unwrap().contains(':'), "the rule says which file and class decided");
+    assert_eq!(
+        (out[1]["class"].as_str(), out[1]["permanent"].as_bool(), out[1]["code"].as_u64()),
+        (Some("QuotaIssues"), Some(false), Some(452))
+    );
+    assert_eq!(
+        (out[2]["code"].clone(), out[2]["enhanced"].clone(), out[2]["permanent"].clone()),
+        (Value::Null, Value::Null, Value::Null)
+    );
+}
+
+#[test]
+fn user_rule_files_come_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("mine.toml");
+    std::fs::write(&rules, "[rules]\nGreylisted = ['(?i)greylist']\n").unwrap();
+    let (_, out) = classify(&["--rules", rules.to_str().unwrap()], "451 4.7.1 Greylisted, try again in 5 minutes\n");
+    assert_eq!(out[0]["class"], "Greylisted");
+    assert_eq!(out[0]["rule"], "mine.toml:Greylisted#0");
+}
+
+#[test]
+fn emails_give_one_object_per_recipient_and_complaints_their_feedback_type() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/sisimai/emails");
+    let bounce = dir.join("lhost-postfix-13.eml");
+    let complaint = dir.join("arf-01.eml");
+    let missing = dir.join("no-such-file.eml");
+    let (code, out) =
+        classify(&["--eml", bounce.to_str().unwrap(), complaint.to_str().unwrap(), missing.to_str().unwrap()], "");
+    assert_eq!(code, 1, "an unreadable file makes the exit code 1, after the others are done");
+    assert_eq!(out.len(), 4);
+    assert_eq!(
+        (out[0]["recipient"].as_str(), out[1]["recipient"].as_str()),
+        (Some("kijitora@example.jp"), Some("noraneko@example.jp"))
+    );
+    for field in
+        ["file", "recipient", "action", "status", "code", "diagnostic", "class", "permanent", "kind", "feedback_type"]
+    {
+        assert!(out[0].get(field).is_some(), "field {field}");
+    }
+    assert_eq!((out[2]["kind"].as_str(), out[2]["feedback_type"].as_str()), (Some("complaint"), Some("abuse")));
+    assert!(out[3]["error"].as_str().unwrap().contains("No such file"), "{}", out[3]);
+}
