@@ -113,7 +113,16 @@ fn classify_emails(args: &ClassifyArgs, classifier: &vigil_processor::Classifier
         for r in &mail.recipients {
             let status = r.status.as_deref().and_then(EnhancedStatus::parse);
             let diagnostic = r.diagnostic.clone().unwrap_or_default();
-            let found = classifier.classify(&diagnostic, status, None);
+            let mut found = classifier.classify(&diagnostic, status, None);
+            // A terse diagnostic ("550 Rejected") that no wording rule matched: what the text
+            // of the mail says about the recipient may name the reason.
+            let undecided = &*found.rule == "none" || found.rule.starts_with("enhanced-status:");
+            if undecided && let Some(context) = &r.context {
+                let from_context = classifier.classify(context, status.or(found.enhanced), None);
+                if !(&*from_context.rule == "none" || from_context.rule.starts_with("enhanced-status:")) {
+                    found = vigil_processor::Classification { code: found.code.or(from_context.code), ..from_context };
+                }
+            }
             let (kind, class, permanent) = match mail.kind {
                 MailKind::Complaint => ("complaint", None, None),
                 MailKind::AutoReply => ("auto_reply", Some("AutoReply".to_owned()), Some(false)),
@@ -123,7 +132,8 @@ fn classify_emails(args: &ClassifyArgs, classifier: &vigil_processor::Classifier
                         Some("delayed") => Some(false),
                         _ => found.permanent,
                     };
-                    let success = found.code.is_some_and(|c| c / 100 == 2) || status.is_some_and(|s| s.class == 2);
+                    // Only a stated status counts: a window of prose may quote any number.
+                    let success = status.is_some_and(|s| s.class == 2);
                     let kind = match r.action.as_deref() {
                         Some("delivered" | "relayed" | "expanded" | "deliverable") => "delivered",
                         Some("delayed") => "deferred",

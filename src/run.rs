@@ -32,14 +32,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let log = EventLog::open(&log_dir).with_context(|| format!("opening the log in {}", log_dir.display()))?;
     let writer = ParquetWriter::open(&warehouse_dir)?;
 
-    let mut rules = ClassifierBuilder::new();
-    for file in &args.rules {
-        rules.add_file(file)?;
-    }
-    let classifier = rules.with_bundled_rules().build()?;
+    let classifier = build_classifier(&args.rules)?;
     tracing::info!(patterns = classifier.rule_count(), "bounce classifier loaded");
     let enricher = Enricher::new(Arc::new(classifier), Arc::new(ProviderMap::bundled()));
-    let pipeline = Pipeline::new(log.clone(), writer, enricher, PipelineConfig::default());
+    let pipeline = Pipeline::new(log.clone(), writer, enricher.clone(), PipelineConfig::default());
 
     let ready = Arc::new(AtomicBool::new(false));
     let api = vigil_query::router(ApiState {
@@ -98,6 +94,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(dir = %dir.display(), "tailing KumoMTA logs");
         tasks.spawn(Tailer::new(config, log.clone()).run(shutdown.clone()).map_ok());
     }
+    #[cfg(unix)]
+    tasks.spawn(reload_on_sighup(args.rules.clone(), enricher, shutdown.clone()));
     if args.demo {
         tracing::info!("demo traffic on: synthetic KumoMTA records for 4 egress sources and 5 providers");
         tasks.spawn(crate::demo::run(log.clone(), shutdown.clone()).map_ok());
@@ -116,6 +114,40 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         result??;
     }
     Ok(())
+}
+
+/// The bounce classifier: the user's rule files first, then the bundled ones.
+fn build_classifier(rules: &[std::path::PathBuf]) -> anyhow::Result<vigil_processor::Classifier> {
+    let mut builder = ClassifierBuilder::new();
+    for file in rules {
+        builder.add_file(file)?;
+    }
+    Ok(builder.with_bundled_rules().build()?)
+}
+
+/// `kill -HUP` rebuilds the classifier from the rule files and swaps it in; a file that no
+/// longer loads keeps the running classifier and says why.
+#[cfg(unix)]
+async fn reload_on_sighup(
+    rules: Vec<std::path::PathBuf>,
+    enricher: Enricher,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = hangup.recv() => {}
+        }
+        let files = rules.clone();
+        match tokio::task::spawn_blocking(move || build_classifier(&files)).await? {
+            Ok(classifier) => {
+                tracing::info!(patterns = classifier.rule_count(), "bounce classifier reloaded");
+                enricher.replace_classifier(Arc::new(classifier));
+            }
+            Err(error) => tracing::error!(%error, "rule reload failed; the running classifier stays"),
+        }
+    }
 }
 
 /// Lets `()`-returning tasks share a `JoinSet` with fallible ones.

@@ -35,6 +35,9 @@ pub struct ReportedRecipient {
     /// The remote server's reply or the reporting MTA's explanation, on one line.
     pub diagnostic: Option<String>,
     pub remote_mta: Option<String>,
+    /// What the human-readable part of the mail says about this recipient, when it says more
+    /// than `diagnostic` (which may be terse: `550 Rejected`).
+    pub context: Option<String>,
 }
 
 /// The fields of an ARF report that matter for deliverability.
@@ -163,6 +166,14 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DsnError> {
             _ => {}
         }
     }
+    // Broken MIME (a boundary that does not match its header, seen in real bounces) hides the
+    // report parts; the status groups are still there in the raw text.
+    if recipients.is_empty() && feedback.is_none() {
+        let raw_text = String::from_utf8_lossy(raw);
+        if raw_text.contains("Final-Recipient:") || raw_text.contains("final-recipient:") {
+            recipients = delivery_status(&raw_text);
+        }
+    }
     let (text, inline_original) = body_text(&message);
     let original_to = original_recipients(original, original_headers.as_deref().or(inline_original.as_deref()));
 
@@ -174,10 +185,13 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DsnError> {
     }
 
     if !recipients.is_empty() {
-        // Some MTAs leave Diagnostic-Code out and explain in the text instead.
+        // Some MTAs leave Diagnostic-Code out, or keep it terse, and explain in the text.
         for r in &mut recipients {
+            let paragraph = paragraph_about(&text, &r.recipient);
             if r.diagnostic.is_none() {
-                r.diagnostic = paragraph_about(&text, &r.recipient);
+                r.diagnostic = paragraph;
+            } else if paragraph.as_deref() != r.diagnostic.as_deref() {
+                r.context = paragraph;
             }
         }
         return Ok(DecodedMail { kind: MailKind::Bounce, recipients, feedback: None });
@@ -220,8 +234,15 @@ fn delivery_status(body: &str) -> Vec<ReportedRecipient> {
     groups
         .iter()
         .filter_map(|g| {
-            let recipient =
-                field(g, "final-recipient").or_else(|| field(g, "original-recipient")).map(address_field)?;
+            // Prefer whichever recipient field holds an address (a local delivery may report a
+            // mailbox path as the final recipient).
+            let named = ["final-recipient", "original-recipient", "x-actual-recipient"];
+            let recipient = named
+                .iter()
+                .filter_map(|n| field(g, n))
+                .find(|v| v.contains('@'))
+                .or_else(|| field(g, "final-recipient"))
+                .map(address_field)?;
             // A pipe or file delivery ("|/usr/bin/x user@host") reports the address inside.
             let recipient = if recipient.contains(char::is_whitespace) || recipient.starts_with(['|', '/']) {
                 addresses(&recipient).into_iter().next().unwrap_or(recipient)
@@ -234,6 +255,7 @@ fn delivery_status(body: &str) -> Vec<ReportedRecipient> {
                 status: field(g, "status").map(|s| s.split_whitespace().next().unwrap_or(s).to_owned()),
                 diagnostic: field(g, "diagnostic-code").map(diagnostic_field).filter(|d| !d.is_empty()),
                 remote_mta: field(g, "remote-mta").map(address_field),
+                context: None,
             })
         })
         .collect()
@@ -387,7 +409,7 @@ fn ses_notification(text: &str) -> Option<DecodedMail> {
                         action: text_of(r, "action"),
                         status: text_of(r, "status"),
                         diagnostic: text_of(r, "diagnosticCode").map(|d| diagnostic_field(&d)),
-                        remote_mta: None,
+                        ..Default::default()
                     })
                 })
                 .collect();
@@ -524,6 +546,11 @@ fn paragraph_about(text: &str, recipient: &str) -> Option<String> {
 /// The address a line starts with, the way bounce texts list failed recipients
 /// (`<a@b>:`, `  a@b`, `* a@b`, `-- a@b`).
 fn recipient_on_line(line: &str) -> Option<String> {
+    // Sendmail V5 prefixes the reply code: `554 <a@b>... Remote protocol error`.
+    let line = match line.split_once(' ') {
+        Some((code, rest)) if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) => rest,
+        _ => line,
+    };
     let stripped = line.trim_start_matches(|c: char| c.is_whitespace() || "<*-\"'".contains(c));
     let first = addresses(stripped).into_iter().next()?;
     stripped.to_ascii_lowercase().starts_with(&first).then_some(first)
@@ -539,9 +566,11 @@ fn non_standard(
 ) -> Vec<ReportedRecipient> {
     let usable = |a: &String| !is_system_address(a) && !excluded.iter().any(|e| e.eq_ignore_ascii_case(a));
     let mut chosen: Vec<String> = if authoritative { original_to.to_vec() } else { Vec::new() };
+    // A line that lists a failed address is trusted even when it names the bounce's own
+    // addressee (a bounce of a message to oneself).
     for line in text.lines().filter(|_| !authoritative) {
         if let Some(address) = recipient_on_line(line.trim())
-            && usable(&address)
+            && !is_system_address(&address)
             && !chosen.contains(&address)
         {
             chosen.push(address);

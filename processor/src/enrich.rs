@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use vigil_schemas::{BounceClass, DeliveryEvent, EventKind, SourceKind};
 
 use crate::classify::Classifier;
@@ -20,17 +22,24 @@ fn relay_of(source: SourceKind) -> Option<crate::classify::relay::Relay> {
     })
 }
 
-/// Classifies and maps events. Immutable; cheap to clone.
+/// Classifies and maps events. Cheap to clone; clones share the classifier, so
+/// [`Enricher::replace_classifier`] on one is seen by all (hot reload).
 #[derive(Debug, Clone)]
 pub struct Enricher {
-    classifier: Arc<Classifier>,
+    classifier: Arc<ArcSwap<Classifier>>,
     providers: Arc<ProviderMap>,
 }
 
 impl Enricher {
     #[must_use]
     pub fn new(classifier: Arc<Classifier>, providers: Arc<ProviderMap>) -> Self {
-        Self { classifier, providers }
+        Self { classifier: Arc::new(ArcSwap::new(classifier)), providers }
+    }
+
+    /// Swaps in a newly built classifier; events enriched after this use it. The old one is
+    /// dropped when the last in-flight classification finishes with it.
+    pub fn replace_classifier(&self, classifier: Arc<Classifier>) {
+        self.classifier.store(classifier);
     }
 
     /// Vigil's bundled rules and provider map.
@@ -73,8 +82,36 @@ impl Enricher {
         }
         let line = event.response_line().unwrap_or_default();
         // The line already carries the enhanced code.
-        let found = self.classifier.classify(&line, None, source_class);
+        let found = self.classifier.load().classify(&line, None, source_class);
         event.bounce_class = Some(found.class);
         event.classifier_rule = Some(found.rule.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use vigil_schemas::SourceKind;
+
+    use super::*;
+    use crate::ClassifierBuilder;
+
+    #[test]
+    fn a_replaced_classifier_applies_to_every_clone() {
+        let enricher = Enricher::bundled();
+        let clone = enricher.clone();
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let mut event = DeliveryEvent::new("id".into(), SourceKind::Kumomta, EventKind::Deferred, at, at);
+        event.smtp_code = Some(451);
+        event.response_text = Some("greylisted, come back later".into());
+        clone.enrich(&mut event);
+        assert_ne!(event.bounce_class.as_ref().map(|c| c.as_str()), Some("Greylisted"));
+
+        let mut rules = ClassifierBuilder::new();
+        rules.add_toml("mine.toml", "[rules]\nGreylisted = ['greylisted']\n").unwrap();
+        enricher.replace_classifier(Arc::new(rules.with_bundled_rules().build().unwrap()));
+        clone.enrich(&mut event);
+        assert_eq!(event.bounce_class.as_ref().map(|c| c.as_str()), Some("Greylisted"));
+        assert_eq!(event.classifier_rule.as_deref(), Some("mine.toml:Greylisted#0"));
     }
 }
