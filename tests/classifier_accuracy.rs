@@ -10,10 +10,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -53,19 +53,8 @@ fn cases() -> Vec<Case> {
 }
 
 fn vigil(args: &[String], stdin: &str) -> Vec<Value> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .arg("classify")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_owned();
-    let writer = std::thread::spawn(move || input.write_all(stdin.as_bytes()).unwrap());
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let args: Vec<String> = std::iter::once("classify".to_owned()).chain(args.iter().cloned()).collect();
+    common::run_vigil(&args, stdin.as_bytes()).json
 }
 
 /// Whether a result is right for a case, for the class part.

@@ -2,23 +2,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod common;
 
 use serde_json::{Value, json};
 
 fn classify(args: &[&str], stdin: &str) -> (i32, Vec<Value>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .arg("classify")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let lines = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    (out.status.code().unwrap(), lines)
+    let args: Vec<&str> = std::iter::once("classify").chain(args.iter().copied()).collect();
+    let out = common::run_vigil(&args, stdin.as_bytes());
+    (out.code, out.json)
 }
 
 #[test]

@@ -2,8 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod common;
 
 use serde_json::Value;
 
@@ -12,18 +11,9 @@ fn examples() -> std::path::PathBuf {
 }
 
 fn parse(args: &[&str], stdin: &[u8]) -> (i32, Vec<Value>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(["parse", "--from", "kumomta"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let events = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    (out.status.code().unwrap(), events, String::from_utf8(out.stderr).unwrap())
+    let args: Vec<&str> = ["parse", "--from", "kumomta"].into_iter().chain(args.iter().copied()).collect();
+    let out = common::run_vigil(&args, stdin);
+    (out.code, out.json, out.stderr)
 }
 
 #[test]

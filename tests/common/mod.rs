@@ -134,3 +134,33 @@ pub fn example_records() -> Vec<String> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/kumomta/examples.jsonl");
     std::fs::read_to_string(path).unwrap().lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect()
 }
+
+/// What a one-shot `vigil` command printed.
+pub struct Output {
+    pub code: i32,
+    /// stdout, one JSON value per line.
+    pub json: Vec<Value>,
+    pub stderr: String,
+}
+
+/// Runs `vigil <args>` with `stdin` (written from a thread, so large inputs cannot deadlock).
+pub fn run_vigil<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting vigil");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || input.write_all(&stdin).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    Output {
+        code: out.status.code().unwrap(),
+        json: String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
