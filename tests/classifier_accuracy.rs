@@ -187,6 +187,6 @@ fn accuracy_on_the_sisimai_corpus() {
     // Floors: the targets are 90 % (line), 95 % (email) and 98 % (recipients); the last
     // two are not reached yet and are guarded at today's level so they can only go up.
     assert!(pct(total.line_right, total.bounce_cases) >= 90.0, "line accuracy fell below 90 %");
-    assert!(pct(total.eml_right, total.cases) >= 90.5, "email accuracy fell below 90.5 %");
+    assert!(pct(total.eml_right, total.cases) >= 91.5, "email accuracy fell below 91.5 %");
     assert!(pct(total.recipient_right, total.cases) >= 96.0, "recipient accuracy fell below 96 %");
 }

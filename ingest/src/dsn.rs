@@ -174,7 +174,7 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DsnError> {
             recipients = delivery_status(&raw_text);
         }
     }
-    let (text, inline_original) = body_text(&message);
+    let (text, inline_original) = body_text(&message, raw);
     let original_to = original_recipients(original, original_headers.as_deref().or(inline_original.as_deref()));
 
     if let Some((report, rcpts)) = feedback {
@@ -298,7 +298,7 @@ fn original_recipients(original: Option<&Message<'_>>, headers: Option<&str>) ->
 
 /// The human-readable text of the bounce itself, and the returned original when it is quoted
 /// inline after one of the usual markers rather than attached.
-fn body_text(message: &Message<'_>) -> (String, Option<String>) {
+fn body_text(message: &Message<'_>, raw: &[u8]) -> (String, Option<String>) {
     let mut text = String::new();
     for index in 0..message.text_body_count() {
         if let Some(body) = message.body_text(index) {
@@ -312,6 +312,13 @@ fn body_text(message: &Message<'_>) -> (String, Option<String>) {
                 text.push_str(&strip_tags(&body));
             }
         }
+    }
+    if text.trim().is_empty() {
+        // Broken MIME (an unfolded boundary parameter, say) leaves no readable part: fall back to
+        // the raw body, part headers and all.
+        let raw = String::from_utf8_lossy(raw);
+        let body = raw.split_once("\r\n\r\n").or_else(|| raw.split_once("\n\n")).map_or("", |(_, b)| b);
+        text = body.to_owned();
     }
     // Everything after the usual markers is the returned message, not the explanation.
     let mut inline_original = None;
@@ -595,10 +602,10 @@ fn non_standard(
         .into_iter()
         .map(|recipient| {
             // A window that says little beyond the address: the reason is elsewhere in the text.
-            let diagnostic = paragraph_about(text, &recipient)
-                .filter(|w| w.len() > recipient.len() + 40)
-                .or_else(|| Some(bounded_text(text)).filter(|t| !t.is_empty()));
-            ReportedRecipient { recipient, diagnostic, ..Default::default() }
+            let whole = Some(bounded_text(text)).filter(|t| !t.is_empty());
+            let window = paragraph_about(text, &recipient).filter(|w| w.len() > recipient.len() + 40);
+            let context = window.as_ref().and(whole.clone());
+            ReportedRecipient { recipient, diagnostic: window.or(whole), context, ..Default::default() }
         })
         .collect()
 }
