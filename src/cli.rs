@@ -73,7 +73,14 @@ pub struct RunArgs {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum InputFormat {
+    /// KumoMTA JSONL log records.
     Kumomta,
+    /// Postfix maillog (syslog lines; queue ids correlated).
+    Postfix,
+    /// Exim main log.
+    Exim,
+    /// PowerMTA accounting CSV (header line first).
+    Powermta,
 }
 
 #[derive(Debug, Args)]

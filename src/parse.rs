@@ -5,7 +5,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use vigil_ingest::kumomta::{ZSTD_MAGIC, normalise_record};
+use vigil_ingest::kumomta::ZSTD_MAGIC;
+use vigil_ingest::lines::Format;
 use vigil_processor::Enricher;
 
 use crate::cli::{InputFormat, ParseArgs};
@@ -27,6 +28,13 @@ pub fn parse(args: &ParseArgs) -> anyhow::Result<ExitCode> {
         Box::new(BufReader::new(chained))
     };
     let enricher = Enricher::bundled();
+    let mut normaliser = match args.format {
+        InputFormat::Kumomta => Format::Kumomta,
+        InputFormat::Postfix => Format::Postfix,
+        InputFormat::Exim => Format::Exim,
+        InputFormat::Powermta => Format::Powermta,
+    }
+    .normaliser();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut rejected = 0usize;
@@ -42,9 +50,7 @@ pub fn parse(args: &ParseArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
         };
-        let outcome = match args.format {
-            InputFormat::Kumomta => normalise_record(text, ingested_at),
-        };
+        let outcome = normaliser.push_line(text, ingested_at);
         match outcome {
             Ok(events) => {
                 for mut event in events {

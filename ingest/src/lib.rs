@@ -18,4 +18,8 @@
 //!   common non-standard bounce bodies).
 
 pub mod dsn;
+pub mod exim;
 pub mod kumomta;
+pub mod lines;
+pub mod postfix;
+pub mod powermta;

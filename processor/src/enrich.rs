@@ -80,7 +80,8 @@ impl Enricher {
             // feedback type stays in `provider_class`.
             return;
         }
-        let line = event.response_line().unwrap_or_default();
+        // Without a reply code (a connection failure, an MTA's own words) the text alone.
+        let line = event.response_line().or_else(|| event.response_text.clone()).unwrap_or_default();
         // The line already carries the enhanced code.
         let found = self.classifier.load().classify(&line, None, source_class);
         event.bounce_class = Some(found.class);

@@ -42,8 +42,9 @@ fn relay_samples_map_to_classes() {
             }
         }
     }
-    let csv = std::fs::read_to_string(root.join("powermta_acct_synthetic_test_lines.csv")).unwrap();
-    let header = std::fs::read_to_string(root.join("powermta_acct_default_headers.txt")).unwrap();
+    let mta_logs = root.join("../mta_logs");
+    let csv = std::fs::read_to_string(mta_logs.join("powermta_acct_synthetic_test_lines.csv")).unwrap();
+    let header = std::fs::read_to_string(mta_logs.join("powermta_acct_default_headers.txt")).unwrap();
     // The synthetic lines come without a header; the header file holds the one their columns follow.
     let header_line = header.lines().find(|l| l.starts_with("#type") && l.contains("bounceCat")).unwrap_or("");
     for label in powermta_labels(&format!("{header_line}\n{csv}")) {

@@ -1,0 +1,162 @@
+//! Line-oriented log formats behind one interface, so the tail, syslog receivers and
+//! `vigil parse` share the same normalisers.
+
+use chrono::{DateTime, Utc};
+use vigil_schemas::DeliveryEvent;
+
+/// Why a line could not be normalised. The text names what is wrong, for the dead letter.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct LineError(pub String);
+
+/// Turns log lines into events. Stateful formats (Postfix correlates lines by queue id; a CSV
+/// needs its header) keep their state between calls, bounded in size.
+pub trait LineNormaliser: Send {
+    /// Normalises one line (without its newline). A line that is valid but reports no outcome
+    /// (a connection notice, a queue-manager line whose facts are kept for later) gives no event.
+    ///
+    /// # Errors
+    /// When the line cannot be read as the format at all.
+    fn push_line(&mut self, line: &str, ingested_at: DateTime<Utc>) -> Result<Vec<DeliveryEvent>, LineError>;
+}
+
+/// The formats `vigil parse --from` and the tails understand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Kumomta,
+    Postfix,
+    Exim,
+    Powermta,
+}
+
+impl Format {
+    /// A fresh normaliser for this format.
+    #[must_use]
+    pub fn normaliser(self) -> Box<dyn LineNormaliser> {
+        match self {
+            Self::Kumomta => Box::new(KumoLines),
+            Self::Postfix => Box::new(crate::postfix::PostfixNormaliser::default()),
+            Self::Exim => Box::new(crate::exim::EximNormaliser::default()),
+            Self::Powermta => Box::new(crate::powermta::PowermtaNormaliser::default()),
+        }
+    }
+}
+
+/// KumoMTA JSONL: every line stands alone.
+#[derive(Debug)]
+struct KumoLines;
+
+impl LineNormaliser for KumoLines {
+    fn push_line(&mut self, line: &str, ingested_at: DateTime<Utc>) -> Result<Vec<DeliveryEvent>, LineError> {
+        crate::kumomta::normalise_record(line, ingested_at).map_err(|e| LineError(e.to_string()))
+    }
+}
+
+/// A stable 128-bit id (hex) for an event of a line-oriented source: the source name, the raw
+/// line and the recipient, so the same line read twice (a re-read file, a syslog retry) gets the
+/// same id, and two recipients of one line get different ones.
+#[must_use]
+pub fn line_event_id(source: &str, line: &str, recipient: &str) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in [source, line, recipient] {
+        hasher.update(part.as_bytes());
+        hasher.update(&[0]);
+    }
+    hasher.finalize().to_hex()[..32].to_owned()
+}
+
+/// A bounded map that forgets its oldest entries: per-message state of a correlating parser
+/// (a message whose last line never comes must not hold memory forever).
+#[derive(Debug)]
+pub struct BoundedMap<V> {
+    map: std::collections::HashMap<String, V>,
+    order: std::collections::VecDeque<String>,
+    capacity: usize,
+}
+
+impl<V> BoundedMap<V> {
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self { map: std::collections::HashMap::new(), order: std::collections::VecDeque::new(), capacity }
+    }
+
+    /// The entry for `key`, created with `V::default()` if absent (evicting the oldest when full).
+    pub fn entry(&mut self, key: &str) -> &mut V
+    where
+        V: Default,
+    {
+        if !self.map.contains_key(key) {
+            while self.map.len() >= self.capacity {
+                let Some(oldest) = self.order.pop_front() else { break };
+                self.map.remove(&oldest);
+            }
+            self.order.push_back(key.to_owned());
+            self.map.insert(key.to_owned(), V::default());
+        }
+        self.map.get_mut(key).expect("inserted above")
+    }
+
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<V> {
+        // The key stays in `order` until it is popped; popping a missing key is harmless.
+        self.map.remove(key)
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// The reply code and enhanced code in a remote server's reply quoted by an MTA (`host x said:
+/// 550 5.1.1 <a@b>: ...`), and the reply itself without the MTA's wrapping.
+#[must_use]
+pub fn split_reply(text: &str) -> (Option<u16>, Option<String>, String) {
+    let reply = text.split_once(" said: ").map_or(text, |(_, r)| r);
+    let reply = reply.trim();
+    let mut words = reply.split_whitespace();
+    let code = words
+        .next()
+        .and_then(|w| w.get(..3).filter(|_| w.len() == 3 || w.as_bytes()[3] == b'-'))
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|c| (200..600).contains(c));
+    let enhanced = code.and_then(|_| {
+        let second = reply.get(4..)?.split_whitespace().next()?;
+        let mut parts = second.split('.');
+        let ok = parts.clone().count() == 3 && parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        ok.then(|| second.to_owned())
+    });
+    (code, enhanced, reply.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_maps_forget_the_oldest() {
+        let mut map: BoundedMap<u32> = BoundedMap::new(2);
+        *map.entry("a") = 1;
+        *map.entry("b") = 2;
+        *map.entry("c") = 3;
+        assert_eq!((map.get("a"), map.get("b"), map.get("c")), (None, Some(&2), Some(&3)));
+        assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn replies_are_split_from_their_wrapping() {
+        let (code, enhanced, reply) = split_reply("host mx[192.0.2.1] said: 550 5.1.1 <a@b>: unknown");
+        assert_eq!((code, enhanced.as_deref(), reply.as_str()), (Some(550), Some("5.1.1"), "550 5.1.1 <a@b>: unknown"));
+        assert_eq!(split_reply("connect to x[1.2.3.4]:25: Connection timed out").0, None);
+        assert_eq!(split_reply("550-5.7.1 blocked").1.as_deref(), Some("5.7.1"));
+    }
+}
