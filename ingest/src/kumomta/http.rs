@@ -11,7 +11,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -70,11 +70,15 @@ fn error(status: StatusCode, reason: impl Into<String>) -> Response {
 }
 
 async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
-    let Ok(body) = to_bytes(body, state.max_body_bytes).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body exceeds {} bytes; send smaller batches", state.max_body_bytes),
-        );
+    let body = match read_body(body, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds {} bytes; send smaller batches", state.max_body_bytes),
+            );
+        }
+        Err(BodyError::Read(reason)) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {reason}")),
     };
     let records = match split_records(&body) {
         Ok(records) => records,
@@ -109,6 +113,36 @@ async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
     (status, Json(body)).into_response()
 }
 
+#[derive(Debug)]
+enum BodyError {
+    TooLarge,
+    Read(String),
+}
+
+/// Reads at most `limit` bytes of body. A larger body is read on to its end and discarded (up
+/// to four times the limit), so a client still sending gets the 413 instead of a broken pipe;
+/// memory stays at `limit` either way.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, BodyError> {
+    use futures::StreamExt;
+    let drain_limit = limit.saturating_mul(4);
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+        total = total.saturating_add(chunk.len());
+        if total > drain_limit {
+            return Err(BodyError::TooLarge);
+        }
+        if total <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if !buf.is_empty() {
+            buf = bytes::BytesMut::new();
+        }
+    }
+    if total > limit { Err(BodyError::TooLarge) } else { Ok(buf.freeze()) }
+}
+
 /// A body is one JSON object or an array of them; each record keeps its own raw text.
 fn split_records(body: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
     let text = std::str::from_utf8(body).map_err(|e| format!("not valid UTF-8: {e}"))?;
@@ -136,6 +170,7 @@ async fn append(log: &EventLog, batch: AppendBatch) -> Result<AppendReceipt, Res
 
 #[cfg(test)]
 mod tests {
+    use axum::body::to_bytes;
     use axum::http::Request;
     use tower::ServiceExt;
 
