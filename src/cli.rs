@@ -50,6 +50,15 @@ pub struct RunArgs {
     /// A KumoMTA log directory to tail (`log_dir` of `kumo.configure_local_logs`). Repeatable.
     #[arg(long = "kumomta-logs", value_name = "DIR")]
     pub kumomta_logs: Vec<PathBuf>,
+    /// A Postfix maillog file, or a directory of them, to tail. Repeatable.
+    #[arg(long = "postfix-log", value_name = "PATH")]
+    pub postfix_logs: Vec<PathBuf>,
+    /// An Exim main log file, or a directory of them, to tail. Repeatable.
+    #[arg(long = "exim-log", value_name = "PATH")]
+    pub exim_logs: Vec<PathBuf>,
+    /// A PowerMTA accounting CSV file, or a directory of them, to tail. Repeatable.
+    #[arg(long = "powermta-acct", value_name = "PATH")]
+    pub powermta_accounting: Vec<PathBuf>,
     /// Extra bounce-classifier rule files (KumoMTA format, TOML or JSON), loaded before the
     /// bundled ones so they win. Repeatable; first file wins.
     #[arg(long = "rules", value_name = "FILE")]

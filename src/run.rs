@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use vigil_ingest::kumomta::{TailConfig, Tailer};
+use vigil_ingest::lines::Format;
+use vigil_ingest::tail::{TailConfig, Tailer};
 use vigil_log::EventLog;
 use vigil_processor::{ClassifierBuilder, Enricher, Pipeline, PipelineConfig, ProviderMap};
 use vigil_query::ApiState;
@@ -87,12 +88,20 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     ready.store(true, Ordering::Release);
     tracing::info!(committed, "processor ready");
 
-    for dir in &args.kumomta_logs {
-        let mut config = TailConfig::new(dir.clone());
-        config.poll_interval = Duration::from_millis(args.tail_interval_ms.max(10));
-        config.max_line_bytes = args.max_line_bytes;
-        tracing::info!(dir = %dir.display(), "tailing KumoMTA logs");
-        tasks.spawn(Tailer::new(config, log.clone()).run(shutdown.clone()).map_ok());
+    let tails = [
+        (Format::Kumomta, &args.kumomta_logs),
+        (Format::Postfix, &args.postfix_logs),
+        (Format::Exim, &args.exim_logs),
+        (Format::Powermta, &args.powermta_accounting),
+    ];
+    for (format, paths) in tails {
+        for path in paths {
+            let mut config = TailConfig::new(path.clone(), format);
+            config.poll_interval = Duration::from_millis(args.tail_interval_ms.max(10));
+            config.max_line_bytes = args.max_line_bytes;
+            tracing::info!(path = %path.display(), ?format, "tailing");
+            tasks.spawn(Tailer::new(config, log.clone()).run(shutdown.clone()).map_ok());
+        }
     }
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(args.rules.clone(), enricher, shutdown.clone()));

@@ -13,7 +13,9 @@
 //!   crashes a receiver and never disappears: it gets a 4xx with a reason or a dead letter.
 //!
 //! # Layout
-//! - [`kumomta`]: the record mirror, the normaliser, the HTTP receiver and the directory tail.
+//! - [`kumomta`]: the record mirror, the normaliser and the HTTP receiver.
+//! - [`postfix`], [`exim`], [`powermta`]: the other MTAs' log normalisers, behind [`lines`].
+//! - [`tail`]: reading log files and directories into the log, with checkpoints.
 //! - [`dsn`]: decoding bounce, complaint and auto-reply mail (RFC 3464, RFC 5965, RFC 3834 and
 //!   common non-standard bounce bodies).
 
@@ -23,3 +25,4 @@ pub mod kumomta;
 pub mod lines;
 pub mod postfix;
 pub mod powermta;
+pub mod tail;

@@ -3,11 +3,10 @@
 mod http;
 mod normalise;
 mod record;
-mod tail;
 
+pub use crate::tail::ZSTD_MAGIC;
 pub use http::{IngestResponse, RecordError, router};
 pub use normalise::{KUMOMTA_INTERNAL_PREFIX, NormaliseError, domain_of, normalise_record};
-pub use tail::{TailConfig, TailError, Tailer, ZSTD_MAGIC};
 
 use chrono::Utc;
 use vigil_log::{AppendBatch, AppendReceipt, EventLog, LogError};

@@ -1,4 +1,7 @@
-//! Tailing a KumoMTA log directory (`kumo.configure_local_logs`).
+//! Tailing log files into the log of record: a KumoMTA log directory
+//! (`kumo.configure_local_logs`), a Postfix maillog, an Exim main log, PowerMTA accounting files.
+//! A configured path is one file or a directory of files; each line goes through the format's
+//! [`LineNormaliser`](crate::lines::LineNormaliser).
 //!
 //! kumod writes zstd-compressed JSONL segments named `YYYYMMDD-HHMMSS[_suffix]`, so name order
 //! is time order; users also drop plain `.jsonl` files. Each file is read from its checkpoint:
@@ -11,6 +14,11 @@
 //! entered in the middle, a grown segment is decompressed again from its start and the
 //! already-committed bytes are skipped: a cost in CPU, not in correctness. Plain files are
 //! entered by seeking.
+//!
+//! Correlating formats (Postfix, Exim) keep their per-message state in memory per file; after a
+//! restart, lines before the checkpoint are not read again, so a message in flight across the
+//! restart loses the sender and size its earlier lines gave. A PowerMTA file's header line is
+//! read again on restart so its columns are known.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
@@ -24,14 +32,17 @@ use vigil_log::{EventLog, LogError};
 use vigil_schemas::DeadLetter;
 use vigil_schemas::deadletter::DEAD_LETTER_MAX_RAW_BYTES;
 
-const SOURCE: &str = "kumomta-file";
+use crate::lines::{Format, LineNormaliser};
+
 /// The first bytes of a zstd frame; how a compressed segment is told from plain JSONL.
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
-/// How the tail reads a directory.
+/// How the tail reads a file or a directory.
 #[derive(Debug, Clone)]
 pub struct TailConfig {
-    pub dir: PathBuf,
+    /// A file, or a directory whose files are read in name order.
+    pub path: PathBuf,
+    pub format: Format,
     /// How often the directory is scanned for new files and growth.
     pub poll_interval: Duration,
     /// Lines longer than this become dead letters instead of events.
@@ -43,9 +54,10 @@ pub struct TailConfig {
 impl TailConfig {
     /// Defaults suited to kumod's segments: 1 s scans, 1 MiB lines, 8 MiB batches.
     #[must_use]
-    pub fn new(dir: PathBuf) -> Self {
+    pub fn new(path: PathBuf, format: Format) -> Self {
         Self {
-            dir,
+            path,
+            format,
             poll_interval: Duration::from_secs(1),
             max_line_bytes: 1024 * 1024,
             max_batch_bytes: 8 * 1024 * 1024,
@@ -71,17 +83,34 @@ struct Checkpoint {
     seen_len: u64,
 }
 
-/// Reads a KumoMTA log directory into the log of record.
-#[derive(Debug)]
+/// Reads log files into the log of record.
 pub struct Tailer {
     config: TailConfig,
     log: EventLog,
+    /// One normaliser per file: correlation state belongs to a file.
+    normalisers: std::sync::Mutex<std::collections::HashMap<PathBuf, Box<dyn LineNormaliser>>>,
+}
+
+impl std::fmt::Debug for Tailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tailer").field("config", &self.config).finish_non_exhaustive()
+    }
 }
 
 impl Tailer {
     #[must_use]
     pub fn new(config: TailConfig, log: EventLog) -> Self {
-        Self { config, log }
+        Self { config, log, normalisers: std::sync::Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    /// The dead-letter source and checkpoint prefix of this tail's format.
+    fn source(&self) -> &'static str {
+        match self.config.format {
+            Format::Kumomta => "kumomta-file",
+            Format::Postfix => "postfix-file",
+            Format::Exim => "exim-file",
+            Format::Powermta => "powermta-file",
+        }
     }
 
     /// Scans until `shutdown` is cancelled. Errors are logged and the scan retried at the next
@@ -98,15 +127,15 @@ impl Tailer {
             let scan = std::sync::Arc::clone(&tailer);
             match tokio::task::spawn_blocking(move || scan.scan_once()).await {
                 Ok(Ok(0)) => {}
-                Ok(Ok(records)) => tracing::debug!(records, dir = %tailer.config.dir.display(), "tailed"),
+                Ok(Ok(records)) => tracing::debug!(records, path = %tailer.config.path.display(), "tailed"),
                 Ok(Err(error)) => tracing::warn!(%error, "log directory scan failed; retrying from the checkpoint"),
                 Err(error) => tracing::error!(%error, "log directory scan panicked"),
             }
         }
     }
 
-    /// One pass over the directory: every file, oldest name first. Returns the number of lines
-    /// committed (events and dead letters).
+    /// One pass: the file, or every file of the directory, oldest name first. Returns the
+    /// number of lines committed (events and dead letters).
     ///
     /// # Errors
     /// When the directory or a file cannot be read, or the log cannot append.
@@ -115,8 +144,15 @@ impl Tailer {
             let path = path.display().to_string();
             move |source| TailError::Io { path, source }
         };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.config.dir)
-            .map_err(io_err(&self.config.dir))?
+        let root = &self.config.path;
+        if std::fs::metadata(root).map_err(io_err(root))?.is_file() {
+            return self.scan_file(root).map_err(|e| match e {
+                FileError::Io(source) => io_err(root)(source),
+                FileError::Log(log) => TailError::Log(log),
+            });
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root)
+            .map_err(io_err(root))?
             .filter_map(Result::ok)
             .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
             .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
@@ -134,7 +170,8 @@ impl Tailer {
     }
 
     fn scan_file(&self, path: &Path) -> Result<usize, FileError> {
-        let key = format!("{SOURCE}:{}", path.display());
+        let source = self.source();
+        let key = format!("{source}:{}", path.display());
         let mut checkpoint: Checkpoint =
             self.log.checkpoint(&key)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
         let mut file = File::open(path)?;
@@ -150,6 +187,32 @@ impl Tailer {
             tracing::warn!(file = %path.display(), "file shrank since it was last read; reading it again from the start");
             checkpoint = Checkpoint::default();
         }
+        let mut normalisers = self.normalisers.lock().expect("normaliser lock poisoned");
+        if shrunk {
+            normalisers.remove(path);
+        }
+        let normaliser = match normalisers.entry(path.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let normaliser = entry.insert(self.config.format.normaliser());
+                // Resuming a PowerMTA file mid-way: its header line names the columns.
+                if self.config.format == Format::Powermta && checkpoint.offset > 0 {
+                    let opened = File::open(path)?;
+                    let mut first: Box<dyn BufRead> = if compressed {
+                        Box::new(BufReader::new(zstd::stream::read::Decoder::new(opened)?))
+                    } else {
+                        Box::new(BufReader::new(opened))
+                    };
+                    let mut header = Vec::new();
+                    if let Ok(Line::Complete { .. }) =
+                        read_bounded_line(&mut first, self.config.max_line_bytes, &mut header)
+                    {
+                        let _ = normaliser.push_line(&String::from_utf8_lossy(&header), Utc::now());
+                    }
+                }
+                normaliser
+            }
+        };
 
         let mut reader: Box<dyn BufRead> = if compressed {
             let mut decoder = BufReader::new(zstd::stream::read::Decoder::new(file)?);
@@ -187,7 +250,16 @@ impl Tailer {
                         pending.bytes += record.len();
                         let location = format!("{name}:{start}");
                         // A rejected line is kept as a dead letter, in line order.
-                        let _ = super::push_record(&mut pending.batch, SOURCE, location, record, Utc::now());
+                        let outcome = std::str::from_utf8(record)
+                            .map_err(|e| format!("line is not valid UTF-8: {e}"))
+                            .and_then(|text| normaliser.push_line(text, Utc::now()).map_err(|e| e.0));
+                        match outcome {
+                            Ok(events) => pending.batch.events.extend(events),
+                            Err(reason) => {
+                                let letter = DeadLetter::new(source, Some(location), reason, record);
+                                pending.batch.dead_letters.push(letter);
+                            }
+                        }
                         pending.lines += 1;
                     }
                 }
@@ -195,7 +267,7 @@ impl Tailer {
                     checkpoint.offset += consumed;
                     let reason =
                         format!("line of {consumed} bytes exceeds the limit of {} bytes", self.config.max_line_bytes);
-                    let mut letter = DeadLetter::new(SOURCE, Some(format!("{name}:{start}")), reason, &buf);
+                    let mut letter = DeadLetter::new(source, Some(format!("{name}:{start}")), reason, &buf);
                     letter.raw_len = consumed;
                     pending.batch.dead_letters.push(letter);
                     pending.lines += 1;
