@@ -80,3 +80,32 @@ async fn three_formats_are_tailed_and_a_restart_neither_loses_nor_repeats() {
     let sources = vigil.summary("group_by=egress_source").await;
     assert!(sources.as_array().unwrap().iter().any(|r| r["egress_source"] == "mta1"), "{sources:#}");
 }
+
+/// Copy-truncate rotation of a tailed directory: the rotated copy is read (it may hold lines
+/// the tail had not reached), its already-read lines are recognised by their event ids, and
+/// the truncated file is read again from its start even after it has regrown past the old
+/// offset.
+#[tokio::test]
+async fn copy_truncate_rotation_loses_nothing_and_counts_nothing_twice() {
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("maillog");
+    let line = |n: usize, domain: &str| {
+        format!(
+            "Jan  9 10:00:{n:02} mx postfix/smtp[4]: Q{n:09}: to=<u{n}@{domain}>, relay=mx.{domain}[192.0.2.1]:25, delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as X{n})"
+        )
+    };
+    append(&log, &[&line(1, "gmail.com"), &line(2, "gmail.com")]);
+    let args = ["--postfix-log", logs.path().to_str().unwrap(), "--tail-interval-ms", "50"];
+    let vigil = Vigil::start(data.path(), &args).await;
+    vigil.wait_for_summary("group_by=provider", &json!([row("google", 2, 0, 0)])).await;
+
+    // One more line lands, then logrotate copies and truncates before the tail reads it; the
+    // new file grows past the old offset before the next scan.
+    append(&log, &[&line(3, "gmail.com")]);
+    std::fs::copy(&log, logs.path().join("maillog.1")).unwrap();
+    let longer: Vec<String> = (4..10).map(|n| line(n, "yahoo.com")).collect();
+    let refs: Vec<&str> = longer.iter().map(String::as_str).collect();
+    std::fs::write(&log, refs.join("\n") + "\n").unwrap();
+    vigil.wait_for_summary("group_by=provider", &json!([row("google", 3, 0, 0), row("yahoo", 6, 0, 0)])).await;
+}

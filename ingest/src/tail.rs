@@ -81,6 +81,25 @@ struct Checkpoint {
     offset: u64,
     /// File length when the file was last read to its end; unchanged length means nothing new.
     seen_len: u64,
+    /// Hash of the file's first [`HEAD_BYTES`] bytes, once it has that many: a file replaced
+    /// or truncated and rewritten under the same name (copy-truncate rotation) starts
+    /// differently, even when it has already grown past the old offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    head: Option<u128>,
+}
+
+/// How many leading bytes identify a file.
+const HEAD_BYTES: usize = 256;
+
+/// The hash of a file's first [`HEAD_BYTES`] bytes, if it has that many.
+fn head_of(file: &mut File) -> io::Result<Option<u128>> {
+    let mut head = [0u8; HEAD_BYTES];
+    file.seek(SeekFrom::Start(0))?;
+    let complete = file.read_exact(&mut head).is_ok();
+    file.seek(SeekFrom::Start(0))?;
+    let hash = blake3::hash(&head);
+    let first: [u8; 16] = hash.as_bytes()[..16].try_into().expect("16 of 32 bytes");
+    Ok(complete.then(|| u128::from_le_bytes(first)))
 }
 
 /// Reads log files into the log of record.
@@ -176,17 +195,20 @@ impl Tailer {
             self.log.checkpoint(&key)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
         let mut file = File::open(path)?;
         let len = file.metadata()?.len();
-        if len == checkpoint.seen_len {
+        let head = head_of(&mut file)?;
+        let replaced = checkpoint.head.is_some() && checkpoint.head != head;
+        if len == checkpoint.seen_len && !replaced {
             return Ok(0);
         }
         let mut magic = [0u8; 4];
         let compressed = file.read_exact(&mut magic).is_ok() && magic == ZSTD_MAGIC;
         file.seek(SeekFrom::Start(0))?;
-        let shrunk = if compressed { len < checkpoint.seen_len } else { len < checkpoint.offset };
+        let shrunk = replaced || if compressed { len < checkpoint.seen_len } else { len < checkpoint.offset };
         if shrunk {
-            tracing::warn!(file = %path.display(), "file shrank since it was last read; reading it again from the start");
+            tracing::warn!(file = %path.display(), "file was truncated or replaced since it was last read; reading it again from the start");
             checkpoint = Checkpoint::default();
         }
+        checkpoint.head = head;
         let mut normalisers = self.normalisers.lock().expect("normaliser lock poisoned");
         if shrunk {
             normalisers.remove(path);
