@@ -59,6 +59,15 @@ pub struct RunArgs {
     /// A PowerMTA accounting CSV file, or a directory of them, to tail. Repeatable.
     #[arg(long = "powermta-acct", value_name = "PATH")]
     pub powermta_accounting: Vec<PathBuf>,
+    /// Receive syslog over UDP on this address (Postfix or Exim lines, see --syslog-format).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub syslog_udp: Option<SocketAddr>,
+    /// Receive syslog over TCP on this address (newline-delimited or octet-counted).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub syslog_tcp: Option<SocketAddr>,
+    /// What the syslog receivers carry.
+    #[arg(long, value_enum, default_value = "postfix")]
+    pub syslog_format: SyslogFormat,
     /// Extra bounce-classifier rule files (KumoMTA format, TOML or JSON), loaded before the
     /// bundled ones so they win. Repeatable; first file wins.
     #[arg(long = "rules", value_name = "FILE")]
@@ -78,6 +87,12 @@ pub struct RunArgs {
     /// How often tailed directories are scanned, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub tail_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SyslogFormat {
+    Postfix,
+    Exim,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

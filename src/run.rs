@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use vigil_ingest::lines::Format;
+use vigil_ingest::syslog::SyslogIngest;
 use vigil_ingest::tail::{TailConfig, Tailer};
 use vigil_log::EventLog;
 use vigil_processor::{ClassifierBuilder, Enricher, Pipeline, PipelineConfig, ProviderMap};
@@ -101,6 +102,26 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             config.max_line_bytes = args.max_line_bytes;
             tracing::info!(path = %path.display(), ?format, "tailing");
             tasks.spawn(Tailer::new(config, log.clone()).run(shutdown.clone()).map_ok());
+        }
+    }
+    if args.syslog_udp.is_some() || args.syslog_tcp.is_some() {
+        let format = match args.syslog_format {
+            crate::cli::SyslogFormat::Postfix => Format::Postfix,
+            crate::cli::SyslogFormat::Exim => Format::Exim,
+        };
+        let (syslog, normaliser) = SyslogIngest::start(format, log.clone(), shutdown.clone());
+        tasks.spawn(async move { normaliser.await.context("syslog normaliser") });
+        if let Some(addr) = args.syslog_udp {
+            let socket =
+                tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("binding syslog UDP {addr}"))?;
+            tracing::info!(%addr, ?format, "receiving syslog over UDP");
+            tasks.spawn(syslog.clone().run_udp(socket, shutdown.clone()).map_ok());
+        }
+        if let Some(addr) = args.syslog_tcp {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding syslog TCP {addr}"))?;
+            tracing::info!(%addr, ?format, "receiving syslog over TCP");
+            tasks.spawn(syslog.run_tcp(listener, shutdown.clone()).map_ok());
         }
     }
     #[cfg(unix)]

@@ -16,6 +16,7 @@
 //! - [`kumomta`]: the record mirror, the normaliser and the HTTP receiver.
 //! - [`postfix`], [`exim`], [`powermta`]: the other MTAs' log normalisers, behind [`lines`].
 //! - [`tail`]: reading log files and directories into the log, with checkpoints.
+//! - [`syslog`]: UDP and TCP syslog receivers for Postfix and Exim lines.
 //! - [`dsn`]: decoding bounce, complaint and auto-reply mail (RFC 3464, RFC 5965, RFC 3834 and
 //!   common non-standard bounce bodies).
 
@@ -25,4 +26,5 @@ pub mod kumomta;
 pub mod lines;
 pub mod postfix;
 pub mod powermta;
+pub mod syslog;
 pub mod tail;

@@ -115,8 +115,8 @@ fn parse_syslog(line: &str, now: DateTime<Utc>) -> Option<SyslogLine<'_>> {
         let (host, program, message) = host_program_message(rest)?;
         return Some(SyslogLine { at, host: Some(host), program: Some(program), message });
     }
-    // The bare message part.
-    Some(SyslogLine { at: None, host: None, program: None, message: line })
+    // The bare message part, as a shipper that strips the prefix leaves it: `QUEUEID: ...`.
+    queue_id_of(line).map(|_| SyslogLine { at: None, host: None, program: None, message: line })
 }
 
 /// Postfix queue ids: short hex (`C93CEB08A046`) or long (`4Xyz...`) alphanumerics.
