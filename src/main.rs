@@ -3,6 +3,7 @@
 mod classify;
 mod cli;
 mod demo;
+mod metrics;
 mod parse;
 mod run;
 

@@ -48,6 +48,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     });
     let app = api
         .merge(vigil_ingest::kumomta::router(log.clone(), args.max_body_bytes, args.max_ingest_in_flight))
+        .merge(crate::metrics::router(log.clone()))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,

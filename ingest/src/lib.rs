@@ -24,6 +24,7 @@ pub mod dsn;
 pub mod exim;
 pub mod kumomta;
 pub mod lines;
+pub mod metrics;
 pub mod postfix;
 pub mod powermta;
 pub mod syslog;

@@ -82,6 +82,7 @@ impl SyslogIngest {
             };
             if self.queue.try_send(Received { peer, line }).is_err() {
                 let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                crate::metrics::ingest_metrics().syslog_dropped.inc();
                 // Report drops in powers of two: visible, without a log line per datagram.
                 if dropped >= reported_drops * 2 || reported_drops == 0 {
                     reported_drops = dropped;
@@ -177,6 +178,7 @@ async fn normalise(format: Format, mut lines: mpsc::Receiver<Received>, log: Eve
     let mut normaliser = format.normaliser();
     let mut batch = AppendBatch::default();
     let mut pending = 0;
+    let mut pending_bytes = 0;
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => None,
@@ -193,6 +195,7 @@ async fn normalise(format: Format, mut lines: mpsc::Receiver<Received>, log: Eve
             let location = Some(format!("from {peer}"));
             match line {
                 Ok(text) => {
+                    pending_bytes += text.len();
                     let text = text.trim_end_matches(['\r', '\n']);
                     match normaliser.push_line(text, Utc::now()) {
                         Ok(events) => batch.events.extend(events),
@@ -205,9 +208,10 @@ async fn normalise(format: Format, mut lines: mpsc::Receiver<Received>, log: Eve
         if (done || timed_out || pending >= BATCH_LINES) && !batch.is_empty() {
             let log = log.clone();
             let full = std::mem::take(&mut batch);
-            pending = 0;
+            let observation = crate::metrics::BatchObservation::of(&full);
+            let (records, bytes) = (std::mem::take(&mut pending), std::mem::take(&mut pending_bytes));
             match tokio::task::spawn_blocking(move || log.append(full)).await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(receipt)) => observation.committed(source, records as u64, bytes as u64, &receipt),
                 Ok(Err(error)) => tracing::error!(%error, "syslog batch not stored"),
                 Err(error) => tracing::error!(%error, "syslog append task failed"),
             }

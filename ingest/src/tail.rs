@@ -164,31 +164,38 @@ impl Tailer {
             move |source| TailError::Io { path, source }
         };
         let root = &self.config.path;
-        if std::fs::metadata(root).map_err(io_err(root))?.is_file() {
-            return self.scan_file(root).map_err(|e| match e {
-                FileError::Io(source) => io_err(root)(source),
-                FileError::Log(log) => TailError::Log(log),
-            });
-        }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(root)
-            .map_err(io_err(root))?
-            .filter_map(Result::ok)
-            .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
-            .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
-            .map(|entry| entry.path())
-            .collect();
+        let mut files: Vec<PathBuf> = if std::fs::metadata(root).map_err(io_err(root))?.is_file() {
+            vec![root.clone()]
+        } else {
+            std::fs::read_dir(root)
+                .map_err(io_err(root))?
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
+                .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
+                .map(|entry| entry.path())
+                .collect()
+        };
         files.sort();
-        let mut lines = 0;
+        let (mut lines, mut lag) = (0, 0);
         for path in files {
-            lines += self.scan_file(&path).map_err(|e| match e {
+            let (read, behind) = self.scan_file(&path).map_err(|e| match e {
                 FileError::Io(source) => io_err(&path)(source),
                 FileError::Log(log) => TailError::Log(log),
             })?;
+            lines += read;
+            lag += behind;
         }
+        let label = crate::metrics::SourceLabel { source: self.source().to_owned() };
+        crate::metrics::ingest_metrics()
+            .file_lag_bytes
+            .get_or_create(&label)
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
         Ok(lines)
     }
 
-    fn scan_file(&self, path: &Path) -> Result<usize, FileError> {
+    /// Reads one file from its checkpoint. Returns the lines committed and the bytes still
+    /// unread (0 for compressed segments, whose compressed size says nothing about lines).
+    fn scan_file(&self, path: &Path) -> Result<(usize, u64), FileError> {
         let source = self.source();
         let key = format!("{source}:{}", path.display());
         let mut checkpoint: Checkpoint =
@@ -198,7 +205,7 @@ impl Tailer {
         let head = head_of(&mut file)?;
         let replaced = checkpoint.head.is_some() && checkpoint.head != head;
         if len == checkpoint.seen_len && !replaced {
-            return Ok(0);
+            return Ok((0, 0));
         }
         let mut magic = [0u8; 4];
         let compressed = file.read_exact(&mut magic).is_ok() && magic == ZSTD_MAGIC;
@@ -240,7 +247,7 @@ impl Tailer {
             let mut decoder = BufReader::new(zstd::stream::read::Decoder::new(file)?);
             let skipped = io::copy(&mut (&mut decoder).take(checkpoint.offset), &mut io::sink())?;
             if skipped < checkpoint.offset {
-                return Ok(0); // Fewer bytes than before: the next growth will tell.
+                return Ok((0, 0)); // Fewer bytes than before: the next growth will tell.
             }
             Box::new(decoder)
         } else {
@@ -300,14 +307,17 @@ impl Tailer {
             }
         }
         checkpoint.seen_len = len;
+        let behind = if compressed { 0 } else { len.saturating_sub(checkpoint.offset) };
         committed += self.commit(&key, &mut pending, checkpoint)?;
-        Ok(committed)
+        Ok((committed, behind))
     }
 
     fn commit(&self, key: &str, pending: &mut PendingBatch, checkpoint: Checkpoint) -> Result<usize, LogError> {
-        let PendingBatch { mut batch, lines, .. } = std::mem::take(pending);
+        let PendingBatch { mut batch, lines, bytes } = std::mem::take(pending);
         batch.checkpoints.push((key.to_owned(), serde_json::to_vec(&checkpoint).expect("checkpoint serialises")));
+        let observation = crate::metrics::BatchObservation::of(&batch);
         let receipt = self.log.append(batch)?;
+        observation.committed(self.source(), lines as u64, bytes as u64, &receipt);
         if receipt.dead_lettered > 0 {
             tracing::warn!(file = key, dead_letters = receipt.dead_lettered, "lines rejected to the dead-letter store");
         }

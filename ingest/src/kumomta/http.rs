@@ -22,6 +22,8 @@ use serde_json::value::RawValue;
 use vigil_log::{AppendBatch, AppendReceipt, EventLog};
 use vigil_schemas::DeadLetter;
 
+use crate::metrics::BatchObservation;
+
 const SOURCE: &str = "kumomta-http";
 
 /// The JSON body of every answer from the receiver.
@@ -86,8 +88,12 @@ async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
             let reason = format!("body is not a JSON log record or array of records: {reason}");
             let letter = DeadLetter::new(SOURCE, Some("body".into()), reason.clone(), &body);
             let batch = AppendBatch { dead_letters: vec![letter], ..AppendBatch::default() };
+            let observation = BatchObservation::of(&batch);
             return match append(&state.log, batch).await {
-                Ok(_) => error(StatusCode::BAD_REQUEST, reason),
+                Ok(receipt) => {
+                    observation.committed(SOURCE, 1, body.len() as u64, &receipt);
+                    error(StatusCode::BAD_REQUEST, reason)
+                }
                 Err(response) => response,
             };
         }
@@ -97,10 +103,12 @@ async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
         SOURCE,
         records.iter().enumerate().map(|(i, raw)| (format!("index {i}"), raw.get().as_bytes())),
     );
+    let observation = BatchObservation::of(&batch);
     let receipt = match append(&state.log, batch).await {
         Ok(receipt) => receipt,
         Err(response) => return response,
     };
+    observation.committed(SOURCE, total as u64, body.len() as u64, &receipt);
     let errors: Vec<RecordError> = rejected.into_iter().map(|(index, reason)| RecordError { index, reason }).collect();
     let status = if total > 0 && errors.len() == total { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
     let body = IngestResponse {

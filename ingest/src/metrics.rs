@@ -1,0 +1,114 @@
+//! Ingest metrics, per source (`kumomta-http`, `postfix-file`, `exim-syslog`, ...), in
+//! Prometheus / OpenMetrics form. Names follow `vigil_<stage>_<noun>_<unit>_total`; label
+//! values are bounded: the source names above and a fixed set of dead-letter reasons.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use vigil_log::{AppendBatch, AppendReceipt};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    pub source: String,
+    pub reason: &'static str,
+}
+
+/// The ingest counters. One set per process ([`ingest_metrics`]).
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    pub records: Family<SourceLabel, Counter>,
+    pub bytes: Family<SourceLabel, Counter>,
+    pub events: Family<SourceLabel, Counter>,
+    pub duplicates: Family<SourceLabel, Counter>,
+    pub dead_letters: Family<DeadLetterLabels, Counter>,
+    /// Bytes in tailed files not yet read (the tail's lag), per source.
+    pub file_lag_bytes: Family<SourceLabel, Gauge>,
+    /// UDP syslog datagrams dropped because the queue was full.
+    pub syslog_dropped: Counter,
+}
+
+static METRICS: LazyLock<IngestMetrics> = LazyLock::new(IngestMetrics::default);
+
+/// This process's ingest metrics.
+#[must_use]
+pub fn ingest_metrics() -> &'static IngestMetrics {
+    &METRICS
+}
+
+/// Registers the ingest metrics in `registry`.
+pub fn register(registry: &mut Registry) {
+    let m = ingest_metrics();
+    registry.register("vigil_ingest_records", "Records (lines, objects, datagrams) read", m.records.clone());
+    registry.register("vigil_ingest_input_bytes", "Bytes of input read", m.bytes.clone());
+    registry.register("vigil_ingest_events", "Events appended to the log", m.events.clone());
+    registry.register(
+        "vigil_ingest_duplicate_events",
+        "Events already in the log, not counted again",
+        m.duplicates.clone(),
+    );
+    registry.register(
+        "vigil_ingest_dead_letters",
+        "Records rejected to the dead-letter store, by reason",
+        m.dead_letters.clone(),
+    );
+    registry.register("vigil_ingest_file_lag_bytes", "Bytes of tailed files not yet read", m.file_lag_bytes.clone());
+    registry.register(
+        "vigil_ingest_syslog_dropped",
+        "UDP syslog datagrams dropped on a full queue",
+        m.syslog_dropped.clone(),
+    );
+}
+
+/// A dead-letter reason as a bounded label value.
+#[must_use]
+pub fn reason_category(reason: &str) -> &'static str {
+    let reason = reason.to_ascii_lowercase();
+    if reason.contains("utf-8") {
+        "invalid_utf8"
+    } else if reason.contains("exceeds") {
+        "too_large"
+    } else if reason.contains("missing field") || reason.contains("no recipient") || reason.contains("neither") {
+        "missing_field"
+    } else if reason.contains("unknown") {
+        "unknown_type"
+    } else if reason.contains("json") || reason.contains("expected") || reason.contains("eof") {
+        "invalid_json"
+    } else {
+        "unparsable"
+    }
+}
+
+/// What a batch will count, taken before it is handed to the log.
+#[derive(Debug)]
+pub struct BatchObservation {
+    reasons: Vec<&'static str>,
+}
+
+impl BatchObservation {
+    #[must_use]
+    pub fn of(batch: &AppendBatch) -> Self {
+        Self { reasons: batch.dead_letters.iter().map(|d| reason_category(&d.reason)).collect() }
+    }
+
+    /// Counts a batch once the log has taken it.
+    pub fn committed(self, source: &str, records: u64, bytes: u64, receipt: &AppendReceipt) {
+        let m = ingest_metrics();
+        let label = SourceLabel { source: source.to_owned() };
+        m.records.get_or_create(&label).inc_by(records);
+        m.bytes.get_or_create(&label).inc_by(bytes);
+        m.events.get_or_create(&label).inc_by(receipt.appended as u64);
+        m.duplicates.get_or_create(&label).inc_by(receipt.duplicates as u64);
+        for reason in self.reasons {
+            m.dead_letters.get_or_create(&DeadLetterLabels { source: source.to_owned(), reason }).inc();
+        }
+    }
+}

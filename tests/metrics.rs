@@ -1,0 +1,43 @@
+//! `GET /metrics`: ingest counters per source and reason, the log head and the processor's
+//! committed offset.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Vigil, eventually, example_records};
+
+#[tokio::test]
+async fn metrics_count_what_ingest_did() {
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let maillog = logs.path().join("maillog");
+    std::fs::write(&maillog, "Jan  9 10:00:02 mx postfix/smtp[4]: AAAAA11111: to=<a@gmail.com>, relay=x[192.0.2.1]:25, delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 ok)\n").unwrap();
+    let vigil =
+        Vigil::start(data.path(), &["--postfix-log", maillog.to_str().unwrap(), "--tail-interval-ms", "50"]).await;
+    let batch = format!(
+        "[{}, {{\"type\":\"Teleport\",\"id\":\"y\",\"recipient\":\"a@b\",\"timestamp\":1}}]",
+        example_records().join(",")
+    );
+    assert_eq!(vigil.post("/ingest/kumomta", batch).await.0, 200);
+
+    let metrics = || async { vigil.http.get(vigil.url("/metrics")).send().await.unwrap().text().await.unwrap() };
+    let expected = [
+        "vigil_ingest_records_total{source=\"kumomta-http\"} 6",
+        "vigil_ingest_events_total{source=\"kumomta-http\"} 5",
+        "vigil_ingest_dead_letters_total{source=\"kumomta-http\",reason=\"unknown_type\"} 1",
+        "vigil_ingest_events_total{source=\"postfix-file\"} 1",
+        "vigil_log_head_offset 6",
+        "vigil_processor_committed_offset 6",
+    ];
+    eventually("the expected metrics", Duration::from_secs(30), || async {
+        let text = metrics().await;
+        expected.iter().all(|line| text.lines().any(|l| l == *line))
+    })
+    .await;
+    let text = metrics().await;
+    assert!(text.contains("# TYPE vigil_ingest_file_lag_bytes gauge"), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics text ends with # EOF");
+}
