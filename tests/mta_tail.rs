@@ -109,3 +109,34 @@ async fn copy_truncate_rotation_loses_nothing_and_counts_nothing_twice() {
     std::fs::write(&log, refs.join("\n") + "\n").unwrap();
     vigil.wait_for_summary("group_by=provider", &json!([row("google", 3, 0, 0), row("yahoo", 6, 0, 0)])).await;
 }
+
+/// A line still being written is left until its newline arrives, then counted once; a tailed
+/// file deleted and created again is read afresh; the tail never stops.
+#[tokio::test]
+async fn partial_lines_and_deleted_files() {
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("mainlog");
+    let line = |n: usize| {
+        format!(
+            "2026-01-09 10:00:{n:02} 1abcde-0000{n:02}-AB => u{n}@gmail.com R=dnslookup T=remote_smtp H=mx [192.0.2.1] C=\"250 OK\""
+        )
+    };
+    let first = line(1);
+    let second = line(2);
+    std::fs::write(&log, format!("{first}\n{}", &second[..40])).unwrap();
+    let args = ["--exim-log", log.to_str().unwrap(), "--tail-interval-ms", "50"];
+    let vigil = Vigil::start(data.path(), &args).await;
+    vigil.wait_for_summary("group_by=provider", &json!([row("google", 1, 0, 0)])).await;
+
+    append(&log, &[&second[40..]]);
+    vigil.wait_for_summary("group_by=provider", &json!([row("google", 2, 0, 0)])).await;
+
+    // Deleted (the tail logs the error and keeps trying), then created with new lines.
+    std::fs::remove_file(&log).unwrap();
+    let (third, fourth) = (line(3), line(4));
+    append(&log, &[&third, &fourth]);
+    vigil.wait_for_summary("group_by=provider", &json!([row("google", 4, 0, 0)])).await;
+    let (_, dead) = vigil.get("/api/v1/deadletters").await;
+    assert_eq!(dead["total"], 0, "{dead:#}");
+}

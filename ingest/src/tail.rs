@@ -81,19 +81,21 @@ struct Checkpoint {
     offset: u64,
     /// File length when the file was last read to its end; unchanged length means nothing new.
     seen_len: u64,
-    /// Hash of the file's first [`HEAD_BYTES`] bytes, once it has that many: a file replaced
-    /// or truncated and rewritten under the same name (copy-truncate rotation) starts
-    /// differently, even when it has already grown past the old offset.
+    /// Hash of the file's first `head_len` bytes (up to [`HEAD_BYTES`]): a file replaced or
+    /// truncated and rewritten under the same name (copy-truncate rotation) starts
+    /// differently, even when it has already grown past, or back to, the old length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     head: Option<u128>,
+    #[serde(default)]
+    head_len: u16,
 }
 
 /// How many leading bytes identify a file.
 const HEAD_BYTES: usize = 256;
 
-/// The hash of a file's first [`HEAD_BYTES`] bytes, if it has that many.
-fn head_of(file: &mut File) -> io::Result<Option<u128>> {
-    let mut head = [0u8; HEAD_BYTES];
+/// The hash of a file's first `len` bytes, or `None` if it is shorter.
+fn head_of(file: &mut File, len: usize) -> io::Result<Option<u128>> {
+    let mut head = vec![0u8; len];
     file.seek(SeekFrom::Start(0))?;
     let complete = file.read_exact(&mut head).is_ok();
     file.seek(SeekFrom::Start(0))?;
@@ -202,8 +204,8 @@ impl Tailer {
             self.log.checkpoint(&key)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
         let mut file = File::open(path)?;
         let len = file.metadata()?.len();
-        let head = head_of(&mut file)?;
-        let replaced = checkpoint.head.is_some() && checkpoint.head != head;
+        let replaced =
+            checkpoint.head.is_some() && checkpoint.head != head_of(&mut file, usize::from(checkpoint.head_len))?;
         if len == checkpoint.seen_len && !replaced {
             return Ok((0, 0));
         }
@@ -215,7 +217,8 @@ impl Tailer {
             tracing::warn!(file = %path.display(), "file was truncated or replaced since it was last read; reading it again from the start");
             checkpoint = Checkpoint::default();
         }
-        checkpoint.head = head;
+        checkpoint.head_len = u16::try_from(len.min(HEAD_BYTES as u64)).unwrap_or(0);
+        checkpoint.head = head_of(&mut file, usize::from(checkpoint.head_len))?;
         let mut normalisers = self.normalisers.lock().expect("normaliser lock poisoned");
         if shrunk {
             normalisers.remove(path);
