@@ -74,8 +74,6 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
     // For inbound records `peer_address` is the client's EHLO name, not an MX.
     let outbound = !matches!(kind, EventKind::Reception | EventKind::Rejected);
     let (queue_campaign, queue_tenant) = parse_queue(&record.queue);
-    let meta_str =
-        |key: &str| record.meta.get(key).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_owned);
     let site = Some(record.site.clone()).filter(|s| !s.is_empty() && s != "localhost");
     let egress_source = record
         .egress_source
@@ -110,8 +108,8 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
         event.sender_domain = domain_of(&record.sender);
         event.recipient_domain = domain_of(&recipient);
         event.recipient = Some(recipient);
-        event.tenant = meta_str("tenant").or_else(|| queue_tenant.clone());
-        event.campaign = meta_str("campaign").or_else(|| queue_campaign.clone());
+        event.tenant = record.meta.tenant.clone().or_else(|| queue_tenant.clone());
+        event.campaign = record.meta.campaign.clone().or_else(|| queue_campaign.clone());
         event.size_bytes = record.size;
         event.attempt = record.num_attempts;
         event.egress_pool = record.egress_pool.clone();

@@ -5,8 +5,6 @@
 //! is a string or an array, `event_time` is optional), strict where an event would be
 //! meaningless without it (`type`, `id`, `recipient`, a time). Unknown keys are ignored.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -46,8 +44,9 @@ pub(crate) struct KumoRecord {
     pub source_address: Option<SourceAddress>,
     #[serde(default)]
     pub feedback_report: Option<FeedbackReport>,
+    /// Only the meta keys Vigil uses are read; the rest are skipped without allocating.
     #[serde(default)]
-    pub meta: HashMap<String, serde_json::Value>,
+    pub meta: Meta,
     #[serde(default)]
     pub nodeid: Option<String>,
 }
@@ -98,6 +97,23 @@ pub(crate) struct ResolvedAddress {
 #[derive(Debug, Deserialize)]
 pub(crate) struct SourceAddress {
     pub address: String,
+}
+
+/// Message meta (`meta=` of the logger): tenant and campaign when the policy sets them. Values
+/// that are not strings are ignored.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Meta {
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub tenant: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub campaign: Option<String>,
+}
+
+fn string_or_none<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s),
+        _ => None,
+    })
 }
 
 /// The part of KumoMTA's ARF report the event keeps.
