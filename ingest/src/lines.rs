@@ -102,8 +102,14 @@ impl<V> BoundedMap<V> {
     }
 
     pub fn remove(&mut self, key: &str) -> Option<V> {
-        // The key stays in `order` until it is popped; popping a missing key is harmless.
-        self.map.remove(key)
+        let removed = self.map.remove(key);
+        // The key stays in `order` (popping a missing key later is harmless); when removed keys
+        // pile up there, drop them, so `order` stays within twice the capacity.
+        if self.order.len() > self.capacity.saturating_mul(2).max(16) {
+            let map = &self.map;
+            self.order.retain(|k| map.contains_key(k));
+        }
+        removed
     }
 
     #[must_use]
@@ -150,6 +156,18 @@ mod tests {
         *map.entry("c") = 3;
         assert_eq!((map.get("a"), map.get("b"), map.get("c")), (None, Some(&2), Some(&3)));
         assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn insert_and_remove_forever_stays_bounded() {
+        let mut map: BoundedMap<u32> = BoundedMap::new(100);
+        for i in 0..100_000 {
+            let key = i.to_string();
+            *map.entry(&key) = i;
+            map.remove(&key);
+        }
+        assert!(map.is_empty());
+        assert!(map.order.len() <= 200, "{}", map.order.len());
     }
 
     #[test]

@@ -178,6 +178,9 @@ impl Tailer {
                 .collect()
         };
         files.sort();
+        // Files gone from the directory take their parser state with them.
+        let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
+        self.normalisers.lock().expect("normaliser lock poisoned").retain(|path, _| present.contains(path));
         let (mut lines, mut lag) = (0, 0);
         for path in files {
             let (read, behind) = self.scan_file(&path).map_err(|e| match e {
