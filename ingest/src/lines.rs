@@ -52,6 +52,35 @@ impl LineNormaliser for KumoLines {
     }
 }
 
+/// Normalises one raw record into `batch`: its events, or a dead letter with the reason (which
+/// is also returned). The one place where input bytes become events or dead letters, for every
+/// receiver and tail.
+///
+/// # Errors
+/// The reason the record was rejected (it is in `batch` as a dead letter as well).
+pub fn push_into_batch(
+    batch: &mut vigil_log::AppendBatch,
+    normaliser: &mut dyn LineNormaliser,
+    source: &str,
+    location: String,
+    raw: &[u8],
+    ingested_at: DateTime<Utc>,
+) -> Result<(), String> {
+    let outcome = std::str::from_utf8(raw)
+        .map_err(|e| format!("record is not valid UTF-8: {e}"))
+        .and_then(|text| normaliser.push_line(text.trim_end_matches(['\r', '\n']), ingested_at).map_err(|e| e.0));
+    match outcome {
+        Ok(events) => {
+            batch.events.extend(events);
+            Ok(())
+        }
+        Err(reason) => {
+            batch.dead_letters.push(vigil_schemas::DeadLetter::new(source, Some(location), reason.clone(), raw));
+            Err(reason)
+        }
+    }
+}
+
 /// A stable 128-bit id (hex) for an event of a line-oriented source: the source name, the raw
 /// line and the recipient, so the same line read twice (a re-read file, a syslog retry) gets the
 /// same id, and two recipients of one line get different ones.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use vigil_log::{AppendBatch, EventLog};
 use vigil_schemas::DeadLetter;
 
-use crate::lines::Format;
+use crate::lines::{Format, push_into_batch};
 
 /// Lines waiting for the normaliser.
 const QUEUE_LINES: usize = 10_000;
@@ -192,17 +192,15 @@ async fn normalise(format: Format, mut lines: mpsc::Receiver<Received>, log: Eve
         let timed_out = matches!(next, Some(None));
         if let Some(Some(Received { peer, line })) = next {
             pending += 1;
-            let location = Some(format!("from {peer}"));
+            let location = format!("from {peer}");
             match line {
                 Ok(text) => {
                     pending_bytes += text.len();
-                    let text = text.trim_end_matches(['\r', '\n']);
-                    match normaliser.push_line(text, Utc::now()) {
-                        Ok(events) => batch.events.extend(events),
-                        Err(e) => batch.dead_letters.push(DeadLetter::new(source, location, e.0, text.as_bytes())),
-                    }
+                    // A rejected line is in the batch as a dead letter.
+                    let _ =
+                        push_into_batch(&mut batch, normaliser.as_mut(), source, location, text.as_bytes(), Utc::now());
                 }
-                Err(reason) => batch.dead_letters.push(DeadLetter::new(source, location, reason, b"")),
+                Err(reason) => batch.dead_letters.push(DeadLetter::new(source, Some(location), reason, b"")),
             }
         }
         if (done || timed_out || pending >= BATCH_LINES) && !batch.is_empty() {

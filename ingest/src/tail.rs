@@ -285,16 +285,15 @@ impl Tailer {
                         pending.bytes += record.len();
                         let location = format!("{name}:{start}");
                         // A rejected line is kept as a dead letter, in line order.
-                        let outcome = std::str::from_utf8(record)
-                            .map_err(|e| format!("line is not valid UTF-8: {e}"))
-                            .and_then(|text| normaliser.push_line(text, Utc::now()).map_err(|e| e.0));
-                        match outcome {
-                            Ok(events) => pending.batch.events.extend(events),
-                            Err(reason) => {
-                                let letter = DeadLetter::new(source, Some(location), reason, record);
-                                pending.batch.dead_letters.push(letter);
-                            }
-                        }
+                        // A rejected line is in the batch as a dead letter; nothing more to do.
+                        let _ = crate::lines::push_into_batch(
+                            &mut pending.batch,
+                            normaliser.as_mut(),
+                            source,
+                            location,
+                            record,
+                            Utc::now(),
+                        );
                         pending.lines += 1;
                     }
                 }

@@ -10,7 +10,6 @@ pub use normalise::{KUMOMTA_INTERNAL_PREFIX, NormaliseError, domain_of, normalis
 
 use chrono::Utc;
 use vigil_log::{AppendBatch, AppendReceipt, EventLog, LogError};
-use vigil_schemas::DeadLetter;
 
 /// Normalises raw records (each with a location for its dead letter, should it be rejected)
 /// and appends the result to the log in one durable batch. Blocking.
@@ -34,35 +33,15 @@ pub(crate) fn batch_from_records<'a>(
     records: impl IntoIterator<Item = (String, &'a [u8])>,
 ) -> (AppendBatch, Vec<(usize, String)>) {
     let ingested_at = Utc::now();
+    let mut normaliser = crate::lines::Format::Kumomta.normaliser();
     let mut batch = AppendBatch::default();
     let mut rejected = Vec::new();
     for (position, (location, raw)) in records.into_iter().enumerate() {
-        if let Err(reason) = push_record(&mut batch, source, location, raw, ingested_at) {
+        if let Err(reason) =
+            crate::lines::push_into_batch(&mut batch, normaliser.as_mut(), source, location, raw, ingested_at)
+        {
             rejected.push((position, reason));
         }
     }
     (batch, rejected)
-}
-
-/// Adds one raw record to `batch`: its events, or a dead letter with the reason (returned).
-pub(crate) fn push_record(
-    batch: &mut AppendBatch,
-    source: &str,
-    location: String,
-    raw: &[u8],
-    ingested_at: chrono::DateTime<Utc>,
-) -> Result<(), String> {
-    let outcome = std::str::from_utf8(raw)
-        .map_err(|e| format!("record is not valid UTF-8: {e}"))
-        .and_then(|text| normalise_record(text, ingested_at).map_err(|e| e.to_string()));
-    match outcome {
-        Ok(events) => {
-            batch.events.extend(events);
-            Ok(())
-        }
-        Err(reason) => {
-            batch.dead_letters.push(DeadLetter::new(source, Some(location), reason.clone(), raw));
-            Err(reason)
-        }
-    }
 }
