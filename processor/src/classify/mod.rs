@@ -311,7 +311,7 @@ impl Classifier {
         source_class: Option<&str>,
     ) -> Classification {
         let m = self.matched(input, known_enhanced);
-        let permanent = Response { line: String::new(), code: m.code, enhanced: m.enhanced }.permanent();
+        let permanent = response::disposition(m.code, m.enhanced);
         let decided =
             |class, rule: Arc<str>| Classification { class, rule, permanent, code: m.code, enhanced: m.enhanced };
         if let Some(index) = m.rule {

@@ -44,16 +44,22 @@ pub struct Response {
 }
 
 impl Response {
-    /// Permanent (5xx) or transient (4xx), from the reply code, else the enhanced code's class.
+    /// See [`disposition`].
     #[must_use]
     pub fn permanent(&self) -> Option<bool> {
-        match (self.code.map(|c| c / 100), self.enhanced.map(|e| e.class)) {
-            (Some(5), _) => Some(true),
-            (Some(4), _) => Some(false),
-            (_, Some(5)) => Some(true),
-            (_, Some(4)) => Some(false),
-            _ => None,
-        }
+        disposition(self.code, self.enhanced)
+    }
+}
+
+/// Permanent (5xx) or transient (4xx), from the reply code, else the enhanced code's class.
+#[must_use]
+pub fn disposition(code: Option<u16>, enhanced: Option<EnhancedStatus>) -> Option<bool> {
+    match (code.map(|c| c / 100), enhanced.map(|e| e.class)) {
+        (Some(5), _) => Some(true),
+        (Some(4), _) => Some(false),
+        (_, Some(5)) => Some(true),
+        (_, Some(4)) => Some(false),
+        _ => None,
     }
 }
 
