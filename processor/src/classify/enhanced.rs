@@ -23,6 +23,9 @@ pub fn class_of(status: EnhancedStatus) -> Option<BounceClass> {
         (2, 1) => C::InactiveMailbox,
         (2, 2 | 3) | (3, 1 | 4) => C::QuotaIssues,
         (3, 2) => C::BadDomain,
+        // X.3.0: "other or undefined mail system status": the receiving system's own trouble.
+        (3, 0) if status.class == 4 => C::TransientFailure,
+        (3, 0) => C::BadConfiguration,
         (4, 1) => C::NoAnswerFromHost,
         (4, 2) => C::BadConnection,
         (4, 3) => C::DNSFailure,
@@ -52,5 +55,7 @@ mod tests {
         assert_eq!(class("4.4.7"), Some(BounceClass::MessageExpired));
         assert_eq!(class("5.7.26"), Some(BounceClass::AuthenticationFailed));
         assert_eq!(class("2.0.0"), None);
+        assert_eq!(class("4.3.0"), Some(BounceClass::TransientFailure));
+        assert_eq!(class("5.3.0"), Some(BounceClass::BadConfiguration));
     }
 }
