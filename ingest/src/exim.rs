@@ -111,14 +111,16 @@ impl LineNormaliser for EximNormaliser {
             return Ok(Vec::new()); // queue runs, daemon notices
         };
         let (flag, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        // `field` looks for ` key=`; a leading space lets it find the first field too.
+        let fields_part = format!(" {rest}");
         let kind = match flag {
             "<=" => {
                 let info = self.messages.entry(message);
                 let sender = rest.split(' ').next().unwrap_or("");
                 info.sender = Some(sender.to_owned()).filter(|s| s != "<>" && !s.is_empty());
-                info.size = field(&format!(" {rest}"), "S").and_then(|s| s.parse().ok());
-                info.message_id = field(&format!(" {rest}"), "id")
-                    .map(|id| id.trim_start_matches('<').trim_end_matches('>').to_owned());
+                info.size = field(&fields_part, "S").and_then(|s| s.parse().ok());
+                info.message_id =
+                    field(&fields_part, "id").map(|id| id.trim_start_matches('<').trim_end_matches('>').to_owned());
                 return Ok(Vec::new());
             }
             "Completed" => {
@@ -145,7 +147,6 @@ impl LineNormaliser for EximNormaliser {
             return Err(LineError(format!("Exim `{flag}` line without a recipient")));
         }
         let recipient = recipient.to_owned();
-        let fields_part = format!(" {rest}");
         let mut event =
             DeliveryEvent::new(line_event_id("exim", line, &recipient), SourceKind::Exim, kind, at, ingested_at);
         let info = self.messages.get(message);

@@ -275,14 +275,6 @@ impl Classifier {
         self.rules.len()
     }
 
-    /// The first matching pattern for an already-canonical line, KumoMTA's way.
-    #[must_use]
-    pub fn match_rules(&self, line: &str) -> Option<(BounceClass, Arc<str>)> {
-        let index = self.set.matches(bounded(line)).iter().next()?;
-        let rule = &self.rules[index];
-        Some((rule.class.clone(), Arc::clone(&rule.id)))
-    }
-
     fn matched(&self, input: &str, known_enhanced: Option<EnhancedStatus>) -> Matched {
         let input = bounded(input);
         let cache = self.cache.as_ref().filter(|_| known_enhanced.is_none() && input.len() <= MAX_CACHED_BYTES);
