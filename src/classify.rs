@@ -86,6 +86,11 @@ struct EmlResult<'a> {
     error: Option<String>,
 }
 
+/// Whether the classifier decided by a fallback (the codes alone) rather than a wording rule.
+fn is_fallback(rule: &str) -> bool {
+    rule == "none" || rule.starts_with("enhanced-status:") || rule.starts_with("reply-code:")
+}
+
 /// One JSON object per recipient of each email; an email that cannot be decoded gives one
 /// object with `error` set, and the exit code 1 once all files are done.
 fn classify_emails(args: &ClassifyArgs, classifier: &vigil_processor::Classifier) -> anyhow::Result<ExitCode> {
@@ -96,71 +101,76 @@ fn classify_emails(args: &ClassifyArgs, classifier: &vigil_processor::Classifier
     let mut failed = false;
     for path in &args.eml {
         let file = path.display().to_string();
-        let decoded =
-            std::fs::read(path).map_err(|e| e.to_string()).and_then(|raw| dsn::decode(&raw).map_err(|e| e.to_string()));
-        let mail = match decoded {
-            Ok(mail) => mail,
-            Err(error) => {
-                failed = true;
-                serde_json::to_writer(
-                    &mut out,
-                    &EmlResult { file: &file, error: Some(error), ..EmlResult::default() },
-                )?;
-                out.write_all(b"\n")?;
-                continue;
-            }
+        let decoded: Vec<Result<dsn::DecodedMail, String>> = match std::fs::read(path) {
+            Ok(raw) => dsn::split_mailbox(&raw).iter().map(|m| dsn::decode(m).map_err(|e| e.to_string())).collect(),
+            Err(e) => vec![Err(e.to_string())],
         };
-        for r in &mail.recipients {
-            let status = r.status.as_deref().and_then(EnhancedStatus::parse);
-            let diagnostic = r.diagnostic.clone().unwrap_or_default();
-            let mut found = classifier.classify(&diagnostic, status, None);
-            // A terse diagnostic ("550 Rejected") that no wording rule matched: what the text
-            // of the mail says about the recipient may name the reason.
-            let undecided = &*found.rule == "none" || found.rule.starts_with("enhanced-status:");
-            if undecided && let Some(context) = &r.context {
-                let from_context = classifier.classify(context, status.or(found.enhanced), None);
-                if !(&*from_context.rule == "none" || from_context.rule.starts_with("enhanced-status:")) {
-                    found = vigil_processor::Classification { code: found.code.or(from_context.code), ..from_context };
+        for decoded in decoded {
+            let mail = match decoded {
+                Ok(mail) => mail,
+                Err(error) => {
+                    failed = true;
+                    serde_json::to_writer(
+                        &mut out,
+                        &EmlResult { file: &file, error: Some(error), ..EmlResult::default() },
+                    )?;
+                    out.write_all(b"\n")?;
+                    continue;
                 }
+            };
+            for r in &mail.recipients {
+                let status = r.status.as_deref().and_then(EnhancedStatus::parse);
+                let diagnostic = r.diagnostic.clone().unwrap_or_default();
+                let mut found = classifier.classify(&diagnostic, status, None);
+                // A terse diagnostic ("550 Rejected") that no wording rule matched: what the text
+                // of the mail says about the recipient may name the reason.
+                let undecided = is_fallback(&found.rule);
+                if undecided && let Some(context) = &r.context {
+                    let from_context = classifier.classify(context, status.or(found.enhanced), None);
+                    if !is_fallback(&from_context.rule) {
+                        found =
+                            vigil_processor::Classification { code: found.code.or(from_context.code), ..from_context };
+                    }
+                }
+                let (kind, class, permanent) = match mail.kind {
+                    MailKind::Complaint => ("complaint", None, None),
+                    MailKind::AutoReply => ("auto_reply", Some("AutoReply".to_owned()), Some(false)),
+                    MailKind::Bounce => {
+                        let permanent = match r.action.as_deref() {
+                            Some("failed") => Some(true),
+                            Some("delayed") => Some(false),
+                            _ => found.permanent,
+                        };
+                        // Only a stated status counts: a window of prose may quote any number.
+                        let success = status.is_some_and(|s| s.class == 2);
+                        let kind = match r.action.as_deref() {
+                            Some("delivered" | "relayed" | "expanded" | "deliverable") => "delivered",
+                            Some("delayed") => "deferred",
+                            Some("failed") => "bounced",
+                            _ if success => "delivered",
+                            _ if permanent == Some(false) => "deferred",
+                            _ => "bounced",
+                        };
+                        (kind, (kind != "delivered").then(|| found.class.to_string()), permanent)
+                    }
+                };
+                let result = EmlResult {
+                    file: &file,
+                    recipient: Some(r.recipient.clone()),
+                    action: r.action.clone(),
+                    status: r.status.clone().or_else(|| found.enhanced.map(|e| e.to_string())),
+                    code: found.code,
+                    diagnostic: r.diagnostic.clone(),
+                    class,
+                    permanent,
+                    kind: Some(kind),
+                    feedback_type: mail.feedback.as_ref().map(|f| f.feedback_type.clone()),
+                    rule: (mail.kind == MailKind::Bounce).then(|| found.rule.to_string()),
+                    error: None,
+                };
+                serde_json::to_writer(&mut out, &result)?;
+                out.write_all(b"\n")?;
             }
-            let (kind, class, permanent) = match mail.kind {
-                MailKind::Complaint => ("complaint", None, None),
-                MailKind::AutoReply => ("auto_reply", Some("AutoReply".to_owned()), Some(false)),
-                MailKind::Bounce => {
-                    let permanent = match r.action.as_deref() {
-                        Some("failed") => Some(true),
-                        Some("delayed") => Some(false),
-                        _ => found.permanent,
-                    };
-                    // Only a stated status counts: a window of prose may quote any number.
-                    let success = status.is_some_and(|s| s.class == 2);
-                    let kind = match r.action.as_deref() {
-                        Some("delivered" | "relayed" | "expanded" | "deliverable") => "delivered",
-                        Some("delayed") => "deferred",
-                        Some("failed") => "bounced",
-                        _ if success => "delivered",
-                        _ if permanent == Some(false) => "deferred",
-                        _ => "bounced",
-                    };
-                    (kind, (kind != "delivered").then(|| found.class.to_string()), permanent)
-                }
-            };
-            let result = EmlResult {
-                file: &file,
-                recipient: Some(r.recipient.clone()),
-                action: r.action.clone(),
-                status: r.status.clone().or_else(|| found.enhanced.map(|e| e.to_string())),
-                code: found.code,
-                diagnostic: r.diagnostic.clone(),
-                class,
-                permanent,
-                kind: Some(kind),
-                feedback_type: mail.feedback.as_ref().map(|f| f.feedback_type.clone()),
-                rule: (mail.kind == MailKind::Bounce).then(|| found.rule.to_string()),
-                error: None,
-            };
-            serde_json::to_writer(&mut out, &result)?;
-            out.write_all(b"\n")?;
         }
     }
     out.flush()?;

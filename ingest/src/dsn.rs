@@ -38,6 +38,8 @@ pub struct ReportedRecipient {
     /// What the human-readable part of the mail says about this recipient, when it says more
     /// than `diagnostic` (which may be terse: `550 Rejected`).
     pub context: Option<String>,
+    /// The comment after the status code (`Status: 4.0.0 (host name lookup failure)`).
+    pub status_comment: Option<String>,
 }
 
 /// The fields of an ARF report that matter for deliverability.
@@ -70,7 +72,8 @@ pub enum DsnError {
 }
 
 /// `Field: value` groups of a `message/delivery-status` or `message/feedback-report` body,
-/// separated by blank lines; continuation lines are unfolded.
+/// separated by blank lines; continuation lines are unfolded. Some MTAs leave out the blank
+/// line between recipients, so a field that repeats within a group also starts a new one.
 fn field_groups(body: &str) -> Vec<Vec<(String, String)>> {
     let mut groups = Vec::new();
     let mut group: Vec<(String, String)> = Vec::new();
@@ -85,7 +88,11 @@ fn field_groups(body: &str) -> Vec<Vec<(String, String)>> {
                 value.push_str(line.trim());
             }
         } else if let Some((name, value)) = line.split_once(':') {
-            group.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            let name = name.trim().to_ascii_lowercase();
+            if group.iter().any(|(seen, _)| *seen == name) {
+                groups.push(std::mem::take(&mut group));
+            }
+            group.push((name, value.trim().to_owned()));
         }
     }
     if !group.is_empty() {
@@ -104,17 +111,63 @@ fn address_field(value: &str) -> String {
     value.trim().trim_start_matches('<').trim_end_matches('>').trim().to_owned()
 }
 
-/// `smtp; 550 ...` -> `550 ...`, on one line.
+/// `smtp; 550 ...` -> `550 ...`, on one line. A local delivery agent's bare exit status
+/// (`X-Unix; 71`) is named after sysexits.h, so rules can read it.
 fn diagnostic_field(value: &str) -> String {
-    let value = match value.split_once(';') {
-        Some((kind, rest)) if !kind.contains(' ') && kind.len() < 16 => rest,
-        _ => value,
+    let (kind, value) = match value.split_once(';') {
+        Some((kind, rest)) if !kind.contains(' ') && kind.len() < 16 => (kind.trim(), rest),
+        _ => ("", value),
     };
-    one_line(value)
+    let value = one_line(value);
+    if kind.eq_ignore_ascii_case("x-unix")
+        && let Some(name) = value.parse::<u8>().ok().and_then(sysexit_name)
+    {
+        return format!("{value} {name}");
+    }
+    value
+}
+
+/// The names sysexits.h gives to the exit statuses of delivery programs.
+fn sysexit_name(status: u8) -> Option<&'static str> {
+    let names = [
+        "EX_USAGE",
+        "EX_DATAERR",
+        "EX_NOINPUT",
+        "EX_NOUSER",
+        "EX_NOHOST",
+        "EX_UNAVAILABLE",
+        "EX_SOFTWARE",
+        "EX_OSERR",
+        "EX_OSFILE",
+        "EX_CANTCREAT",
+        "EX_IOERR",
+        "EX_TEMPFAIL",
+        "EX_PROTOCOL",
+        "EX_NOPERM",
+        "EX_CONFIG",
+    ];
+    names.get(usize::from(status.checked_sub(64)?)).copied()
 }
 
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The messages of an mbox file (each after a `From ` separator line, `>From ` unquoted);
+/// input that does not start with a separator is one message.
+pub fn split_mailbox(raw: &[u8]) -> Vec<std::borrow::Cow<'_, [u8]>> {
+    if !raw.starts_with(b"From ") {
+        return vec![raw.into()];
+    }
+    let messages: Vec<Vec<u8>> = mail_parser::mailbox::mbox::MessageIterator::new(raw)
+        .filter_map(Result::ok)
+        .map(mail_parser::mailbox::mbox::Message::unwrap_contents)
+        .collect();
+    if messages.len() <= 1 {
+        // One message: decode it as it is (mail-parser skips the separator line itself).
+        return vec![raw.into()];
+    }
+    messages.into_iter().map(Into::into).collect()
 }
 
 /// Decodes one email.
@@ -184,12 +237,25 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DsnError> {
         return Ok(DecodedMail { kind: MailKind::Complaint, recipients, feedback: Some(report) });
     }
 
+    // Exim names the address that generated a file or pipe delivery in X-Failed-Recipients,
+    // and only the path in the status part.
+    let failed: Vec<String> =
+        message.header_raw("X-Failed-Recipients").map(|v| addresses(v).into_iter().collect()).unwrap_or_default();
+    for (i, r) in recipients.iter_mut().enumerate() {
+        if !r.recipient.contains('@')
+            && let Some(address) = failed.get(i).or(failed.first().filter(|_| failed.len() == 1))
+        {
+            r.recipient.clone_from(address);
+        }
+    }
+
     if !recipients.is_empty() {
         // Some MTAs leave Diagnostic-Code out, or keep it terse, and explain in the text.
         for r in &mut recipients {
             let paragraph = paragraph_about(&text, &r.recipient);
             if r.diagnostic.is_none() {
-                r.diagnostic = paragraph;
+                // The text says most; the status comment is the last resort.
+                r.diagnostic = paragraph.or_else(|| r.status_comment.clone());
             } else if paragraph.as_deref() != r.diagnostic.as_deref() {
                 r.context = paragraph;
             }
@@ -218,8 +284,6 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DsnError> {
     excluded
         .extend(original.and_then(|m| m.from()).and_then(|a| a.first()).and_then(|a| a.address()).map(str::to_owned));
     // Exim and Gmail name the failed recipients in a header.
-    let failed: Vec<String> =
-        message.header_raw("X-Failed-Recipients").map(|v| addresses(v).into_iter().collect()).unwrap_or_default();
     let recipients =
         non_standard(&text, if failed.is_empty() { &original_to } else { &failed }, &excluded, !failed.is_empty());
     if recipients.is_empty() {
@@ -249,11 +313,19 @@ fn delivery_status(body: &str) -> Vec<ReportedRecipient> {
             } else {
                 recipient
             };
+            let status = field(g, "status");
+            // `Status: 4.0.0 (cat.example.net: host name lookup failure)`: Sendmail explains in a
+            // comment when it has no reply to quote.
+            let status_comment = status
+                .and_then(|s| s.split_once('('))
+                .map(|(_, comment)| one_line(comment.trim_end().trim_end_matches(')')))
+                .filter(|c| !c.is_empty());
             (!recipient.is_empty()).then(|| ReportedRecipient {
                 recipient,
                 action: field(g, "action").map(|a| a.to_ascii_lowercase()),
-                status: field(g, "status").map(|s| s.split_whitespace().next().unwrap_or(s).to_owned()),
+                status: status.map(|s| s.split_whitespace().next().unwrap_or(s).to_owned()),
                 diagnostic: field(g, "diagnostic-code").map(diagnostic_field).filter(|d| !d.is_empty()),
+                status_comment,
                 remote_mta: field(g, "remote-mta").map(address_field),
                 context: None,
             })
@@ -558,6 +630,19 @@ fn recipient_on_line(line: &str) -> Option<String> {
         Some((code, rest)) if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) => rest,
         _ => line,
     };
+    // A labelled line: `Could not be delivered to: <a@b>`, `Failed recipient: a@b`. The label
+    // must be prose (it has a space), so quoted headers such as `Delivered-To:` do not count.
+    let line = match line.split_once(':') {
+        Some((label, rest))
+            if label.contains(' ') && {
+                let label = label.to_ascii_lowercase();
+                label.contains("deliver") || label.contains("recipient")
+            } =>
+        {
+            rest
+        }
+        _ => line,
+    };
     let stripped = line.trim_start_matches(|c: char| c.is_whitespace() || "<*-\"'".contains(c));
     let first = addresses(stripped).into_iter().next()?;
     stripped.to_ascii_lowercase().starts_with(&first).then_some(first)
@@ -639,6 +724,37 @@ mod tests {
         let truncated = &DSN.as_bytes()[..DSN.len() / 2];
         let _ = decode(truncated);
         assert_eq!(decode(&vec![b'a'; MAX_EMAIL_BYTES + 1]), Err(DsnError::TooLarge(MAX_EMAIL_BYTES + 1)));
+    }
+
+    #[test]
+    fn recipients_without_blank_lines_between_them_stay_apart() {
+        let body = "Reporting-MTA: dns; mx\n\nFinal-Recipient: rfc822; a@example.com\nAction: failed\nStatus: 5.2.2\nFinal-Recipient: rfc822; b@example.com\nAction: failed\nStatus: 5.1.1\n";
+        let found = delivery_status(body);
+        let got: Vec<(&str, Option<&str>)> =
+            found.iter().map(|r| (r.recipient.as_str(), r.status.as_deref())).collect();
+        assert_eq!(got, [("a@example.com", Some("5.2.2")), ("b@example.com", Some("5.1.1"))]);
+    }
+
+    #[test]
+    fn a_delivery_programs_exit_status_is_named() {
+        assert_eq!(diagnostic_field("X-Unix; 71"), "71 EX_OSERR");
+        assert_eq!(diagnostic_field("x-unix; 78"), "78 EX_CONFIG");
+        assert_eq!(diagnostic_field("X-Unix; 12"), "12");
+        assert_eq!(diagnostic_field("smtp; 550 5.1.1 gone"), "550 5.1.1 gone");
+    }
+
+    #[test]
+    fn an_mbox_file_is_split_into_its_messages() {
+        let one = DSN.replace("\r\n", "\n");
+        let mbox = format!(
+            "From MAILER-DAEMON Thu Apr 29 23:34:45 2015\n{one}\nFrom MAILER-DAEMON Thu Apr 29 23:35:00 2015\n{one}"
+        );
+        let messages = split_mailbox(mbox.as_bytes());
+        assert_eq!(messages.len(), 2);
+        for message in &messages {
+            assert_eq!(decode(message).unwrap().recipients.len(), 2);
+        }
+        assert_eq!(split_mailbox(DSN.as_bytes()).len(), 1);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! Vigil's own text rules (`rules/vigil.toml`: providers and MTAs), KumoMTA's community file,
 //! KumoMTA's IANA file, Vigil's fallback rules (`rules/vigil_fallback.toml`: the SMTP stage). When no pattern matches: the class the source itself reported
 //! (KumoMTA ran the user's rule files), then the enhanced status code alone ([`enhanced`]),
-//! then `Uncategorized`. Every result names the rule that decided. The disposition
+//! then `TransientFailure` for any other transient reply, then `Uncategorized`. Every result names the rule that decided. The disposition
 //! (`permanent`) comes from the reply code and is kept apart from the class.
 //!
 //! The input is read by [`response::parse_response`], which finds the reply code and enhanced
@@ -318,6 +318,11 @@ impl Classifier {
                 && let Some(class) = enhanced::class_of(status)
             {
                 return decided(class, format!("enhanced-status:{status}").into());
+            }
+            // A transient reply that says nothing more (`451 Could not load DRD`) is still a
+            // transient failure: the sender will retry it.
+            if permanent == Some(false) {
+                return decided(BounceClass::TransientFailure, "reply-code:transient".into());
             }
         }
         decided(BounceClass::Uncategorized, "none".into())
