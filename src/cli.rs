@@ -24,6 +24,15 @@ pub enum Command {
     Parse(ParseArgs),
     /// Classify SMTP responses read from stdin, one JSON object per line.
     Classify(ClassifyArgs),
+    /// Run only ingest: the configured sources into an on-disk buffer, shipped to Kafka.
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The ingest configuration (TOML); see `examples/ingest.toml`.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -89,8 +98,10 @@ pub struct RunArgs {
     pub tail_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SyslogFormat {
+    #[default]
     Postfix,
     Exim,
 }

@@ -3,9 +3,11 @@
 mod classify;
 mod cli;
 mod demo;
+mod ingest;
 mod metrics;
 mod parse;
 mod run;
+mod sources;
 
 use clap::Parser;
 
@@ -15,6 +17,11 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         cli::Command::Run(args) => {
             init_tracing();
             run::run(args)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        cli::Command::Ingest(args) => {
+            init_tracing();
+            ingest::ingest(&args)?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         cli::Command::Parse(args) => parse::parse(&args),

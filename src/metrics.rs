@@ -18,10 +18,12 @@ struct MetricsState {
     log_head: Gauge,
     committed: Gauge,
     log: EventLog,
+    processor: Option<&'static str>,
 }
 
-/// The `/metrics` route over the ingest metrics and the log and processor offsets.
-pub fn router(log: EventLog) -> Router {
+/// The `/metrics` route over the ingest metrics and the log offsets, and the committed offset
+/// of `processor` (the consumer whose lag matters in this role) when there is one.
+pub fn router(log: EventLog, processor: Option<&'static str>) -> Router {
     let mut registry = Registry::default();
     vigil_ingest::metrics::register(&mut registry);
     let (log_head, committed) = (Gauge::default(), Gauge::default());
@@ -31,7 +33,7 @@ pub fn router(log: EventLog) -> Router {
         "Offset up to which the processor has written the warehouse",
         committed.clone(),
     );
-    let state = Arc::new(MetricsState { registry, log_head, committed, log });
+    let state = Arc::new(MetricsState { registry, log_head, committed, log, processor });
     Router::new().route("/metrics", get(metrics)).with_state(state)
 }
 
@@ -39,8 +41,8 @@ async fn metrics(State(state): State<Arc<MetricsState>>) -> impl IntoResponse {
     let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     state.log_head.set(as_gauge(state.log.head()));
     let log = state.log.clone();
-    if let Ok(Ok(committed)) =
-        tokio::task::spawn_blocking(move || log.committed_offset(vigil_processor::pipeline::CONSUMER)).await
+    if let Some(consumer) = state.processor
+        && let Ok(Ok(committed)) = tokio::task::spawn_blocking(move || log.committed_offset(consumer)).await
     {
         state.committed.set(as_gauge(committed));
     }

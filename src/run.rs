@@ -10,9 +10,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
-use vigil_ingest::lines::Format;
-use vigil_ingest::syslog::SyslogIngest;
-use vigil_ingest::tail::{TailConfig, Tailer};
 use vigil_log::EventLog;
 use vigil_processor::{ClassifierBuilder, Enricher, Pipeline, PipelineConfig, ProviderMap};
 use vigil_query::ApiState;
@@ -48,7 +45,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     });
     let app = api
         .merge(vigil_ingest::kumomta::router(log.clone(), args.max_body_bytes, args.max_ingest_in_flight))
-        .merge(crate::metrics::router(log.clone()))
+        .merge(crate::metrics::router(log.clone(), Some(vigil_processor::pipeline::CONSUMER)))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
@@ -90,41 +87,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     ready.store(true, Ordering::Release);
     tracing::info!(committed, "processor ready");
 
-    let tails = [
-        (Format::Kumomta, &args.kumomta_logs),
-        (Format::Postfix, &args.postfix_logs),
-        (Format::Exim, &args.exim_logs),
-        (Format::Powermta, &args.powermta_accounting),
-    ];
-    for (format, paths) in tails {
-        for path in paths {
-            let mut config = TailConfig::new(path.clone(), format);
-            config.poll_interval = Duration::from_millis(args.tail_interval_ms.max(10));
-            config.max_line_bytes = args.max_line_bytes;
-            tracing::info!(path = %path.display(), ?format, "tailing");
-            tasks.spawn(Tailer::new(config, log.clone()).run(shutdown.clone()).map_ok());
-        }
-    }
-    if args.syslog_udp.is_some() || args.syslog_tcp.is_some() {
-        let format = match args.syslog_format {
-            crate::cli::SyslogFormat::Postfix => Format::Postfix,
-            crate::cli::SyslogFormat::Exim => Format::Exim,
-        };
-        let (syslog, normaliser) = SyslogIngest::start(format, log.clone(), shutdown.clone());
-        tasks.spawn(async move { normaliser.await.context("syslog normaliser") });
-        if let Some(addr) = args.syslog_udp {
-            let socket =
-                tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("binding syslog UDP {addr}"))?;
-            tracing::info!(%addr, ?format, "receiving syslog over UDP");
-            tasks.spawn(syslog.clone().run_udp(socket, shutdown.clone()).map_ok());
-        }
-        if let Some(addr) = args.syslog_tcp {
-            let listener =
-                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding syslog TCP {addr}"))?;
-            tracing::info!(%addr, ?format, "receiving syslog over TCP");
-            tasks.spawn(syslog.run_tcp(listener, shutdown.clone()).map_ok());
-        }
-    }
+    crate::sources::start(&args.sources(), &log, &mut tasks, &shutdown).await?;
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(args.rules.clone(), enricher, shutdown.clone()));
     if args.demo {
@@ -132,6 +95,15 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         tasks.spawn(crate::demo::run(log.clone(), shutdown.clone()).map_ok());
     }
 
+    supervise(tasks, shutdown).await
+}
+
+/// Waits for SIGTERM / Ctrl-C, or for a component to stop (an error, or a bug: components
+/// run until shutdown); then stops the rest and waits for them.
+pub(crate) async fn supervise(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
         Some(result) = tasks.join_next() => {
@@ -182,7 +154,7 @@ async fn reload_on_sighup(
 }
 
 /// Lets `()`-returning tasks share a `JoinSet` with fallible ones.
-trait MapOk: std::future::Future<Output = ()> + Sized {
+pub(crate) trait MapOk: std::future::Future<Output = ()> + Sized {
     fn map_ok(self) -> impl std::future::Future<Output = anyhow::Result<()>> {
         async move {
             self.await;
@@ -193,7 +165,7 @@ trait MapOk: std::future::Future<Output = ()> + Sized {
 
 impl<F: std::future::Future<Output = ()>> MapOk for F {}
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -206,4 +178,21 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+impl RunArgs {
+    /// The sources these flags ask for.
+    fn sources(&self) -> crate::sources::SourcesConfig {
+        crate::sources::SourcesConfig {
+            kumomta_logs: self.kumomta_logs.clone(),
+            postfix_logs: self.postfix_logs.clone(),
+            exim_logs: self.exim_logs.clone(),
+            powermta_accounting: self.powermta_accounting.clone(),
+            syslog_udp: self.syslog_udp,
+            syslog_tcp: self.syslog_tcp,
+            syslog_format: self.syslog_format,
+            max_line_bytes: self.max_line_bytes,
+            tail_interval_ms: self.tail_interval_ms,
+        }
+    }
 }

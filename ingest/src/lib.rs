@@ -17,11 +17,13 @@
 //! - [`postfix`], [`exim`], [`powermta`]: the other MTAs' log normalisers, behind [`lines`].
 //! - [`tail`]: reading log files and directories into the log, with checkpoints.
 //! - [`syslog`]: UDP and TCP syslog receivers for Postfix and Exim lines.
+//! - [`kafka`]: the ingest role's forwarder from the on-disk buffer to Kafka.
 //! - [`dsn`]: decoding bounce, complaint and auto-reply mail (RFC 3464, RFC 5965, RFC 3834 and
 //!   common non-standard bounce bodies).
 
 pub mod dsn;
 pub mod exim;
+pub mod kafka;
 pub mod kumomta;
 pub mod lines;
 pub mod metrics;

@@ -34,6 +34,12 @@ pub struct IngestMetrics {
     pub file_lag_bytes: Family<SourceLabel, Gauge>,
     /// UDP syslog datagrams dropped because the queue was full.
     pub syslog_dropped: Counter,
+    /// Events the Kafka broker acknowledged (ingest role).
+    pub shipped_events: Counter,
+    /// Events in the on-disk buffer not yet acknowledged by the broker (ingest role).
+    pub buffer_depth: Gauge,
+    /// Age in seconds of the oldest event not yet acknowledged by the broker (ingest role).
+    pub oldest_unacknowledged_seconds: Gauge,
 }
 
 static METRICS: LazyLock<IngestMetrics> = LazyLock::new(IngestMetrics::default);
@@ -65,6 +71,17 @@ pub fn register(registry: &mut Registry) {
         "vigil_ingest_syslog_dropped",
         "UDP syslog datagrams dropped on a full queue",
         m.syslog_dropped.clone(),
+    );
+    registry.register("vigil_ship_events", "Events acknowledged by the Kafka broker", m.shipped_events.clone());
+    registry.register(
+        "vigil_ship_buffer_depth",
+        "Events in the on-disk buffer not yet acknowledged by the broker",
+        m.buffer_depth.clone(),
+    );
+    registry.register(
+        "vigil_ship_oldest_unacknowledged_seconds",
+        "Age of the oldest event not yet acknowledged by the broker",
+        m.oldest_unacknowledged_seconds.clone(),
     );
 }
 

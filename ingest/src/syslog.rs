@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use vigil_log::{AppendBatch, EventLog};
+use vigil_log::{AppendBatch, AppendReceipt, EventLog};
 use vigil_schemas::DeadLetter;
 
 use crate::lines::{Format, push_into_batch};
@@ -204,18 +204,43 @@ async fn normalise(format: Format, mut lines: mpsc::Receiver<Received>, log: Eve
             }
         }
         if (done || timed_out || pending >= BATCH_LINES) && !batch.is_empty() {
-            let log = log.clone();
             let full = std::mem::take(&mut batch);
             let observation = crate::metrics::BatchObservation::of(&full);
             let (records, bytes) = (std::mem::take(&mut pending), std::mem::take(&mut pending_bytes));
-            match tokio::task::spawn_blocking(move || log.append(full)).await {
-                Ok(Ok(receipt)) => observation.committed(source, records as u64, bytes as u64, &receipt),
-                Ok(Err(error)) => tracing::error!(%error, "syslog batch not stored"),
-                Err(error) => tracing::error!(%error, "syslog append task failed"),
+            match append_when_room(&log, full, &shutdown).await {
+                Ok(receipt) => observation.committed(source, records as u64, bytes as u64, &receipt),
+                Err(error) => tracing::error!(%error, "syslog batch not stored"),
             }
         }
         if done {
             return;
+        }
+    }
+}
+
+/// Appends `batch`, waiting while the log is a full shipping buffer: the senders' queue then
+/// fills, and TCP senders are slowed by their socket instead of anything being dropped.
+async fn append_when_room(
+    log: &EventLog,
+    batch: AppendBatch,
+    shutdown: &CancellationToken,
+) -> Result<AppendReceipt, String> {
+    let batch = Arc::new(batch);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let (log_for_task, batch_for_task) = (log.clone(), Arc::clone(&batch));
+        match tokio::task::spawn_blocking(move || log_for_task.append(&batch_for_task)).await {
+            Ok(Ok(receipt)) => return Ok(receipt),
+            Ok(Err(error)) if error.is_full() && !shutdown.is_cancelled() => {
+                tracing::debug!(%error, "syslog paused until the buffer drains");
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(error) => return Err(format!("append task failed: {error}")),
         }
     }
 }

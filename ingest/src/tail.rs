@@ -149,6 +149,9 @@ impl Tailer {
             match tokio::task::spawn_blocking(move || scan.scan_once()).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(records)) => tracing::debug!(records, path = %tailer.config.path.display(), "tailed"),
+                // The shipping buffer is full: the tail pauses (re-reads from its checkpoint at
+                // the next tick) until the forwarder has drained it.
+                Ok(Err(TailError::Log(error))) if error.is_full() => tracing::debug!(%error, "tail paused"),
                 Ok(Err(error)) => tracing::warn!(%error, "log directory scan failed; retrying from the checkpoint"),
                 Err(error) => tracing::error!(%error, "log directory scan panicked"),
             }
@@ -321,7 +324,7 @@ impl Tailer {
         let PendingBatch { mut batch, lines, bytes } = std::mem::take(pending);
         batch.checkpoints.push((key.to_owned(), serde_json::to_vec(&checkpoint).expect("checkpoint serialises")));
         let observation = crate::metrics::BatchObservation::of(&batch);
-        let receipt = self.log.append(batch)?;
+        let receipt = self.log.append(&batch)?;
         observation.committed(self.source(), lines as u64, bytes as u64, &receipt);
         if receipt.dead_lettered > 0 {
             tracing::warn!(file = key, dead_letters = receipt.dead_lettered, "lines rejected to the dead-letter store");

@@ -12,6 +12,11 @@
 //!   source that re-sends after a crash double counts nothing. A source's checkpoint (file
 //!   offset) commits in the same transaction as the events it covers, so a restart neither
 //!   loses nor repeats records. Consumers keep their own offsets ([`EventLog::commit_offset`]).
+//! - As a bounded buffer (the ingest role, in front of Kafka): with [`EventLog::with_limit`],
+//!   `append` refuses new events with [`LogError::Full`] while the named consumer is more than
+//!   the limit behind, so senders are paused or answered 503 instead of anything being
+//!   dropped; the consumer drops what it has shipped with [`EventLog::truncate_before`].
+//!   Offsets are never reused after a truncation.
 //!
 //! # Why redb
 //! The log needs three things to move atomically: the events, the dedupe index and the
@@ -39,6 +44,9 @@ const CONSUMER_OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("consu
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 /// sequence -> serialised DeadLetter (JSON).
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// "events" / "dead_letters" -> the first key still kept, so a truncated table keeps its
+/// numbering when it is empty.
+const LOW_WATER: TableDefinition<&str, u64> = TableDefinition::new("low_water");
 
 /// Errors from the log. Every variant means the operation did not take effect.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +61,25 @@ pub enum LogError {
     /// The data directory cannot be used.
     #[error("log at {path}: {source}")]
     Open { path: String, source: std::io::Error },
+    /// The log is used as a bounded buffer and its consumer is too far behind: retry once it
+    /// has caught up. Nothing of the batch was written.
+    #[error("buffer full: {pending} events not yet shipped (limit {limit}); retry later")]
+    Full { pending: u64, limit: u64 },
+}
+
+impl LogError {
+    /// Whether the failure is back-pressure (retry later) rather than a broken store.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::Full { .. })
+    }
+}
+
+/// A bound on the events a consumer has not yet committed, for the buffer role.
+#[derive(Debug, Clone)]
+struct Limit {
+    consumer: Arc<str>,
+    max_pending: u64,
 }
 
 fn storage(err: impl Into<redb::Error>) -> LogError {
@@ -93,6 +120,7 @@ impl AppendBatch {
 pub struct EventLog {
     db: Arc<Database>,
     head: Arc<watch::Sender<u64>>,
+    limit: Option<Limit>,
 }
 
 impl EventLog {
@@ -111,13 +139,57 @@ impl EventLog {
         txn.open_table(CONSUMER_OFFSETS).map_err(storage)?;
         txn.open_table(CHECKPOINTS).map_err(storage)?;
         txn.open_table(DEAD_LETTERS).map_err(storage)?;
+        txn.open_table(LOW_WATER).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let head = {
             let txn = db.begin_read().map_err(storage)?;
             let events = txn.open_table(EVENTS).map_err(storage)?;
-            next_key(&events)?
+            let low = txn.open_table(LOW_WATER).map_err(storage)?;
+            next_key(&events, &low, "events")?
         };
-        Ok(Self { db: Arc::new(db), head: Arc::new(watch::Sender::new(head)) })
+        Ok(Self { db: Arc::new(db), head: Arc::new(watch::Sender::new(head)), limit: None })
+    }
+
+    /// This log as a bounded buffer: appends fail with [`LogError::Full`] while `consumer` has
+    /// `max_pending` or more events left to commit. One batch may overshoot the bound (a batch
+    /// is never split), so the bound on disk is `max_pending` plus one batch.
+    #[must_use]
+    pub fn with_limit(mut self, consumer: &str, max_pending: u64) -> Self {
+        self.limit = Some(Limit { consumer: consumer.into(), max_pending: max_pending.max(1) });
+        self
+    }
+
+    /// Events appended but not yet committed by the limit's consumer (0 without a limit).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn pending(&self) -> Result<u64, LogError> {
+        let Some(limit) = &self.limit else { return Ok(0) };
+        Ok(self.head().saturating_sub(self.committed_offset(&limit.consumer)?))
+    }
+
+    /// Deletes the events before `offset` and the dead letters before `dead_letter_seq`
+    /// (shipped elsewhere). Their dedupe entries stay, so a source that re-sends them still
+    /// counts no duplicate. Offsets and sequences are not reused.
+    ///
+    /// # Errors
+    /// On storage failure; then nothing was deleted.
+    pub fn truncate_before(&self, offset: u64, dead_letter_seq: u64) -> Result<(), LogError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut low = txn.open_table(LOW_WATER).map_err(storage)?;
+            let mut events = txn.open_table(EVENTS).map_err(storage)?;
+            let offset = offset.min(next_key(&events, &low, "events")?);
+            events.retain_in(..offset, |_, _| false).map_err(storage)?;
+            let mut dead = txn.open_table(DEAD_LETTERS).map_err(storage)?;
+            let seq = dead_letter_seq.min(next_key(&dead, &low, "dead_letters")?);
+            dead.retain_in(..seq, |_, _| false).map_err(storage)?;
+            for (name, mark) in [("events", offset), ("dead_letters", seq)] {
+                let current = low.get(name).map_err(storage)?.map_or(0, |v| v.value());
+                low.insert(name, current.max(mark)).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
     }
 
     /// Appends a batch durably. Blocking (it fsyncs): call it from `spawn_blocking` in async
@@ -125,13 +197,24 @@ impl EventLog {
     ///
     /// # Errors
     /// On storage failure; then nothing of the batch was written.
-    pub fn append(&self, batch: AppendBatch) -> Result<AppendReceipt, LogError> {
+    pub fn append(&self, batch: &AppendBatch) -> Result<AppendReceipt, LogError> {
         let mut receipt = AppendReceipt::default();
         let txn = self.db.begin_write().map_err(storage)?;
         {
+            let low = txn.open_table(LOW_WATER).map_err(storage)?;
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
             let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
-            let mut offset = next_key(&events)?;
+            let mut offset = next_key(&events, &low, "events")?;
+            if let Some(limit) = &self.limit
+                && !batch.events.is_empty()
+            {
+                let offsets = txn.open_table(CONSUMER_OFFSETS).map_err(storage)?;
+                let shipped = offsets.get(&*limit.consumer).map_err(storage)?.map_or(0, |v| v.value());
+                let pending = offset.saturating_sub(shipped);
+                if pending >= limit.max_pending {
+                    return Err(LogError::Full { pending, limit: limit.max_pending });
+                }
+            }
             for event in &batch.events {
                 if ids.get(event.event_id.as_str()).map_err(storage)?.is_some() {
                     receipt.duplicates += 1;
@@ -146,7 +229,7 @@ impl EventLog {
             receipt.head = offset;
 
             let mut dead = txn.open_table(DEAD_LETTERS).map_err(storage)?;
-            for (seq, letter) in (next_key(&dead)?..).zip(&batch.dead_letters) {
+            for (seq, letter) in (next_key(&dead, &low, "dead_letters")?..).zip(&batch.dead_letters) {
                 let bytes = serde_json::to_vec(letter).expect("DeadLetter always serialises");
                 dead.insert(seq, bytes.as_slice()).map_err(storage)?;
                 receipt.dead_lettered += 1;
@@ -189,6 +272,22 @@ impl EventLog {
             let offset = offset.value();
             let event = serde_json::from_slice(bytes.value()).map_err(|source| LogError::Corrupt { offset, source })?;
             out.push((offset, event));
+        }
+        Ok(out)
+    }
+
+    /// Reads up to `max` events starting at offset `from`, as stored (canonical JSON), for
+    /// forwarding without decoding.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn read_raw(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let events = txn.open_table(EVENTS).map_err(storage)?;
+        let mut out = Vec::with_capacity(max.min(4096));
+        for entry in events.range(from..).map_err(storage)?.take(max) {
+            let (offset, bytes) = entry.map_err(storage)?;
+            out.push((offset.value(), bytes.value().to_vec()));
         }
         Ok(out)
     }
@@ -249,11 +348,27 @@ impl EventLog {
         let txn = self.db.begin_read().map_err(storage)?;
         txn.open_table(DEAD_LETTERS).map_err(storage)?.len().map_err(storage)
     }
+
+    /// The sequence the next dead letter will get.
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn dead_letter_head(&self) -> Result<u64, LogError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let low = txn.open_table(LOW_WATER).map_err(storage)?;
+        next_key(&txn.open_table(DEAD_LETTERS).map_err(storage)?, &low, "dead_letters")
+    }
 }
 
-/// One past the largest key of a dense u64-keyed table.
-fn next_key<T: ReadableTable<u64, V>, V: redb::Value + 'static>(table: &T) -> Result<u64, LogError> {
-    Ok(table.last().map_err(storage)?.map_or(0, |(k, _)| k.value() + 1))
+/// One past the largest key of a dense u64-keyed table, or its low-water mark when truncation
+/// emptied it.
+fn next_key<T: ReadableTable<u64, V>, V: redb::Value + 'static>(
+    table: &T,
+    low_water: &impl ReadableTable<&'static str, u64>,
+    name: &str,
+) -> Result<u64, LogError> {
+    let low = low_water.get(name).map_err(storage)?.map_or(0, |v| v.value());
+    Ok(table.last().map_err(storage)?.map_or(low, |(k, _)| (k.value() + 1).max(low)))
 }
 
 #[cfg(test)]
@@ -275,9 +390,9 @@ mod tests {
     fn appends_are_dense_ordered_and_deduplicated() {
         let dir = tempfile::tempdir().unwrap();
         let log = EventLog::open(dir.path()).unwrap();
-        let receipt = log.append(batch(&["a", "b", "a"])).unwrap();
+        let receipt = log.append(&batch(&["a", "b", "a"])).unwrap();
         assert_eq!((receipt.appended, receipt.duplicates, receipt.head), (2, 1, 2));
-        let receipt = log.append(batch(&["b", "c"])).unwrap();
+        let receipt = log.append(&batch(&["b", "c"])).unwrap();
         assert_eq!((receipt.appended, receipt.duplicates, receipt.head), (1, 1, 3));
         let read: Vec<_> = log.read(0, 10).unwrap().into_iter().map(|(o, e)| (o, e.event_id)).collect();
         assert_eq!(read, vec![(0, "a".into()), (1, "b".into()), (2, "c".into())]);
@@ -292,7 +407,7 @@ mod tests {
             let mut b = batch(&["a", "b"]);
             b.checkpoints.push(("file:x".into(), b"42".to_vec()));
             b.dead_letters.push(DeadLetter::new("test", None, "bad".into(), b"{"));
-            log.append(b).unwrap();
+            log.append(&b).unwrap();
             log.commit_offset("warehouse", 1).unwrap();
         }
         let log = EventLog::open(dir.path()).unwrap();
@@ -303,7 +418,7 @@ mod tests {
         assert_eq!(log.dead_letter_count().unwrap(), 1);
         assert_eq!(log.dead_letters(0, 10).unwrap()[0].1.reason, "bad");
         // The dedupe index survives too.
-        assert_eq!(log.append(batch(&["a"])).unwrap().duplicates, 1);
+        assert_eq!(log.append(&batch(&["a"])).unwrap().duplicates, 1);
     }
 
     #[test]
@@ -312,12 +427,50 @@ mod tests {
         let log = EventLog::open(dir.path()).unwrap();
         let mut rx = log.subscribe();
         assert_eq!(*rx.borrow_and_update(), 0);
-        log.append(batch(&["a"])).unwrap();
+        log.append(&batch(&["a"])).unwrap();
         assert!(rx.has_changed().unwrap());
         assert_eq!(*rx.borrow_and_update(), 1);
         // A batch of only duplicates does not wake anyone.
-        log.append(batch(&["a"])).unwrap();
+        log.append(&batch(&["a"])).unwrap();
         assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_bounded_log_refuses_appends_until_its_consumer_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap().with_limit("kafka", 2);
+        log.append(&batch(&["a", "b", "c"])).unwrap(); // one batch may overshoot
+        let err = log.append(&batch(&["d"])).unwrap_err();
+        assert!(matches!(err, LogError::Full { pending: 3, limit: 2 }), "{err}");
+        // A refused append left nothing behind, and checkpoints-only batches still go through.
+        assert_eq!(log.head(), 3);
+        let mut only_checkpoint = AppendBatch::default();
+        only_checkpoint.checkpoints.push(("file:x".into(), b"1".to_vec()));
+        log.append(&only_checkpoint).unwrap();
+        assert_eq!(log.pending().unwrap(), 3);
+        log.commit_offset("kafka", 2).unwrap();
+        log.append(&batch(&["d"])).unwrap();
+        assert_eq!(log.pending().unwrap(), 2);
+    }
+
+    #[test]
+    fn truncation_keeps_offsets_and_dedupe() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = EventLog::open(dir.path()).unwrap();
+            let mut b = batch(&["a", "b"]);
+            b.dead_letters.push(DeadLetter::new("test", None, "bad".into(), b"{"));
+            log.append(&b).unwrap();
+            log.truncate_before(2, 1).unwrap();
+            assert!(log.read(0, 10).unwrap().is_empty());
+            assert_eq!(log.dead_letter_count().unwrap(), 0);
+        }
+        let log = EventLog::open(dir.path()).unwrap();
+        assert_eq!(log.head(), 2, "offsets are not reused after a restart");
+        assert_eq!(log.dead_letter_head().unwrap(), 1);
+        let receipt = log.append(&batch(&["a", "c"])).unwrap();
+        assert_eq!((receipt.appended, receipt.duplicates, receipt.head), (1, 1, 3));
+        assert_eq!(log.read(0, 10).unwrap()[0].0, 2);
     }
 
     proptest::proptest! {
@@ -330,7 +483,7 @@ mod tests {
             for ids in &batches {
                 let ids: Vec<String> = ids.iter().map(|i| format!("e{i}")).collect();
                 let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-                log.append(batch(&refs)).unwrap();
+                log.append(&batch(&refs)).unwrap();
                 for id in ids {
                     if !model.contains(&id) { model.push(id); }
                 }

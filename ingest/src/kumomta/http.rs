@@ -163,8 +163,15 @@ fn split_records(body: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
 
 async fn append(log: &EventLog, batch: AppendBatch) -> Result<AppendReceipt, Response> {
     let log = log.clone();
-    match tokio::task::spawn_blocking(move || log.append(batch)).await {
+    match tokio::task::spawn_blocking(move || log.append(&batch)).await {
         Ok(Ok(receipt)) => Ok(receipt),
+        Ok(Err(err)) if err.is_full() => {
+            // Back-pressure from the shipping buffer: KumoMTA keeps the record and retries.
+            tracing::warn!(error = %err, "ingest buffer full; answering 503 so the sender retries");
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+            Err(response)
+        }
         Ok(Err(err)) => {
             tracing::error!(error = %err, "log append failed; answering 503 so the sender retries");
             Err(error(StatusCode::SERVICE_UNAVAILABLE, "the log of record is unavailable; retry later"))

@@ -22,7 +22,7 @@ pub fn append_records<'a>(
     records: impl IntoIterator<Item = (String, &'a [u8])>,
 ) -> Result<AppendReceipt, LogError> {
     let (batch, _) = batch_from_records(source, records);
-    log.append(batch)
+    log.append(&batch)
 }
 
 /// Normalises a sequence of raw records into one batch for the log: events for the good ones,

@@ -1,0 +1,452 @@
+//! Shipping to Kafka: the ingest role's forwarder from the on-disk buffer to `vigil.events`
+//! and `vigil.deadletter`.
+//!
+//! Sources append to an [`EventLog`] opened as a bounded buffer ([`EventLog::with_limit`]),
+//! with their checkpoints in the same transaction, exactly as in `vigil run`; so a source's
+//! position only moves once its events are durable on this host, and the forwarder is the only
+//! thing that talks to the broker. It sends every buffered event with an idempotent producer
+//! (`acks=all`, no local timeout: librdkafka retries until the broker is back), commits its
+//! offset in the buffer only for the prefix the broker acknowledged, then deletes that prefix.
+//! While the broker is away the buffer fills up to its limit; then appends fail with
+//! [`vigil_log::LogError::Full`], tails pause and the HTTP hook answers 503. Nothing is dropped.
+//!
+//! Exactly once downstream is by `event_id`: a crash between the broker's acknowledgement and
+//! the offset commit re-sends at most the unacknowledged window, and those copies carry the
+//! same `event_id` (the key and the `vigil-event-id` header), which consumers dedupe on.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use vigil_log::{EventLog, LogError};
+
+/// The consumer name under which the forwarder's position is kept in the buffer.
+pub const BUFFER_CONSUMER: &str = "kafka";
+/// The buffer's cursor for dead letters.
+const DEAD_LETTER_CURSOR: &str = "kafka:dead-letters";
+
+/// Events sent and not yet acknowledged, at most; bounds the producer's memory.
+const MAX_IN_FLIGHT: usize = 50_000;
+/// Events read from the buffer per read.
+const READ_BATCH: usize = 2_000;
+/// How often acknowledged progress is committed (and the buffer trimmed) at the latest.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// The `[kafka]` section of `vigil ingest --config`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`.
+    pub brokers: String,
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    /// Partitions of the topics when Vigil creates them (they are left alone if they exist).
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// `zstd`, `lz4`, `snappy`, `gzip` or `none`.
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// Any other librdkafka producer property (`security.protocol`, `sasl.*`, ...). The
+    /// delivery guarantees (`enable.idempotence`, `acks`) cannot be overridden.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_topic() -> String {
+    "vigil.events".into()
+}
+fn default_dead_letter_topic() -> String {
+    "vigil.deadletter".into()
+}
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_compression() -> String {
+    "zstd".into()
+}
+
+/// Why the forwarder could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("Kafka client configuration: {0}")]
+    Config(#[source] KafkaError),
+    #[error("buffer: {0}")]
+    Buffer(#[from] LogError),
+}
+
+/// The producer settings every Vigil producer uses; the bare-producer benchmark uses them
+/// too, so the two are compared like for like.
+#[must_use]
+pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("client.id", "vigil-ingest")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", &config.compression)
+        // No local expiry: while the broker is away, librdkafka keeps retrying and the
+        // buffer absorbs new input, instead of messages failing after a deadline.
+        .set("message.timeout.ms", "0")
+        .set_if_absent("linger.ms", "5")
+        .set_if_absent("queue.buffering.max.messages", "200000");
+    client
+}
+
+trait SetIfAbsent {
+    fn set_if_absent(&mut self, key: &str, value: &str) -> &mut Self;
+}
+
+impl SetIfAbsent for ClientConfig {
+    fn set_if_absent(&mut self, key: &str, value: &str) -> &mut Self {
+        if self.get(key).is_none() {
+            self.set(key, value);
+        }
+        self
+    }
+}
+
+/// The fields of a stored event the forwarder needs, read without decoding the rest.
+#[derive(Deserialize)]
+struct Routing<'a> {
+    #[serde(borrow)]
+    event_id: std::borrow::Cow<'a, str>,
+    source: &'a str,
+    #[serde(borrow, default)]
+    egress_source: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    recipient_domain: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The record key of DESIGN §5: the egress source, else the recipient domain (events of one
+/// sending IP stay in order on one partition).
+#[must_use]
+pub fn event_key<'a>(egress_source: Option<&'a str>, recipient_domain: Option<&'a str>) -> &'a str {
+    egress_source.filter(|s| !s.is_empty()).or(recipient_domain).unwrap_or("")
+}
+
+/// Shipping progress, for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Events acknowledged by the broker (this process).
+    pub acknowledged: u64,
+    /// Dead letters acknowledged by the broker (this process).
+    pub dead_letters: u64,
+    /// Times the forwarder went back to its last committed offset after a failure.
+    pub resends: u64,
+}
+
+/// Ships the buffer to Kafka until cancelled.
+#[derive(Debug)]
+pub struct Forwarder {
+    log: EventLog,
+    config: KafkaConfig,
+    /// The `vigil-schema-version` header's value.
+    schema_version: String,
+    progress: tokio::sync::watch::Sender<Progress>,
+}
+
+impl Forwarder {
+    #[must_use]
+    pub fn new(log: EventLog, config: KafkaConfig) -> Self {
+        Self {
+            log,
+            config,
+            schema_version: vigil_schemas::SCHEMA_VERSION.to_string(),
+            progress: tokio::sync::watch::Sender::new(Progress::default()),
+        }
+    }
+
+    /// Progress updates (acknowledged counts).
+    #[must_use]
+    pub fn progress(&self) -> tokio::sync::watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Runs until `shutdown`; returns on a configuration error or a broken buffer.
+    ///
+    /// # Errors
+    /// When the producer cannot be configured or the buffer fails; broker trouble is never an
+    /// error here (it is retried).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ForwardError> {
+        self.ensure_topics(&shutdown).await?;
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            let producer: FutureProducer = producer_config(&self.config).create().map_err(ForwardError::Config)?;
+            match self.ship(&producer, &shutdown).await? {
+                Shipped::Stopped => break,
+                Shipped::Failed(error) => {
+                    // A delivery failed for good (a fatal idempotence error, a rejected
+                    // record): start again from the committed offset with a new producer.
+                    self.progress.send_modify(|p| p.resends += 1);
+                    tracing::warn!(%error, ?backoff, "Kafka delivery failed; re-sending from the last acknowledged event");
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the topics if missing; waits (retrying) while the broker is unreachable,
+    /// since ingest keeps buffering meanwhile.
+    async fn ensure_topics(&self, shutdown: &CancellationToken) -> Result<(), ForwardError> {
+        let admin: AdminClient<DefaultClientContext> =
+            producer_config(&self.config).create().map_err(ForwardError::Config)?;
+        let replication = self.config.replication_factor;
+        let topics = [
+            NewTopic::new(&self.config.topic, self.config.partitions, TopicReplication::Fixed(replication)),
+            NewTopic::new(&self.config.dead_letter_topic, self.config.partitions, TopicReplication::Fixed(replication)),
+        ];
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match admin.create_topics(&topics, &options).await {
+                Ok(results) => {
+                    let mut pending = false;
+                    for result in results {
+                        match result {
+                            Ok(topic) => tracing::info!(topic, "Kafka topic created"),
+                            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                            Err((topic, code)) => {
+                                tracing::warn!(topic, %code, "Kafka topic not created yet; retrying");
+                                pending = true;
+                            }
+                        }
+                    }
+                    if !pending {
+                        return Ok(());
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "Kafka broker unreachable; buffering, retrying topic set-up"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Sends from the committed offset on, committing acknowledged prefixes, until shutdown
+    /// or a failed delivery.
+    async fn ship(&self, producer: &FutureProducer, shutdown: &CancellationToken) -> Result<Shipped, ForwardError> {
+        let mut head = self.log.subscribe();
+        let mut committed = self.blocking(|log| log.committed_offset(BUFFER_CONSUMER)).await?;
+        let mut acknowledged = committed;
+        let mut next = committed;
+        // Deliveries in send order, each resolving to its offset and outcome.
+        let mut in_flight: FuturesOrdered<BoxFuture<'static, (u64, Result<(), String>)>> = FuturesOrdered::new();
+        let mut commit_tick = tokio::time::interval(COMMIT_EVERY);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_commit = Instant::now();
+        loop {
+            // Fill the window from the buffer.
+            if in_flight.len() < MAX_IN_FLIGHT && next < *head.borrow_and_update() {
+                let want = READ_BATCH.min(MAX_IN_FLIGHT - in_flight.len());
+                let records = self.blocking(move |log| log.read_raw(next, want)).await?;
+                for (offset, bytes) in records {
+                    let routing: Routing<'_> =
+                        serde_json::from_slice(&bytes).map_err(|source| LogError::Corrupt { offset, source })?;
+                    let headers = OwnedHeaders::new()
+                        .insert(Header { key: "vigil-schema-version", value: Some(self.schema_version.as_str()) })
+                        .insert(Header { key: "vigil-source", value: Some(routing.source) })
+                        .insert(Header { key: "vigil-event-id", value: Some(routing.event_id.as_ref()) });
+                    let key = event_key(routing.egress_source.as_deref(), routing.recipient_domain.as_deref());
+                    let mut record = FutureRecord::to(&self.config.topic).key(key).payload(&bytes[..]).headers(headers);
+                    let delivery = loop {
+                        match producer.send_result(record) {
+                            Ok(delivery) => break delivery,
+                            // librdkafka's own queue is full: wait for the oldest send.
+                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                                record = back;
+                                match in_flight.next().await {
+                                    Some((offset, Ok(()))) => acknowledged = offset + 1,
+                                    Some((_, Err(error))) => return Ok(Shipped::Failed(error)),
+                                    None => tokio::time::sleep(Duration::from_millis(10)).await,
+                                }
+                            }
+                            Err((error, _)) => return Ok(Shipped::Failed(error.to_string())),
+                        }
+                    };
+                    in_flight.push_back(Box::pin(async move { (offset, settle(delivery).await) }));
+                    next = offset + 1;
+                }
+                continue;
+            }
+            let room = in_flight.len() < MAX_IN_FLIGHT;
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    // What the broker acknowledged is kept; the rest is re-sent next start.
+                    self.commit(committed, acknowledged).await?;
+                    return Ok(Shipped::Stopped);
+                }
+                Some((offset, settled)) = in_flight.next(), if !in_flight.is_empty() => {
+                    match settled {
+                        Ok(()) => acknowledged = offset + 1,
+                        Err(error) => {
+                            self.commit(committed, acknowledged).await?;
+                            return Ok(Shipped::Failed(error));
+                        }
+                    }
+                    if acknowledged - committed >= READ_BATCH as u64 * 5 || last_commit.elapsed() >= COMMIT_EVERY {
+                        committed = self.commit(committed, acknowledged).await?;
+                        last_commit = Instant::now();
+                    }
+                }
+                changed = head.changed(), if room => {
+                    if changed.is_err() {
+                        return Ok(Shipped::Stopped);
+                    }
+                }
+                _ = commit_tick.tick() => {
+                    committed = self.commit(committed, acknowledged).await?;
+                    last_commit = Instant::now();
+                    self.observe_lag(acknowledged).await?;
+                    if let Err(error) = self.ship_dead_letters(producer).await? {
+                        self.commit(committed, acknowledged).await?;
+                        return Ok(Shipped::Failed(error));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits the acknowledged prefix and trims the buffer; returns the new committed offset.
+    async fn commit(&self, committed: u64, acknowledged: u64) -> Result<u64, ForwardError> {
+        if acknowledged <= committed {
+            return Ok(committed);
+        }
+        self.blocking(move |log| {
+            log.commit_offset(BUFFER_CONSUMER, acknowledged)?;
+            let dead_letters = log.committed_offset(DEAD_LETTER_CURSOR)?;
+            log.truncate_before(acknowledged, dead_letters)
+        })
+        .await?;
+        self.progress.send_modify(|p| p.acknowledged += acknowledged - committed);
+        crate::metrics::ingest_metrics().shipped_events.inc_by(acknowledged - committed);
+        Ok(acknowledged)
+    }
+
+    /// Buffer depth and the age of the oldest unacknowledged event, for `/metrics`.
+    async fn observe_lag(&self, acknowledged: u64) -> Result<(), ForwardError> {
+        #[derive(Deserialize)]
+        struct Ingested {
+            ingested_at: chrono::DateTime<chrono::Utc>,
+        }
+        let metrics = crate::metrics::ingest_metrics();
+        let depth = self.log.head().saturating_sub(acknowledged);
+        metrics.buffer_depth.set(i64::try_from(depth).unwrap_or(i64::MAX));
+        let oldest = self.blocking(move |log| log.read_raw(acknowledged, 1)).await?;
+        let age = oldest
+            .first()
+            .and_then(|(_, bytes)| serde_json::from_slice::<Ingested>(bytes).ok())
+            .map_or(0, |e| (chrono::Utc::now() - e.ingested_at).num_seconds().max(0));
+        metrics.oldest_unacknowledged_seconds.set(age);
+        Ok(())
+    }
+
+    /// Ships the dead letters stored since the last call to the dead-letter topic, keyed by
+    /// source; they are rare, so this waits for each batch's acknowledgement.
+    async fn ship_dead_letters(&self, producer: &FutureProducer) -> Result<Result<(), String>, ForwardError> {
+        let from = self.blocking(|log| log.committed_offset(DEAD_LETTER_CURSOR)).await?;
+        let letters = self.blocking(move |log| log.dead_letters(from, READ_BATCH)).await?;
+        let Some(&(last, _)) = letters.last() else { return Ok(Ok(())) };
+        let mut deliveries = Vec::with_capacity(letters.len());
+        for (_, letter) in &letters {
+            let payload = serde_json::to_vec(letter).expect("DeadLetter always serialises");
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: "vigil-schema-version", value: Some(self.schema_version.as_str()) })
+                .insert(Header { key: "vigil-source", value: Some(letter.source.as_str()) });
+            let record =
+                FutureRecord::to(&self.config.dead_letter_topic).key(&letter.source).payload(&payload).headers(headers);
+            match producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((error, _)) => return Ok(Err(error.to_string())),
+            }
+        }
+        for delivery in deliveries {
+            if let Err(error) = settle(delivery).await {
+                return Ok(Err(error));
+            }
+        }
+        self.blocking(move |log| log.commit_offset(DEAD_LETTER_CURSOR, last + 1)).await?;
+        self.progress.send_modify(|p| p.dead_letters += letters.len() as u64);
+        Ok(Ok(()))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&EventLog) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, ForwardError> {
+        let log = self.log.clone();
+        Ok(tokio::task::spawn_blocking(move || work(&log)).await.expect("buffer task does not panic")?)
+    }
+}
+
+enum Shipped {
+    Stopped,
+    Failed(String),
+}
+
+/// A delivery's outcome: acknowledged, or why not.
+async fn settle(delivery: DeliveryFuture) -> Result<(), String> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((error, _))) => Err(error.to_string()),
+        Err(_) => Err("the producer was dropped before the broker answered".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_the_egress_source_else_the_recipient_domain() {
+        assert_eq!(event_key(Some("ip-1"), Some("gmail.com")), "ip-1");
+        assert_eq!(event_key(None, Some("gmail.com")), "gmail.com");
+        assert_eq!(event_key(Some(""), Some("gmail.com")), "gmail.com");
+        assert_eq!(event_key(None, None), "");
+    }
+
+    #[test]
+    fn delivery_guarantees_cannot_be_configured_away() {
+        let config: KafkaConfig = toml_config(
+            "brokers = \"127.0.0.1:9092\"\n[properties]\n\"enable.idempotence\" = \"false\"\nacks = \"1\"\n",
+        );
+        let client = producer_config(&config);
+        assert_eq!(client.get("enable.idempotence"), Some("true"));
+        assert_eq!(client.get("acks"), Some("all"));
+        assert_eq!(client.get("compression.type"), Some("zstd"));
+        assert_eq!(config.topic, "vigil.events");
+    }
+
+    fn toml_config(text: &str) -> KafkaConfig {
+        toml::from_str(text).unwrap()
+    }
+}

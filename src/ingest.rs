@@ -1,0 +1,108 @@
+//! `vigil ingest --config FILE`: only ingest, shipping to Kafka. The sources are the ones of
+//! `vigil run`; they append to an on-disk buffer (the embedded log, bounded) that the Kafka
+//! forwarder drains, so the broker can be away without anything being lost or dropped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use axum::routing::get;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use vigil_ingest::kafka::{BUFFER_CONSUMER, Forwarder, KafkaConfig};
+use vigil_log::EventLog;
+
+use crate::cli::IngestArgs;
+use crate::sources::SourcesConfig;
+
+/// The configuration file (TOML).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestConfig {
+    /// Where the buffer and the sources' checkpoints live.
+    data_dir: PathBuf,
+    /// The HTTP listener for the KumoMTA log hook, `/metrics` and `/healthz`; none without it.
+    listen: Option<SocketAddr>,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+    #[serde(default = "default_max_in_flight")]
+    max_ingest_in_flight: usize,
+    #[serde(default)]
+    sources: SourcesConfig,
+    kafka: KafkaConfig,
+    #[serde(default)]
+    buffer: BufferConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BufferConfig {
+    /// Events kept on disk while the broker has not acknowledged them; beyond this, tails
+    /// pause and the HTTP hook answers 503.
+    max_events: u64,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        Self { max_events: 1_000_000 }
+    }
+}
+
+fn default_max_body_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_max_in_flight() -> usize {
+    32
+}
+
+pub fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading the configuration {}", args.config.display()))?;
+    let config: IngestConfig =
+        toml::from_str(&text).with_context(|| format!("in the configuration {}", args.config.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: IngestConfig) -> anyhow::Result<()> {
+    let buffer_dir = config.data_dir.join("buffer");
+    let log = EventLog::open(&buffer_dir)
+        .with_context(|| format!("opening the buffer in {}", buffer_dir.display()))?
+        .with_limit(BUFFER_CONSUMER, config.buffer.max_events);
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if let Some(listen) = config.listen {
+        let app = vigil_ingest::kumomta::router(log.clone(), config.max_body_bytes, config.max_ingest_in_flight)
+            .merge(crate::metrics::router(log.clone(), None))
+            .route("/healthz", get(|| async { "ok\n" }));
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let bound = listener.local_addr()?;
+        if !bound.ip().is_loopback() {
+            tracing::warn!(%bound, "listening beyond loopback without authentication: put it behind a firewall");
+        }
+        // Scripts and tests read this line to find the port when `listen` ends in :0.
+        println!("vigil ingest listening on http://{bound}");
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .context("HTTP server")
+        });
+    }
+    tracing::info!(
+        brokers = %config.kafka.brokers,
+        topic = %config.kafka.topic,
+        buffer = config.buffer.max_events,
+        "vigil ingest starting"
+    );
+    let forwarder = Forwarder::new(log.clone(), config.kafka);
+    {
+        let stop = shutdown.clone();
+        tasks.spawn(async move { forwarder.run(stop).await.context("Kafka forwarder") });
+    }
+    crate::sources::start(&config.sources, &log, &mut tasks, &shutdown).await?;
+
+    crate::run::supervise(tasks, shutdown).await
+}

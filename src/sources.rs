@@ -1,0 +1,118 @@
+//! The ingest sources both roles start from their configuration: file tails and syslog
+//! receivers, appending to the log (`vigil run`) or the shipping buffer (`vigil ingest`). The
+//! KumoMTA HTTP log hook is a route on the role's own listener. Same sources, same normalisers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use vigil_ingest::lines::Format;
+use vigil_ingest::syslog::SyslogIngest;
+use vigil_ingest::tail::{TailConfig, Tailer};
+use vigil_log::EventLog;
+
+use crate::cli::SyslogFormat;
+use crate::run::MapOk;
+
+/// The `[sources]` section of `vigil ingest --config`; `vigil run` builds it from its flags.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// KumoMTA log directories to tail.
+    #[serde(default)]
+    pub kumomta_logs: Vec<PathBuf>,
+    /// Postfix maillog files or directories to tail.
+    #[serde(default)]
+    pub postfix_logs: Vec<PathBuf>,
+    /// Exim main log files or directories to tail.
+    #[serde(default)]
+    pub exim_logs: Vec<PathBuf>,
+    /// PowerMTA accounting CSV files or directories to tail.
+    #[serde(default)]
+    pub powermta_accounting: Vec<PathBuf>,
+    pub syslog_udp: Option<SocketAddr>,
+    pub syslog_tcp: Option<SocketAddr>,
+    #[serde(default)]
+    pub syslog_format: SyslogFormat,
+    /// Longest accepted line in tailed files; longer lines become dead letters.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// How often tailed files are scanned, in milliseconds.
+    #[serde(default = "default_tail_interval_ms")]
+    pub tail_interval_ms: u64,
+}
+
+fn default_max_line_bytes() -> usize {
+    1024 * 1024
+}
+fn default_tail_interval_ms() -> u64 {
+    1000
+}
+
+impl Default for SourcesConfig {
+    fn default() -> Self {
+        Self {
+            kumomta_logs: Vec::new(),
+            postfix_logs: Vec::new(),
+            exim_logs: Vec::new(),
+            powermta_accounting: Vec::new(),
+            syslog_udp: None,
+            syslog_tcp: None,
+            syslog_format: SyslogFormat::default(),
+            max_line_bytes: default_max_line_bytes(),
+            tail_interval_ms: default_tail_interval_ms(),
+        }
+    }
+}
+
+/// Starts every configured source on `tasks`, appending to `log`.
+///
+/// # Errors
+/// When a syslog address cannot be bound.
+pub async fn start(
+    config: &SourcesConfig,
+    log: &EventLog,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let tails = [
+        (Format::Kumomta, &config.kumomta_logs),
+        (Format::Postfix, &config.postfix_logs),
+        (Format::Exim, &config.exim_logs),
+        (Format::Powermta, &config.powermta_accounting),
+    ];
+    for (format, paths) in tails {
+        for path in paths {
+            let mut tail = TailConfig::new(path.clone(), format);
+            tail.poll_interval = Duration::from_millis(config.tail_interval_ms.max(10));
+            tail.max_line_bytes = config.max_line_bytes;
+            tracing::info!(path = %path.display(), ?format, "tailing");
+            tasks.spawn(Tailer::new(tail, log.clone()).run(shutdown.clone()).map_ok());
+        }
+    }
+    if config.syslog_udp.is_some() || config.syslog_tcp.is_some() {
+        let format = match config.syslog_format {
+            SyslogFormat::Postfix => Format::Postfix,
+            SyslogFormat::Exim => Format::Exim,
+        };
+        let (syslog, normaliser) = SyslogIngest::start(format, log.clone(), shutdown.clone());
+        tasks.spawn(async move { normaliser.await.context("syslog normaliser") });
+        if let Some(addr) = config.syslog_udp {
+            let socket =
+                tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("binding syslog UDP {addr}"))?;
+            tracing::info!(%addr, ?format, "receiving syslog over UDP");
+            tasks.spawn(syslog.clone().run_udp(socket, shutdown.clone()).map_ok());
+        }
+        if let Some(addr) = config.syslog_tcp {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding syslog TCP {addr}"))?;
+            tracing::info!(%addr, ?format, "receiving syslog over TCP");
+            tasks.spawn(syslog.run_tcp(listener, shutdown.clone()).map_ok());
+        }
+    }
+    Ok(())
+}
