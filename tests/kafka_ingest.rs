@@ -53,11 +53,16 @@ struct Broker {
 impl Broker {
     /// Starts tansu on `port`, storing in `dir/tansu.db` (kept across restarts).
     fn start(dir: &Path, port: u16) -> Self {
+        Self::start_with(dir, port, "sqlite://tansu.db")
+    }
+
+    /// Starts tansu on `port` with a storage engine URL (`memory://tansu/` keeps nothing).
+    fn start_with(dir: &Path, port: u16, storage: &str) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::fs::File::create(dir.join(format!("broker-{}.log", now_millis()))).unwrap();
         let child = Command::new(tansu())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", storage])
             .current_dir(dir)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -410,4 +415,72 @@ partitions = {PARTITIONS}
     );
     drop(ingest);
     drop(broker);
+}
+
+#[test]
+fn a_full_buffer_pauses_tails_and_answers_503_until_the_broker_drains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker_dir = dir.path().join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let port = free_port(); // nothing listens there yet
+    let files = Files::new(dir.path());
+    let config = dir.path().join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"data_dir = "{data}"
+listen = "127.0.0.1:0"
+
+[sources]
+kumomta_logs = ["{kumomta}"]
+tail_interval_ms = 50
+
+[kafka]
+brokers = "127.0.0.1:{port}"
+partitions = {PARTITIONS}
+
+[buffer]
+max_events = 100
+"#,
+            data = dir.path().join("data").display(),
+            kumomta = files.kumomta.parent().unwrap().display(),
+        ),
+    )
+    .unwrap();
+    let ingest = Ingest::start(&config);
+
+    // The tail fills the buffer to its limit and pauses. One append may overshoot the limit by
+    // a tail batch (8 MiB of input, about 5 000 of these records), so the file holds several.
+    files.append(0..20_000);
+    wait_until("the buffer to fill", Duration::from_secs(60), || ingest.metric("vigil_ingest_events_total") >= 100.0);
+    let record = files.template.to_string();
+    let http = reqwest::blocking::Client::new();
+    let response = http.post(format!("{}/ingest/kumomta", ingest.base)).body(record).send().unwrap();
+    assert_eq!(response.status(), 503, "a full buffer refuses the hook");
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(response.text().unwrap().contains("buffer full"));
+    let buffered = ingest.metric("vigil_ingest_events_total");
+    assert!(buffered < 20_000.0, "the tail paused at the limit ({buffered} events taken)");
+
+    // The broker comes: the buffer drains, the tail resumes, every line arrives.
+    let _broker = Broker::start_with(&broker_dir, port, "memory://tansu/");
+    let kumomta_only = Files { postfix: dir.path().join("none"), powermta: dir.path().join("none"), ..files };
+    let expected: BTreeMap<String, String> = {
+        let out = common::run_vigil(&["parse", "--from", "kumomta", kumomta_only.kumomta.to_str().unwrap()], b"");
+        out.json
+            .iter()
+            .map(|e| {
+                let key = e["egress_source"].as_str().or(e["recipient_domain"].as_str()).unwrap_or("");
+                (e["event_id"].as_str().unwrap().to_owned(), key.to_owned())
+            })
+            .collect()
+    };
+    assert_eq!(expected.len(), 20_000);
+    let events = consumer(port, "vigil.events");
+    let mut topic = Topic::default();
+    let t = Instant::now();
+    topic.wait_for(&events, &expected, Duration::from_secs(120));
+    eprintln!("drained in {:?}", t.elapsed());
+    assert_eq!(topic.deduplicated(), expected);
+    assert_eq!(topic.duplicates(), 0);
 }

@@ -14,18 +14,18 @@
 //! the offset commit re-sends at most the unacknowledged window, and those copies carry the
 //! same `event_id` (the key and the `vigil-event-id` header), which consumers dedupe on.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use futures::StreamExt;
-use futures::future::BoxFuture;
-use futures::stream::FuturesOrdered;
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{
+    BaseRecord, DeliveryFuture, DeliveryResult, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer,
+};
+use rdkafka::{ClientConfig, ClientContext};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use vigil_log::{EventLog, LogError};
@@ -39,6 +39,8 @@ const DEAD_LETTER_CURSOR: &str = "kafka:dead-letters";
 const MAX_IN_FLIGHT: usize = 50_000;
 /// Events read from the buffer per read.
 const READ_BATCH: usize = 2_000;
+/// Acknowledged events that trigger a commit before the next tick.
+const COMMIT_EVERY_EVENTS: u64 = 20_000;
 /// How often acknowledged progress is committed (and the buffer trimmed) at the latest.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
@@ -192,8 +194,8 @@ impl Forwarder {
         self.ensure_topics(&shutdown).await?;
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
-            let producer: FutureProducer = producer_config(&self.config).create().map_err(ForwardError::Config)?;
-            match self.ship(&producer, &shutdown).await? {
+            let dead_letters: FutureProducer = producer_config(&self.config).create().map_err(ForwardError::Config)?;
+            match self.ship(&dead_letters, &shutdown).await? {
                 Shipped::Stopped => break,
                 Shipped::Failed(error) => {
                     // A delivery failed for good (a fatal idempotence error, a rejected
@@ -252,83 +254,83 @@ impl Forwarder {
     }
 
     /// Sends from the committed offset on, committing acknowledged prefixes, until shutdown
-    /// or a failed delivery.
-    async fn ship(&self, producer: &FutureProducer, shutdown: &CancellationToken) -> Result<Shipped, ForwardError> {
-        let mut head = self.log.subscribe();
+    /// or a failed delivery. Acknowledgements arrive on librdkafka's thread and are recorded
+    /// in an [`AckWindow`], with no task per message.
+    async fn ship(&self, dead_letters: &FutureProducer, shutdown: &CancellationToken) -> Result<Shipped, ForwardError> {
         let mut committed = self.blocking(|log| log.committed_offset(BUFFER_CONSUMER)).await?;
-        let mut acknowledged = committed;
+        let acks = Arc::new(Acks::new(committed));
+        let producer: ThreadedProducer<ShipContext> = producer_config(&self.config)
+            .create_with_context(ShipContext { acks: Arc::clone(&acks) })
+            .map_err(ForwardError::Config)?;
+        let mut head = self.log.subscribe();
         let mut next = committed;
-        // Deliveries in send order, each resolving to its offset and outcome.
-        let mut in_flight: FuturesOrdered<BoxFuture<'static, (u64, Result<(), String>)>> = FuturesOrdered::new();
         let mut commit_tick = tokio::time::interval(COMMIT_EVERY);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_commit = Instant::now();
         loop {
+            let acknowledged = match acks.acknowledged() {
+                Ok(acknowledged) => acknowledged,
+                Err(error) => {
+                    self.commit(committed, acks.prefix()).await?;
+                    return Ok(Shipped::Failed(error));
+                }
+            };
+            if acknowledged - committed >= COMMIT_EVERY_EVENTS {
+                committed = self.commit(committed, acknowledged).await?;
+            }
+            let in_flight = usize::try_from(next - acknowledged).unwrap_or(usize::MAX);
             // Fill the window from the buffer.
-            if in_flight.len() < MAX_IN_FLIGHT && next < *head.borrow_and_update() {
-                let want = READ_BATCH.min(MAX_IN_FLIGHT - in_flight.len());
+            if in_flight < MAX_IN_FLIGHT && next < *head.borrow_and_update() {
+                let want = READ_BATCH.min(MAX_IN_FLIGHT - in_flight);
                 let records = self.blocking(move |log| log.read_raw(next, want)).await?;
                 for (offset, bytes) in records {
                     let routing: Routing<'_> =
                         serde_json::from_slice(&bytes).map_err(|source| LogError::Corrupt { offset, source })?;
-                    let headers = OwnedHeaders::new()
+                    let headers = OwnedHeaders::new_with_capacity(3)
                         .insert(Header { key: "vigil-schema-version", value: Some(self.schema_version.as_str()) })
                         .insert(Header { key: "vigil-source", value: Some(routing.source) })
                         .insert(Header { key: "vigil-event-id", value: Some(routing.event_id.as_ref()) });
                     let key = event_key(routing.egress_source.as_deref(), routing.recipient_domain.as_deref());
-                    let mut record = FutureRecord::to(&self.config.topic).key(key).payload(&bytes[..]).headers(headers);
-                    let delivery = loop {
-                        match producer.send_result(record) {
-                            Ok(delivery) => break delivery,
-                            // librdkafka's own queue is full: wait for the oldest send.
+                    let mut record = BaseRecord::with_opaque_to(&self.config.topic, offset_opaque(offset))
+                        .key(key)
+                        .payload(&bytes[..])
+                        .headers(headers);
+                    acks.sent(offset);
+                    loop {
+                        match producer.send(record) {
+                            Ok(()) => break,
+                            // librdkafka's own queue is full: wait for acknowledgements.
                             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                                 record = back;
-                                match in_flight.next().await {
-                                    Some((offset, Ok(()))) => acknowledged = offset + 1,
-                                    Some((_, Err(error))) => return Ok(Shipped::Failed(error)),
-                                    None => tokio::time::sleep(Duration::from_millis(10)).await,
-                                }
+                                let _ = tokio::time::timeout(Duration::from_millis(10), acks.changed.notified()).await;
                             }
-                            Err((error, _)) => return Ok(Shipped::Failed(error.to_string())),
+                            Err((error, _)) => {
+                                self.commit(committed, acks.prefix()).await?;
+                                return Ok(Shipped::Failed(error.to_string()));
+                            }
                         }
-                    };
-                    in_flight.push_back(Box::pin(async move { (offset, settle(delivery).await) }));
+                    }
                     next = offset + 1;
                 }
                 continue;
             }
-            let room = in_flight.len() < MAX_IN_FLIGHT;
+            let room = in_flight < MAX_IN_FLIGHT;
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
                     // What the broker acknowledged is kept; the rest is re-sent next start.
-                    self.commit(committed, acknowledged).await?;
+                    self.commit(committed, acks.prefix()).await?;
                     return Ok(Shipped::Stopped);
                 }
-                Some((offset, settled)) = in_flight.next(), if !in_flight.is_empty() => {
-                    match settled {
-                        Ok(()) => acknowledged = offset + 1,
-                        Err(error) => {
-                            self.commit(committed, acknowledged).await?;
-                            return Ok(Shipped::Failed(error));
-                        }
-                    }
-                    if acknowledged - committed >= READ_BATCH as u64 * 5 || last_commit.elapsed() >= COMMIT_EVERY {
-                        committed = self.commit(committed, acknowledged).await?;
-                        last_commit = Instant::now();
-                    }
-                }
+                () = acks.changed.notified(), if in_flight > 0 => {}
                 changed = head.changed(), if room => {
                     if changed.is_err() {
                         return Ok(Shipped::Stopped);
                     }
                 }
                 _ = commit_tick.tick() => {
-                    committed = self.commit(committed, acknowledged).await?;
-                    last_commit = Instant::now();
-                    self.observe_lag(acknowledged).await?;
-                    if let Err(error) = self.ship_dead_letters(producer).await? {
-                        self.commit(committed, acknowledged).await?;
+                    committed = self.commit(committed, acks.prefix()).await?;
+                    self.observe_lag(committed).await?;
+                    if let Err(error) = self.ship_dead_letters(dead_letters).await? {
                         return Ok(Shipped::Failed(error));
                     }
                 }
@@ -408,6 +410,98 @@ impl Forwarder {
     }
 }
 
+/// Which sent offsets the broker acknowledged, as a window from the first unacknowledged one;
+/// written by librdkafka's delivery callbacks, read by the forwarder.
+#[derive(Debug)]
+struct Acks {
+    window: Mutex<AckWindow>,
+    /// Woken on every acknowledgement batch (and failure).
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Debug)]
+struct AckWindow {
+    /// The first offset not yet acknowledged; everything before it is.
+    base: u64,
+    /// `done[i]`: offset `base + i` was acknowledged.
+    done: VecDeque<bool>,
+    failed: Option<String>,
+}
+
+impl Acks {
+    fn new(base: u64) -> Self {
+        Self {
+            window: Mutex::new(AckWindow { base, done: VecDeque::new(), failed: None }),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckWindow> {
+        self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `offset` is being sent (offsets are sent in order).
+    fn sent(&self, offset: u64) {
+        let mut window = self.lock();
+        debug_assert_eq!(window.base + window.done.len() as u64, offset);
+        window.done.push_back(false);
+    }
+
+    fn delivered(&self, offset: u64, outcome: Result<(), String>) {
+        let mut window = self.lock();
+        match outcome {
+            Ok(()) => {
+                if let Some(index) = offset.checked_sub(window.base).and_then(|i| usize::try_from(i).ok())
+                    && let Some(slot) = window.done.get_mut(index)
+                {
+                    *slot = true;
+                }
+                while window.done.front() == Some(&true) {
+                    window.done.pop_front();
+                    window.base += 1;
+                }
+            }
+            Err(error) => {
+                window.failed.get_or_insert(error);
+            }
+        }
+        drop(window);
+        self.changed.notify_one();
+    }
+
+    /// The acknowledged prefix (the next offset to commit), or the failure that stops it.
+    fn acknowledged(&self) -> Result<u64, String> {
+        let window = self.lock();
+        window.failed.clone().map_or(Ok(window.base), Err)
+    }
+
+    /// The acknowledged prefix, failure or not.
+    fn prefix(&self) -> u64 {
+        self.lock().base
+    }
+}
+
+#[expect(clippy::cast_possible_truncation, reason = "buffer offsets fit in usize on 64-bit targets")]
+fn offset_opaque(offset: u64) -> usize {
+    offset as usize
+}
+
+/// Routes librdkafka's delivery reports into [`Acks`].
+struct ShipContext {
+    acks: Arc<Acks>,
+}
+
+impl ClientContext for ShipContext {}
+
+impl ProducerContext for ShipContext {
+    /// The buffer offset of the record (Vigil targets 64-bit platforms, where it fits).
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, offset: usize) {
+        self.acks.delivered(offset as u64, result.as_ref().map(|_| ()).map_err(|(error, _)| error.to_string()));
+    }
+}
+
 enum Shipped {
     Stopped,
     Failed(String),
@@ -432,6 +526,23 @@ mod tests {
         assert_eq!(event_key(None, Some("gmail.com")), "gmail.com");
         assert_eq!(event_key(Some(""), Some("gmail.com")), "gmail.com");
         assert_eq!(event_key(None, None), "");
+    }
+
+    #[test]
+    fn only_the_contiguous_acknowledged_prefix_counts() {
+        let acks = Acks::new(10);
+        for offset in 10..15 {
+            acks.sent(offset);
+        }
+        // Partitions acknowledge out of order.
+        acks.delivered(12, Ok(()));
+        acks.delivered(11, Ok(()));
+        assert_eq!(acks.acknowledged(), Ok(10));
+        acks.delivered(10, Ok(()));
+        assert_eq!(acks.acknowledged(), Ok(13));
+        acks.delivered(14, Err("broker said no".into()));
+        assert_eq!(acks.acknowledged(), Err("broker said no".into()));
+        assert_eq!(acks.prefix(), 13, "a failure keeps what was acknowledged before it");
     }
 
     #[test]
