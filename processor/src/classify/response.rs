@@ -82,7 +82,10 @@ fn clean(input: &str) -> String {
     while let Some(word) = words.next() {
         if !out.is_empty() {
             // `550-5.7.1` or `550 5.7.1` after the start: a continuation prefix, dropped.
-            if word.split_once('-').is_some_and(|(c, e)| is_code(c) && EnhancedStatus::parse(e).is_some()) {
+            // (The digit test first: most words are not codes, and it is cheaper than a split.)
+            if word.as_bytes().first().is_some_and(u8::is_ascii_digit)
+                && word.split_once('-').is_some_and(|(c, e)| is_code(c) && EnhancedStatus::parse(e).is_some())
+            {
                 continue;
             }
             if first_code == Some(word) && words.peek().is_some_and(|n| EnhancedStatus::parse(n).is_some()) {
@@ -107,14 +110,19 @@ fn is_word_byte(b: u8) -> bool {
 /// not part of a longer number, an address or a `key=value`), with its byte offset. A failure
 /// code (4xx, 5xx) is preferred over a success code anywhere before it.
 fn find_code(text: &str) -> Option<(usize, u16)> {
-    find_code_in(text, b"45").or_else(|| find_code_in(text, b"2"))
+    let bytes = text.as_bytes();
+    let searchable = &bytes[..bytes.len().saturating_sub(2)];
+    // Jump from one candidate first digit to the next (memchr's SIMD search) instead of
+    // testing every byte.
+    find_code_at(bytes, memchr::memchr2_iter(b'4', b'5', searchable))
+        .or_else(|| find_code_at(bytes, memchr::memchr_iter(b'2', searchable)))
 }
 
-fn find_code_in(text: &str, classes: &[u8]) -> Option<(usize, u16)> {
-    let bytes = text.as_bytes();
-    (0..bytes.len().saturating_sub(2)).find_map(|i| {
+/// The first reply code starting at one of `candidates` (offsets of its first digit).
+fn find_code_at(bytes: &[u8], mut candidates: impl Iterator<Item = usize>) -> Option<(usize, u16)> {
+    candidates.find_map(|i| {
         let digits = &bytes[i..i + 3];
-        if !classes.contains(&digits[0]) || !(b'0'..=b'5').contains(&digits[1]) {
+        if !(b'0'..=b'5').contains(&digits[1]) {
             return None;
         }
         let before_ok = i == 0 || !(is_word_byte(bytes[i - 1]) || bytes[i - 1] == b'=');
