@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
@@ -194,7 +194,8 @@ impl Forwarder {
         self.ensure_topics(&shutdown).await?;
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
-            let dead_letters: FutureProducer = producer_config(&self.config).create().map_err(ForwardError::Config)?;
+            let dead_letters: FutureProducer<ShippingLogs> =
+                producer_config(&self.config).create_with_context(ShippingLogs).map_err(ForwardError::Config)?;
             match self.ship(&dead_letters, &shutdown).await? {
                 Shipped::Stopped => break,
                 Shipped::Failed(error) => {
@@ -216,8 +217,8 @@ impl Forwarder {
     /// Creates the topics if missing; waits (retrying) while the broker is unreachable,
     /// since ingest keeps buffering meanwhile.
     async fn ensure_topics(&self, shutdown: &CancellationToken) -> Result<(), ForwardError> {
-        let admin: AdminClient<DefaultClientContext> =
-            producer_config(&self.config).create().map_err(ForwardError::Config)?;
+        let admin: AdminClient<ShippingLogs> =
+            producer_config(&self.config).create_with_context(ShippingLogs).map_err(ForwardError::Config)?;
         let replication = self.config.replication_factor;
         let topics = [
             NewTopic::new(&self.config.topic, self.config.partitions, TopicReplication::Fixed(replication)),
@@ -256,7 +257,11 @@ impl Forwarder {
     /// Sends from the committed offset on, committing acknowledged prefixes, until shutdown
     /// or a failed delivery. Acknowledgements arrive on librdkafka's thread and are recorded
     /// in an [`AckWindow`], with no task per message.
-    async fn ship(&self, dead_letters: &FutureProducer, shutdown: &CancellationToken) -> Result<Shipped, ForwardError> {
+    async fn ship(
+        &self,
+        dead_letters: &FutureProducer<ShippingLogs>,
+        shutdown: &CancellationToken,
+    ) -> Result<Shipped, ForwardError> {
         let mut committed = self.blocking(|log| log.committed_offset(BUFFER_CONSUMER)).await?;
         let acks = Arc::new(Acks::new(committed));
         let producer: ThreadedProducer<ShipContext> = producer_config(&self.config)
@@ -374,7 +379,10 @@ impl Forwarder {
 
     /// Ships the dead letters stored since the last call to the dead-letter topic, keyed by
     /// source; they are rare, so this waits for each batch's acknowledgement.
-    async fn ship_dead_letters(&self, producer: &FutureProducer) -> Result<Result<(), String>, ForwardError> {
+    async fn ship_dead_letters(
+        &self,
+        producer: &FutureProducer<ShippingLogs>,
+    ) -> Result<Result<(), String>, ForwardError> {
         let from = self.blocking(|log| log.committed_offset(DEAD_LETTER_CURSOR)).await?;
         let letters = self.blocking(move |log| log.dead_letters(from, READ_BATCH)).await?;
         let Some(&(last, _)) = letters.last() else { return Ok(Ok(())) };
@@ -491,7 +499,56 @@ struct ShipContext {
     acks: Arc<Acks>,
 }
 
-impl ClientContext for ShipContext {}
+impl ClientContext for ShipContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_librdkafka(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+/// The context of the forwarder's other clients (topic set-up, dead letters): only logging.
+#[derive(Debug, Clone, Copy)]
+pub struct ShippingLogs;
+
+impl ClientContext for ShippingLogs {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        log_librdkafka(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+/// librdkafka's own log lines, through `tracing`. A broker that cannot be reached is expected
+/// (ingest buffers meanwhile), so its connection failures are warnings, not errors.
+fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+            tracing::error!(target: "librdkafka", facility, "{message}");
+        }
+        RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
+            tracing::warn!(target: "librdkafka", facility, "{message}");
+        }
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+fn log_client_error(error: &KafkaError, reason: &str) {
+    let transport = matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+    );
+    if transport {
+        tracing::warn!(target: "librdkafka", %error, "Kafka broker unreachable; buffering: {reason}");
+    } else {
+        tracing::error!(target: "librdkafka", %error, "Kafka client error: {reason}");
+    }
+}
 
 impl ProducerContext for ShipContext {
     /// The buffer offset of the record (Vigil targets 64-bit platforms, where it fits).
