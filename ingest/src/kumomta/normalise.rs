@@ -69,12 +69,12 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
     let content = response.map(|r| single_line(&r.content));
     let enhanced =
         response.and_then(|r| r.enhanced_code.as_ref()).map(|e| format!("{}.{}.{}", e.class, e.subject, e.detail));
-    let internal = matches!(record.kind.as_str(), "AdminBounce" | "Expiration")
+    let internal = matches!(&*record.kind, "AdminBounce" | "Expiration")
         || content.as_deref().is_some_and(|c| c.starts_with(KUMOMTA_INTERNAL_PREFIX));
     // For inbound records `peer_address` is the client's EHLO name, not an MX.
     let outbound = !matches!(kind, EventKind::Reception | EventKind::Rejected);
     let (queue_campaign, queue_tenant) = parse_queue(&record.queue);
-    let site = Some(record.site.clone()).filter(|s| !s.is_empty() && s != "localhost");
+    let site = Some(record.site.as_ref()).filter(|s| !s.is_empty() && *s != "localhost").map(str::to_owned);
     let egress_source = record
         .egress_source
         .clone()
@@ -102,9 +102,9 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
         ]);
         let mut event = DeliveryEvent::new(event_id, SourceKind::Kumomta, kind, occurred_at, ingested_at);
         event.source_node = record.nodeid.clone();
-        event.source_type = Some(record.kind.clone());
-        event.message_id = Some(record.id.clone());
-        event.sender = Some(record.sender.clone()).filter(|s| !s.is_empty());
+        event.source_type = Some(record.kind.to_string());
+        event.message_id = Some(record.id.to_string());
+        event.sender = Some(record.sender.to_string()).filter(|s| !s.is_empty());
         event.sender_domain = domain_of(&record.sender);
         event.recipient_domain = domain_of(&recipient);
         event.recipient = Some(recipient);
