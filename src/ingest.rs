@@ -106,3 +106,24 @@ async fn serve(config: IngestConfig) -> anyhow::Result<()> {
 
     crate::run::supervise(tasks, shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_parses() {
+        let text = include_str!("../examples/ingest.toml");
+        let config: IngestConfig = toml::from_str(text).expect("examples/ingest.toml is valid");
+        assert_eq!(config.kafka.topic, "vigil.events");
+        assert_eq!(config.buffer.max_events, 1_000_000);
+        assert_eq!(config.sources.kumomta_logs, [PathBuf::from("/var/log/kumomta")]);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = "data_dir = \"/tmp/x\"\n[kafka]\nbrokers = \"b:9092\"\ntopics = \"typo\"\n";
+        let error = toml::from_str::<IngestConfig>(text).unwrap_err().to_string();
+        assert!(error.contains("topics"), "{error}");
+    }
+}
