@@ -326,17 +326,19 @@ impl Forwarder {
                     self.commit(committed, acks.prefix()).await?;
                     return Ok(Shipped::Stopped);
                 }
-                () = acks.changed.notified(), if in_flight > 0 => {}
-                changed = head.changed(), if room => {
-                    if changed.is_err() {
-                        return Ok(Shipped::Stopped);
-                    }
-                }
+                // Before the acknowledgements, which under load are always ready: the tick
+                // must not starve (dead letters and lag metrics ride on it).
                 _ = commit_tick.tick() => {
                     committed = self.commit(committed, acks.prefix()).await?;
                     self.observe_lag(committed).await?;
                     if let Err(error) = self.ship_dead_letters(dead_letters).await? {
                         return Ok(Shipped::Failed(error));
+                    }
+                }
+                () = acks.changed.notified(), if in_flight > 0 => {}
+                changed = head.changed(), if room => {
+                    if changed.is_err() {
+                        return Ok(Shipped::Stopped);
                     }
                 }
             }
