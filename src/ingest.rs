@@ -9,7 +9,7 @@ use anyhow::Context;
 use axum::routing::get;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use vigil_ingest::kafka::{BUFFER_CONSUMER, Forwarder, KafkaConfig};
+use vigil_ingest::kafka::{BUFFER_CONSUMER, BUFFER_DEAD_LETTER_CURSOR, Forwarder, KafkaConfig};
 use vigil_log::EventLog;
 
 use crate::cli::IngestArgs;
@@ -68,7 +68,7 @@ async fn serve(config: IngestConfig) -> anyhow::Result<()> {
     let buffer_dir = config.data_dir.join("buffer");
     let log = EventLog::open(&buffer_dir)
         .with_context(|| format!("opening the buffer in {}", buffer_dir.display()))?
-        .with_limit(BUFFER_CONSUMER, config.buffer.max_events);
+        .with_limit(BUFFER_CONSUMER, BUFFER_DEAD_LETTER_CURSOR, config.buffer.max_events);
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 

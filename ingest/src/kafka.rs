@@ -33,7 +33,7 @@ use vigil_log::{EventLog, LogError};
 /// The consumer name under which the forwarder's position is kept in the buffer.
 pub const BUFFER_CONSUMER: &str = "kafka";
 /// The buffer's cursor for dead letters.
-const DEAD_LETTER_CURSOR: &str = "kafka:dead-letters";
+pub const BUFFER_DEAD_LETTER_CURSOR: &str = "kafka:dead-letters";
 
 /// Events sent and not yet acknowledged, at most; bounds the producer's memory.
 const MAX_IN_FLIGHT: usize = 50_000;
@@ -352,7 +352,7 @@ impl Forwarder {
         }
         self.blocking(move |log| {
             log.commit_offset(BUFFER_CONSUMER, acknowledged)?;
-            let dead_letters = log.committed_offset(DEAD_LETTER_CURSOR)?;
+            let dead_letters = log.committed_offset(BUFFER_DEAD_LETTER_CURSOR)?;
             log.truncate_before(acknowledged, dead_letters)
         })
         .await?;
@@ -385,7 +385,7 @@ impl Forwarder {
         &self,
         producer: &FutureProducer<ShippingLogs>,
     ) -> Result<Result<(), String>, ForwardError> {
-        let from = self.blocking(|log| log.committed_offset(DEAD_LETTER_CURSOR)).await?;
+        let from = self.blocking(|log| log.committed_offset(BUFFER_DEAD_LETTER_CURSOR)).await?;
         let letters = self.blocking(move |log| log.dead_letters(from, READ_BATCH)).await?;
         let Some(&(last, _)) = letters.last() else { return Ok(Ok(())) };
         let mut deliveries = Vec::with_capacity(letters.len());
@@ -406,7 +406,12 @@ impl Forwarder {
                 return Ok(Err(error));
             }
         }
-        self.blocking(move |log| log.commit_offset(DEAD_LETTER_CURSOR, last + 1)).await?;
+        self.blocking(move |log| {
+            log.commit_offset(BUFFER_DEAD_LETTER_CURSOR, last + 1)?;
+            // Trim them now: with no events flowing, the event commit would never do it.
+            log.truncate_before(log.committed_offset(BUFFER_CONSUMER)?, last + 1)
+        })
+        .await?;
         self.progress.send_modify(|p| p.dead_letters += letters.len() as u64);
         Ok(Ok(()))
     }

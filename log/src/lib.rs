@@ -63,7 +63,7 @@ pub enum LogError {
     Open { path: String, source: std::io::Error },
     /// The log is used as a bounded buffer and its consumer is too far behind: retry once it
     /// has caught up. Nothing of the batch was written.
-    #[error("buffer full: {pending} events not yet shipped (limit {limit}); retry later")]
+    #[error("buffer full: {pending} events or dead letters not yet shipped (limit {limit}); retry later")]
     Full { pending: u64, limit: u64 },
 }
 
@@ -79,6 +79,8 @@ impl LogError {
 #[derive(Debug, Clone)]
 struct Limit {
     consumer: Arc<str>,
+    /// The consumer cursor of the dead letters (they are shipped too, and bounded the same).
+    dead_letter_consumer: Arc<str>,
     max_pending: u64,
 }
 
@@ -151,11 +153,16 @@ impl EventLog {
     }
 
     /// This log as a bounded buffer: appends fail with [`LogError::Full`] while `consumer` has
-    /// `max_pending` or more events left to commit. One batch may overshoot the bound (a batch
-    /// is never split), so the bound on disk is `max_pending` plus one batch.
+    /// `max_pending` or more events left to commit, or `dead_letter_consumer` as many dead
+    /// letters. One batch may overshoot the bound (a batch is never split), so the bound on
+    /// disk is `max_pending` plus one batch, for each.
     #[must_use]
-    pub fn with_limit(mut self, consumer: &str, max_pending: u64) -> Self {
-        self.limit = Some(Limit { consumer: consumer.into(), max_pending: max_pending.max(1) });
+    pub fn with_limit(mut self, consumer: &str, dead_letter_consumer: &str, max_pending: u64) -> Self {
+        self.limit = Some(Limit {
+            consumer: consumer.into(),
+            dead_letter_consumer: dead_letter_consumer.into(),
+            max_pending: max_pending.max(1),
+        });
         self
     }
 
@@ -205,12 +212,20 @@ impl EventLog {
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
             let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
             let mut offset = next_key(&events, &low, "events")?;
-            if let Some(limit) = &self.limit
-                && !batch.events.is_empty()
-            {
+            if let Some(limit) = &self.limit {
                 let offsets = txn.open_table(CONSUMER_OFFSETS).map_err(storage)?;
-                let shipped = offsets.get(&*limit.consumer).map_err(storage)?.map_or(0, |v| v.value());
-                let pending = offset.saturating_sub(shipped);
+                let behind = |consumer: &str, head: u64| -> Result<u64, LogError> {
+                    let shipped = offsets.get(consumer).map_err(storage)?.map_or(0, |v| v.value());
+                    Ok(head.saturating_sub(shipped))
+                };
+                let mut pending = 0;
+                if !batch.events.is_empty() {
+                    pending = behind(&limit.consumer, offset)?;
+                }
+                if !batch.dead_letters.is_empty() {
+                    let dead = txn.open_table(DEAD_LETTERS).map_err(storage)?;
+                    pending = pending.max(behind(&limit.dead_letter_consumer, next_key(&dead, &low, "dead_letters")?)?);
+                }
                 if pending >= limit.max_pending {
                     return Err(LogError::Full { pending, limit: limit.max_pending });
                 }
@@ -438,7 +453,7 @@ mod tests {
     #[test]
     fn a_bounded_log_refuses_appends_until_its_consumer_catches_up() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(dir.path()).unwrap().with_limit("kafka", 2);
+        let log = EventLog::open(dir.path()).unwrap().with_limit("kafka", "kafka:dead", 2);
         log.append(&batch(&["a", "b", "c"])).unwrap(); // one batch may overshoot
         let err = log.append(&batch(&["d"])).unwrap_err();
         assert!(matches!(err, LogError::Full { pending: 3, limit: 2 }), "{err}");
@@ -451,6 +466,20 @@ mod tests {
         log.commit_offset("kafka", 2).unwrap();
         log.append(&batch(&["d"])).unwrap();
         assert_eq!(log.pending().unwrap(), 2);
+    }
+
+    #[test]
+    fn dead_letters_are_bounded_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap().with_limit("kafka", "kafka:dead", 2);
+        let garbage = || AppendBatch {
+            dead_letters: vec![DeadLetter::new("test", None, "bad".into(), b"{"); 2],
+            ..AppendBatch::default()
+        };
+        log.append(&garbage()).unwrap();
+        assert!(log.append(&garbage()).unwrap_err().is_full());
+        log.commit_offset("kafka:dead", 2).unwrap();
+        log.append(&garbage()).unwrap();
     }
 
     #[test]
