@@ -377,6 +377,10 @@ partitions = {PARTITIONS}
         })
     });
 
+    wait_until("the shipping metrics to count it all", Duration::from_secs(30), || {
+        ingest.metric("vigil_ship_events_total") >= 900.0 && ingest.metric("vigil_ship_dead_letters_total") >= 1.0
+    });
+
     // 2. The broker goes away for 30 s while lines keep coming; ingest buffers them on disk.
     broker.stop();
     let stopped = Instant::now();

@@ -147,17 +147,6 @@ pub fn event_key<'a>(egress_source: Option<&'a str>, recipient_domain: Option<&'
     egress_source.filter(|s| !s.is_empty()).or(recipient_domain).unwrap_or("")
 }
 
-/// Shipping progress, for metrics and tests.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    /// Events acknowledged by the broker (this process).
-    pub acknowledged: u64,
-    /// Dead letters acknowledged by the broker (this process).
-    pub dead_letters: u64,
-    /// Times the forwarder went back to its last committed offset after a failure.
-    pub resends: u64,
-}
-
 /// Ships the buffer to Kafka until cancelled.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -165,24 +154,12 @@ pub struct Forwarder {
     config: KafkaConfig,
     /// The `vigil-schema-version` header's value.
     schema_version: String,
-    progress: tokio::sync::watch::Sender<Progress>,
 }
 
 impl Forwarder {
     #[must_use]
     pub fn new(log: EventLog, config: KafkaConfig) -> Self {
-        Self {
-            log,
-            config,
-            schema_version: vigil_schemas::SCHEMA_VERSION.to_string(),
-            progress: tokio::sync::watch::Sender::new(Progress::default()),
-        }
-    }
-
-    /// Progress updates (acknowledged counts).
-    #[must_use]
-    pub fn progress(&self) -> tokio::sync::watch::Receiver<Progress> {
-        self.progress.subscribe()
+        Self { log, config, schema_version: vigil_schemas::SCHEMA_VERSION.to_string() }
     }
 
     /// Runs until `shutdown`; returns on a configuration error or a broken buffer.
@@ -201,7 +178,7 @@ impl Forwarder {
                 Shipped::Failed(error) => {
                     // A delivery failed for good (a fatal idempotence error, a rejected
                     // record): start again from the committed offset with a new producer.
-                    self.progress.send_modify(|p| p.resends += 1);
+                    crate::metrics::ingest_metrics().ship_resends.inc();
                     tracing::warn!(%error, ?backoff, "Kafka delivery failed; re-sending from the last acknowledged event");
                     tokio::select! {
                         () = shutdown.cancelled() => {}
@@ -356,7 +333,6 @@ impl Forwarder {
             log.truncate_before(acknowledged, dead_letters)
         })
         .await?;
-        self.progress.send_modify(|p| p.acknowledged += acknowledged - committed);
         crate::metrics::ingest_metrics().shipped_events.inc_by(acknowledged - committed);
         Ok(acknowledged)
     }
@@ -412,7 +388,7 @@ impl Forwarder {
             log.truncate_before(log.committed_offset(BUFFER_CONSUMER)?, last + 1)
         })
         .await?;
-        self.progress.send_modify(|p| p.dead_letters += letters.len() as u64);
+        crate::metrics::ingest_metrics().shipped_dead_letters.inc_by(letters.len() as u64);
         Ok(Ok(()))
     }
 

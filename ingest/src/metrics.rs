@@ -36,6 +36,10 @@ pub struct IngestMetrics {
     pub syslog_dropped: Counter,
     /// Events the Kafka broker acknowledged (ingest role).
     pub shipped_events: Counter,
+    /// Dead letters the Kafka broker acknowledged (ingest role).
+    pub shipped_dead_letters: Counter,
+    /// Times the forwarder went back to its last acknowledged event after a failed delivery.
+    pub ship_resends: Counter,
     /// Events in the on-disk buffer not yet acknowledged by the broker (ingest role).
     pub buffer_depth: Gauge,
     /// Age in seconds of the oldest event not yet acknowledged by the broker (ingest role).
@@ -73,6 +77,16 @@ pub fn register(registry: &mut Registry) {
         m.syslog_dropped.clone(),
     );
     registry.register("vigil_ship_events", "Events acknowledged by the Kafka broker", m.shipped_events.clone());
+    registry.register(
+        "vigil_ship_dead_letters",
+        "Dead letters acknowledged by the Kafka broker",
+        m.shipped_dead_letters.clone(),
+    );
+    registry.register(
+        "vigil_ship_resends",
+        "Restarts from the last acknowledged event after a failed delivery",
+        m.ship_resends.clone(),
+    );
     registry.register(
         "vigil_ship_buffer_depth",
         "Events in the on-disk buffer not yet acknowledged by the broker",
