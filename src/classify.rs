@@ -5,6 +5,8 @@ use std::io::{BufRead, Read, Write};
 use std::process::ExitCode;
 
 use serde::Serialize;
+use vigil_ingest::dsn::{self, MailKind};
+use vigil_processor::classify::EnhancedStatus;
 use vigil_processor::{Classification, ClassifierBuilder};
 
 use crate::cli::ClassifyArgs;
@@ -62,8 +64,7 @@ pub fn classify(args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
             enhanced: found.enhanced.map(|e| e.to_string()),
             rule: found.rule.to_string(),
         };
-        serde_json::to_writer(&mut out, &result)?;
-        out.write_all(b"\n")?;
+        write_line(&mut out, &result)?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
@@ -86,16 +87,9 @@ struct EmlResult<'a> {
     error: Option<String>,
 }
 
-/// Whether the classifier decided by a fallback (the codes alone) rather than a wording rule.
-fn is_fallback(rule: &str) -> bool {
-    rule == "none" || rule.starts_with("enhanced-status:") || rule.starts_with("reply-code:")
-}
-
 /// One JSON object per recipient of each email; an email that cannot be decoded gives one
 /// object with `error` set, and the exit code 1 once all files are done.
 fn classify_emails(args: &ClassifyArgs, classifier: &vigil_processor::Classifier) -> anyhow::Result<ExitCode> {
-    use vigil_ingest::dsn::{self, MailKind};
-    use vigil_processor::classify::EnhancedStatus;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut failed = false;
@@ -106,73 +100,84 @@ fn classify_emails(args: &ClassifyArgs, classifier: &vigil_processor::Classifier
             Err(e) => vec![Err(e.to_string())],
         };
         for decoded in decoded {
-            let mail = match decoded {
-                Ok(mail) => mail,
+            match decoded {
+                Ok(mail) => {
+                    for recipient in &mail.recipients {
+                        write_line(&mut out, &recipient_result(&file, &mail, recipient, classifier))?;
+                    }
+                }
                 Err(error) => {
                     failed = true;
-                    serde_json::to_writer(
-                        &mut out,
-                        &EmlResult { file: &file, error: Some(error), ..EmlResult::default() },
-                    )?;
-                    out.write_all(b"\n")?;
-                    continue;
+                    write_line(&mut out, &EmlResult { file: &file, error: Some(error), ..EmlResult::default() })?;
                 }
-            };
-            for r in &mail.recipients {
-                let status = r.status.as_deref().and_then(EnhancedStatus::parse);
-                let diagnostic = r.diagnostic.clone().unwrap_or_default();
-                let mut found = classifier.classify(&diagnostic, status, None);
-                // A terse diagnostic ("550 Rejected") that no wording rule matched: what the text
-                // of the mail says about the recipient may name the reason.
-                let undecided = is_fallback(&found.rule);
-                if undecided && let Some(context) = &r.context {
-                    let from_context = classifier.classify(context, status.or(found.enhanced), None);
-                    if !is_fallback(&from_context.rule) {
-                        found =
-                            vigil_processor::Classification { code: found.code.or(from_context.code), ..from_context };
-                    }
-                }
-                let (kind, class, permanent) = match mail.kind {
-                    MailKind::Complaint => ("complaint", None, None),
-                    MailKind::AutoReply => ("auto_reply", Some("AutoReply".to_owned()), Some(false)),
-                    MailKind::Bounce => {
-                        let permanent = match r.action.as_deref() {
-                            Some("failed") => Some(true),
-                            Some("delayed") => Some(false),
-                            _ => found.permanent,
-                        };
-                        // Only a stated status counts: a window of prose may quote any number.
-                        let success = status.is_some_and(|s| s.class == 2);
-                        let kind = match r.action.as_deref() {
-                            Some("delivered" | "relayed" | "expanded" | "deliverable") => "delivered",
-                            Some("delayed") => "deferred",
-                            Some("failed") => "bounced",
-                            _ if success => "delivered",
-                            _ if permanent == Some(false) => "deferred",
-                            _ => "bounced",
-                        };
-                        (kind, (kind != "delivered").then(|| found.class.to_string()), permanent)
-                    }
-                };
-                let result = EmlResult {
-                    file: &file,
-                    recipient: Some(r.recipient.clone()),
-                    action: r.action.clone(),
-                    status: r.status.clone().or_else(|| found.enhanced.map(|e| e.to_string())),
-                    code: found.code,
-                    diagnostic: r.diagnostic.clone(),
-                    class,
-                    permanent,
-                    kind: Some(kind),
-                    feedback_type: mail.feedback.as_ref().map(|f| f.feedback_type.clone()),
-                    rule: (mail.kind == MailKind::Bounce).then(|| found.rule.to_string()),
-                    error: None,
-                };
-                serde_json::to_writer(&mut out, &result)?;
-                out.write_all(b"\n")?;
             }
         }
     }
     out.flush()?;
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// What one decoded email says about one of its recipients, classified.
+fn recipient_result<'a>(
+    file: &'a str,
+    mail: &dsn::DecodedMail,
+    r: &dsn::ReportedRecipient,
+    classifier: &vigil_processor::Classifier,
+) -> EmlResult<'a> {
+    let status = r.status.as_deref().and_then(EnhancedStatus::parse);
+    let diagnostic = r.diagnostic.clone().unwrap_or_default();
+    let mut found = classifier.classify(&diagnostic, status, None);
+    // A terse diagnostic ("550 Rejected") that no wording rule matched: what the text of the
+    // mail says about the recipient may name the reason.
+    if found.decided_by_codes_only()
+        && let Some(context) = &r.context
+    {
+        let from_context = classifier.classify(context, status.or(found.enhanced), None);
+        if !from_context.decided_by_codes_only() {
+            found = vigil_processor::Classification { code: found.code.or(from_context.code), ..from_context };
+        }
+    }
+    let (kind, class, permanent) = match mail.kind {
+        MailKind::Complaint => ("complaint", None, None),
+        MailKind::AutoReply => ("auto_reply", Some("AutoReply".to_owned()), Some(false)),
+        MailKind::Bounce => {
+            let permanent = match r.action.as_deref() {
+                Some("failed") => Some(true),
+                Some("delayed") => Some(false),
+                _ => found.permanent,
+            };
+            // Only a stated status counts: a window of prose may quote any number.
+            let success = status.is_some_and(|s| s.class == 2);
+            let kind = match r.action.as_deref() {
+                Some("delivered" | "relayed" | "expanded" | "deliverable") => "delivered",
+                Some("delayed") => "deferred",
+                Some("failed") => "bounced",
+                _ if success => "delivered",
+                _ if permanent == Some(false) => "deferred",
+                _ => "bounced",
+            };
+            (kind, (kind != "delivered").then(|| found.class.to_string()), permanent)
+        }
+    };
+    EmlResult {
+        file,
+        recipient: Some(r.recipient.clone()),
+        action: r.action.clone(),
+        status: r.status.clone().or_else(|| found.enhanced.map(|e| e.to_string())),
+        code: found.code,
+        diagnostic: r.diagnostic.clone(),
+        class,
+        permanent,
+        kind: Some(kind),
+        feedback_type: mail.feedback.as_ref().map(|f| f.feedback_type.clone()),
+        rule: (mail.kind == MailKind::Bounce).then(|| found.rule.to_string()),
+        error: None,
+    }
+}
+
+/// One JSON value and a newline.
+fn write_line(out: &mut impl Write, value: &impl Serialize) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")?;
+    Ok(())
 }

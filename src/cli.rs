@@ -56,27 +56,9 @@ pub struct RunArgs {
     /// address is printed on stdout.
     #[arg(long, env = "VIGIL_LISTEN", default_value = "127.0.0.1:8008")]
     pub listen: SocketAddr,
-    /// A KumoMTA log directory to tail (`log_dir` of `kumo.configure_local_logs`). Repeatable.
-    #[arg(long = "kumomta-logs", value_name = "DIR")]
-    pub kumomta_logs: Vec<PathBuf>,
-    /// A Postfix maillog file, or a directory of them, to tail. Repeatable.
-    #[arg(long = "postfix-log", value_name = "PATH")]
-    pub postfix_logs: Vec<PathBuf>,
-    /// An Exim main log file, or a directory of them, to tail. Repeatable.
-    #[arg(long = "exim-log", value_name = "PATH")]
-    pub exim_logs: Vec<PathBuf>,
-    /// A PowerMTA accounting CSV file, or a directory of them, to tail. Repeatable.
-    #[arg(long = "powermta-acct", value_name = "PATH")]
-    pub powermta_accounting: Vec<PathBuf>,
-    /// Receive syslog over UDP on this address (Postfix or Exim lines, see --syslog-format).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub syslog_udp: Option<SocketAddr>,
-    /// Receive syslog over TCP on this address (newline-delimited or octet-counted).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub syslog_tcp: Option<SocketAddr>,
-    /// What the syslog receivers carry.
-    #[arg(long, value_enum, default_value = "postfix")]
-    pub syslog_format: SyslogFormat,
+    /// The sources: log files to tail, syslog receivers.
+    #[command(flatten)]
+    pub sources: crate::sources::SourcesConfig,
     /// Extra bounce-classifier rule files (KumoMTA format, TOML or JSON), loaded before the
     /// bundled ones so they win. Repeatable; first file wins.
     #[arg(long = "rules", value_name = "FILE")]
@@ -85,18 +67,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub demo: bool,
     /// Largest accepted HTTP ingest body, in bytes.
-    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Most ingest requests handled at once; more get a 503 (KumoMTA retries them).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = DEFAULT_MAX_INGEST_IN_FLIGHT)]
     pub max_ingest_in_flight: usize,
-    /// Longest accepted log line when tailing files, in bytes; longer lines become dead letters.
-    #[arg(long, default_value_t = 1024 * 1024)]
-    pub max_line_bytes: usize,
-    /// How often tailed directories are scanned, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    pub tail_interval_ms: u64,
 }
+
+/// The HTTP ingest bounds' defaults, for the flags and for `vigil ingest`'s configuration.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+pub const DEFAULT_MAX_INGEST_IN_FLIGHT: usize = 32;
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -49,10 +49,10 @@ impl Default for BufferConfig {
 }
 
 fn default_max_body_bytes() -> usize {
-    8 * 1024 * 1024
+    crate::cli::DEFAULT_MAX_BODY_BYTES
 }
 fn default_max_in_flight() -> usize {
-    32
+    crate::cli::DEFAULT_MAX_INGEST_IN_FLIGHT
 }
 
 pub fn ingest(args: &IngestArgs) -> anyhow::Result<()> {

@@ -28,11 +28,14 @@ pub fn router(log: EventLog, processor: Option<&'static str>) -> Router {
     vigil_ingest::metrics::register(&mut registry);
     let (log_head, committed) = (Gauge::default(), Gauge::default());
     registry.register("vigil_log_head_offset", "Offset the next event appended to the log gets", log_head.clone());
-    registry.register(
-        "vigil_processor_committed_offset",
-        "Offset up to which the processor has written the warehouse",
-        committed.clone(),
-    );
+    // Only where a processor runs: in the ingest role it would read 0 forever.
+    if processor.is_some() {
+        registry.register(
+            "vigil_processor_committed_offset",
+            "Offset up to which the processor has written the warehouse",
+            committed.clone(),
+        );
+    }
     let state = Arc::new(MetricsState { registry, log_head, committed, log, processor });
     Router::new().route("/metrics", get(metrics)).with_state(state)
 }

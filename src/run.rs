@@ -87,7 +87,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     ready.store(true, Ordering::Release);
     tracing::info!(committed, "processor ready");
 
-    crate::sources::start(&args.sources(), &log, &mut tasks, &shutdown).await?;
+    crate::sources::start(&args.sources, &log, &mut tasks, &shutdown).await?;
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(args.rules.clone(), enricher, shutdown.clone()));
     if args.demo {
@@ -178,21 +178,4 @@ pub(crate) async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-impl RunArgs {
-    /// The sources these flags ask for.
-    fn sources(&self) -> crate::sources::SourcesConfig {
-        crate::sources::SourcesConfig {
-            kumomta_logs: self.kumomta_logs.clone(),
-            postfix_logs: self.postfix_logs.clone(),
-            exim_logs: self.exim_logs.clone(),
-            powermta_accounting: self.powermta_accounting.clone(),
-            syslog_udp: self.syslog_udp,
-            syslog_tcp: self.syslog_tcp,
-            syslog_format: self.syslog_format,
-            max_line_bytes: self.max_line_bytes,
-            tail_interval_ms: self.tail_interval_ms,
-        }
-    }
 }

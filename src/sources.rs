@@ -18,31 +18,44 @@ use vigil_log::EventLog;
 use crate::cli::SyslogFormat;
 use crate::run::MapOk;
 
-/// The `[sources]` section of `vigil ingest --config`; `vigil run` builds it from its flags.
-#[derive(Debug, Clone, Deserialize)]
+/// The `[sources]` section of `vigil ingest --config`, and the same settings as flags of
+/// `vigil run`: one definition, so the two roles cannot drift apart.
+#[derive(Debug, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct SourcesConfig {
-    /// KumoMTA log directories to tail.
+    /// A KumoMTA log directory to tail (`log_dir` of `kumo.configure_local_logs`). Repeatable.
     #[serde(default)]
+    #[arg(long = "kumomta-logs", value_name = "DIR")]
     pub kumomta_logs: Vec<PathBuf>,
-    /// Postfix maillog files or directories to tail.
+    /// A Postfix maillog file, or a directory of them, to tail. Repeatable.
     #[serde(default)]
+    #[arg(long = "postfix-log", value_name = "PATH")]
     pub postfix_logs: Vec<PathBuf>,
-    /// Exim main log files or directories to tail.
+    /// An Exim main log file, or a directory of them, to tail. Repeatable.
     #[serde(default)]
+    #[arg(long = "exim-log", value_name = "PATH")]
     pub exim_logs: Vec<PathBuf>,
-    /// PowerMTA accounting CSV files or directories to tail.
+    /// A PowerMTA accounting CSV file, or a directory of them, to tail. Repeatable.
     #[serde(default)]
+    #[arg(long = "powermta-acct", value_name = "PATH")]
     pub powermta_accounting: Vec<PathBuf>,
+    /// Receive syslog over UDP on this address (Postfix or Exim lines, see --syslog-format).
+    #[arg(long, value_name = "HOST:PORT")]
     pub syslog_udp: Option<SocketAddr>,
+    /// Receive syslog over TCP on this address (newline-delimited or octet-counted).
+    #[arg(long, value_name = "HOST:PORT")]
     pub syslog_tcp: Option<SocketAddr>,
+    /// What the syslog receivers carry.
     #[serde(default)]
+    #[arg(long, value_enum, default_value_t)]
     pub syslog_format: SyslogFormat,
-    /// Longest accepted line in tailed files; longer lines become dead letters.
+    /// Longest accepted log line when tailing files, in bytes; longer lines become dead letters.
     #[serde(default = "default_max_line_bytes")]
+    #[arg(long, default_value_t = default_max_line_bytes())]
     pub max_line_bytes: usize,
-    /// How often tailed files are scanned, in milliseconds.
+    /// How often tailed directories are scanned, in milliseconds.
     #[serde(default = "default_tail_interval_ms")]
+    #[arg(long, default_value_t = default_tail_interval_ms())]
     pub tail_interval_ms: u64,
 }
 

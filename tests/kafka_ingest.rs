@@ -13,6 +13,7 @@
 
 mod common;
 
+use common::{free_port, wait_until};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -46,9 +47,24 @@ fn tansu() -> PathBuf {
     })
 }
 
-struct Broker {
-    child: Child,
+/// A child process, killed (and reaped) when stopped or dropped.
+struct Running(Child);
+
+impl Running {
+    fn stop(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
 }
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Broker(Running);
 
 impl Broker {
     /// Starts tansu on `port`, storing in `dir/tansu.db` (kept across restarts).
@@ -68,28 +84,21 @@ impl Broker {
             .stderr(log)
             .spawn()
             .expect("starting tansu");
+        let broker = Self(Running(child));
         wait_until("the broker to accept connections", Duration::from_secs(30), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        Self { child }
+        broker
     }
 
-    fn stop(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) {
+        self.0.stop();
     }
 }
 
 /// A running `vigil ingest`.
 struct Ingest {
-    child: Child,
+    process: Running,
     base: String,
 }
 
@@ -110,7 +119,7 @@ impl Ingest {
             .strip_prefix("vigil ingest listening on ")
             .unwrap_or_else(|| panic!("unexpected first line from vigil ingest: {line:?}"))
             .to_owned();
-        Self { child, base }
+        Self { process: Running(child), base }
     }
 
     /// A counter or gauge from `/metrics`, summed over its labels.
@@ -122,36 +131,13 @@ impl Ingest {
             .sum()
     }
 
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn kill9(self) {
+        self.process.stop();
     }
 }
 
 fn now_millis() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The three sources' files, and lines appended to them in the formats' own shapes.
@@ -214,27 +200,30 @@ impl Files {
 
     /// What the topic must hold: event id -> key, from `vigil parse` on the files as they are.
     fn expected(&self) -> BTreeMap<String, String> {
-        let mut expected = BTreeMap::new();
-        for (format, path) in [("kumomta", &self.kumomta), ("postfix", &self.postfix), ("powermta", &self.powermta)] {
-            let out = common::run_vigil(&["parse", "--from", format, path.to_str().unwrap()], b"");
-            // The one bad KumoMTA line makes the exit code 1; the events are still printed.
-            assert!(
-                out.code == 0 || out.stderr.contains("{not json") || out.stderr.contains("line "),
-                "{}",
-                out.stderr
-            );
-            for event in out.json {
-                let key = event["egress_source"]
-                    .as_str()
-                    .filter(|s| !s.is_empty())
-                    .or(event["recipient_domain"].as_str())
-                    .unwrap_or("")
-                    .to_owned();
-                expected.insert(event["event_id"].as_str().unwrap().to_owned(), key);
-            }
-        }
-        expected
+        [("kumomta", &self.kumomta), ("postfix", &self.postfix), ("powermta", &self.powermta)]
+            .into_iter()
+            .flat_map(|(format, path)| expected_events(format, path))
+            .collect()
     }
+}
+
+/// The events of one file, as `vigil parse` prints them: event id -> the record key they must
+/// have (egress source, else recipient domain).
+fn expected_events(format: &str, path: &Path) -> BTreeMap<String, String> {
+    let out = common::run_vigil(&["parse", "--from", format, path.to_str().unwrap()], b"");
+    // The one bad KumoMTA line makes the exit code 1; the events are still printed.
+    assert!(out.code == 0 || out.stderr.contains("line "), "vigil parse --from {format}: {}", out.stderr);
+    out.json
+        .iter()
+        .map(|event| {
+            let key = event["egress_source"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .or(event["recipient_domain"].as_str())
+                .unwrap_or("");
+            (event["event_id"].as_str().unwrap().to_owned(), key.to_owned())
+        })
+        .collect()
 }
 
 /// Everything read from `vigil.events`: event id -> copies of (key, payload).
@@ -468,23 +457,11 @@ max_events = 100
 
     // The broker comes: the buffer drains, the tail resumes, every line arrives.
     let _broker = Broker::start_with(&broker_dir, port, "memory://tansu/");
-    let kumomta_only = Files { postfix: dir.path().join("none"), powermta: dir.path().join("none"), ..files };
-    let expected: BTreeMap<String, String> = {
-        let out = common::run_vigil(&["parse", "--from", "kumomta", kumomta_only.kumomta.to_str().unwrap()], b"");
-        out.json
-            .iter()
-            .map(|e| {
-                let key = e["egress_source"].as_str().or(e["recipient_domain"].as_str()).unwrap_or("");
-                (e["event_id"].as_str().unwrap().to_owned(), key.to_owned())
-            })
-            .collect()
-    };
+    let expected = expected_events("kumomta", &files.kumomta);
     assert_eq!(expected.len(), 20_000);
     let events = consumer(port, "vigil.events");
     let mut topic = Topic::default();
-    let t = Instant::now();
     topic.wait_for(&events, &expected, Duration::from_secs(120));
-    eprintln!("drained in {:?}", t.elapsed());
     assert_eq!(topic.deduplicated(), expected);
     assert_eq!(topic.duplicates(), 0);
 }

@@ -7,12 +7,8 @@ mod common;
 
 use std::io::Write;
 
-use common::Vigil;
+use common::{Vigil, free_port};
 use serde_json::json;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[tokio::test]
 async fn udp_and_tcp_syslog_feed_the_summary() {

@@ -30,6 +30,8 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use vigil_log::{EventLog, LogError};
 
+use crate::backoff::Backoff;
+
 /// The consumer name under which the forwarder's position is kept in the buffer.
 pub const BUFFER_CONSUMER: &str = "kafka";
 /// The buffer's cursor for dead letters.
@@ -169,7 +171,7 @@ impl Forwarder {
     /// error here (it is retried).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ForwardError> {
         self.ensure_topics(&shutdown).await?;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         while !shutdown.is_cancelled() {
             let dead_letters: FutureProducer<ShippingLogs> =
                 producer_config(&self.config).create_with_context(ShippingLogs).map_err(ForwardError::Config)?;
@@ -179,12 +181,9 @@ impl Forwarder {
                     // A delivery failed for good (a fatal idempotence error, a rejected
                     // record): start again from the committed offset with a new producer.
                     crate::metrics::ingest_metrics().ship_resends.inc();
-                    tracing::warn!(%error, ?backoff, "Kafka delivery failed; re-sending from the last acknowledged event");
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    let delay = backoff.delay();
+                    tracing::warn!(%error, ?delay, "Kafka delivery failed; re-sending from the last acknowledged event");
+                    backoff.wait(&shutdown).await;
                 }
             }
         }
@@ -202,7 +201,7 @@ impl Forwarder {
             NewTopic::new(&self.config.dead_letter_topic, self.config.partitions, TopicReplication::Fixed(replication)),
         ];
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             match admin.create_topics(&topics, &options).await {
                 Ok(results) => {
@@ -223,11 +222,10 @@ impl Forwarder {
                 }
                 Err(error) => tracing::warn!(%error, "Kafka broker unreachable; buffering, retrying topic set-up"),
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(backoff) => {}
+            backoff.wait(shutdown).await;
+            if shutdown.is_cancelled() {
+                return Ok(());
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 
@@ -248,13 +246,10 @@ impl Forwarder {
         let mut next = committed;
         let mut commit_tick = tokio::time::interval(COMMIT_EVERY);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let outcome = 'ship: loop {
             let acknowledged = match acks.acknowledged() {
                 Ok(acknowledged) => acknowledged,
-                Err(error) => {
-                    self.commit(committed, acks.prefix()).await?;
-                    return Ok(Shipped::Failed(error));
-                }
+                Err(error) => break Shipped::Failed(error),
             };
             if acknowledged - committed >= COMMIT_EVERY_EVENTS {
                 committed = self.commit(committed, acknowledged).await?;
@@ -285,10 +280,7 @@ impl Forwarder {
                                 record = back;
                                 let _ = tokio::time::timeout(Duration::from_millis(10), acks.changed.notified()).await;
                             }
-                            Err((error, _)) => {
-                                self.commit(committed, acks.prefix()).await?;
-                                return Ok(Shipped::Failed(error.to_string()));
-                            }
+                            Err((error, _)) => break 'ship Shipped::Failed(error.to_string()),
                         }
                     }
                     next = offset + 1;
@@ -298,28 +290,28 @@ impl Forwarder {
             let room = in_flight < MAX_IN_FLIGHT;
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
-                    // What the broker acknowledged is kept; the rest is re-sent next start.
-                    self.commit(committed, acks.prefix()).await?;
-                    return Ok(Shipped::Stopped);
-                }
+                () = shutdown.cancelled() => break Shipped::Stopped,
                 // Before the acknowledgements, which under load are always ready: the tick
                 // must not starve (dead letters and lag metrics ride on it).
                 _ = commit_tick.tick() => {
                     committed = self.commit(committed, acks.prefix()).await?;
                     self.observe_lag(committed).await?;
                     if let Err(error) = self.ship_dead_letters(dead_letters).await? {
-                        return Ok(Shipped::Failed(error));
+                        break Shipped::Failed(error);
                     }
                 }
                 () = acks.changed.notified(), if in_flight > 0 => {}
                 changed = head.changed(), if room => {
                     if changed.is_err() {
-                        return Ok(Shipped::Stopped);
+                        break Shipped::Stopped;
                     }
                 }
             }
-        }
+        };
+        // What the broker acknowledged is kept, whatever ended the loop; the rest is re-sent
+        // by the next attempt or the next start.
+        self.commit(committed, acks.prefix()).await?;
+        Ok(outcome)
     }
 
     /// Commits the acknowledged prefix and trims the buffer; returns the new committed offset.

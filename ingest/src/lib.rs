@@ -21,6 +21,7 @@
 //! - [`dsn`]: decoding bounce, complaint and auto-reply mail (RFC 3464, RFC 5965, RFC 3834 and
 //!   common non-standard bounce bodies).
 
+pub mod backoff;
 pub mod dsn;
 pub mod exim;
 pub mod kafka;

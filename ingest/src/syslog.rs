@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use vigil_log::{AppendBatch, AppendReceipt, EventLog};
 use vigil_schemas::DeadLetter;
 
+use crate::backoff::Backoff;
 use crate::lines::{Format, push_into_batch};
 
 /// Lines waiting for the normaliser.
@@ -226,18 +227,14 @@ async fn append_when_room(
     shutdown: &CancellationToken,
 ) -> Result<AppendReceipt, String> {
     let batch = Arc::new(batch);
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         let (log_for_task, batch_for_task) = (log.clone(), Arc::clone(&batch));
         match tokio::task::spawn_blocking(move || log_for_task.append(&batch_for_task)).await {
             Ok(Ok(receipt)) => return Ok(receipt),
             Ok(Err(error)) if error.is_full() && !shutdown.is_cancelled() => {
                 tracing::debug!(%error, "syslog paused until the buffer drains");
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff.wait(shutdown).await;
             }
             Ok(Err(error)) => return Err(error.to_string()),
             Err(error) => return Err(format!("append task failed: {error}")),

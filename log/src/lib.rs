@@ -166,15 +166,6 @@ impl EventLog {
         self
     }
 
-    /// Events appended but not yet committed by the limit's consumer (0 without a limit).
-    ///
-    /// # Errors
-    /// On storage failure.
-    pub fn pending(&self) -> Result<u64, LogError> {
-        let Some(limit) = &self.limit else { return Ok(0) };
-        Ok(self.head().saturating_sub(self.committed_offset(&limit.consumer)?))
-    }
-
     /// Deletes the events before `offset` and the dead letters before `dead_letter_seq`
     /// (shipped elsewhere). Their dedupe entries stay, so a source that re-sends them still
     /// counts no duplicate. Offsets and sequences are not reused.
@@ -462,10 +453,11 @@ mod tests {
         let mut only_checkpoint = AppendBatch::default();
         only_checkpoint.checkpoints.push(("file:x".into(), b"1".to_vec()));
         log.append(&only_checkpoint).unwrap();
-        assert_eq!(log.pending().unwrap(), 3);
+        assert_eq!(log.head(), 3);
+        assert_eq!(log.checkpoint("file:x").unwrap().as_deref(), Some(&b"1"[..]));
         log.commit_offset("kafka", 2).unwrap();
         log.append(&batch(&["d"])).unwrap();
-        assert_eq!(log.pending().unwrap(), 2);
+        assert_eq!(log.head() - log.committed_offset("kafka").unwrap(), 2);
     }
 
     #[test]

@@ -129,6 +129,24 @@ where
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// Polls `condition` (every 50 ms) until it holds; panics after `timeout`. For tests whose
+/// conditions are blocking calls; async tests use [`eventually`].
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A loopback TCP port free at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// The KumoMTA example records of `testdata/kumomta/examples.jsonl`, one string each.
 pub fn example_records() -> Vec<String> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/kumomta/examples.jsonl");

@@ -219,14 +219,31 @@ impl ClassifierBuilder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classification {
     pub class: BounceClass,
-    /// Which rule decided: `file:Class#index`, `source:<label>`, `enhanced-status:<code>`, or
-    /// `none`.
+    /// Which rule decided: `file:Class#index`, `source:<label>`, `enhanced-status:<code>`,
+    /// `reply-code:transient`, or `none`.
     pub rule: Arc<str>,
     /// Permanent (5xx) or transient (4xx), when the response says; separate from the class.
     pub permanent: Option<bool>,
     pub code: Option<u16>,
     pub enhanced: Option<EnhancedStatus>,
 }
+
+impl Classification {
+    /// Whether only the codes decided (the enhanced status, the reply code, or nothing), not a
+    /// wording rule or the source: a caller with more text to go on may try that instead.
+    #[must_use]
+    pub fn decided_by_codes_only(&self) -> bool {
+        let rule = &*self.rule;
+        rule == NO_RULE || rule.starts_with(ENHANCED_RULE_PREFIX) || rule.starts_with(REPLY_CODE_RULE_PREFIX)
+    }
+}
+
+/// The `rule` of a classification nothing decided.
+const NO_RULE: &str = "none";
+/// The `rule` prefix of a classification by the enhanced status code alone.
+const ENHANCED_RULE_PREFIX: &str = "enhanced-status:";
+/// The `rule` prefix of a classification by the reply code alone.
+const REPLY_CODE_RULE_PREFIX: &str = "reply-code:";
 
 /// The cached part of a classification: what the rules and the parser made of one input.
 #[derive(Debug, Clone, Copy)]
@@ -317,15 +334,15 @@ impl Classifier {
             if let Some(status) = m.enhanced
                 && let Some(class) = enhanced::class_of(status)
             {
-                return decided(class, format!("enhanced-status:{status}").into());
+                return decided(class, format!("{ENHANCED_RULE_PREFIX}{status}").into());
             }
             // A transient reply that says nothing more (`451 Could not load DRD`) is still a
             // transient failure: the sender will retry it.
             if permanent == Some(false) {
-                return decided(BounceClass::TransientFailure, "reply-code:transient".into());
+                return decided(BounceClass::TransientFailure, format!("{REPLY_CODE_RULE_PREFIX}transient").into());
             }
         }
-        decided(BounceClass::Uncategorized, "none".into())
+        decided(BounceClass::Uncategorized, NO_RULE.into())
     }
 }
 
