@@ -26,6 +26,22 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Run only ingest: the configured sources into an on-disk buffer, shipped to Kafka.
     Ingest(IngestArgs),
+    /// Rebuild the derived state (reputation, suppressions) from offset 0 of the log and print
+    /// its digest; `vigil run` must not be running on the same data directory.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The data directory of `vigil run`.
+    #[arg(long, env = "VIGIL_DATA_DIR", default_value = "./vigil-data")]
+    pub data_dir: PathBuf,
+    /// Stop before this log offset (default: the log's head).
+    #[arg(long, value_name = "OFFSET")]
+    pub until: Option<u64>,
+    /// The bounce-classifier rule files `vigil run` uses (`--rules`), so events classify the same.
+    #[arg(long = "rules", value_name = "FILE")]
+    pub rules: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod demo;
 mod ingest;
 mod metrics;
 mod parse;
+mod replay;
 mod run;
 mod sources;
 
@@ -22,6 +23,11 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         cli::Command::Ingest(args) => {
             init_tracing();
             ingest::ingest(&args)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        cli::Command::Replay(args) => {
+            init_tracing();
+            replay::replay(&args)?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         cli::Command::Parse(args) => parse::parse(&args),

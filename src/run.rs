@@ -2,7 +2,8 @@
 //!
 //! Start-up order matters for the guarantees: the listener comes up first (answering 503 on
 //! `/healthz` and accepting ingest, which only needs the log), then the processor recovers the
-//! warehouse to its committed offset and rebuilds its windows, then `/healthz` turns 200.
+//! warehouse to its committed offset and its derived state (snapshot + the log after it),
+//! then `/healthz` turns 200.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,12 +35,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let classifier = build_classifier(&args.rules)?;
     tracing::info!(patterns = classifier.rule_count(), "bounce classifier loaded");
     let enricher = Enricher::new(Arc::new(classifier), Arc::new(ProviderMap::bundled()));
-    let pipeline = Pipeline::new(log.clone(), writer, enricher.clone(), PipelineConfig::default());
+    let config = PipelineConfig {
+        state_dir: Some(vigil_processor::pipeline::state_dir(&args.data_dir)),
+        ..PipelineConfig::default()
+    };
+    let pipeline = Pipeline::new(log.clone(), writer, enricher.clone(), config);
 
     let ready = Arc::new(AtomicBool::new(false));
     let api = vigil_query::router(ApiState {
         reader: Reader::new(&warehouse_dir),
-        windows: pipeline.windows(),
+        state: pipeline.state(),
         log: log.clone(),
         ready: Arc::clone(&ready),
     });
@@ -120,7 +125,7 @@ pub(crate) async fn supervise(
 }
 
 /// The bounce classifier: the user's rule files first, then the bundled ones.
-fn build_classifier(rules: &[std::path::PathBuf]) -> anyhow::Result<vigil_processor::Classifier> {
+pub(crate) fn build_classifier(rules: &[std::path::PathBuf]) -> anyhow::Result<vigil_processor::Classifier> {
     let mut builder = ClassifierBuilder::new();
     for file in rules {
         builder.add_file(file)?;

@@ -5,28 +5,38 @@
 //! - In: [`vigil_schemas::DeliveryEvent`]s from the [`vigil_log::EventLog`], from the
 //!   consumer offset `warehouse` onwards.
 //! - Out: enriched events (provider, bounce class, the rule that decided) in the Parquet
-//!   warehouse; live sliding-window counts per egress source, provider and egress source x
-//!   provider ([`windows::WindowStore`]).
-//! - Guarantee: every event is written to the warehouse exactly once: files are written, then
-//!   the consumer offset is committed; on restart, files past the committed offset are removed
-//!   and the batch is processed again. Window state is a fold over the log, rebuilt from it at
-//!   start. Events our own MTA generated ("KumoMTA internal:", administrative bounces,
-//!   expiries) are stored but excluded from reputation counts.
+//!   warehouse; [`state::DerivedState`]: exact sliding-window reputation per scope
+//!   ([`reputation`]) and the suppression list ([`suppression`]).
+//! - Guarantees:
+//!   - Every event is written to the warehouse exactly once: files are written, then the
+//!     consumer offset is committed; on restart, files past the committed offset are removed
+//!     and the batch is processed again.
+//!   - Derived state is a fold over the log in log order, on the events' own clock (never the
+//!     wall clock), applied after the batch is committed. It is snapshotted with the offset it
+//!     reflects; at start the snapshot is loaded and the log after it replayed, so a restart
+//!     and a replay from offset 0 give the same digest ([`state::DerivedState::digest`]).
+//!   - Events our own MTA generated ("KumoMTA internal:", administrative bounces, expiries)
+//!     are stored but neither counted in reputation nor suppress anyone.
 //!
 //! # Layout
 //! - [`classify`]: the compiled bounce classifier (KumoMTA rule files, then fallbacks).
 //! - [`providers`]: the provider map (domains and MX suffixes, `data/providers.toml`).
 //! - [`enrich`]: the pure per-event step combining the two.
-//! - [`windows`]: sliding-window counts per scope.
-//! - [`pipeline`]: the async loop from the log to the warehouse.
+//! - [`reputation`]: window counts, rates, score, provider signals.
+//! - [`suppression`]: hard bounces, complaints and unsubscribes by recipient.
+//! - [`state`]: the fold of both, its digest and snapshots.
+//! - [`pipeline`]: the async loop from the log to the warehouse and the state.
 
 pub mod classify;
 pub mod enrich;
 pub mod pipeline;
 pub mod providers;
-pub mod windows;
+pub mod reputation;
+pub mod state;
+pub mod suppression;
 
 pub use classify::{Classification, Classifier, ClassifierBuilder};
 pub use enrich::Enricher;
-pub use pipeline::{Pipeline, PipelineConfig, SharedWindows};
+pub use pipeline::{Pipeline, PipelineConfig, SharedState};
 pub use providers::ProviderMap;
+pub use state::DerivedState;

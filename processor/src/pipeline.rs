@@ -1,24 +1,28 @@
-//! The async edge of the processor: log of record -> enrich -> warehouse, with the window store
-//! updated after each committed batch.
+//! The async edge of the processor: log of record -> enrich -> warehouse, with the derived
+//! state updated after each committed batch and snapshotted now and then.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use vigil_log::{EventLog, LogError};
 use vigil_schemas::DeliveryEvent;
 use vigil_warehouse::{ParquetWriter, WarehouseError};
 
 use crate::enrich::Enricher;
-use crate::windows::WindowStore;
+use crate::reputation::SignalMatcher;
+use crate::state::{DerivedState, SnapshotError};
 
 /// The log consumer name under which the warehouse writer commits its offset.
 pub const CONSUMER: &str = "warehouse";
 
-/// Window counts shared with the API. Locked briefly: once per batch to write, per request to
-/// read.
-pub type SharedWindows = Arc<RwLock<WindowStore>>;
+/// Derived state shared with the API. Locked briefly: once per batch to write, per request
+/// to read (and while a snapshot is encoded).
+pub type SharedState = Arc<RwLock<DerivedState>>;
+
+/// Events read from the log per chunk while replaying.
+const REPLAY_CHUNK: usize = 10_000;
 
 /// Why a step of the pipeline failed. The pipeline retries from the committed offset.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +31,8 @@ pub enum PipelineError {
     Log(#[from] LogError),
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     #[error("pipeline task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -43,6 +49,11 @@ pub struct PipelineConfig {
     pub retry_backoff: Duration,
     /// How often small warehouse files are merged.
     pub compaction_interval: Duration,
+    /// Where derived-state snapshots are kept; `None` keeps none (state is rebuilt from the
+    /// whole log at each start).
+    pub state_dir: Option<PathBuf>,
+    /// How often the derived state is snapshotted (when it changed).
+    pub snapshot_interval: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -52,8 +63,43 @@ impl Default for PipelineConfig {
             linger: Duration::from_millis(250),
             retry_backoff: Duration::from_secs(1),
             compaction_interval: Duration::from_secs(10),
+            state_dir: None,
+            snapshot_interval: Duration::from_secs(60),
         }
     }
+}
+
+/// Folds the log from `state.offset` up to `until` into `state`, enriching each event as the
+/// pipeline does. Blocking. Used at start and by `vigil replay`.
+///
+/// # Errors
+/// When the log cannot be read.
+pub fn catch_up(
+    log: &EventLog,
+    enricher: &Enricher,
+    signals: &SignalMatcher,
+    state: &mut DerivedState,
+    until: u64,
+) -> Result<(), LogError> {
+    while state.offset < until {
+        let chunk = log.read(state.offset, REPLAY_CHUNK.min((until - state.offset) as usize))?;
+        let Some((last, _)) = chunk.last() else { break };
+        let next = last + 1;
+        for (at, mut event) in chunk {
+            enricher.enrich(&mut event);
+            state.apply(at, &event, signals);
+        }
+        state.advance_to(next);
+        state.reputation.evict();
+    }
+    state.advance_to(until);
+    Ok(())
+}
+
+/// The snapshot directory of a data directory.
+#[must_use]
+pub fn state_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("state")
 }
 
 /// Moves events from the log to the warehouse. See the crate docs for the guarantee.
@@ -62,24 +108,33 @@ pub struct Pipeline {
     log: EventLog,
     writer: Arc<ParquetWriter>,
     enricher: Enricher,
-    windows: SharedWindows,
+    signals: SignalMatcher,
+    state: SharedState,
     config: PipelineConfig,
 }
 
 impl Pipeline {
     #[must_use]
     pub fn new(log: EventLog, writer: ParquetWriter, enricher: Enricher, config: PipelineConfig) -> Self {
-        Self { log, writer: Arc::new(writer), enricher, windows: Arc::new(RwLock::new(WindowStore::new())), config }
+        Self {
+            log,
+            writer: Arc::new(writer),
+            enricher,
+            signals: SignalMatcher::new(),
+            state: Arc::new(RwLock::new(DerivedState::new())),
+            config,
+        }
     }
 
-    /// The live window counts.
+    /// The live derived state.
     #[must_use]
-    pub fn windows(&self) -> SharedWindows {
-        Arc::clone(&self.windows)
+    pub fn state(&self) -> SharedState {
+        Arc::clone(&self.state)
     }
 
-    /// Makes the warehouse match the committed offset and rebuilds the window counts from the
-    /// log. Blocking; call before [`Self::run`]. Returns the committed offset.
+    /// Makes the warehouse match the committed offset and the derived state catch up with
+    /// it: from the snapshot if there is a usable one, else from offset 0. Blocking; call
+    /// before [`Self::run`]. Returns the committed offset.
     ///
     /// # Errors
     /// When the log or the warehouse cannot be read.
@@ -89,19 +144,20 @@ impl Pipeline {
         if removed > 0 {
             tracing::info!(removed, committed, "warehouse rolled back to the committed offset");
         }
-        let now = Utc::now();
-        let mut windows = WindowStore::new();
-        let mut offset = 0;
-        while offset < committed {
-            let chunk = self.log.read(offset, 10_000.min((committed - offset) as usize))?;
-            let Some((last, _)) = chunk.last() else { break };
-            offset = last + 1;
-            for (_, mut event) in chunk {
-                self.enricher.enrich(&mut event);
-                windows.record(&event, now);
+        let mut state = match self.config.state_dir.as_deref().and_then(DerivedState::load) {
+            // State is applied after the warehouse commits, so a snapshot is never ahead of
+            // it; one that is belongs to another log (a data directory put back together).
+            Some(state) if state.offset <= committed => state,
+            Some(state) => {
+                tracing::warn!(snapshot = state.offset, committed, "snapshot is ahead of the log; rebuilding");
+                DerivedState::new()
             }
-        }
-        *self.windows.write().expect("window lock poisoned") = windows;
+            None => DerivedState::new(),
+        };
+        let from = state.offset;
+        catch_up(&self.log, &self.enricher, &self.signals, &mut state, committed)?;
+        tracing::info!(from, to = committed, digest = %state.digest(), "derived state rebuilt");
+        *self.state.write().expect("state lock poisoned") = state;
         Ok(committed)
     }
 
@@ -109,10 +165,22 @@ impl Pipeline {
     pub async fn run(self, mut offset: u64, shutdown: CancellationToken) {
         let mut head = self.log.subscribe();
         let mut next_compaction = tokio::time::Instant::now() + self.config.compaction_interval;
+        let mut next_snapshot = tokio::time::Instant::now() + self.config.snapshot_interval;
+        let mut snapshot_offset = offset;
         loop {
+            if offset > snapshot_offset && tokio::time::Instant::now() >= next_snapshot {
+                self.snapshot().await;
+                snapshot_offset = offset;
+                next_snapshot = tokio::time::Instant::now() + self.config.snapshot_interval;
+            }
             while self.log.head() <= offset {
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => {
+                        if offset > snapshot_offset {
+                            self.snapshot().await;
+                        }
+                        return;
+                    }
                     changed = head.changed() => if changed.is_err() { return },
                     () = tokio::time::sleep_until(next_compaction) => {
                         self.compact().await;
@@ -140,6 +208,19 @@ impl Pipeline {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes the derived state's snapshot; a failure is logged and retried next interval
+    /// (the log still holds everything, so a missing snapshot only slows the next start).
+    async fn snapshot(&self) {
+        let Some(dir) = self.config.state_dir.clone() else { return };
+        let state = Arc::clone(&self.state);
+        let result = tokio::task::spawn_blocking(move || state.read().expect("state lock poisoned").save(&dir)).await;
+        match result {
+            Ok(Ok(())) => tracing::debug!("derived state snapshotted"),
+            Ok(Err(error)) => tracing::warn!(%error, "snapshot failed; will retry"),
+            Err(error) => tracing::error!(%error, "snapshot task failed"),
         }
     }
 
@@ -171,12 +252,13 @@ impl Pipeline {
             Ok(events)
         })
         .await??;
-        let now = Utc::now();
-        let mut windows = self.windows.write().expect("window lock poisoned");
-        for (_, event) in &events {
-            windows.record(event, now);
+        let mut state = self.state.write().expect("state lock poisoned");
+        for (at, event) in &events {
+            state.apply(*at, event, &self.signals);
         }
-        windows.evict(now);
+        state.advance_to(end);
+        state.reputation.evict();
+        drop(state);
         tracing::debug!(from = offset, to = end, "batch committed to the warehouse");
         Ok(end)
     }

@@ -65,13 +65,23 @@ impl ProviderMap {
         let mut mx_suffixes = Vec::new();
         for (name, entry) in file.providers {
             for domain in entry.domains {
-                by_domain.insert(domain.to_ascii_lowercase(), name.clone());
+                // A domain under two providers would silently belong to whichever came last.
+                if let Some(other) = by_domain.insert(domain.to_ascii_lowercase(), name.clone()) {
+                    return Err(ProviderMapError(format!("domain `{domain}` is listed under `{other}` and `{name}`")));
+                }
             }
             domain_suffixes.extend(entry.domain_suffixes.into_iter().map(|s| (normalise_suffix(&s), name.clone())));
             mx_suffixes.extend(entry.mx_suffixes.into_iter().map(|s| (normalise_suffix(&s), name.clone())));
         }
-        domain_suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        mx_suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        for suffixes in [&mut domain_suffixes, &mut mx_suffixes] {
+            suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+            if let Some(pair) = suffixes.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+                return Err(ProviderMapError(format!(
+                    "suffix `{}` is listed under `{}` and `{}`",
+                    pair[0].0, pair[0].1, pair[1].1
+                )));
+            }
+        }
         Ok(Self { version: file.version, by_domain, domain_suffixes, mx_suffixes })
     }
 
@@ -148,6 +158,32 @@ mod tests {
         assert_eq!(map.lookup(Some("kpn.example"), Some("mx.kpnmail.nl")), "kpn");
         assert_eq!(map.lookup(None, Some("google.com")), "google", "a bare suffix host matches too");
         assert_eq!(map.lookup(None, Some("notgoogle.com")), OTHER, "suffixes match at label boundaries");
+    }
+
+    #[test]
+    fn the_bundled_map_covers_the_big_providers_and_gateways() {
+        let map = ProviderMap::bundled();
+        assert!(map.version() >= 2);
+        for (domain, mx, provider) in [
+            ("yahoo.co.jp", None, "yahoo"),
+            ("t-online.de", None, "t_online"),
+            ("corp.example", Some("corp-example.mail.protection.outlook.com"), "microsoft"),
+            ("corp.example", Some("mx1.corp.iphmx.com"), "cisco_ironport"),
+            ("corp.example", Some("eu-smtp-inbound-1.mimecast.com"), "mimecast"),
+            ("corp.example", Some("mx0a-00123.pphosted.com"), "proofpoint"),
+            ("corp.example", Some("aspmx.l.google.com"), "google"),
+        ] {
+            assert_eq!(map.lookup(Some(domain), mx), provider, "{domain} {mx:?}");
+        }
+    }
+
+    #[test]
+    fn a_domain_or_suffix_under_two_providers_is_refused() {
+        let twice = "version = 1\n[providers.a]\ndomains = [\"x.com\"]\n[providers.b]\ndomains = [\"X.com\"]\n";
+        let err = ProviderMap::from_toml(twice).unwrap_err().to_string();
+        assert!(err.contains("`X.com`") && err.contains("`a`"), "{err}");
+        let twice = "version = 1\n[providers.a]\nmx_suffixes = [\".x.net\"]\n[providers.b]\nmx_suffixes = [\"x.net.\"]\n";
+        assert!(ProviderMap::from_toml(twice).unwrap_err().to_string().contains("`.x.net`"));
     }
 
     #[test]

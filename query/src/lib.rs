@@ -1,5 +1,5 @@
 //! The query API: axum routes under `/api/v1` plus `/healthz`, answered from the warehouse and
-//! the processor's live windows.
+//! the processor's derived state (reputation windows, suppressions).
 //!
 //! # Contract
 //! - In: HTTP requests. Parameters are parsed into the typed query model of
@@ -11,9 +11,11 @@
 //!
 //! # Layout
 //! - [`error`]: `ApiError` and its mapping to status codes.
-//! - [`routes`]: one handler per endpoint.
+//! - [`routes`]: the router, and the handlers answered from the warehouse and the log.
+//! - [`live`]: the handlers answered from the derived state.
 
 pub mod error;
+mod live;
 pub mod routes;
 
 pub use error::ApiError;

@@ -10,8 +10,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use vigil_log::EventLog;
-use vigil_processor::SharedWindows;
-use vigil_processor::windows::{Counts, Scope, ScopeKey, Window};
+use vigil_processor::SharedState;
 use vigil_schemas::DeadLetter;
 use vigil_schemas::api::{Dimension, SummaryQuery, SummaryResponse};
 use vigil_warehouse::Reader;
@@ -22,7 +21,8 @@ use crate::ApiError;
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub reader: Reader,
-    pub windows: SharedWindows,
+    /// The processor's derived state: reputation windows, suppressions.
+    pub state: SharedState,
     pub log: EventLog,
     /// Set once the processor has recovered and rebuilt its state.
     pub ready: Arc<AtomicBool>,
@@ -33,7 +33,10 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/summary", get(summary))
-        .route("/api/v1/reputation", get(reputation))
+        .route("/api/v1/reputation", get(crate::live::reputation))
+        .route("/api/v1/timeseries", get(crate::live::timeseries))
+        .route("/api/v1/suppressions", get(crate::live::suppressions))
+        .route("/api/v1/state", get(crate::live::derived_state))
         .route("/api/v1/deadletters", get(dead_letters))
         .with_state(state)
 }
@@ -53,7 +56,7 @@ struct SummaryParams {
     to: Option<String>,
 }
 
-fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(crate) fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     value
         .filter(|v| !v.is_empty())
         .map(|v| {
@@ -95,59 +98,6 @@ async fn summary(
         return Err(ApiError::BadRequest(format!("`from` ({from}) is after `to` ({to})")));
     }
     Ok(Json(state.reader.summary(&query).await?))
-}
-
-#[derive(Debug, Deserialize)]
-struct ReputationParams {
-    scope: Option<String>,
-    window: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-struct ReputationRow {
-    #[serde(flatten)]
-    key: ScopeKey,
-    #[serde(flatten)]
-    counts: Counts,
-    /// delivered / attempts, when there were attempts.
-    delivery_rate: Option<f64>,
-}
-
-#[derive(Debug, Serialize)]
-struct ReputationResponse {
-    scope: String,
-    window: String,
-    as_of: DateTime<Utc>,
-    rows: Vec<ReputationRow>,
-}
-
-async fn reputation(
-    State(state): State<ApiState>,
-    Query(params): Query<ReputationParams>,
-) -> Result<Json<ReputationResponse>, ApiError> {
-    let scope_text = params.scope.unwrap_or_else(|| "egress_source,provider".into());
-    let window_text = params.window.unwrap_or_else(|| "1h".into());
-    let scope = Scope::parse(&scope_text).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "unknown scope `{scope_text}`; use egress_source, provider or egress_source,provider"
-        ))
-    })?;
-    let window = Window::parse(&window_text)
-        .ok_or_else(|| ApiError::BadRequest(format!("unknown window `{window_text}`; use 5m, 1h or 24h")))?;
-    let now = Utc::now();
-    let rows = state
-        .windows
-        .read()
-        .map_err(|_| ApiError::Internal("window lock poisoned".into()))?
-        .window(scope, window, now)
-        .into_iter()
-        .map(|(key, counts)| ReputationRow {
-            key,
-            delivery_rate: (counts.attempts > 0).then(|| counts.delivered as f64 / counts.attempts as f64),
-            counts,
-        })
-        .collect();
-    Ok(Json(ReputationResponse { scope: scope_text, window: window_text, as_of: now, rows }))
 }
 
 #[derive(Debug, Deserialize)]

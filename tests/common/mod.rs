@@ -64,6 +64,14 @@ impl Vigil {
         format!("{}{path}", self.base)
     }
 
+    /// SIGTERM, then waits for a clean exit: shutdown hooks (the state snapshot) run.
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "vigil exited with {status} after SIGTERM");
+    }
+
     /// SIGKILL: no shutdown hook runs, as in a crash.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
@@ -76,6 +84,11 @@ impl Vigil {
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {

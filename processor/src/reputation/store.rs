@@ -1,0 +1,635 @@
+//! Exact sliding-window counts per scope, in minute buckets.
+//!
+//! # Time
+//! The store keeps its own clock, the *watermark*: the newest minute of `ingested_at` it has
+//! seen. Nothing reads the wall clock, so replaying the same log gives the same state.
+//! - An event is counted in the minute it happened (`occurred_at`), so a late event lands
+//!   where it belongs; one stamped later than it was received (a sender's clock ahead of
+//!   ours) is counted in the minute it was received.
+//! - Buckets older than the horizon (24 h before the watermark) are out of every window;
+//!   an event that old when it arrives is not counted (`too_late`) and
+//!   [`ReputationStore::evict`] frees such buckets.
+//! - A window of `w` minutes ending at `as_of` sums the buckets of minutes
+//!   `(as_of - w, as_of]`, never reaching past the horizon, so whether or not a stale bucket
+//!   was evicted yet never changes an answer.
+//!
+//! # Memory
+//! Scope values (egress sources, providers, tenants, ...) and label names are interned to
+//! `u32`; a scope's minute bucket is 48 bytes and exists only for minutes with events, and
+//! labels (failure classes, signals) are kept sparse beside them. Memory is bounded by the
+//! number of (scope, active minute) pairs in 24 h; eviction also drops interned names no
+//! live scope uses.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use vigil_schemas::DeliveryEvent;
+
+use super::counters::{Contribution, Counters, LabelKind, Metric, Totals, contribution};
+
+/// The longest window: buckets older than this before the watermark are dropped.
+pub const HORIZON_MINUTES: u32 = 24 * 60;
+
+/// The scopes reputation is kept for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Scope {
+    EgressSource,
+    EgressPool,
+    Provider,
+    EgressSourceProvider,
+    SendingDomain,
+    Tenant,
+    Campaign,
+}
+
+impl Scope {
+    pub const ALL: [Self; 7] = [
+        Self::EgressSource,
+        Self::EgressPool,
+        Self::Provider,
+        Self::EgressSourceProvider,
+        Self::SendingDomain,
+        Self::Tenant,
+        Self::Campaign,
+    ];
+
+    /// The API spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EgressSource => "egress_source",
+            Self::EgressPool => "egress_pool",
+            Self::Provider => "provider",
+            Self::EgressSourceProvider => "egress_source,provider",
+            Self::SendingDomain => "sending_domain",
+            Self::Tenant => "tenant",
+            Self::Campaign => "campaign",
+        }
+    }
+
+    /// Parses the API spelling; `provider,egress_source` is accepted too.
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.replace(' ', "");
+        if text == "provider,egress_source" {
+            return Some(Self::EgressSourceProvider);
+        }
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// The field names of the scope's values, as the API writes them.
+    #[must_use]
+    pub fn fields(self) -> &'static [&'static str] {
+        match self {
+            Self::EgressSourceProvider => &["egress_source", "provider"],
+            one => std::slice::from_ref(match one {
+                Self::EgressSource => &"egress_source",
+                Self::EgressPool => &"egress_pool",
+                Self::Provider => &"provider",
+                Self::SendingDomain => &"sending_domain",
+                Self::Tenant => &"tenant",
+                _ => &"campaign",
+            }),
+        }
+    }
+
+    /// The event's values for this scope, or `None` when it lacks one.
+    fn values(self, event: &DeliveryEvent) -> Option<(&str, Option<&str>)> {
+        fn one(v: &Option<String>) -> Option<(&str, Option<&str>)> {
+            v.as_deref().map(|v| (v, None))
+        }
+        match self {
+            Self::EgressSource => one(&event.egress_source),
+            Self::EgressPool => one(&event.egress_pool),
+            Self::Provider => one(&event.provider),
+            Self::EgressSourceProvider => Some((event.egress_source.as_deref()?, Some(event.provider.as_deref()?))),
+            Self::SendingDomain => one(&event.sender_domain),
+            Self::Tenant => one(&event.tenant),
+            Self::Campaign => one(&event.campaign),
+        }
+    }
+}
+
+/// The windows the API offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    FiveMinutes,
+    OneHour,
+    OneDay,
+}
+
+impl Window {
+    /// Parses `5m`, `1h` or `24h` (`1d`).
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "5m" => Some(Self::FiveMinutes),
+            "1h" => Some(Self::OneHour),
+            "24h" | "1d" => Some(Self::OneDay),
+            _ => None,
+        }
+    }
+
+    #[must_use]
+    pub fn minutes(self) -> u32 {
+        match self {
+            Self::FiveMinutes => 5,
+            Self::OneHour => 60,
+            Self::OneDay => HORIZON_MINUTES,
+        }
+    }
+}
+
+/// The minute an instant falls in, as minutes since 1970; before 1970 is minute 0.
+#[must_use]
+pub fn minute_of(at: DateTime<Utc>) -> u32 {
+    u32::try_from(at.timestamp().div_euclid(60).max(0)).unwrap_or(u32::MAX)
+}
+
+const NONE: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+struct Key {
+    scope: Scope,
+    first: u32,
+    /// The provider of an `EgressSourceProvider` key, else [`NONE`].
+    second: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Bucket {
+    minute: u32,
+    counters: Counters,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct LabelBucket {
+    minute: u32,
+    kind: LabelKind,
+    name: u32,
+    count: u32,
+}
+
+/// One scope's buckets, sorted by minute (labels by minute, kind, name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Series {
+    buckets: Vec<Bucket>,
+    labels: Vec<LabelBucket>,
+}
+
+impl Series {
+    fn add(&mut self, minute: u32, contribution: &Contribution<'_>, label_ids: [Option<(LabelKind, u32)>; 2]) {
+        // Events mostly arrive in order: the newest bucket is the usual target.
+        match self.buckets.last_mut() {
+            Some(last) if last.minute == minute => last.counters.add(&contribution.counters),
+            Some(last) if last.minute < minute => {
+                self.buckets.push(Bucket { minute, counters: contribution.counters });
+            }
+            None => self.buckets.push(Bucket { minute, counters: contribution.counters }),
+            Some(_) => match self.buckets.binary_search_by_key(&minute, |b| b.minute) {
+                Ok(i) => self.buckets[i].counters.add(&contribution.counters),
+                Err(i) => self.buckets.insert(i, Bucket { minute, counters: contribution.counters }),
+            },
+        }
+        for (kind, name) in label_ids.into_iter().flatten() {
+            let sort_key = (minute, kind, name);
+            match self.labels.binary_search_by_key(&sort_key, |l| (l.minute, l.kind, l.name)) {
+                Ok(i) => self.labels[i].count = self.labels[i].count.saturating_add(1),
+                Err(i) => self.labels.insert(i, LabelBucket { minute, kind, name, count: 1 }),
+            }
+        }
+    }
+
+    fn buckets_in(&self, first: u32, last: u32) -> &[Bucket] {
+        let start = self.buckets.partition_point(|b| b.minute < first);
+        let end = self.buckets.partition_point(|b| b.minute <= last);
+        &self.buckets[start..end.max(start)]
+    }
+
+    fn labels_in(&self, first: u32, last: u32) -> &[LabelBucket] {
+        let start = self.labels.partition_point(|l| l.minute < first);
+        let end = self.labels.partition_point(|l| l.minute <= last);
+        &self.labels[start..end.max(start)]
+    }
+
+    /// Drops buckets before `first`; true when nothing is left.
+    fn evict_before(&mut self, first: u32) -> bool {
+        let keep = self.buckets.partition_point(|b| b.minute < first);
+        self.buckets.drain(..keep);
+        let keep = self.labels.partition_point(|l| l.minute < first);
+        self.labels.drain(..keep);
+        self.buckets.shrink_to(self.buckets.len() * 2);
+        self.buckets.is_empty()
+    }
+}
+
+/// Strings to dense ids.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Interner {
+    names: Vec<Box<str>>,
+    #[serde(skip)]
+    ids: HashMap<Box<str>, u32>,
+}
+
+impl Interner {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = u32::try_from(self.names.len()).expect("fewer than 4 billion names");
+        self.names.push(name.into());
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    fn rebuild_index(&mut self) {
+        self.ids = self.names.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect();
+    }
+}
+
+/// A scope's values by field name, e.g. `egress_source = ip-1, provider = google`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ScopeValues {
+    pub scope: Scope,
+    pub values: Vec<(&'static str, String)>,
+}
+
+/// A scope's totals over a window, with its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowRow {
+    pub key: ScopeValues,
+    pub totals: Totals,
+    /// (kind, name) -> count: failures by class, provider signals.
+    pub labels: BTreeMap<(LabelKind, String), u64>,
+}
+
+/// What [`ReputationStore::record`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Counted,
+    /// Not an outcome, or generated by our own MTA.
+    NotCounted,
+    /// Older than the horizon when it arrived.
+    TooLate,
+}
+
+/// The window store. Pure: no clock, no I/O.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReputationStore {
+    names: Interner,
+    labels: Interner,
+    #[serde(with = "series_as_pairs")]
+    series: HashMap<Key, Series>,
+    watermark: Option<u32>,
+    too_late: u64,
+}
+
+/// JSON-like formats want string map keys; a snapshot stores the map as pairs.
+mod series_as_pairs {
+    use super::{HashMap, Key, Series};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &HashMap<Key, Series>, s: S) -> Result<S::Ok, S::Error> {
+        let mut pairs: Vec<(&Key, &Series)> = map.iter().collect();
+        pairs.sort_by_key(|(k, _)| **k);
+        pairs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HashMap<Key, Series>, D::Error> {
+        Ok(Vec::<(Key, Series)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+impl ReputationStore {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Restores the lookup indexes a deserialized store does not carry.
+    pub fn after_load(&mut self) {
+        self.names.rebuild_index();
+        self.labels.rebuild_index();
+    }
+
+    /// The store's clock: the newest ingest minute seen.
+    #[must_use]
+    pub fn watermark(&self) -> Option<u32> {
+        self.watermark
+    }
+
+    /// Events not counted because they were older than the horizon when they arrived.
+    #[must_use]
+    pub fn too_late(&self) -> u64 {
+        self.too_late
+    }
+
+    /// Number of scopes with buckets (some may be stale until the next eviction).
+    #[must_use]
+    pub fn scope_count(&self) -> usize {
+        self.series.len()
+    }
+
+    /// The first minute every window can still reach.
+    fn horizon_start(&self) -> u32 {
+        self.watermark.map_or(0, |w| w.saturating_sub(HORIZON_MINUTES - 1))
+    }
+
+    /// Counts an enriched event in every scope it has values for. `signal` is the provider
+    /// signal its response carries, if any.
+    pub fn record(&mut self, event: &DeliveryEvent, signal: Option<&str>) -> Recorded {
+        let received = minute_of(event.ingested_at);
+        self.watermark = Some(self.watermark.map_or(received, |w| w.max(received)));
+        let Some(contribution) = contribution(event, signal) else { return Recorded::NotCounted };
+        let minute = minute_of(event.occurred_at).min(received);
+        if minute < self.horizon_start() {
+            self.too_late += 1;
+            return Recorded::TooLate;
+        }
+        let label_ids = contribution.labels.map(|l| l.map(|l| (l.kind, self.labels.id(l.name))));
+        for scope in Scope::ALL {
+            let Some((first, second)) = scope.values(event) else { continue };
+            let key = Key { scope, first: self.names.id(first), second: second.map_or(NONE, |s| self.names.id(s)) };
+            self.series.entry(key).or_default().add(minute, &contribution, label_ids);
+        }
+        Recorded::Counted
+    }
+
+    /// Frees buckets no window can reach, and interned names no scope uses any more.
+    pub fn evict(&mut self) {
+        let first = self.horizon_start();
+        self.series.retain(|_, series| !series.evict_before(first));
+        if self.names.names.len() > 1024 && self.names.names.len() > 2 * self.series.len() {
+            self.compact_names();
+        }
+    }
+
+    /// Renumbers the names still used; ids are internal, so nothing outside changes.
+    fn compact_names(&mut self) {
+        let mut fresh = Interner::default();
+        let old = std::mem::take(&mut self.series);
+        for (key, series) in old {
+            let remap = |id: u32, fresh: &mut Interner| if id == NONE { NONE } else { fresh.id(self.names.name(id)) };
+            let key =
+                Key { scope: key.scope, first: remap(key.first, &mut fresh), second: remap(key.second, &mut fresh) };
+            self.series.insert(key, series);
+        }
+        self.names = fresh;
+    }
+
+    fn values_of(&self, key: Key) -> ScopeValues {
+        let fields = key.scope.fields();
+        let mut values = vec![(fields[0], self.names.name(key.first).to_owned())];
+        if key.second != NONE {
+            values.push((fields[1], self.names.name(key.second).to_owned()));
+        }
+        ScopeValues { scope: key.scope, values }
+    }
+
+    /// The minutes a window of `minutes` ending at `as_of` covers, cut at the horizon.
+    fn range(&self, minutes: u32, as_of: DateTime<Utc>) -> (u32, u32) {
+        let last = minute_of(as_of);
+        (last.saturating_sub(minutes - 1).max(self.horizon_start()), last)
+    }
+
+    /// Totals per scope value over a window of `minutes` ending at `as_of`, sorted by value;
+    /// values with nothing in the window are left out.
+    #[must_use]
+    pub fn window(&self, scope: Scope, minutes: u32, as_of: DateTime<Utc>) -> Vec<WindowRow> {
+        let (first, last) = self.range(minutes.max(1), as_of);
+        let mut rows: Vec<WindowRow> = self
+            .series
+            .iter()
+            .filter(|(key, _)| key.scope == scope)
+            .filter_map(|(key, series)| {
+                let mut totals = Totals::default();
+                for bucket in series.buckets_in(first, last) {
+                    totals.add(&bucket.counters);
+                }
+                if totals.is_empty() {
+                    return None;
+                }
+                let mut labels = BTreeMap::new();
+                for label in series.labels_in(first, last) {
+                    *labels.entry((label.kind, self.labels.name(label.name).to_owned())).or_default() +=
+                        u64::from(label.count);
+                }
+                Some(WindowRow { key: self.values_of(*key), totals, labels })
+            })
+            .collect();
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        rows
+    }
+
+    /// Per scope value, the sum of `metrics` per step of `step` minutes over
+    /// `(to - span, to]`; steps are labelled by their first minute. Sorted by value.
+    #[must_use]
+    pub fn timeseries(
+        &self,
+        scope: Scope,
+        metrics: &[Metric],
+        step: u32,
+        span: u32,
+        to: DateTime<Utc>,
+    ) -> Vec<(ScopeValues, Vec<(u32, u64)>)> {
+        let step = step.max(1);
+        let (first, last) = self.range(span.max(1), to);
+        let mut out: Vec<(ScopeValues, Vec<(u32, u64)>)> = self
+            .series
+            .iter()
+            .filter(|(key, _)| key.scope == scope)
+            .filter_map(|(key, series)| {
+                let mut points: Vec<(u32, u64)> = Vec::new();
+                for bucket in series.buckets_in(first, last) {
+                    let value: u64 = metrics.iter().map(|&m| u64::from(bucket.counters.get(m))).sum();
+                    if value == 0 {
+                        continue;
+                    }
+                    let slot = first + (bucket.minute - first) / step * step;
+                    match points.last_mut() {
+                        Some((at, total)) if *at == slot => *total += value,
+                        _ => points.push((slot, value)),
+                    }
+                }
+                (!points.is_empty()).then(|| (self.values_of(*key), points))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Feeds the state every window can still see into `hasher`, in an order that does not
+    /// depend on insertion or eviction: equal digests mean equal answers.
+    pub fn digest_into(&self, hasher: &mut blake3::Hasher) {
+        let first = self.horizon_start();
+        let mut keyed: Vec<(ScopeValues, &Series)> =
+            self.series.iter().map(|(key, series)| (self.values_of(*key), series)).collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        hasher.update(&self.watermark.unwrap_or(0).to_le_bytes());
+        hasher.update(&self.too_late.to_le_bytes());
+        for (key, series) in keyed {
+            let buckets = series.buckets_in(first, u32::MAX);
+            if buckets.is_empty() {
+                continue;
+            }
+            hasher.update(key.scope.as_str().as_bytes());
+            for (_, value) in &key.values {
+                hasher.update(&(value.len() as u64).to_le_bytes());
+                hasher.update(value.as_bytes());
+            }
+            for bucket in buckets {
+                hasher.update(&bucket.minute.to_le_bytes());
+                for count in bucket.counters.0 {
+                    hasher.update(&count.to_le_bytes());
+                }
+            }
+            let mut labels: Vec<(u32, LabelKind, &str, u32)> = series
+                .labels_in(first, u32::MAX)
+                .iter()
+                .map(|l| (l.minute, l.kind, self.labels.name(l.name), l.count))
+                .collect();
+            labels.sort_unstable();
+            for (minute, kind, name, count) in labels {
+                hasher.update(&minute.to_le_bytes());
+                hasher.update(&[kind as u8]);
+                hasher.update(name.as_bytes());
+                hasher.update(&count.to_le_bytes());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_schemas::{BounceClass, EventKind, SourceKind};
+
+    fn at(minute: i64, second: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(minute * 60 + second, 0).unwrap()
+    }
+
+    fn event(kind: EventKind, occurred: DateTime<Utc>, received: DateTime<Utc>) -> DeliveryEvent {
+        let mut e = DeliveryEvent::new("id".into(), SourceKind::Kumomta, kind, occurred, received);
+        e.egress_source = Some("ip-1".into());
+        e.provider = Some("google".into());
+        e.tenant = Some("acme".into());
+        e
+    }
+
+    const T: i64 = 28_000_000; // a minute in 2023
+
+    #[test]
+    fn window_edges_are_exact() {
+        let mut store = ReputationStore::new();
+        // Minutes T-5 .. T, one delivery each, all received at T.
+        for m in (T - 5)..=T {
+            store.record(&event(EventKind::Delivered, at(m, 59), at(T, 0)), None);
+        }
+        let five = store.window(Scope::EgressSource, 5, at(T, 30));
+        assert_eq!(five[0].totals.get(Metric::Delivered), 5, "(T-5, T]: T-4 ..= T");
+        // At the very first second of a minute, that minute is in the window.
+        assert_eq!(store.window(Scope::EgressSource, 1, at(T, 0))[0].totals.get(Metric::Delivered), 1);
+        // A window ending before the events sees none of the later ones.
+        assert_eq!(store.window(Scope::EgressSource, 5, at(T - 3, 0))[0].totals.get(Metric::Delivered), 3);
+    }
+
+    #[test]
+    fn late_events_land_in_their_minute_and_too_late_ones_are_counted_as_such() {
+        let mut store = ReputationStore::new();
+        store.record(&event(EventKind::Delivered, at(T, 0), at(T, 0)), None);
+        // Seven minutes late: outside the 5-minute window, inside the hour.
+        let late = event(EventKind::Deferred, at(T - 7, 0), at(T, 10));
+        assert_eq!(store.record(&late, None), Recorded::Counted);
+        let five = store.window(Scope::Provider, 5, at(T, 0));
+        assert_eq!(five[0].totals.get(Metric::Deferred), 0);
+        assert_eq!(store.window(Scope::Provider, 60, at(T, 0))[0].totals.get(Metric::Deferred), 1);
+        // A day and a minute late: never counted.
+        let stale = event(EventKind::Deferred, at(T - 24 * 60, 0), at(T, 0));
+        assert_eq!(store.record(&stale, None), Recorded::TooLate);
+        assert_eq!(store.too_late(), 1);
+    }
+
+    #[test]
+    fn clock_jumps_neither_lose_nor_invent_counts() {
+        let mut store = ReputationStore::new();
+        // A sender whose clock is an hour ahead: counted when received.
+        store.record(&event(EventKind::Delivered, at(T + 60, 0), at(T, 0)), None);
+        assert_eq!(store.window(Scope::Tenant, 1, at(T, 0))[0].totals.get(Metric::Delivered), 1);
+        // Our clock jumps a day ahead, then back: the watermark keeps the newest, so the
+        // day-old bucket leaves the windows and the store does not resurrect it.
+        store.record(&event(EventKind::Delivered, at(T + 24 * 60, 0), at(T + 24 * 60, 0)), None);
+        assert!(store.window(Scope::Tenant, 24 * 60, at(T, 0)).is_empty());
+        assert_eq!(store.record(&event(EventKind::Delivered, at(T, 1), at(T, 1)), None), Recorded::TooLate);
+        store.evict();
+        assert_eq!(store.window(Scope::Tenant, 24 * 60, at(T + 24 * 60, 0))[0].totals.get(Metric::Delivered), 1);
+    }
+
+    #[test]
+    fn failures_count_by_class_signal_and_scope() {
+        let mut store = ReputationStore::new();
+        let mut bounce = event(EventKind::Bounced, at(T, 0), at(T, 0));
+        bounce.bounce_class = Some(BounceClass::InvalidRecipient);
+        store.record(&bounce, None);
+        let mut block = event(EventKind::Deferred, at(T, 0), at(T, 0));
+        block.bounce_class = Some(BounceClass::SpamBlock);
+        store.record(&block, Some("yahoo_tss04"));
+        let mut internal = event(EventKind::Bounced, at(T, 0), at(T, 0));
+        internal.internal = true;
+        assert_eq!(store.record(&internal, None), Recorded::NotCounted);
+
+        let row = &store.window(Scope::EgressSourceProvider, 5, at(T, 0))[0];
+        assert_eq!(row.key.values, [("egress_source", "ip-1".to_owned()), ("provider", "google".to_owned())]);
+        assert_eq!(row.totals.attempts(), 2);
+        for (metric, n) in [(Metric::HardBounces, 1), (Metric::Blocks, 1), (Metric::Signals, 1), (Metric::Bounced, 1)] {
+            assert_eq!(row.totals.get(metric), n, "{metric:?}");
+        }
+        let labels: Vec<_> = row.labels.iter().map(|((k, n), c)| (*k, n.as_str(), *c)).collect();
+        assert_eq!(
+            labels,
+            [
+                (LabelKind::Bounced, "InvalidRecipient", 1),
+                (LabelKind::Deferred, "SpamBlock", 1),
+                (LabelKind::Signal, "yahoo_tss04", 1)
+            ]
+        );
+        assert!(store.window(Scope::Campaign, 5, at(T, 0)).is_empty(), "no campaign, no campaign scope");
+    }
+
+    #[test]
+    fn eviction_and_name_compaction_change_no_answer() {
+        let mut store = ReputationStore::new();
+        for i in 0..3000 {
+            let mut e = event(EventKind::Delivered, at(T, 0), at(T, 0));
+            e.campaign = Some(format!("c{i}"));
+            store.record(&e, None);
+        }
+        let mut e = event(EventKind::Delivered, at(T + 24 * 60, 0), at(T + 24 * 60, 0));
+        e.campaign = Some("c1".into());
+        store.record(&e, None);
+        let mut digest = blake3::Hasher::new();
+        store.digest_into(&mut digest);
+        let before = store.window(Scope::Campaign, 60, at(T + 24 * 60, 0));
+        store.evict();
+        assert!(store.names.names.len() < 10, "unused names dropped: {}", store.names.names.len());
+        assert_eq!(store.window(Scope::Campaign, 60, at(T + 24 * 60, 0)), before);
+        let mut after = blake3::Hasher::new();
+        store.digest_into(&mut after);
+        assert_eq!(digest.finalize(), after.finalize());
+    }
+
+    #[test]
+    fn timeseries_steps_sum_their_minutes() {
+        let mut store = ReputationStore::new();
+        for m in 0..10 {
+            store.record(&event(EventKind::Delivered, at(T - m, 0), at(T, 0)), None);
+        }
+        let series = store.timeseries(Scope::Provider, &[Metric::Delivered], 5, 10, at(T, 0));
+        let start = u32::try_from(T).unwrap() - 9;
+        assert_eq!(series[0].1, [(start, 5), (start + 5, 5)]);
+    }
+}

@@ -1,0 +1,147 @@
+//! Derived state as a fold over the log, its digest, and its snapshots.
+//!
+//! Everything the processor derives from events (reputation windows, the suppression list)
+//! lives in one [`DerivedState`] that changes only through [`DerivedState::apply`], one
+//! enriched event at a time, in log order. It records the offset it reflects, so a snapshot
+//! plus the log after that offset rebuilds it exactly, and [`DerivedState::digest`] proves it:
+//! a replay from offset 0 and a restart from any snapshot give the same digest.
+//!
+//! Snapshots are postcard, zstd-compressed, written to a temporary file, fsynced and renamed
+//! over the previous one, so a crash leaves the old snapshot or the new one, never half of
+//! one. A snapshot in an older format, or one that cannot be read, is ignored with a warning:
+//! the state is then rebuilt from the log, which is slower but never wrong.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use vigil_schemas::DeliveryEvent;
+
+use crate::reputation::{ReputationStore, SignalMatcher};
+use crate::suppression::Suppressions;
+
+/// Bumped whenever the snapshot's shape changes; older snapshots are ignored.
+const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_FILE: &str = "snapshot.bin.zst";
+
+/// All derived state, and the log offset it reflects.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DerivedState {
+    /// The next log offset to apply: every event before it is in the state.
+    pub offset: u64,
+    pub reputation: ReputationStore,
+    pub suppressions: Suppressions,
+}
+
+/// Why a snapshot could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("snapshot encoding: {0}")]
+    Encode(#[from] postcard::Error),
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    format: u32,
+}
+
+impl DerivedState {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Folds one enriched event, read at `offset`, into the state.
+    ///
+    /// # Panics
+    /// When offsets go backwards: applying an event twice would count it twice.
+    pub fn apply(&mut self, offset: u64, event: &DeliveryEvent, signals: &SignalMatcher) {
+        assert!(offset >= self.offset, "event at {offset} applied to state already at {}", self.offset);
+        let signal = if matches!(event.kind, vigil_schemas::EventKind::Deferred | vigil_schemas::EventKind::Bounced)
+            && !event.internal
+        {
+            event.response_line().and_then(|line| signals.find(&line))
+        } else {
+            None
+        };
+        self.reputation.record(event, signal);
+        self.suppressions.record(event);
+        self.offset = offset + 1;
+    }
+
+    /// Marks offsets up to `next` as applied (events past the end of a batch that the log
+    /// skipped, e.g. after truncation).
+    pub fn advance_to(&mut self, next: u64) {
+        self.offset = self.offset.max(next);
+    }
+
+    /// A hash of everything the API can see: equal digests mean equal answers.
+    #[must_use]
+    pub fn digest(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.offset.to_le_bytes());
+        self.reputation.digest_into(&mut hasher);
+        self.suppressions.digest_into(&mut hasher);
+        hasher.finalize().to_hex().to_string()
+    }
+
+    /// Writes the state to `dir` atomically.
+    ///
+    /// # Errors
+    /// When the file cannot be written or synced.
+    pub fn save(&self, dir: &Path) -> Result<(), SnapshotError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SnapshotError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+        let file = fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut encoder = zstd::Encoder::new(std::io::BufWriter::new(file), 3).map_err(io(&tmp))?;
+        postcard::to_io(&SnapshotHeader { format: SNAPSHOT_FORMAT }, &mut encoder)?;
+        postcard::to_io(self, &mut encoder)?;
+        let mut writer = encoder.finish().map_err(io(&tmp))?;
+        writer.flush().map_err(io(&tmp))?;
+        let file = writer.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(io(&tmp))?;
+        let path = dir.join(SNAPSHOT_FILE);
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+        Ok(())
+    }
+
+    /// The snapshot in `dir`, or `None` when there is none or it cannot be used (said in a
+    /// warning; the caller rebuilds from the log).
+    #[must_use]
+    pub fn load(dir: &Path) -> Option<Self> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "snapshot unreadable; rebuilding from the log");
+                return None;
+            }
+        };
+        let decoded = zstd::decode_all(bytes.as_slice()).map_err(|e| e.to_string()).and_then(|raw| {
+            let (header, rest): (SnapshotHeader, _) = postcard::take_from_bytes(&raw).map_err(|e| e.to_string())?;
+            if header.format != SNAPSHOT_FORMAT {
+                return Err(format!("format {} is not {SNAPSHOT_FORMAT}", header.format));
+            }
+            postcard::from_bytes::<Self>(rest).map_err(|e| e.to_string())
+        });
+        match decoded {
+            Ok(mut state) => {
+                state.reputation.after_load();
+                Some(state)
+            }
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "snapshot unusable; rebuilding from the log");
+                None
+            }
+        }
+    }
+}

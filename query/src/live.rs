@@ -1,0 +1,324 @@
+//! Endpoints answered from the processor's derived state: reputation, timeseries of the last
+//! 24 h, suppressions, and the state's digest.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use vigil_processor::DerivedState;
+use vigil_processor::reputation::score::{MIN_ATTEMPTS, score};
+use vigil_processor::reputation::store::HORIZON_MINUTES;
+use vigil_processor::reputation::{LabelKind, Metric, Rates, Scope, Score, Window, WindowRow};
+use vigil_processor::suppression::Suppression;
+
+use crate::ApiError;
+use crate::routes::{ApiState, parse_time};
+
+const SCOPES_HELP: &str =
+    "egress_source, egress_pool, provider, egress_source,provider, sending_domain, tenant or campaign";
+
+fn parse_scope(name: &str, text: &str) -> Result<Scope, ApiError> {
+    Scope::parse(text).ok_or_else(|| ApiError::BadRequest(format!("unknown {name} `{text}`; use {SCOPES_HELP}")))
+}
+
+fn read_state(state: &ApiState) -> Result<std::sync::RwLockReadGuard<'_, DerivedState>, ApiError> {
+    state.state.read().map_err(|_| ApiError::Internal("state lock poisoned".into()))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReputationParams {
+    scope: Option<String>,
+    window: Option<String>,
+    as_of: Option<String>,
+}
+
+/// One scope's reputation over the window.
+#[derive(Debug, Serialize)]
+struct ReputationRow {
+    #[serde(flatten)]
+    key: BTreeMap<&'static str, String>,
+    attempts: u64,
+    #[serde(flatten)]
+    counts: BTreeMap<&'static str, u64>,
+    bounced_by_class: BTreeMap<String, u64>,
+    deferred_by_class: BTreeMap<String, u64>,
+    signals_by_name: BTreeMap<String, u64>,
+    rates: Rates,
+    /// `null` under the minimum volume.
+    score: Option<Score>,
+}
+
+impl ReputationRow {
+    fn of(row: WindowRow) -> Self {
+        let rates = Rates::of(&row.totals);
+        let mut by_kind: [BTreeMap<String, u64>; 3] = Default::default();
+        for ((kind, name), count) in row.labels {
+            let slot = match kind {
+                LabelKind::Bounced => 0,
+                LabelKind::Deferred => 1,
+                LabelKind::Signal => 2,
+            };
+            by_kind[slot].insert(name, count);
+        }
+        let [bounced_by_class, deferred_by_class, signals_by_name] = by_kind;
+        Self {
+            key: row.key.values.into_iter().collect(),
+            attempts: row.totals.attempts(),
+            counts: Metric::ALL.iter().map(|&m| (m.as_str(), row.totals.get(m))).collect(),
+            bounced_by_class,
+            deferred_by_class,
+            signals_by_name,
+            score: score(&row.totals, &rates),
+            rates,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ReputationResponse {
+    scope: &'static str,
+    window: String,
+    as_of: DateTime<Utc>,
+    /// Attempts under which a row has no score.
+    min_attempts: u64,
+    rows: Vec<ReputationRow>,
+}
+
+pub(crate) async fn reputation(
+    State(state): State<ApiState>,
+    Query(params): Query<ReputationParams>,
+) -> Result<Json<ReputationResponse>, ApiError> {
+    let scope = parse_scope("scope", params.scope.as_deref().unwrap_or("egress_source,provider"))?;
+    let window_text = params.window.unwrap_or_else(|| "1h".into());
+    let window = Window::parse(&window_text)
+        .ok_or_else(|| ApiError::BadRequest(format!("unknown window `{window_text}`; use 5m, 1h or 24h")))?;
+    let as_of = parse_time("as_of", params.as_of.as_deref())?.unwrap_or_else(Utc::now);
+    let rows = read_state(&state)?.reputation.window(scope, window.minutes(), as_of);
+    let rows = rows.into_iter().map(ReputationRow::of).collect();
+    Ok(Json(ReputationResponse { scope: scope.as_str(), window: window_text, as_of, min_attempts: MIN_ATTEMPTS, rows }))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct TimeseriesParams {
+    metric: Option<String>,
+    group_by: Option<String>,
+    step: Option<String>,
+    window: Option<String>,
+    to: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct Point {
+    at: DateTime<Utc>,
+    value: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Series {
+    #[serde(flatten)]
+    key: BTreeMap<&'static str, String>,
+    total: u64,
+    points: Vec<Point>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct TimeseriesResponse {
+    metric: String,
+    group_by: &'static str,
+    step_seconds: u32,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// More series matched than `limit`; the first `limit` by key are returned.
+    truncated: bool,
+    series: Vec<Series>,
+}
+
+/// `30s` is refused: buckets are minutes. Accepts `Nm`, `Nh`.
+fn parse_minutes(name: &str, text: &str) -> Result<u32, ApiError> {
+    let bad = || ApiError::BadRequest(format!("`{name}` must be minutes or hours such as 5m or 1h, not `{text}`"));
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u32 = number.parse().map_err(|_| bad())?;
+    let minutes = match unit {
+        "m" => n,
+        "h" => n.checked_mul(60).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if minutes == 0 {
+        return Err(bad());
+    }
+    Ok(minutes)
+}
+
+const MAX_SERIES: usize = 1000;
+const MAX_POINTS: u32 = 1440;
+
+pub(crate) async fn timeseries(
+    State(state): State<ApiState>,
+    Query(params): Query<TimeseriesParams>,
+) -> Result<Json<TimeseriesResponse>, ApiError> {
+    let metric_text = params.metric.unwrap_or_else(|| "attempts".into());
+    let metrics: Vec<Metric> = if metric_text == "attempts" {
+        vec![Metric::Delivered, Metric::Deferred, Metric::Bounced]
+    } else {
+        vec![Metric::parse(&metric_text).ok_or_else(|| {
+            let names: Vec<&str> = Metric::ALL.iter().map(|m| m.as_str()).collect();
+            ApiError::BadRequest(format!("unknown metric `{metric_text}`; use attempts, {}", names.join(", ")))
+        })?]
+    };
+    let scope = parse_scope("group_by", params.group_by.as_deref().unwrap_or("provider"))?;
+    let step = parse_minutes("step", params.step.as_deref().unwrap_or("5m"))?;
+    let span = parse_minutes("window", params.window.as_deref().unwrap_or("1h"))?;
+    if span > HORIZON_MINUTES {
+        return Err(ApiError::BadRequest("`window` reaches back at most 24h; older data is in /api/v1/summary".into()));
+    }
+    if step > span || span / step > MAX_POINTS {
+        return Err(ApiError::BadRequest(format!(
+            "`step` must be at most `window` and give at most {MAX_POINTS} points"
+        )));
+    }
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_SERIES {
+        return Err(ApiError::BadRequest(format!("`limit` must be 1 to {MAX_SERIES}")));
+    }
+    let to = parse_time("to", params.to.as_deref())?.unwrap_or_else(Utc::now);
+    let found = read_state(&state)?.reputation.timeseries(scope, &metrics, step, span, to);
+    let truncated = found.len() > limit;
+    let last = vigil_processor::reputation::store::minute_of(to);
+    let first = last.saturating_sub(span - 1);
+    let minute_time = |m: u32| DateTime::from_timestamp(i64::from(m) * 60, 0).unwrap_or_default();
+    let series = found
+        .into_iter()
+        .take(limit)
+        .map(|(key, points)| {
+            // Dense points, zeros included: a chart should not have to guess what a gap means.
+            let mut dense: Vec<Point> =
+                (first..=last).step_by(step as usize).map(|m| Point { at: minute_time(m), value: 0 }).collect();
+            for (minute, value) in points {
+                if let Some(point) = dense.get_mut(((minute.saturating_sub(first)) / step) as usize) {
+                    point.value += value;
+                }
+            }
+            Series { key: key.values.into_iter().collect(), total: dense.iter().map(|p| p.value).sum(), points: dense }
+        })
+        .collect();
+    Ok(Json(TimeseriesResponse {
+        metric: metric_text,
+        group_by: scope.as_str(),
+        step_seconds: step * 60,
+        from: minute_time(first),
+        to,
+        truncated,
+        series,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SuppressionParams {
+    recipient: Option<String>,
+    domain: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct SuppressionPage<'a> {
+    total: usize,
+    rows: Vec<&'a Suppression>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+const MAX_SUPPRESSION_PAGE: usize = 100_000;
+
+/// Lookup by recipient, listing by domain with a cursor, and CSV export: `format=csv` (one
+/// column per field; Mautic maps columns on import) or `format=listmonk` (listmonk's
+/// `email,name,attributes` import header, the reason in the attributes).
+pub(crate) async fn suppressions(
+    State(state): State<ApiState>,
+    Query(params): Query<SuppressionParams>,
+) -> Result<Response, ApiError> {
+    let limit = params.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_SUPPRESSION_PAGE {
+        return Err(ApiError::BadRequest(format!("`limit` must be 1 to {MAX_SUPPRESSION_PAGE}")));
+    }
+    let format = params.format.as_deref().unwrap_or("json");
+    if !matches!(format, "json" | "csv" | "listmonk") {
+        return Err(ApiError::BadRequest(format!("unknown format `{format}`; use json, csv or listmonk")));
+    }
+    let guard = read_state(&state)?;
+    let list = &guard.suppressions;
+    let rows: Vec<&Suppression> = match params.recipient.as_deref() {
+        Some(recipient) => list.get(recipient).into_iter().collect(),
+        None => list.list(params.domain.as_deref(), params.after.as_deref(), limit),
+    };
+    match format {
+        "json" => {
+            let next = (rows.len() == limit).then(|| rows[rows.len() - 1].recipient.clone());
+            Ok(Json(SuppressionPage { total: list.len(), rows, next }).into_response())
+        }
+        csv_format => {
+            let body = to_csv(&rows, csv_format == "listmonk").map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
+        }
+    }
+}
+
+fn to_csv(rows: &[&Suppression], listmonk: bool) -> Result<String, csv::Error> {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    if listmonk {
+        out.write_record(["email", "name", "attributes"])?;
+    } else {
+        out.write_record(["email", "reason", "class", "source", "first_seen", "last_seen", "event_id"])?;
+    }
+    for row in rows {
+        if listmonk {
+            let attributes = serde_json::json!({
+                "vigil_suppressed": row.reason.as_str(),
+                "vigil_class": row.class,
+                "vigil_first_seen": row.first_seen,
+            });
+            out.write_record([row.recipient.as_str(), "", &attributes.to_string()])?;
+        } else {
+            out.write_record([
+                row.recipient.as_str(),
+                row.reason.as_str(),
+                row.class.as_deref().unwrap_or(""),
+                row.source.as_str(),
+                &row.first_seen.to_rfc3339(),
+                &row.last_seen.to_rfc3339(),
+                &row.event_id,
+            ])?;
+        }
+    }
+    let bytes = out.into_inner().map_err(|e| e.into_error())?;
+    Ok(String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8"))
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct StateResponse {
+    /// The next log offset the state will apply: it reflects every event before it.
+    offset: u64,
+    /// `vigil replay` prints the same digest for the same log up to `offset`.
+    digest: String,
+    scopes: usize,
+    suppressions: usize,
+    too_late: u64,
+}
+
+pub(crate) async fn derived_state(State(state): State<ApiState>) -> Result<Json<StateResponse>, ApiError> {
+    let guard = read_state(&state)?;
+    Ok(Json(StateResponse {
+        offset: guard.offset,
+        digest: guard.digest(),
+        scopes: guard.reputation.scope_count(),
+        suppressions: guard.suppressions.len(),
+        too_late: guard.reputation.too_late(),
+    }))
+}
