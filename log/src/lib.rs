@@ -270,6 +270,20 @@ impl EventLog {
     /// # Errors
     /// On storage failure or an undecodable record.
     pub fn read(&self, from: u64, max: usize) -> Result<Vec<(u64, DeliveryEvent)>, LogError> {
+        self.read_events(from, max)
+    }
+
+    /// [`Self::read`] without the events' source records (`raw` is `None`): for consumers
+    /// that never look at them, reading is much cheaper
+    /// ([`vigil_schemas::event::raw_record`]).
+    ///
+    /// # Errors
+    /// On storage failure or an undecodable record.
+    pub fn read_without_raw(&self, from: u64, max: usize) -> Result<Vec<(u64, DeliveryEvent)>, LogError> {
+        vigil_schemas::event::raw_record::without_raw(|| self.read_events(from, max))
+    }
+
+    fn read_events(&self, from: u64, max: usize) -> Result<Vec<(u64, DeliveryEvent)>, LogError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
         let mut out = Vec::with_capacity(max.min(4096));

@@ -82,7 +82,7 @@ pub fn catch_up(
     until: u64,
 ) -> Result<(), LogError> {
     while state.offset < until {
-        let chunk = log.read(state.offset, REPLAY_CHUNK.min((until - state.offset) as usize))?;
+        let chunk = log.read_without_raw(state.offset, REPLAY_CHUNK.min((until - state.offset) as usize))?;
         let Some((last, _)) = chunk.last() else { break };
         let next = last + 1;
         for (at, mut event) in chunk {
@@ -240,7 +240,7 @@ impl Pipeline {
         let log = self.log.clone();
         let max = self.config.max_batch_events;
         let mut events: Vec<(u64, DeliveryEvent)> =
-            tokio::task::spawn_blocking(move || log.read(offset, max)).await??;
+            tokio::task::spawn_blocking(move || log.read_without_raw(offset, max)).await??;
         let Some(end) = events.last().map(|(o, _)| o + 1) else { return Ok(offset) };
         for (_, event) in &mut events {
             self.enricher.enrich(event);

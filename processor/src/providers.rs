@@ -182,7 +182,8 @@ mod tests {
         let twice = "version = 1\n[providers.a]\ndomains = [\"x.com\"]\n[providers.b]\ndomains = [\"X.com\"]\n";
         let err = ProviderMap::from_toml(twice).unwrap_err().to_string();
         assert!(err.contains("`X.com`") && err.contains("`a`"), "{err}");
-        let twice = "version = 1\n[providers.a]\nmx_suffixes = [\".x.net\"]\n[providers.b]\nmx_suffixes = [\"x.net.\"]\n";
+        let twice =
+            "version = 1\n[providers.a]\nmx_suffixes = [\".x.net\"]\n[providers.b]\nmx_suffixes = [\"x.net.\"]\n";
         assert!(ProviderMap::from_toml(twice).unwrap_err().to_string().contains("`.x.net`"));
     }
 

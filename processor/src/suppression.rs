@@ -1,10 +1,12 @@
 //! The suppression list: recipients no one should mail again, and why.
 //!
 //! A recipient joins on a hard bounce (a permanent failure of a hard class: the address or
-//! its domain does not exist or is closed), a complaint or an unsubscribe. The first reason
-//! is kept, with when and from which source it came; later events of the same recipient only
-//! update `last_seen` and `events`. Events our own MTA generated never suppress anyone: an
-//! administrative bounce says nothing about the address.
+//! its domain does not exist or is closed), a complaint or an unsubscribe. The earliest
+//! reason (by the event's time, then its id) is kept, with when and from which source it
+//! came; other events of the same recipient only update `last_seen` and `events`. Choosing by
+//! time rather than by arrival makes the list independent of the order events are folded in,
+//! so processors reading partitions in any interleaving agree. Events our own MTA generated
+//! never suppress anyone: an administrative bounce says nothing about the address.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -87,6 +89,13 @@ impl Suppressions {
             Some(entry) => {
                 entry.events += 1;
                 entry.last_seen = entry.last_seen.max(event.occurred_at);
+                if (event.occurred_at, event.event_id.as_str()) < (entry.first_seen, entry.event_id.as_str()) {
+                    entry.reason = reason;
+                    entry.class = class;
+                    entry.source = event.source;
+                    entry.first_seen = event.occurred_at;
+                    entry.event_id.clone_from(&event.event_id);
+                }
             }
             None => {
                 let entry = Suppression {
@@ -172,7 +181,7 @@ mod tests {
     }
 
     #[test]
-    fn hard_bounces_complaints_and_unsubscribes_suppress_and_the_first_reason_stays() {
+    fn hard_bounces_complaints_and_unsubscribes_suppress_and_the_earliest_reason_stays() {
         let mut list = Suppressions::new();
         assert!(list.record(&event(EventKind::Bounced, "Gone@Example.com", Some(BounceClass::InvalidRecipient), 0)));
         assert!(!list.record(&event(EventKind::Bounced, "full@example.com", Some(BounceClass::QuotaIssues), 1)));
@@ -193,5 +202,12 @@ mod tests {
         assert_eq!(list.list(Some("example.org"), None, 10)[0].recipient, "angry@example.org");
         let all = list.list(None, None, 10);
         assert_eq!(list.list(None, Some(&all[0].recipient), 10).len(), 1, "cursor after the first");
+
+        // Folded in the other order, the same list.
+        let mut reversed = Suppressions::new();
+        reversed.record(&event(EventKind::Unsubscribe, "gone@example.com", None, 4));
+        reversed.record(&event(EventKind::Complaint, "angry@example.org", None, 3));
+        reversed.record(&event(EventKind::Bounced, "Gone@Example.com", Some(BounceClass::InvalidRecipient), 0));
+        assert_eq!(reversed, list);
     }
 }

@@ -73,26 +73,36 @@ pub const HARD_BOUNCE_CLASSES: [&str; 3] = ["InvalidRecipient", "BadDomain", "In
 pub const BLOCK_CLASSES: [&str; 5] =
     ["SpamBlock", "SpamRelated", "SpamContent", "PolicyRelated", "AuthenticationFailed"];
 
-/// One bucket's counts. `u32` per metric keeps a minute bucket at 44 bytes; a scope
-/// would need four billion events in one minute to overflow it, and additions saturate.
+/// One bucket's counts. `u16` per metric keeps a minute bucket at 28 bytes, which is what
+/// lets 24 h of minutes for hundreds of thousands of scopes fit in memory; a scope with more
+/// than 65 535 of one count in a minute gets a second bucket for that minute (see the store),
+/// so nothing saturates and nothing is lost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters(pub [u32; METRICS]);
+pub struct Counters(pub [u16; METRICS]);
 
 impl Counters {
     #[must_use]
-    pub fn get(&self, metric: Metric) -> u32 {
+    pub fn get(&self, metric: Metric) -> u16 {
         self.0[metric as usize]
     }
 
+    /// Adds one to a count of a single event's contribution (which starts at zero).
     pub fn bump(&mut self, metric: Metric) {
-        let slot = &mut self.0[metric as usize];
-        *slot = slot.saturating_add(1);
+        self.0[metric as usize] += 1;
     }
 
-    pub fn add(&mut self, other: &Self) {
-        for (slot, value) in self.0.iter_mut().zip(other.0) {
-            *slot = slot.saturating_add(value);
+    /// Adds `other`, unless a count would overflow; then changes nothing and returns false.
+    #[must_use]
+    pub fn try_add(&mut self, other: &Self) -> bool {
+        let mut sum = self.0;
+        for (slot, value) in sum.iter_mut().zip(other.0) {
+            match slot.checked_add(value) {
+                Some(total) => *slot = total,
+                None => return false,
+            }
         }
+        self.0 = sum;
+        true
     }
 
     #[must_use]

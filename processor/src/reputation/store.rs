@@ -15,12 +15,12 @@
 //!
 //! # Memory
 //! Scope values (egress sources, providers, tenants, ...) and label names are interned to
-//! `u32`; a scope's minute bucket is 48 bytes and exists only for minutes with events, and
+//! `u32`; a scope's minute bucket is 28 bytes and exists only for minutes with events, and
 //! labels (failure classes, signals) are kept sparse beside them. Memory is bounded by the
 //! number of (scope, active minute) pairs in 24 h; eviction also drops interned names no
 //! live scope uses.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -149,6 +149,10 @@ pub fn minute_of(at: DateTime<Utc>) -> u32 {
 
 const NONE: u32 = u32::MAX;
 
+/// A fast hasher: keys are our own ids and scope values, and iteration order never reaches
+/// an answer or a digest (both sort).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 struct Key {
     scope: Scope,
@@ -178,25 +182,38 @@ struct Series {
     labels: Vec<LabelBucket>,
 }
 
+/// Grows a vector by an eighth instead of doubling: these vectors are many and long-lived,
+/// so slack costs more than the occasional copy.
+fn reserve_for_one<T>(items: &mut Vec<T>) {
+    if items.len() == items.capacity() {
+        items.reserve_exact((items.len() / 8).max(2));
+    }
+}
+
 impl Series {
     fn add(&mut self, minute: u32, contribution: &Contribution<'_>, label_ids: [Option<(LabelKind, u32)>; 2]) {
-        // Events mostly arrive in order: the newest bucket is the usual target.
-        match self.buckets.last_mut() {
-            Some(last) if last.minute == minute => last.counters.add(&contribution.counters),
-            Some(last) if last.minute < minute => {
-                self.buckets.push(Bucket { minute, counters: contribution.counters });
-            }
-            None => self.buckets.push(Bucket { minute, counters: contribution.counters }),
-            Some(_) => match self.buckets.binary_search_by_key(&minute, |b| b.minute) {
-                Ok(i) => self.buckets[i].counters.add(&contribution.counters),
-                Err(i) => self.buckets.insert(i, Bucket { minute, counters: contribution.counters }),
-            },
+        // The bucket to add to is the last one of the minute: events mostly arrive in order,
+        // so usually the newest bucket.
+        let at = match self.buckets.last() {
+            Some(last) if last.minute <= minute => self.buckets.len(),
+            _ => self.buckets.partition_point(|b| b.minute <= minute),
+        };
+        let absorbed = at > 0
+            && self.buckets[at - 1].minute == minute
+            && self.buckets[at - 1].counters.try_add(&contribution.counters);
+        if !absorbed {
+            // A new minute, or a full bucket: another bucket of that minute follows it.
+            reserve_for_one(&mut self.buckets);
+            self.buckets.insert(at, Bucket { minute, counters: contribution.counters });
         }
         for (kind, name) in label_ids.into_iter().flatten() {
             let sort_key = (minute, kind, name);
             match self.labels.binary_search_by_key(&sort_key, |l| (l.minute, l.kind, l.name)) {
                 Ok(i) => self.labels[i].count = self.labels[i].count.saturating_add(1),
-                Err(i) => self.labels.insert(i, LabelBucket { minute, kind, name, count: 1 }),
+                Err(i) => {
+                    reserve_for_one(&mut self.labels);
+                    self.labels.insert(i, LabelBucket { minute, kind, name, count: 1 });
+                }
             }
         }
     }
@@ -216,10 +233,14 @@ impl Series {
     /// Drops buckets before `first`; true when nothing is left.
     fn evict_before(&mut self, first: u32) -> bool {
         let keep = self.buckets.partition_point(|b| b.minute < first);
+        if keep == 0 {
+            return self.buckets.is_empty();
+        }
         self.buckets.drain(..keep);
         let keep = self.labels.partition_point(|l| l.minute < first);
         self.labels.drain(..keep);
-        self.buckets.shrink_to(self.buckets.len() * 2);
+        self.buckets.shrink_to(self.buckets.len() + self.buckets.len() / 4);
+        self.labels.shrink_to(self.labels.len() + self.labels.len() / 4);
         self.buckets.is_empty()
     }
 }
@@ -465,13 +486,19 @@ impl ReputationStore {
 
     /// Feeds the state every window can still see into `hasher`, in an order that does not
     /// depend on insertion or eviction: equal digests mean equal answers.
+    ///
+    /// What windows can see does not depend on the order events were recorded in either:
+    /// an event is visible iff its minute is within the horizon of the final watermark, and
+    /// one refused on arrival (past the horizon of an earlier, smaller watermark) would be
+    /// outside it too.
     pub fn digest_into(&self, hasher: &mut blake3::Hasher) {
         let first = self.horizon_start();
         let mut keyed: Vec<(ScopeValues, &Series)> =
             self.series.iter().map(|(key, series)| (self.values_of(*key), series)).collect();
         keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        // `too_late` is left out: it counts what arrived past the horizon, which depends on
+        // the order partitions are read in; everything else here does not.
         hasher.update(&self.watermark.unwrap_or(0).to_le_bytes());
-        hasher.update(&self.too_late.to_le_bytes());
         for (key, series) in keyed {
             let buckets = series.buckets_in(first, u32::MAX);
             if buckets.is_empty() {
@@ -482,9 +509,12 @@ impl ReputationStore {
                 hasher.update(&(value.len() as u64).to_le_bytes());
                 hasher.update(value.as_bytes());
             }
-            for bucket in buckets {
-                hasher.update(&bucket.minute.to_le_bytes());
-                for count in bucket.counters.0 {
+            // Per minute, whether or not the minute was split into several buckets.
+            for minute in buckets.chunk_by(|a, b| a.minute == b.minute) {
+                let mut totals = Totals::default();
+                minute.iter().for_each(|b| totals.add(&b.counters));
+                hasher.update(&minute[0].minute.to_le_bytes());
+                for count in totals.0 {
                     hasher.update(&count.to_le_bytes());
                 }
             }
@@ -620,6 +650,24 @@ mod tests {
         let mut after = blake3::Hasher::new();
         store.digest_into(&mut after);
         assert_eq!(digest.finalize(), after.finalize());
+    }
+
+    #[test]
+    fn a_minute_past_u16_counts_gets_a_second_bucket_and_loses_nothing() {
+        let mut store = ReputationStore::new();
+        let e = event(EventKind::Delivered, at(T, 0), at(T, 0));
+        for _ in 0..70_000 {
+            store.record(&e, None);
+        }
+        store.record(&event(EventKind::Delivered, at(T - 1, 0), at(T, 0)), None);
+        let row = &store.window(Scope::EgressSource, 5, at(T, 0))[0];
+        assert_eq!(row.totals.get(Metric::Delivered), 70_001);
+        let series = store.series.values().next().unwrap();
+        let minutes: Vec<u32> = series.buckets.iter().map(|b| b.minute).collect();
+        let t = u32::try_from(T).unwrap();
+        assert_eq!(minutes, [t - 1, t, t], "sorted, the full minute split in two");
+        let points = store.timeseries(Scope::EgressSource, &[Metric::Delivered], 1, 2, at(T, 0));
+        assert_eq!(points[0].1, [(t - 1, 1), (t, 70_000)]);
     }
 
     #[test]

@@ -123,7 +123,11 @@ pub fn events(mix: &Mix, count: usize) -> Vec<DeliveryEvent> {
             if let Some((code, enhanced, text, _)) = failure {
                 e.smtp_code = Some(*code);
                 e.enhanced_status = Some((*enhanced).to_owned());
-                e.response_text = Some((*text).to_owned());
+                // Real replies carry the IP and a transaction id, so nearly every failure
+                // line is new to the classifier's cache.
+                let ip = e.sending_ip.as_deref().unwrap_or_default();
+                e.response_text =
+                    Some(format!("{} [{ip}] {:016x} - gsmtp", text.replace("10.0.0.1", ip), rng.random::<u64>()));
             }
             e
         })
