@@ -26,9 +26,19 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Run only ingest: the configured sources into an on-disk buffer, shipped to Kafka.
     Ingest(IngestArgs),
+    /// Run only the processor, on Kafka: enrich `vigil.events` in a consumer group, fold
+    /// `vigil.enriched` into reputation and suppressions, serve the API from them.
+    Process(ProcessArgs),
     /// Rebuild the derived state (reputation, suppressions) from offset 0 of the log and print
     /// its digest; `vigil run` must not be running on the same data directory.
     Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// The processor configuration (TOML); see `examples/process.toml`.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -56,12 +56,7 @@ fn default_max_in_flight() -> usize {
 }
 
 pub fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading the configuration {}", args.config.display()))?;
-    let config: IngestConfig =
-        toml::from_str(&text).with_context(|| format!("in the configuration {}", args.config.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(config))
+    crate::run::run_with_config(&args.config, serve)
 }
 
 async fn serve(config: IngestConfig) -> anyhow::Result<()> {
@@ -83,13 +78,7 @@ async fn serve(config: IngestConfig) -> anyhow::Result<()> {
         }
         // Scripts and tests read this line to find the port when `listen` ends in :0.
         println!("vigil ingest listening on http://{bound}");
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .context("HTTP server")
-        });
+        crate::run::spawn_http(&mut tasks, listener, app, &shutdown);
     }
     tracing::info!(
         brokers = %config.kafka.brokers,

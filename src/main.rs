@@ -6,6 +6,7 @@ mod demo;
 mod ingest;
 mod metrics;
 mod parse;
+mod process;
 mod replay;
 mod run;
 mod sources;
@@ -23,6 +24,11 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         cli::Command::Ingest(args) => {
             init_tracing();
             ingest::ingest(&args)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        cli::Command::Process(args) => {
+            init_tracing();
+            process::process(&args)?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         cli::Command::Replay(args) => {

@@ -74,15 +74,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    {
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-                .context("HTTP server")
-        });
-    }
+    spawn_http(&mut tasks, listener, app, &shutdown);
 
     let pipeline = Arc::new(pipeline);
     let prepared = Arc::clone(&pipeline);
@@ -156,6 +148,36 @@ async fn reload_on_sighup(
             Err(error) => tracing::error!(%error, "rule reload failed; the running classifier stays"),
         }
     }
+}
+
+/// Serves `app` on `listener` as one of `tasks`, until `shutdown`.
+pub(crate) fn spawn_http(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: &CancellationToken,
+) {
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("HTTP server")
+    });
+}
+
+/// Reads and parses a role's TOML configuration, naming the file in every error, then runs
+/// the role on a multi-threaded runtime.
+pub(crate) fn run_with_config<C, F>(path: &std::path::Path, role: impl FnOnce(C) -> F) -> anyhow::Result<()>
+where
+    C: serde::de::DeserializeOwned,
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading the configuration {}", path.display()))?;
+    let config: C = toml::from_str(&text).with_context(|| format!("in the configuration {}", path.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(role(config))
 }
 
 /// Lets `()`-returning tasks share a `JoinSet` with fallible ones.

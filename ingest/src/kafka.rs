@@ -173,8 +173,8 @@ impl Forwarder {
         self.ensure_topics(&shutdown).await?;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         while !shutdown.is_cancelled() {
-            let dead_letters: FutureProducer<ShippingLogs> =
-                producer_config(&self.config).create_with_context(ShippingLogs).map_err(ForwardError::Config)?;
+            let dead_letters: FutureProducer<KafkaLogs> =
+                producer_config(&self.config).create_with_context(KafkaLogs).map_err(ForwardError::Config)?;
             match self.ship(&dead_letters, &shutdown).await? {
                 Shipped::Stopped => break,
                 Shipped::Failed(error) => {
@@ -193,40 +193,16 @@ impl Forwarder {
     /// Creates the topics if missing; waits (retrying) while the broker is unreachable,
     /// since ingest keeps buffering meanwhile.
     async fn ensure_topics(&self, shutdown: &CancellationToken) -> Result<(), ForwardError> {
-        let admin: AdminClient<ShippingLogs> =
-            producer_config(&self.config).create_with_context(ShippingLogs).map_err(ForwardError::Config)?;
-        let replication = self.config.replication_factor;
-        let topics = [
-            NewTopic::new(&self.config.topic, self.config.partitions, TopicReplication::Fixed(replication)),
-            NewTopic::new(&self.config.dead_letter_topic, self.config.partitions, TopicReplication::Fixed(replication)),
-        ];
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        loop {
-            match admin.create_topics(&topics, &options).await {
-                Ok(results) => {
-                    let mut pending = false;
-                    for result in results {
-                        match result {
-                            Ok(topic) => tracing::info!(topic, "Kafka topic created"),
-                            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                            Err((topic, code)) => {
-                                tracing::warn!(topic, %code, "Kafka topic not created yet; retrying");
-                                pending = true;
-                            }
-                        }
-                    }
-                    if !pending {
-                        return Ok(());
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "Kafka broker unreachable; buffering, retrying topic set-up"),
-            }
-            backoff.wait(shutdown).await;
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-        }
+        let topics = [self.config.topic.as_str(), self.config.dead_letter_topic.as_str()];
+        ensure_topics(
+            &producer_config(&self.config),
+            &topics,
+            self.config.partitions,
+            self.config.replication_factor,
+            shutdown,
+        )
+        .await
+        .map_err(ForwardError::Config)
     }
 
     /// Sends from the committed offset on, committing acknowledged prefixes, until shutdown
@@ -234,7 +210,7 @@ impl Forwarder {
     /// in an [`AckWindow`], with no task per message.
     async fn ship(
         &self,
-        dead_letters: &FutureProducer<ShippingLogs>,
+        dead_letters: &FutureProducer<KafkaLogs>,
         shutdown: &CancellationToken,
     ) -> Result<Shipped, ForwardError> {
         let mut committed = self.blocking(|log| log.committed_offset(BUFFER_CONSUMER)).await?;
@@ -351,7 +327,7 @@ impl Forwarder {
     /// source; they are rare, so this waits for each batch's acknowledgement.
     async fn ship_dead_letters(
         &self,
-        producer: &FutureProducer<ShippingLogs>,
+        producer: &FutureProducer<KafkaLogs>,
     ) -> Result<Result<(), String>, ForwardError> {
         let from = self.blocking(|log| log.committed_offset(BUFFER_DEAD_LETTER_CURSOR)).await?;
         let letters = self.blocking(move |log| log.dead_letters(from, READ_BATCH)).await?;
@@ -484,11 +460,59 @@ impl ClientContext for ShipContext {
     }
 }
 
-/// The context of the forwarder's other clients (topic set-up, dead letters): only logging.
-#[derive(Debug, Clone, Copy)]
-pub struct ShippingLogs;
+/// Creates `topics` with `partitions` if they are missing (existing ones are left alone);
+/// while the broker cannot be reached or has not created them yet, retries with backoff
+/// until `shutdown`.
+///
+/// # Errors
+/// When the client configuration is invalid.
+pub async fn ensure_topics(
+    client: &ClientConfig,
+    topics: &[&str],
+    partitions: i32,
+    replication_factor: i32,
+    shutdown: &CancellationToken,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<KafkaLogs> = client.create_with_context(KafkaLogs)?;
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match admin.create_topics(&new, &options).await {
+            Ok(results) => {
+                let mut pending = false;
+                for result in results {
+                    match result {
+                        Ok(topic) => tracing::info!(topic, "Kafka topic created"),
+                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((topic, code)) => {
+                            tracing::warn!(topic, %code, "Kafka topic not created yet; retrying");
+                            pending = true;
+                        }
+                    }
+                }
+                if !pending {
+                    return Ok(());
+                }
+            }
+            Err(error) => tracing::warn!(%error, "Kafka broker unreachable; retrying topic set-up"),
+        }
+        backoff.wait(shutdown).await;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+    }
+}
 
-impl ClientContext for ShippingLogs {
+/// The context of Vigil's Kafka clients that need nothing but logging (topic set-up, dead
+/// letters, the processor's consumers and producer).
+#[derive(Debug, Clone, Copy)]
+pub struct KafkaLogs;
+
+impl rdkafka::consumer::ConsumerContext for KafkaLogs {}
+
+impl ClientContext for KafkaLogs {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         log_librdkafka(level, facility, message);
     }

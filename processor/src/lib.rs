@@ -26,6 +26,8 @@
 //! - [`suppression`]: hard bounces, complaints and unsubscribes by recipient.
 //! - [`state`]: the fold of both, its digest and snapshots.
 //! - [`pipeline`]: the async loop from the log to the warehouse and the state.
+//! - [`stream`]: the same on Kafka (`vigil process`): enrich in a consumer group, fold
+//!   every partition.
 
 pub mod classify;
 pub mod enrich;
@@ -33,6 +35,7 @@ pub mod pipeline;
 pub mod providers;
 pub mod reputation;
 pub mod state;
+pub mod stream;
 pub mod suppression;
 
 pub use classify::{Classification, Classifier, ClassifierBuilder};

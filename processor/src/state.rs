@@ -15,6 +15,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vigil_schemas::DeliveryEvent;
 
@@ -93,55 +94,69 @@ impl DerivedState {
     /// # Errors
     /// When the file cannot be written or synced.
     pub fn save(&self, dir: &Path) -> Result<(), SnapshotError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| SnapshotError::Io { path, source }
-        };
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-        let file = fs::File::create(&tmp).map_err(io(&tmp))?;
-        let mut encoder = zstd::Encoder::new(std::io::BufWriter::new(file), 3).map_err(io(&tmp))?;
-        postcard::to_io(&SnapshotHeader { format: SNAPSHOT_FORMAT }, &mut encoder)?;
-        postcard::to_io(self, &mut encoder)?;
-        let mut writer = encoder.finish().map_err(io(&tmp))?;
-        writer.flush().map_err(io(&tmp))?;
-        let file = writer.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io(&tmp))?;
-        let path = dir.join(SNAPSHOT_FILE);
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
-        Ok(())
+        save_snapshot(dir, self)
     }
 
     /// The snapshot in `dir`, or `None` when there is none or it cannot be used (said in a
     /// warning; the caller rebuilds from the log).
     #[must_use]
     pub fn load(dir: &Path) -> Option<Self> {
-        let path = dir.join(SNAPSHOT_FILE);
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(error) => {
-                tracing::warn!(%error, path = %path.display(), "snapshot unreadable; rebuilding from the log");
-                return None;
-            }
-        };
-        let decoded = zstd::decode_all(bytes.as_slice()).map_err(|e| e.to_string()).and_then(|raw| {
-            let (header, rest): (SnapshotHeader, _) = postcard::take_from_bytes(&raw).map_err(|e| e.to_string())?;
-            if header.format != SNAPSHOT_FORMAT {
-                return Err(format!("format {} is not {SNAPSHOT_FORMAT}", header.format));
-            }
-            postcard::from_bytes::<Self>(rest).map_err(|e| e.to_string())
-        });
-        match decoded {
-            Ok(mut state) => {
-                state.reputation.after_load();
-                Some(state)
-            }
-            Err(error) => {
-                tracing::warn!(%error, path = %path.display(), "snapshot unusable; rebuilding from the log");
-                None
-            }
-        }
+        let mut state: Self = load_snapshot(dir)?;
+        state.after_load();
+        Some(state)
     }
+
+    /// Restores what a decoded state does not carry (lookup indexes).
+    pub fn after_load(&mut self) {
+        self.reputation.after_load();
+    }
+}
+
+/// Writes `value` as the snapshot of `dir`, atomically: a temporary file, fsynced, renamed
+/// over the previous snapshot, and the directory fsynced.
+///
+/// # Errors
+/// When the file cannot be written or synced.
+pub fn save_snapshot<T: Serialize>(dir: &Path, value: &T) -> Result<(), SnapshotError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SnapshotError::Io { path, source }
+    };
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let file = fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut encoder = zstd::Encoder::new(std::io::BufWriter::new(file), 3).map_err(io(&tmp))?;
+    postcard::to_io(&SnapshotHeader { format: SNAPSHOT_FORMAT }, &mut encoder)?;
+    postcard::to_io(value, &mut encoder)?;
+    let mut writer = encoder.finish().map_err(io(&tmp))?;
+    writer.flush().map_err(io(&tmp))?;
+    let file = writer.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
+    file.sync_all().map_err(io(&tmp))?;
+    let path = dir.join(SNAPSHOT_FILE);
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    Ok(())
+}
+
+/// The snapshot of `dir`, or `None` when there is none or it cannot be used (said in a
+/// warning).
+#[must_use]
+pub fn load_snapshot<T: DeserializeOwned>(dir: &Path) -> Option<T> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(), "snapshot unreadable; rebuilding");
+            return None;
+        }
+    };
+    let decoded = zstd::decode_all(bytes.as_slice()).map_err(|e| e.to_string()).and_then(|raw| {
+        let (header, rest): (SnapshotHeader, _) = postcard::take_from_bytes(&raw).map_err(|e| e.to_string())?;
+        if header.format != SNAPSHOT_FORMAT {
+            return Err(format!("format {} is not {SNAPSHOT_FORMAT}", header.format));
+        }
+        postcard::from_bytes::<T>(rest).map_err(|e| e.to_string())
+    });
+    decoded.map_err(|error| tracing::warn!(%error, path = %path.display(), "snapshot unusable; rebuilding")).ok()
 }

@@ -15,7 +15,7 @@
 //! - [`live`]: the handlers answered from the derived state.
 
 pub mod error;
-mod live;
+pub mod live;
 pub mod routes;
 
 pub use error::ApiError;

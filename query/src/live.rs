@@ -3,20 +3,21 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use vigil_processor::DerivedState;
 use vigil_processor::reputation::score::{MIN_ATTEMPTS, score};
 use vigil_processor::reputation::store::HORIZON_MINUTES;
 use vigil_processor::reputation::{LabelKind, Metric, Rates, Scope, Score, Window, WindowRow};
 use vigil_processor::suppression::Suppression;
+use vigil_processor::{DerivedState, SharedState};
 
 use crate::ApiError;
-use crate::routes::{ApiState, parse_time};
+use crate::routes::parse_time;
 
 const SCOPES_HELP: &str =
     "egress_source, egress_pool, provider, egress_source,provider, sending_domain, tenant or campaign";
@@ -25,12 +26,23 @@ fn parse_scope(name: &str, text: &str) -> Result<Scope, ApiError> {
     Scope::parse(text).ok_or_else(|| ApiError::BadRequest(format!("unknown {name} `{text}`; use {SCOPES_HELP}")))
 }
 
-fn read_state(state: &ApiState) -> Result<std::sync::RwLockReadGuard<'_, DerivedState>, ApiError> {
-    state.state.read().map_err(|_| ApiError::Internal("state lock poisoned".into()))
+fn read_state(state: &SharedState) -> Result<std::sync::RwLockReadGuard<'_, DerivedState>, ApiError> {
+    state.read().map_err(|_| ApiError::Internal("state lock poisoned".into()))
+}
+
+/// The endpoints answered from the derived state alone: what `vigil run` and `vigil process`
+/// both serve.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/api/v1/reputation", get(reputation))
+        .route("/api/v1/timeseries", get(timeseries))
+        .route("/api/v1/suppressions", get(suppressions))
+        .route("/api/v1/state", get(derived_state))
+        .with_state(state)
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct ReputationParams {
+struct ReputationParams {
     scope: Option<String>,
     window: Option<String>,
     as_of: Option<String>,
@@ -79,7 +91,7 @@ impl ReputationRow {
 }
 
 #[derive(Debug, Serialize)]
-pub(crate) struct ReputationResponse {
+struct ReputationResponse {
     scope: &'static str,
     window: String,
     as_of: DateTime<Utc>,
@@ -88,8 +100,8 @@ pub(crate) struct ReputationResponse {
     rows: Vec<ReputationRow>,
 }
 
-pub(crate) async fn reputation(
-    State(state): State<ApiState>,
+async fn reputation(
+    State(state): State<SharedState>,
     Query(params): Query<ReputationParams>,
 ) -> Result<Json<ReputationResponse>, ApiError> {
     let scope = parse_scope("scope", params.scope.as_deref().unwrap_or("egress_source,provider"))?;
@@ -103,7 +115,7 @@ pub(crate) async fn reputation(
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct TimeseriesParams {
+struct TimeseriesParams {
     metric: Option<String>,
     group_by: Option<String>,
     step: Option<String>,
@@ -127,7 +139,7 @@ struct Series {
 }
 
 #[derive(Debug, Serialize)]
-pub(crate) struct TimeseriesResponse {
+struct TimeseriesResponse {
     metric: String,
     group_by: &'static str,
     step_seconds: u32,
@@ -157,8 +169,8 @@ fn parse_minutes(name: &str, text: &str) -> Result<u32, ApiError> {
 const MAX_SERIES: usize = 1000;
 const MAX_POINTS: u32 = 1440;
 
-pub(crate) async fn timeseries(
-    State(state): State<ApiState>,
+async fn timeseries(
+    State(state): State<SharedState>,
     Query(params): Query<TimeseriesParams>,
 ) -> Result<Json<TimeseriesResponse>, ApiError> {
     let metric_text = params.metric.unwrap_or_else(|| "attempts".into());
@@ -218,7 +230,7 @@ pub(crate) async fn timeseries(
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct SuppressionParams {
+struct SuppressionParams {
     recipient: Option<String>,
     domain: Option<String>,
     after: Option<String>,
@@ -240,8 +252,8 @@ const MAX_SUPPRESSION_PAGE: usize = 100_000;
 /// Lookup by recipient, listing by domain with a cursor, and CSV export: `format=csv` (one
 /// column per field; Mautic maps columns on import) or `format=listmonk` (listmonk's
 /// `email,name,attributes` import header, the reason in the attributes).
-pub(crate) async fn suppressions(
-    State(state): State<ApiState>,
+async fn suppressions(
+    State(state): State<SharedState>,
     Query(params): Query<SuppressionParams>,
 ) -> Result<Response, ApiError> {
     let limit = params.limit.unwrap_or(1000);
@@ -302,7 +314,7 @@ fn to_csv(rows: &[&Suppression], listmonk: bool) -> Result<String, csv::Error> {
 }
 
 #[derive(Debug, Serialize)]
-pub(crate) struct StateResponse {
+struct StateResponse {
     /// The next log offset the state will apply: it reflects every event before it.
     offset: u64,
     /// `vigil replay` prints the same digest for the same log up to `offset`.
@@ -312,7 +324,7 @@ pub(crate) struct StateResponse {
     too_late: u64,
 }
 
-pub(crate) async fn derived_state(State(state): State<ApiState>) -> Result<Json<StateResponse>, ApiError> {
+async fn derived_state(State(state): State<SharedState>) -> Result<Json<StateResponse>, ApiError> {
     let guard = read_state(&state)?;
     Ok(Json(StateResponse {
         offset: guard.offset,

@@ -30,15 +30,13 @@ pub struct ApiState {
 
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
+    let live = crate::live::router(state.state.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/summary", get(summary))
-        .route("/api/v1/reputation", get(crate::live::reputation))
-        .route("/api/v1/timeseries", get(crate::live::timeseries))
-        .route("/api/v1/suppressions", get(crate::live::suppressions))
-        .route("/api/v1/state", get(crate::live::derived_state))
         .route("/api/v1/deadletters", get(dead_letters))
         .with_state(state)
+        .merge(live)
 }
 
 async fn healthz(State(state): State<ApiState>) -> (StatusCode, Json<serde_json::Value>) {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod broker;
+
 /// A running `vigil run`, killed with SIGKILL when dropped.
 pub struct Vigil {
     child: Child,

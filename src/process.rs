@@ -1,0 +1,113 @@
+//! `vigil process --config FILE`: the processor on Kafka. Enriches `vigil.events` into
+//! `vigil.enriched` in a consumer group shared with the other instances, folds all of
+//! `vigil.enriched` into the derived state, and serves the API answered from that state.
+//! See `processor/src/stream.rs` for the guarantees.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use vigil_processor::stream::{Folder, StreamConfig, ensure_stream_topics, run_enrich};
+use vigil_processor::{DerivedState, Enricher, ProviderMap};
+
+use crate::cli::ProcessArgs;
+
+/// The configuration file (TOML).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessConfig {
+    /// Where the derived state's snapshot (with its position in `vigil.enriched`) lives.
+    data_dir: PathBuf,
+    /// The API (`/api/v1/reputation`, `timeseries`, `suppressions`, `state`) and `/healthz`.
+    listen: SocketAddr,
+    /// Extra bounce-classifier rule files, as `vigil run --rules`.
+    #[serde(default)]
+    rules: Vec<PathBuf>,
+    /// Seconds between snapshots of the derived state.
+    #[serde(default = "default_snapshot_seconds")]
+    snapshot_seconds: u64,
+    kafka: StreamConfig,
+}
+
+fn default_snapshot_seconds() -> u64 {
+    60
+}
+
+pub fn process(args: &ProcessArgs) -> anyhow::Result<()> {
+    crate::run::run_with_config(&args.config, serve)
+}
+
+async fn serve(config: ProcessConfig) -> anyhow::Result<()> {
+    let classifier = crate::run::build_classifier(&config.rules)?;
+    let enricher = Enricher::new(Arc::new(classifier), Arc::new(ProviderMap::bundled()));
+    let state = Arc::new(RwLock::new(DerivedState::new()));
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let healthz = {
+        let ready = Arc::clone(&ready);
+        move || async move {
+            if ready.load(Ordering::Acquire) {
+                (StatusCode::OK, "ok\n")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+            }
+        }
+    };
+    let app = vigil_query::live::router(Arc::clone(&state)).route("/healthz", get(healthz));
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!(%bound, "listening beyond loopback, and the API has no authentication yet: put it behind a firewall");
+    }
+    // Scripts and tests read this line to find the port when `listen` ends in :0.
+    println!("vigil process listening on http://{bound}");
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    crate::run::spawn_http(&mut tasks, listener, app, &shutdown);
+    let state_dir = config.data_dir.join("state");
+    let folder = tokio::task::block_in_place(|| {
+        Folder::new(config.kafka.clone(), Arc::clone(&state), state_dir, Duration::from_secs(config.snapshot_seconds))
+    });
+    ready.store(true, Ordering::Release);
+    tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "vigil process starting");
+    ensure_stream_topics(&config.kafka, &shutdown).await?;
+    {
+        let stop = shutdown.clone();
+        tasks.spawn(async move { folder.run(stop).await.context("fold stage") });
+    }
+    {
+        let stop = shutdown.clone();
+        let kafka = config.kafka.clone();
+        tasks.spawn(async move { run_enrich(kafka, enricher, stop).await.context("enrich stage") });
+    }
+    crate::run::supervise(tasks, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_parses() {
+        let config: ProcessConfig = toml::from_str(include_str!("../examples/process.toml")).unwrap();
+        assert_eq!(config.kafka.events_topic, "vigil.events");
+        assert_eq!(config.kafka.enriched_topic, "vigil.enriched");
+        assert_eq!(config.kafka.group_id, "vigil-processor");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = "data_dir = \"x\"\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"b:9092\"\ngroup = \"typo\"\n";
+        let error = toml::from_str::<ProcessConfig>(text).unwrap_err().to_string();
+        assert!(error.contains("group"), "{error}");
+    }
+}

@@ -1,0 +1,202 @@
+//! `vigil process` against a real Kafka-protocol broker (tansu): two instances in one consumer
+//! group, one killed with SIGKILL mid-stream and restarted, end with the same derived state
+//! (digest) and the same reputation answers as a single instance over the same input. Every
+//! instance must have folded exactly the 3 000 distinct events: the records the killed
+//! instance enriched but had not committed are enriched again, and 150 events arrive twice
+//! (as ingest re-sends after its own crash); all those copies must be dropped.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chrono::DateTime;
+use common::broker::{Broker, Running};
+use common::{eventually, free_port};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use vigil_schemas::{DeliveryEvent, EventKind, SourceKind};
+
+const PARTITIONS: i32 = 4;
+const EVENTS: usize = 3000;
+/// Events re-sent, as ingest does after its own crash.
+const RESENT: usize = 150;
+
+/// A running `vigil process`.
+struct Process {
+    running: Running,
+    base: String,
+}
+
+impl Process {
+    fn start(dir: &Path, port: u16, group: &str, enriched: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("process.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\nsnapshot_seconds = 1\n\
+                 [kafka]\nbrokers = \"127.0.0.1:{port}\"\ngroup_id = \"{group}\"\nenriched_topic = \"{enriched}\"\n\
+                 partitions = {PARTITIONS}\n\
+                 [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
+                data = dir.to_str().unwrap(),
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["process", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting vigil process");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("vigil process listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from vigil process: {line:?}"))
+            .to_owned();
+        Self { running: Running(child), base }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let response = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.unwrap()
+    }
+
+    async fn events_applied(&self) -> u64 {
+        self.get("/api/v1/state").await["offset"].as_u64().unwrap()
+    }
+
+    async fn wait_for_all(&self, what: &str) {
+        eventually(what, Duration::from_secs(120), || async {
+            let n = self.events_applied().await;
+            eprintln!("DEBUG applied {n}");
+            n == EVENTS as u64
+        })
+        .await;
+    }
+}
+
+/// The input: several sources and providers, deferrals with provider signals, hard bounces,
+/// complaints.
+fn event(i: usize) -> DeliveryEvent {
+    let at = DateTime::from_timestamp(1_764_000_000 + i as i64, 0).unwrap();
+    let kind = match i % 20 {
+        0..=2 => EventKind::Deferred,
+        3 => EventKind::Bounced,
+        4 => EventKind::Complaint,
+        _ => EventKind::Delivered,
+    };
+    let mut e = DeliveryEvent::new(format!("event-{i}"), SourceKind::Kumomta, kind, at, at);
+    let domain = ["gmail.com", "yahoo.com", "outlook.com", "example.org"][i % 4];
+    e.egress_source = Some(format!("ip-{}", i % 7));
+    e.egress_pool = Some(format!("pool-{}", i % 2));
+    e.tenant = Some(format!("tenant-{}", i % 3));
+    e.recipient = Some(format!("user{i}@{domain}"));
+    e.recipient_domain = Some(domain.into());
+    match kind {
+        EventKind::Deferred => {
+            e.smtp_code = Some(421);
+            e.enhanced_status = Some("4.7.0".into());
+            e.response_text = Some("[TSS04] Messages from 10.0.0.1 temporarily deferred".into());
+        }
+        EventKind::Bounced => {
+            e.smtp_code = Some(550);
+            e.enhanced_status = Some("5.1.1".into());
+            e.response_text = Some("user unknown".into());
+        }
+        _ => {}
+    }
+    e
+}
+
+async fn produce(producer: &FutureProducer, events: impl Iterator<Item = usize>) {
+    let mut deliveries = Vec::new();
+    for i in events {
+        let e = event(i);
+        let body = serde_json::to_vec(&e).unwrap();
+        let key = e.egress_source.clone().unwrap();
+        let record = FutureRecord::to("vigil.events").key(&key).payload(&body);
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_one_killed_agree_with_one_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Broker::start_with(dir.path(), port, "memory://tansu/");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", format!("127.0.0.1:{port}")).create().unwrap();
+    let topics: Vec<NewTopic<'_>> = ["vigil.events", "vigil.enriched", "vigil.enriched.single"]
+        .iter()
+        .map(|t| NewTopic::new(t, PARTITIONS, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin.create_topics(&topics, &AdminOptions::new()).await.unwrap() {
+        result.unwrap();
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+
+    // Two instances in one group; the first half of the input arrives while they run.
+    let a = Process::start(&dir.path().join("a"), port, "group-two", "vigil.enriched");
+    let b = Process::start(&dir.path().join("b"), port, "group-two", "vigil.enriched");
+    for chunk in (0..EVENTS / 2).step_by(100) {
+        produce(&producer, chunk..chunk + 100).await;
+    }
+    eventually("the first half to be folded", Duration::from_secs(120), || async {
+        a.events_applied().await == EVENTS as u64 / 2 && b.events_applied().await == EVENTS as u64 / 2
+    })
+    .await;
+    // One instance dies (SIGKILL) with the rest of the input and re-sent copies arriving, and
+    // comes back.
+    produce(&producer, EVENTS / 2..EVENTS / 2 + 100).await;
+    a.running.stop();
+    produce(&producer, 0..RESENT).await;
+    for chunk in (EVENTS / 2 + 100..EVENTS).step_by(100) {
+        produce(&producer, chunk..chunk + 100).await;
+    }
+    let a = Process::start(&dir.path().join("a"), port, "group-two", "vigil.enriched");
+    b.wait_for_all("the surviving instance to fold every event once").await;
+    a.wait_for_all("the restarted instance to fold every event once").await;
+
+    // One instance over the same input, in its own group and topic.
+    let single = Process::start(&dir.path().join("single"), port, "group-one", "vigil.enriched.single");
+    single.wait_for_all("the single instance to fold every event once").await;
+
+    let (two, one) = (b.get("/api/v1/state").await, single.get("/api/v1/state").await);
+    assert_eq!(two["digest"], one["digest"], "{two} vs {one}");
+    assert!(one["suppressions"].as_u64().unwrap() > 100, "{one}");
+    let as_of = "2025-11-24T17:00:00Z";
+    for query in [
+        format!("/api/v1/reputation?scope=egress_source,provider&window=24h&as_of={as_of}"),
+        format!("/api/v1/reputation?scope=provider&window=1h&as_of={as_of}"),
+        format!("/api/v1/reputation?scope=tenant&window=24h&as_of={as_of}"),
+    ] {
+        let expected = single.get(&query).await;
+        assert!(!expected["rows"].as_array().unwrap().is_empty(), "{query}: {expected}");
+        assert_eq!(b.get(&query).await, expected, "{query}");
+    }
+    let yahoo = single.get(&format!("/api/v1/reputation?scope=provider&window=24h&as_of={as_of}")).await;
+    let row = yahoo["rows"].as_array().unwrap().iter().find(|r| r["provider"] == "yahoo").unwrap().clone();
+    assert!(row["signals_by_name"]["yahoo_tss04"].as_u64().unwrap() > 0, "{row}");
+    b.running.stop();
+    single.running.stop();
+}
