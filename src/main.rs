@@ -13,6 +13,12 @@ mod sources;
 
 use clap::Parser;
 
+/// mimalloc rather than the system allocator: decoding events allocates a string per field,
+/// and glibc's allocator spent a fifth of the processor's time consolidating and unlinking
+/// those small chunks (measured in `processor/benches/reputation.rs`, which uses it too).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = cli::Cli::parse();
     match cli.command {

@@ -11,6 +11,10 @@ use chrono::Utc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vigil_ingest::lines::Format;
 
+/// The allocator of the `vigil` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn kumomta_lines() -> Vec<String> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/kumomta/examples.jsonl");
     let examples: Vec<String> = std::fs::read_to_string(path).expect("examples").lines().map(str::to_owned).collect();

@@ -12,6 +12,10 @@ use std::path::PathBuf;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vigil_processor::ClassifierBuilder;
 
+/// The allocator of the `vigil` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn lines() -> Vec<String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let cases = std::fs::read_to_string(root.join("testdata/sisimai/cases.tsv")).expect("corpus");

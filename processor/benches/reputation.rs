@@ -18,6 +18,10 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+/// The allocator of the `vigil` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::fmt::Write as _;
 use std::time::Instant;
 

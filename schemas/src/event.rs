@@ -360,6 +360,19 @@ mod tests {
         }
     }
 
+    /// The log decodes events cheaply by cutting the raw record off the end
+    /// (`vigil_log`'s `decode_without_raw`): `raw` must stay the last field.
+    #[test]
+    fn raw_is_serialised_last() {
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let mut event = DeliveryEvent::new("id".into(), SourceKind::Kumomta, EventKind::Bounced, at, at);
+        event.raw = Some("{}".into());
+        event.classifier_rule = Some("rule".into());
+        event.bounce_class = Some(crate::BounceClass::SpamBlock);
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.ends_with(r#","raw":"{}"}"#), "{json}");
+    }
+
     #[test]
     fn raw_is_skipped_only_inside_without_raw() {
         let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
