@@ -9,6 +9,8 @@
 //!   providers, every pair active, events spread over 24 h (see `MEMORY_EVENTS`). Measured
 //!   first, before anything else is allocated.
 //!
+//! Both use mimalloc, the allocator of the `vigil` binary.
+//!
 //! Not a criterion bench: each figure is one long run. `scripts/bench` runs it with `--bench`
 //! and writes the figures into BENCHMARKS.md; without `--bench` (`cargo test`) a small run
 //! only checks that it works.
