@@ -1,4 +1,5 @@
-//! `GET /metrics`: Prometheus / OpenMetrics text for every stage of this process.
+//! `GET /metrics`: Prometheus / OpenMetrics text for every stage of this process (`router` for
+//! `vigil run` and `vigil ingest`, `process_router` for `vigil process`).
 
 use std::sync::Arc;
 
@@ -40,6 +41,22 @@ pub fn router(log: EventLog, processor: Option<&'static str>) -> Router {
     Router::new().route("/metrics", get(metrics)).with_state(state)
 }
 
+/// The `/metrics` route of `vigil process`: the stream counters.
+pub fn process_router() -> Router {
+    let mut registry = Registry::default();
+    vigil_processor::stream::register_metrics(&mut registry);
+    let registry = Arc::new(registry);
+    Router::new().route("/metrics", get(move || async move { encode(&registry) }))
+}
+
+fn encode(registry: &Registry) -> impl IntoResponse + use<> {
+    let mut body = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut body, registry) {
+        tracing::error!(%error, "encoding metrics");
+    }
+    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+}
+
 async fn metrics(State(state): State<Arc<MetricsState>>) -> impl IntoResponse {
     let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     state.log_head.set(as_gauge(state.log.head()));
@@ -49,9 +66,5 @@ async fn metrics(State(state): State<Arc<MetricsState>>) -> impl IntoResponse {
     {
         state.committed.set(as_gauge(committed));
     }
-    let mut body = String::new();
-    if let Err(error) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        tracing::error!(%error, "encoding metrics");
-    }
-    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+    encode(&state.registry)
 }

@@ -25,7 +25,8 @@ use crate::cli::ProcessArgs;
 struct ProcessConfig {
     /// Where the derived state's snapshot (with its position in `vigil.enriched`) lives.
     data_dir: PathBuf,
-    /// The API (`/api/v1/reputation`, `timeseries`, `suppressions`, `state`) and `/healthz`.
+    /// The API (`/api/v1/reputation`, `timeseries`, `suppressions`, `state`), `/metrics` and
+    /// `/healthz`.
     listen: SocketAddr,
     /// Extra bounce-classifier rule files, as `vigil run --rules`.
     #[serde(default)]
@@ -60,7 +61,9 @@ async fn serve(config: ProcessConfig) -> anyhow::Result<()> {
             }
         }
     };
-    let app = vigil_query::live::router(Arc::clone(&state)).route("/healthz", get(healthz));
+    let app = vigil_query::live::router(Arc::clone(&state))
+        .merge(crate::metrics::process_router())
+        .route("/healthz", get(healthz));
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;

@@ -74,6 +74,16 @@ impl Process {
         response.json().await.unwrap()
     }
 
+    /// A counter of `/metrics`.
+    async fn counter(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!("{}/metrics", self.base)).await.unwrap().text().await.unwrap();
+        let prefix = format!("{name}_total ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    }
+
     async fn events_applied(&self) -> u64 {
         self.get("/api/v1/state").await["offset"].as_u64().unwrap()
     }
@@ -194,6 +204,10 @@ async fn two_instances_one_killed_agree_with_one_instance() {
         assert!(!expected["rows"].as_array().unwrap().is_empty(), "{query}: {expected}");
         assert_eq!(b.get(&query).await, expected, "{query}");
     }
+    // The survivor ran throughout: it folded each event once and dropped every re-sent copy.
+    assert_eq!(b.counter("vigil_process_folded").await, EVENTS as u64);
+    assert!(b.counter("vigil_process_copies_by_event_id").await >= RESENT as u64);
+    assert_eq!(b.counter("vigil_process_undecodable").await, 0);
     let yahoo = single.get(&format!("/api/v1/reputation?scope=provider&window=24h&as_of={as_of}")).await;
     let row = yahoo["rows"].as_array().unwrap().iter().find(|r| r["provider"] == "yahoo").unwrap().clone();
     assert!(row["signals_by_name"]["yahoo_tss04"].as_u64().unwrap() > 0, "{row}");

@@ -21,9 +21,12 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
@@ -49,6 +52,55 @@ const RECENT_IDS: usize = 1_000_000;
 const ENRICH_BATCH: usize = 5_000;
 /// A batch is closed after this long even if not full.
 const ENRICH_LINGER: Duration = Duration::from_millis(100);
+
+/// The processor role's counters (`GET /metrics` of `vigil process`).
+#[derive(Debug, Default)]
+pub struct StreamMetrics {
+    /// Records of `vigil.events` enriched and acknowledged in `vigil.enriched`.
+    pub enriched: Counter,
+    /// Records of `vigil.events` that did not decode (logged, skipped).
+    pub undecodable: Counter,
+    /// Events folded into the derived state.
+    pub folded: Counter,
+    /// Copies dropped because their input position was already folded.
+    pub copies_by_position: Counter,
+    /// Copies dropped because their event id was among the recent ones.
+    pub copies_by_event_id: Counter,
+}
+
+static METRICS: LazyLock<StreamMetrics> = LazyLock::new(StreamMetrics::default);
+
+/// This process's stream counters.
+#[must_use]
+pub fn stream_metrics() -> &'static StreamMetrics {
+    &METRICS
+}
+
+/// Registers the stream counters in `registry`.
+pub fn register_metrics(registry: &mut Registry) {
+    let m = stream_metrics();
+    registry.register(
+        "vigil_process_enriched",
+        "Events enriched and acknowledged in vigil.enriched",
+        m.enriched.clone(),
+    );
+    registry.register(
+        "vigil_process_undecodable",
+        "Records of vigil.events that did not decode",
+        m.undecodable.clone(),
+    );
+    registry.register("vigil_process_folded", "Events folded into the derived state", m.folded.clone());
+    registry.register(
+        "vigil_process_copies_by_position",
+        "Copies dropped: their vigil.events position was already folded",
+        m.copies_by_position.clone(),
+    );
+    registry.register(
+        "vigil_process_copies_by_event_id",
+        "Copies dropped: their event id was among the last million folded",
+        m.copies_by_event_id.clone(),
+    );
+}
 
 /// The `[kafka]` section of `vigil process --config`.
 #[derive(Debug, Clone, Deserialize)]
@@ -210,7 +262,9 @@ async fn enrich_until_failure(
         }
         for delivery in pending {
             match delivery.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => {
+                    stream_metrics().enriched.inc();
+                }
                 Ok(Err((error, _))) => return Ok(Some(error)),
                 Err(_) => return Ok(Some(KafkaError::Canceled)),
             }
@@ -424,6 +478,7 @@ impl Folder {
             let seen = self.position.input_seen.entry(partition).or_insert(-1);
             if offset <= *seen {
                 self.duplicates += 1;
+                stream_metrics().copies_by_position.inc();
                 return;
             }
             *seen = offset;
@@ -437,8 +492,10 @@ impl Folder {
         };
         if !self.position.recent.insert(&event.event_id) {
             self.duplicates += 1;
+            stream_metrics().copies_by_event_id.inc();
             return;
         }
+        stream_metrics().folded.inc();
         let mut state = self.state.write().expect("state lock poisoned");
         let next = state.offset;
         state.apply(next, &event, &self.signals);
