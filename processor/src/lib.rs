@@ -24,6 +24,7 @@
 //! - [`enrich`]: the pure per-event step combining the two.
 //! - [`reputation`]: window counts, rates, score, provider signals.
 //! - [`suppression`]: hard bounces, complaints and unsubscribes by recipient.
+//! - [`shaping`]: KumoMTA traffic-shaping automation rules, loaded from `shaping.toml` files.
 //! - [`state`]: the fold of both, its digest and snapshots.
 //! - [`pipeline`]: the async loop from the log to the warehouse and the state.
 //! - [`stream`]: the same on Kafka (`vigil process`): enrich in a consumer group, fold
@@ -34,6 +35,7 @@ pub mod enrich;
 pub mod pipeline;
 pub mod providers;
 pub mod reputation;
+pub mod shaping;
 pub mod state;
 pub mod stream;
 pub mod suppression;
