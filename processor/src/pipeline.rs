@@ -82,15 +82,13 @@ pub fn catch_up(
     until: u64,
 ) -> Result<(), LogError> {
     while state.offset < until {
-        let chunk = log.read_without_raw(state.offset, REPLAY_CHUNK.min((until - state.offset) as usize))?;
+        let mut chunk = log.read_without_raw(state.offset, REPLAY_CHUNK.min((until - state.offset) as usize))?;
         let Some((last, _)) = chunk.last() else { break };
         let next = last + 1;
-        for (at, mut event) in chunk {
-            enricher.enrich(&mut event);
-            state.apply(at, &event, signals);
+        for (_, event) in &mut chunk {
+            enricher.enrich(event);
         }
-        state.advance_to(next);
-        state.reputation.evict();
+        state.apply_batch(&chunk, next, signals);
     }
     state.advance_to(until);
     Ok(())
@@ -252,13 +250,7 @@ impl Pipeline {
             Ok(events)
         })
         .await??;
-        let mut state = self.state.write().expect("state lock poisoned");
-        for (at, event) in &events {
-            state.apply(*at, event, &self.signals);
-        }
-        state.advance_to(end);
-        state.reputation.evict();
-        drop(state);
+        self.state.write().expect("state lock poisoned").apply_batch(&events, end, &self.signals);
         tracing::debug!(from = offset, to = end, "batch committed to the warehouse");
         Ok(end)
     }

@@ -73,6 +73,16 @@ impl DerivedState {
         self.offset = offset + 1;
     }
 
+    /// Folds a batch of enriched events read from the log, marks offsets up to `end` as
+    /// applied, and frees what no window can reach any more.
+    pub fn apply_batch(&mut self, events: &[(u64, DeliveryEvent)], end: u64, signals: &SignalMatcher) {
+        for (offset, event) in events {
+            self.apply(*offset, event, signals);
+        }
+        self.advance_to(end);
+        self.reputation.evict();
+    }
+
     /// Marks offsets up to `next` as applied (events past the end of a batch that the log
     /// skipped, e.g. after truncation).
     pub fn advance_to(&mut self, next: u64) {

@@ -381,8 +381,6 @@ pub struct Folder {
     snapshot_interval: Duration,
     position: FoldPosition,
     signals: SignalMatcher,
-    /// Copies dropped (re-sends), for the log and the tests.
-    duplicates: u64,
 }
 
 impl Folder {
@@ -398,7 +396,7 @@ impl Folder {
             tracing::info!(events = derived.offset, "derived state loaded from the snapshot");
             *state.write().expect("state lock poisoned") = derived;
         }
-        Self { config, state, state_dir, snapshot_interval, position, signals: SignalMatcher::new(), duplicates: 0 }
+        Self { config, state, state_dir, snapshot_interval, position, signals: SignalMatcher::new() }
     }
 
     /// Folds until `shutdown`, then snapshots.
@@ -442,7 +440,12 @@ impl Folder {
         if changed {
             self.snapshot().await?;
         }
-        tracing::info!(duplicates = self.duplicates, "fold stage stopped");
+        let metrics = stream_metrics();
+        tracing::info!(
+            by_position = metrics.copies_by_position.get(),
+            by_event_id = metrics.copies_by_event_id.get(),
+            "fold stage stopped; copies dropped"
+        );
         Ok(())
     }
 
@@ -477,7 +480,6 @@ impl Folder {
         if let Some((partition, offset)) = input {
             let seen = self.position.input_seen.entry(partition).or_insert(-1);
             if offset <= *seen {
-                self.duplicates += 1;
                 stream_metrics().copies_by_position.inc();
                 return;
             }
@@ -491,7 +493,6 @@ impl Folder {
             }
         };
         if !self.position.recent.insert(&event.event_id) {
-            self.duplicates += 1;
             stream_metrics().copies_by_event_id.inc();
             return;
         }

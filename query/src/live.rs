@@ -201,7 +201,7 @@ async fn timeseries(
     let found = read_state(&state)?.reputation.timeseries(scope, &metrics, step, span, to);
     let truncated = found.len() > limit;
     let last = vigil_processor::reputation::store::minute_of(to);
-    let first = last.saturating_sub(span - 1);
+    let first = vigil_processor::reputation::store::window_start(span, to);
     let minute_time = |m: u32| DateTime::from_timestamp(i64::from(m) * 60, 0).unwrap_or_default();
     let series = found
         .into_iter()

@@ -147,6 +147,12 @@ pub fn minute_of(at: DateTime<Utc>) -> u32 {
     u32::try_from(at.timestamp().div_euclid(60).max(0)).unwrap_or(u32::MAX)
 }
 
+/// The first minute of a window of `minutes` ending at `as_of`: `(as_of - minutes, as_of]`.
+#[must_use]
+pub fn window_start(minutes: u32, as_of: DateTime<Utc>) -> u32 {
+    minute_of(as_of).saturating_sub(minutes.max(1) - 1)
+}
+
 const NONE: u32 = u32::MAX;
 
 /// A fast hasher: keys are our own ids and scope values, and iteration order never reaches
@@ -414,8 +420,7 @@ impl ReputationStore {
 
     /// The minutes a window of `minutes` ending at `as_of` covers, cut at the horizon.
     fn range(&self, minutes: u32, as_of: DateTime<Utc>) -> (u32, u32) {
-        let last = minute_of(as_of);
-        (last.saturating_sub(minutes - 1).max(self.horizon_start()), last)
+        (window_start(minutes, as_of).max(self.horizon_start()), minute_of(as_of))
     }
 
     /// Totals per scope value over a window of `minutes` ending at `as_of`, sorted by value;
@@ -448,7 +453,9 @@ impl ReputationStore {
     }
 
     /// Per scope value, the sum of `metrics` per step of `step` minutes over
-    /// `(to - span, to]`; steps are labelled by their first minute. Sorted by value.
+    /// `(to - span, to]`; steps are labelled by their first minute, counted from
+    /// [`window_start`] (also when the horizon cuts the window), so callers can lay the
+    /// steps out themselves. Sorted by value.
     #[must_use]
     pub fn timeseries(
         &self,
@@ -459,6 +466,7 @@ impl ReputationStore {
         to: DateTime<Utc>,
     ) -> Vec<(ScopeValues, Vec<(u32, u64)>)> {
         let step = step.max(1);
+        let origin = window_start(span, to);
         let (first, last) = self.range(span.max(1), to);
         let mut out: Vec<(ScopeValues, Vec<(u32, u64)>)> = self
             .series
@@ -471,7 +479,7 @@ impl ReputationStore {
                     if value == 0 {
                         continue;
                     }
-                    let slot = first + (bucket.minute - first) / step * step;
+                    let slot = origin + (bucket.minute - origin) / step * step;
                     match points.last_mut() {
                         Some((at, total)) if *at == slot => *total += value,
                         _ => points.push((slot, value)),
@@ -668,6 +676,21 @@ mod tests {
         assert_eq!(minutes, [t - 1, t, t], "sorted, the full minute split in two");
         let points = store.timeseries(Scope::EgressSource, &[Metric::Delivered], 1, 2, at(T, 0));
         assert_eq!(points[0].1, [(t - 1, 1), (t, 70_000)]);
+    }
+
+    #[test]
+    fn timeseries_steps_stay_aligned_to_the_window_when_the_horizon_cuts_it() {
+        let mut store = ReputationStore::new();
+        let newest = T + 2000;
+        store.record(&event(EventKind::Delivered, at(newest, 0), at(newest, 0)), None);
+        let oldest_kept = newest - i64::from(HORIZON_MINUTES) + 1;
+        store.record(&event(EventKind::Delivered, at(oldest_kept, 0), at(newest, 0)), None);
+        // A day ending 10 minutes before the newest event starts 10 minutes before the horizon.
+        let to = at(newest - 10, 0);
+        let series = store.timeseries(Scope::Provider, &[Metric::Delivered], 60, HORIZON_MINUTES, to);
+        let origin = window_start(HORIZON_MINUTES, to);
+        assert_eq!(i64::from(origin), oldest_kept - 10);
+        assert_eq!(series[0].1, [(origin, 1)], "the step is counted from the window's start, not the horizon");
     }
 
     #[test]
