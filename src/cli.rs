@@ -49,9 +49,17 @@ pub struct ReplayArgs {
     /// Stop before this log offset (default: the log's head).
     #[arg(long, value_name = "OFFSET")]
     pub until: Option<u64>,
-    /// The bounce-classifier rule files `vigil run` uses (`--rules`), so events classify the same.
+    /// The bounce-classifier rule files `vigil run` uses (its `--rules`), so events classify
+    /// the same.
+    #[arg(long = "bounce-rules", value_name = "FILE")]
+    pub bounce_rules: Vec<PathBuf>,
+    /// The action rules `vigil run` uses (its `--action-rules`); default: the bundled set.
+    #[arg(long = "action-rules", value_name = "FILE")]
+    pub action_rules: Option<PathBuf>,
+    /// What-if: replay under this action rules file (see `processor/data/rules/default.toml`)
+    /// and print the decisions that would differ from those recorded.
     #[arg(long = "rules", value_name = "FILE")]
-    pub rules: Vec<PathBuf>,
+    pub rules: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +97,23 @@ pub struct RunArgs {
     /// bundled ones so they win. Repeatable; first file wins.
     #[arg(long = "rules", value_name = "FILE")]
     pub rules: Vec<PathBuf>,
+    /// The rules that act (KumoMTA automation rules, rate rules, warm-up plans); default:
+    /// the bundled set, `processor/data/rules/default.toml`.
+    #[arg(long = "action-rules", value_name = "FILE")]
+    pub action_rules: Option<PathBuf>,
+    /// Push suspensions and bounces to this kumod (`http://host:8000`) through its admin
+    /// API, and bump its config epoch when the shaping overlay changes. Leave it out when kumod
+    /// subscribes to Vigil's TSA endpoints instead.
+    #[arg(long, env = "VIGIL_KUMOD_URL", value_name = "URL")]
+    pub kumod_url: Option<String>,
+    /// Deliver every decision to this URL, HMAC-signed with `--webhook-secret`.
+    #[arg(long, env = "VIGIL_WEBHOOK_URL", value_name = "URL", requires = "webhook_secret")]
+    pub webhook_url: Option<String>,
+    #[arg(long, env = "VIGIL_WEBHOOK_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Require `Authorization: Bearer TOKEN` on the TSA endpoints and the actions API.
+    #[arg(long, env = "VIGIL_API_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
     /// Also feed realistic synthetic KumoMTA traffic, so there is something to look at.
     #[arg(long)]
     pub demo: bool,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use serde::Serialize;
 use vigil_log::EventLog;
-use vigil_processor::reputation::SignalMatcher;
+use vigil_processor::state::FoldRules;
 use vigil_processor::{DerivedState, Enricher, ProviderMap};
 
 use crate::cli::ReplayArgs;
@@ -18,6 +18,7 @@ use crate::cli::ReplayArgs;
 struct Report {
     offset: u64,
     digest: String,
+    actions_digest: String,
     scopes: usize,
     suppressions: usize,
     too_late: u64,
@@ -35,14 +36,19 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     })?;
     let providers = ProviderMap::bundled();
     let provider_map_version = providers.version();
-    let enricher = Enricher::new(Arc::new(crate::run::build_classifier(&args.rules)?), Arc::new(providers));
+    let enricher = Enricher::new(Arc::new(crate::run::build_classifier(&args.bounce_rules)?), Arc::new(providers));
     let until = args.until.unwrap_or_else(|| log.head()).min(log.head());
     let started = std::time::Instant::now();
     let mut state = DerivedState::new();
-    vigil_processor::pipeline::catch_up(&log, &enricher, &SignalMatcher::new(), &mut state, until)?;
+    if let Some(rules) = &args.rules {
+        return what_if(&log, &enricher, rules, &args.data_dir, until);
+    }
+    let fold = FoldRules::new(crate::run::load_rules(args.action_rules.as_deref())?);
+    vigil_processor::pipeline::catch_up(&log, &enricher, &fold, &mut state, until, &mut |_| {})?;
     let report = Report {
         offset: state.offset,
         digest: state.digest(),
+        actions_digest: state.actions_digest(),
         scopes: state.reputation.scope_count(),
         suppressions: state.suppressions.len(),
         too_late: state.reputation.too_late(),
@@ -50,5 +56,56 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         seconds: started.elapsed().as_secs_f64(),
     };
     println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `vigil replay --rules FILE`: the log replayed under other rules, compared with the decisions
+/// `vigil run` recorded. Prints one JSON line per decision that differs,
+/// `{"change":"added"|"removed","decision":{...}}`, then a summary line.
+fn what_if(
+    log: &EventLog,
+    enricher: &Enricher,
+    rules: &std::path::Path,
+    data_dir: &std::path::Path,
+    until: u64,
+) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    use std::io::Write as _;
+    let rules = crate::run::load_rules(Some(rules))?;
+    let recorded_dir = vigil_processor::pipeline::state_dir(data_dir);
+    let outbox = vigil_processor::actuation::push::Outbox::open(&recorded_dir)
+        .with_context(|| format!("opening the recorded decisions in {}", recorded_dir.display()))?;
+    let mut recorded = BTreeMap::new();
+    let mut from = 0;
+    loop {
+        let batch = outbox.read(from, 10_000)?;
+        let Some((last, _)) = batch.last() else { break };
+        from = last + 1;
+        recorded.extend(batch.into_iter().map(|(_, d)| (d.decision_id.clone(), d)));
+    }
+    let mut replayed = BTreeMap::new();
+    let mut state = DerivedState::new();
+    vigil_processor::pipeline::catch_up(log, enricher, &FoldRules::new(rules), &mut state, until, &mut |decisions| {
+        replayed.extend(decisions.into_iter().map(|d| (d.decision_id.clone(), d)));
+    })?;
+    let mut out = std::io::stdout().lock();
+    let (mut added, mut removed) = (0, 0);
+    for (id, decision) in &replayed {
+        if !recorded.contains_key(id) {
+            added += 1;
+            writeln!(out, "{}", serde_json::json!({ "change": "added", "decision": decision }))?;
+        }
+    }
+    for (id, decision) in &recorded {
+        if !replayed.contains_key(id) {
+            removed += 1;
+            writeln!(out, "{}", serde_json::json!({ "change": "removed", "decision": decision }))?;
+        }
+    }
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({ "summary": { "recorded": recorded.len(), "replayed": replayed.len(), "added": added, "removed": removed } })
+    )?;
     Ok(())
 }

@@ -12,6 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use vigil_log::EventLog;
+use vigil_processor::actuation::RuleSet;
+use vigil_processor::actuation::push::{Outbox, PushConfig, WebhookConfig};
+use vigil_processor::state::FoldRules;
 use vigil_processor::{ClassifierBuilder, Enricher, Pipeline, PipelineConfig, ProviderMap};
 use vigil_query::ApiState;
 use vigil_warehouse::{ParquetWriter, Reader};
@@ -39,7 +42,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         state_dir: Some(vigil_processor::pipeline::state_dir(&args.data_dir)),
         ..PipelineConfig::default()
     };
-    let pipeline = Pipeline::new(log.clone(), writer, enricher.clone(), config);
+    let state_dir = vigil_processor::pipeline::state_dir(&args.data_dir);
+    let outbox = Outbox::open(&state_dir)?;
+    let rules = load_rules(args.action_rules.as_deref())?;
+    let pipeline = Pipeline::new(log.clone(), writer, enricher.clone(), config)
+        .with_rules(FoldRules::new(rules), Some(outbox.clone()));
 
     let ready = Arc::new(AtomicBool::new(false));
     let api = vigil_query::router(ApiState {
@@ -49,6 +56,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         ready: Arc::clone(&ready),
     });
     let app = api
+        .merge(vigil_query::actions::router(vigil_query::actions::ActionsState {
+            state: pipeline.state(),
+            outbox: outbox.clone(),
+            token: args.api_token.clone(),
+        }))
         .merge(vigil_ingest::kumomta::router(log.clone(), args.max_body_bytes, args.max_ingest_in_flight))
         .merge(crate::metrics::router(log.clone(), Some(vigil_processor::pipeline::CONSUMER)))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -81,6 +93,18 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let committed = tokio::task::spawn_blocking(move || prepared.prepare()).await??;
     let pipeline = Arc::into_inner(pipeline).expect("prepare has returned");
     tasks.spawn(pipeline.run(committed, shutdown.clone()).map_ok());
+    let push = PushConfig {
+        kumod_url: args.kumod_url.clone(),
+        webhooks: match (&args.webhook_url, &args.webhook_secret) {
+            (Some(url), Some(secret)) => {
+                vec![WebhookConfig { name: "default".into(), url: url.clone(), secret: secret.clone() }]
+            }
+            _ => Vec::new(),
+        },
+    };
+    for pusher in vigil_processor::actuation::push::spawn(&outbox, &push, &shutdown) {
+        tasks.spawn(async move { pusher.await.context("decision pusher") });
+    }
     ready.store(true, Ordering::Release);
     tracing::info!(committed, "processor ready");
 
@@ -114,6 +138,23 @@ pub(crate) async fn supervise(
         result??;
     }
     Ok(())
+}
+
+/// The rules that act: the file given, else the bundled set.
+pub(crate) fn load_rules(file: Option<&std::path::Path>) -> anyhow::Result<RuleSet> {
+    let providers = ProviderMap::bundled();
+    let rules = match file {
+        Some(path) => RuleSet::load(path, &providers)?,
+        None => RuleSet::bundled(&providers),
+    };
+    tracing::info!(
+        source = rules.source,
+        automation = rules.shaping.rules().len(),
+        rate = rules.rate.len(),
+        warmup = rules.warmup.len(),
+        "action rules loaded"
+    );
+    Ok(rules)
 }
 
 /// The bounce classifier: the user's rule files first, then the bundled ones.

@@ -72,6 +72,7 @@ async fn state_survives_kill_9_clean_restart_and_replay_unchanged() {
     let out = run_vigil(&["replay", "--data-dir", dir.path().to_str().unwrap()], b"");
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.json[0]["digest"], rebuilt["digest"], "{:?}", out.json);
+    assert_eq!(out.json[0]["actions_digest"], rebuilt["actions_digest"], "{:?}", out.json);
     assert_eq!(out.json[0]["offset"], rebuilt["offset"]);
 }
 

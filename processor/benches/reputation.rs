@@ -30,7 +30,8 @@ use std::time::Instant;
 use chrono::{DateTime, Duration};
 use vigil_log::{AppendBatch, EventLog};
 use vigil_processor::pipeline::catch_up;
-use vigil_processor::reputation::{ReputationStore, SignalMatcher};
+use vigil_processor::reputation::ReputationStore;
+use vigil_processor::state::FoldRules;
 use vigil_processor::{DerivedState, Enricher};
 use vigil_schemas::{BounceClass, DeliveryEvent, EventKind, SourceKind};
 
@@ -125,7 +126,10 @@ fn read_only(log: &EventLog) {
 
 fn fold(log: &EventLog) {
     let mut state = DerivedState::new();
-    catch_up(log, &Enricher::bundled(), &SignalMatcher::new(), &mut state, log.head()).unwrap();
+    catch_up(log, &Enricher::bundled(), &FoldRules::bundled(), &mut state, log.head(), &mut |d| {
+        std::hint::black_box(d);
+    })
+    .unwrap();
     assert_eq!(state.offset, log.head());
     std::hint::black_box(state);
 }

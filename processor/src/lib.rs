@@ -25,11 +25,14 @@
 //! - [`reputation`]: window counts, rates, score, provider signals.
 //! - [`suppression`]: hard bounces, complaints and unsubscribes by recipient.
 //! - [`shaping`]: KumoMTA traffic-shaping automation rules, loaded from `shaping.toml` files.
+//! - [`actuation`]: rules that act (automation, rate rules, warm-up) folded into decisions,
+//!   and the pushers that deliver them.
 //! - [`state`]: the fold of both, its digest and snapshots.
 //! - [`pipeline`]: the async loop from the log to the warehouse and the state.
 //! - [`stream`]: the same on Kafka (`vigil process`): enrich in a consumer group, fold
 //!   every partition.
 
+pub mod actuation;
 pub mod classify;
 pub mod enrich;
 pub mod pipeline;

@@ -10,9 +10,10 @@ use vigil_log::{EventLog, LogError};
 use vigil_schemas::DeliveryEvent;
 use vigil_warehouse::{ParquetWriter, WarehouseError};
 
+use crate::actuation::Decision;
+use crate::actuation::push::{Outbox, OutboxError};
 use crate::enrich::Enricher;
-use crate::reputation::SignalMatcher;
-use crate::state::{DerivedState, SnapshotError};
+use crate::state::{DerivedState, FoldRules, SnapshotError};
 
 /// The log consumer name under which the warehouse writer commits its offset.
 pub const CONSUMER: &str = "warehouse";
@@ -33,6 +34,8 @@ pub enum PipelineError {
     Warehouse(#[from] WarehouseError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
     #[error("pipeline task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -77,9 +80,10 @@ impl Default for PipelineConfig {
 pub fn catch_up(
     log: &EventLog,
     enricher: &Enricher,
-    signals: &SignalMatcher,
+    fold: &FoldRules,
     state: &mut DerivedState,
     until: u64,
+    on_decisions: &mut dyn FnMut(Vec<Decision>),
 ) -> Result<(), LogError> {
     while state.offset < until {
         let mut chunk = log.read_without_raw(state.offset, REPLAY_CHUNK.min((until - state.offset) as usize))?;
@@ -88,7 +92,10 @@ pub fn catch_up(
         for (_, event) in &mut chunk {
             enricher.enrich(event);
         }
-        state.apply_batch(&chunk, next, signals);
+        let decisions = state.apply_batch(&chunk, next, fold);
+        if !decisions.is_empty() {
+            on_decisions(decisions);
+        }
     }
     state.advance_to(until);
     Ok(())
@@ -106,7 +113,8 @@ pub struct Pipeline {
     log: EventLog,
     writer: Arc<ParquetWriter>,
     enricher: Enricher,
-    signals: SignalMatcher,
+    fold: FoldRules,
+    outbox: Option<Outbox>,
     state: SharedState,
     config: PipelineConfig,
 }
@@ -118,10 +126,19 @@ impl Pipeline {
             log,
             writer: Arc::new(writer),
             enricher,
-            signals: SignalMatcher::new(),
+            fold: FoldRules::bundled(),
+            outbox: None,
             state: Arc::new(RwLock::new(DerivedState::new())),
             config,
         }
+    }
+
+    /// Folds with `fold` instead of the bundled rules, and records decisions in `outbox`.
+    #[must_use]
+    pub fn with_rules(mut self, fold: FoldRules, outbox: Option<Outbox>) -> Self {
+        self.fold = fold;
+        self.outbox = outbox;
+        self
     }
 
     /// The live derived state.
@@ -153,7 +170,14 @@ impl Pipeline {
             None => DerivedState::new(),
         };
         let from = state.offset;
-        catch_up(&self.log, &self.enricher, &self.signals, &mut state, committed)?;
+        let mut unrecorded = Ok(());
+        catch_up(&self.log, &self.enricher, &self.fold, &mut state, committed, &mut |decisions| {
+            // Recording is idempotent by decision id: what was recorded before is skipped.
+            if let (Some(outbox), Ok(())) = (&self.outbox, &unrecorded) {
+                unrecorded = outbox.record(&decisions).map(|_| ());
+            }
+        })?;
+        unrecorded?;
         tracing::info!(from, to = committed, digest = %state.digest(), "derived state rebuilt");
         *self.state.write().expect("state lock poisoned") = state;
         Ok(committed)
@@ -250,7 +274,16 @@ impl Pipeline {
             Ok(events)
         })
         .await??;
-        self.state.write().expect("state lock poisoned").apply_batch(&events, end, &self.signals);
+        let decisions = self.state.write().expect("state lock poisoned").apply_batch(&events, end, &self.fold);
+        if let (Some(outbox), false) = (&self.outbox, decisions.is_empty()) {
+            let outbox = outbox.clone();
+            let recorded = tokio::task::spawn_blocking(move || outbox.record(&decisions)).await?;
+            if let Err(error) = recorded {
+                // The state moved on; the decisions come back when the state is rebuilt from
+                // the log, which a restart does.
+                tracing::error!(%error, "decisions could not be recorded");
+            }
+        }
         tracing::debug!(from = offset, to = end, "batch committed to the warehouse");
         Ok(end)
     }

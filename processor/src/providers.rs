@@ -42,6 +42,9 @@ pub struct ProviderMap {
     /// (suffix, provider), longest suffix first so the most specific entry wins.
     domain_suffixes: Vec<(String, String)>,
     mx_suffixes: Vec<(String, String)>,
+    /// Each provider's first listed domain: the domain a provider-wide override is written
+    /// under (with `mx_rollup`, so it covers the provider's MX site).
+    primary: HashMap<String, String>,
 }
 
 impl ProviderMap {
@@ -63,7 +66,11 @@ impl ProviderMap {
         let mut by_domain = HashMap::new();
         let mut domain_suffixes = Vec::new();
         let mut mx_suffixes = Vec::new();
+        let mut primary = HashMap::new();
         for (name, entry) in file.providers {
+            if let Some(first) = entry.domains.first() {
+                primary.insert(name.clone(), first.to_ascii_lowercase());
+            }
             for domain in entry.domains {
                 // A domain under two providers would silently belong to whichever came last.
                 if let Some(other) = by_domain.insert(domain.to_ascii_lowercase(), name.clone()) {
@@ -82,7 +89,12 @@ impl ProviderMap {
                 )));
             }
         }
-        Ok(Self { version: file.version, by_domain, domain_suffixes, mx_suffixes })
+        Ok(Self { version: file.version, by_domain, domain_suffixes, mx_suffixes, primary })
+    }
+
+    /// Each provider with its first listed domain (`google`, `gmail.com`).
+    pub fn primary_domains(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.primary.iter().map(|(p, d)| (p.as_str(), d.as_str()))
     }
 
     /// The data file's version.

@@ -30,10 +30,12 @@ use serde::Deserialize;
 pub enum RuleScope {
     /// `[["default".automation]]`: every destination.
     Default,
-    /// `[[provider."name".automation]]`, with the provider's `match` list.
+    /// `[[provider."name".automation]]`, with the `match` list of the rule's own file (the
+    /// list that applies is merged over all files: [`ShapingRules::provider_matchers`]).
     Provider { name: String, matchers: Vec<ProviderMatch> },
-    /// `[["domain-or-site".automation]]`.
-    Destination(String),
+    /// `[["domain".automation]]`. With `mx_rollup` (KumoMTA's default) the block is about the
+    /// domain's MX site, so it also covers every domain sharing that site.
+    Destination { name: String, mx_rollup: bool },
 }
 
 /// One entry of a provider's `match` list.
@@ -93,6 +95,11 @@ pub struct AutomationRule {
     pub match_internal: bool,
     /// `file:scope#n`, so every decision can name its rule.
     pub origin: String,
+    /// A hash of what the rule says (not where it is written), stable across reloads: the
+    /// key threshold counts and actions are kept under.
+    pub hash: String,
+    /// Dry run: decisions are recorded, nothing is pushed to the MTA.
+    pub shadow: bool,
 }
 
 impl AutomationRule {
@@ -105,6 +112,35 @@ impl AutomationRule {
         }
         // A pattern that fails at run time (backtracking limit) is treated as no match.
         self.regexes.iter().any(|re| re.is_match(line).unwrap_or(false))
+    }
+
+    /// The patterns as TSA writes them in reasons: the pattern, or `(a,b,...)`.
+    #[must_use]
+    pub fn pattern_text(&self) -> String {
+        match self.patterns.as_slice() {
+            [one] => one.clone(),
+            many => format!("({})", many.join(",")),
+        }
+    }
+
+    /// A hash of the rule and one of its actions: TSA keeps each action of a rule apart.
+    #[must_use]
+    pub fn action_hash(&self, action: &Action) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(self.hash.as_bytes());
+        hasher.update(format!("{action:?}").as_bytes());
+        hasher.finalize().to_hex().to_string()
+    }
+
+    /// Whether the rule's effects roll up to the MX site (KumoMTA's `was_rollup`): rules of
+    /// `default` and of rollup destinations do, provider and `mx_rollup = false` ones do not.
+    #[must_use]
+    pub fn rolls_up(&self) -> bool {
+        match &self.scope {
+            RuleScope::Default => true,
+            RuleScope::Provider { .. } => false,
+            RuleScope::Destination { mx_rollup, .. } => *mx_rollup,
+        }
     }
 }
 
@@ -153,6 +189,11 @@ struct RawRule {
 #[derive(Debug, Clone, Default)]
 pub struct ShapingRules {
     rules: Vec<AutomationRule>,
+    rollup_domains: std::collections::BTreeSet<String>,
+    /// Provider name -> its `match` entries from every file: KumoMTA merges provider blocks
+    /// of the same name across shaping files, so a file may hold a provider's automation
+    /// and another its `match`.
+    provider_matchers: std::collections::BTreeMap<String, Vec<ProviderMatch>>,
 }
 
 impl ShapingRules {
@@ -191,11 +232,17 @@ impl ShapingRules {
                             .map_err(|e| ShapingError { origin: format!("{origin}.match"), message: e.to_string() })?,
                         None => Vec::new(),
                     };
+                    self.provider_matchers.entry(provider.clone()).or_default().extend(matchers.iter().cloned());
                     let scope = RuleScope::Provider { name: provider.clone(), matchers };
                     self.add_rules(&origin, scope, entry.get("automation"))?;
                 }
             } else {
-                let scope = if key == "default" { RuleScope::Default } else { RuleScope::Destination(key.clone()) };
+                let scope = if key == "default" {
+                    RuleScope::Default
+                } else {
+                    let mx_rollup = value.get("mx_rollup").and_then(toml::Value::as_bool).unwrap_or(true);
+                    RuleScope::Destination { name: key.clone(), mx_rollup }
+                };
                 self.add_rules(&format!("{name}:{key}"), scope, value.get("automation"))?;
             }
         }
@@ -233,7 +280,19 @@ impl ShapingRules {
             if actions.is_empty() {
                 return Err(fail("`action` is empty".into()));
             }
+            let hash = {
+                let mut hasher = blake3::Hasher::new();
+                let content =
+                    format!("{scope:?}|{patterns:?}|{actions:?}|{trigger:?}|{duration:?}|{}", raw.match_internal);
+                hasher.update(content.as_bytes());
+                hasher.finalize().to_hex().to_string()
+            };
+            if let RuleScope::Destination { name, mx_rollup: true } = &scope {
+                self.rollup_domains.insert(name.clone());
+            }
             self.rules.push(AutomationRule {
+                shadow: false,
+                hash,
                 scope: scope.clone(),
                 patterns,
                 regexes,
@@ -250,6 +309,31 @@ impl ShapingRules {
     #[must_use]
     pub fn rules(&self) -> &[AutomationRule] {
         &self.rules
+    }
+
+    /// Puts the rules whose origin starts with one of `origins` (or all, for `"*"`) in
+    /// dry-run mode. Returns how many.
+    pub fn set_shadow(&mut self, origins: &[String]) -> usize {
+        let mut n = 0;
+        for rule in &mut self.rules {
+            if origins.iter().any(|o| o == "*" || rule.origin.starts_with(o.as_str())) {
+                rule.shadow = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// A provider's `match` entries, merged over every file loaded.
+    #[must_use]
+    pub fn provider_matchers(&self, provider: &str) -> &[ProviderMatch] {
+        self.provider_matchers.get(provider).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `domain` names a destination block that rolls up to its MX site.
+    #[must_use]
+    pub fn is_rollup_domain(&self, domain: &str) -> bool {
+        self.rollup_domains.contains(domain)
     }
 }
 

@@ -19,11 +19,33 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vigil_schemas::DeliveryEvent;
 
+use crate::actuation::{ActuationState, Decision, RuleSet};
 use crate::reputation::{ReputationStore, SignalMatcher};
 use crate::suppression::Suppressions;
 
 /// Bumped whenever the snapshot's shape changes; older snapshots are ignored.
-const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_FORMAT: u32 = 2;
+
+/// What the fold reads besides the events: provider signal patterns and the rules in force.
+/// Folding the same log with the same `FoldRules` gives the same state and decisions.
+#[derive(Debug, Clone)]
+pub struct FoldRules {
+    pub signals: SignalMatcher,
+    pub rules: std::sync::Arc<RuleSet>,
+}
+
+impl FoldRules {
+    #[must_use]
+    pub fn new(rules: RuleSet) -> Self {
+        Self { signals: SignalMatcher::new(), rules: std::sync::Arc::new(rules) }
+    }
+
+    /// The bundled rules (`processor/data/rules/default.toml`).
+    #[must_use]
+    pub fn bundled() -> Self {
+        Self::new(RuleSet::bundled(&crate::ProviderMap::bundled()))
+    }
+}
 const SNAPSHOT_FILE: &str = "snapshot.bin.zst";
 
 /// All derived state, and the log offset it reflects.
@@ -33,6 +55,8 @@ pub struct DerivedState {
     pub offset: u64,
     pub reputation: ReputationStore,
     pub suppressions: Suppressions,
+    /// Rule state and the actions in force.
+    pub actuation: ActuationState,
 }
 
 /// Why a snapshot could not be written.
@@ -55,11 +79,13 @@ impl DerivedState {
         Self::default()
     }
 
-    /// Folds one enriched event, read at `offset`, into the state.
+    /// Folds one enriched event, read at `offset`, into the state; the decisions it causes
+    /// go to `decisions`.
     ///
     /// # Panics
     /// When offsets go backwards: applying an event twice would count it twice.
-    pub fn apply(&mut self, offset: u64, event: &DeliveryEvent, signals: &SignalMatcher) {
+    pub fn apply(&mut self, offset: u64, event: &DeliveryEvent, fold: &FoldRules, decisions: &mut Vec<Decision>) {
+        let signals = &fold.signals;
         assert!(offset >= self.offset, "event at {offset} applied to state already at {}", self.offset);
         let signal = if matches!(event.kind, vigil_schemas::EventKind::Deferred | vigil_schemas::EventKind::Bounced)
             && !event.internal
@@ -70,17 +96,21 @@ impl DerivedState {
         };
         self.reputation.record(event, signal);
         self.suppressions.record(event);
+        self.actuation.apply(&fold.rules, event, &self.reputation, decisions);
         self.offset = offset + 1;
     }
 
     /// Folds a batch of enriched events read from the log, marks offsets up to `end` as
-    /// applied, and frees what no window can reach any more.
-    pub fn apply_batch(&mut self, events: &[(u64, DeliveryEvent)], end: u64, signals: &SignalMatcher) {
+    /// applied, and frees what no window can reach any more. Returns the batch's decisions.
+    pub fn apply_batch(&mut self, events: &[(u64, DeliveryEvent)], end: u64, fold: &FoldRules) -> Vec<Decision> {
+        let mut decisions = Vec::new();
         for (offset, event) in events {
-            self.apply(*offset, event, signals);
+            self.apply(*offset, event, fold, &mut decisions);
         }
         self.advance_to(end);
         self.reputation.evict();
+        self.actuation.evict(&fold.rules);
+        decisions
     }
 
     /// Marks offsets up to `next` as applied (events past the end of a batch that the log
@@ -89,13 +119,26 @@ impl DerivedState {
         self.offset = self.offset.max(next);
     }
 
-    /// A hash of everything the API can see: equal digests mean equal answers.
+    /// A hash of the counts and the suppression list: equal digests mean equal reputation
+    /// and suppression answers. They do not depend on the order events are folded in, so
+    /// instances folding several partitions in different interleavings agree on it.
     #[must_use]
     pub fn digest(&self) -> String {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.offset.to_le_bytes());
         self.reputation.digest_into(&mut hasher);
         self.suppressions.digest_into(&mut hasher);
+        hasher.finalize().to_hex().to_string()
+    }
+
+    /// A hash of the rule state and the actions in force. Rules that act depend on the order
+    /// events arrive (a threshold crossed at one event or another), as TSA's do: equal for
+    /// the same log replayed in the same order under the same rules.
+    #[must_use]
+    pub fn actions_digest(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.offset.to_le_bytes());
+        self.actuation.digest_into(&mut hasher);
         hasher.finalize().to_hex().to_string()
     }
 

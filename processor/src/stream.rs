@@ -39,10 +39,10 @@ use vigil_ingest::backoff::Backoff;
 use vigil_ingest::kafka::{KafkaConfig, KafkaLogs, ensure_topics, producer_config};
 use vigil_schemas::DeliveryEvent;
 
+use crate::actuation::push::Outbox;
 use crate::enrich::Enricher;
 use crate::pipeline::SharedState;
-use crate::reputation::SignalMatcher;
-use crate::state::{DerivedState, SnapshotError, load_snapshot, save_snapshot};
+use crate::state::{DerivedState, FoldRules, SnapshotError, load_snapshot, save_snapshot};
 
 /// The header naming the `vigil.events` position an enriched record came from: `p:o`.
 pub const INPUT_HEADER: &str = "vigil-input";
@@ -380,7 +380,10 @@ pub struct Folder {
     state_dir: PathBuf,
     snapshot_interval: Duration,
     position: FoldPosition,
-    signals: SignalMatcher,
+    fold: FoldRules,
+    /// Where this instance records its decisions. Every fold instance decides the same
+    /// (each folds everything); configure pushers on one of them.
+    outbox: Option<Outbox>,
 }
 
 impl Folder {
@@ -396,7 +399,15 @@ impl Folder {
             tracing::info!(events = derived.offset, "derived state loaded from the snapshot");
             *state.write().expect("state lock poisoned") = derived;
         }
-        Self { config, state, state_dir, snapshot_interval, position, signals: SignalMatcher::new() }
+        Self { config, state, state_dir, snapshot_interval, position, fold: FoldRules::bundled(), outbox: None }
+    }
+
+    /// Folds with `fold` instead of the bundled rules, and records decisions in `outbox`.
+    #[must_use]
+    pub fn with_rules(mut self, fold: FoldRules, outbox: Option<Outbox>) -> Self {
+        self.fold = fold;
+        self.outbox = outbox;
+        self
     }
 
     /// Folds until `shutdown`, then snapshots.
@@ -497,11 +508,20 @@ impl Folder {
             return;
         }
         stream_metrics().folded.inc();
-        let mut state = self.state.write().expect("state lock poisoned");
-        let next = state.offset;
-        state.apply(next, &event, &self.signals);
-        if next.is_multiple_of(10_000) {
-            state.reputation.evict();
+        let mut decisions = Vec::new();
+        {
+            let mut state = self.state.write().expect("state lock poisoned");
+            let next = state.offset;
+            state.apply(next, &event, &self.fold, &mut decisions);
+            if next.is_multiple_of(10_000) {
+                state.reputation.evict();
+                state.actuation.evict(&self.fold.rules);
+            }
+        }
+        if let (Some(outbox), false) = (&self.outbox, decisions.is_empty())
+            && let Err(error) = tokio::task::block_in_place(|| outbox.record(&decisions))
+        {
+            tracing::error!(%error, "decisions could not be recorded");
         }
     }
 

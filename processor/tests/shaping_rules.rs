@@ -62,7 +62,9 @@ fn the_shipped_example_and_the_integration_test_files_load() {
     }
     assert!(integration.rules().iter().all(|r| r.trigger == Trigger::Immediate), "no trigger means Immediate");
     assert!(
-        integration.rules().iter().any(|r| r.scope == RuleScope::Destination("delivery.mx-sink.wezfurlong.org".into()))
+        integration.rules().iter().any(
+            |r| matches!(&r.scope, RuleScope::Destination { name, .. } if name == "delivery.mx-sink.wezfurlong.org")
+        )
     );
 
     // All three together, as kumod's extra_files would list them.

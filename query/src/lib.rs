@@ -13,7 +13,9 @@
 //! - [`error`]: `ApiError` and its mapping to status codes.
 //! - [`routes`]: the router, and the handlers answered from the warehouse and the log.
 //! - [`live`]: the handlers answered from the derived state.
+//! - [`actions`]: KumoMTA's TSA endpoints and the decisions, throttles and warm-up API.
 
+pub mod actions;
 pub mod error;
 pub mod live;
 pub mod routes;

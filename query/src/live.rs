@@ -319,6 +319,8 @@ struct StateResponse {
     offset: u64,
     /// `vigil replay` prints the same digest for the same log up to `offset`.
     digest: String,
+    /// The rules' state and the actions in force; `vigil replay` prints it too.
+    actions_digest: String,
     scopes: usize,
     suppressions: usize,
     too_late: u64,
@@ -329,6 +331,7 @@ async fn derived_state(State(state): State<SharedState>) -> Result<Json<StateRes
     Ok(Json(StateResponse {
         offset: guard.offset,
         digest: guard.digest(),
+        actions_digest: guard.actions_digest(),
         scopes: guard.reputation.scope_count(),
         suppressions: guard.suppressions.len(),
         too_late: guard.reputation.too_late(),

@@ -64,7 +64,12 @@ pub fn router(log: EventLog, max_body_bytes: usize, max_in_flight: usize) -> Rou
         }))
         .load_shed()
         .concurrency_limit(max_in_flight);
-    Router::new().route("/ingest/kumomta", post(ingest).layer(shed)).with_state(ReceiverState { log, max_body_bytes })
+    Router::new()
+        .route("/ingest/kumomta", post(ingest).layer(shed.clone()))
+        // KumoMTA's TSA publisher (`shaping:setup_with_automation{publish=...}`) posts one
+        // record per request here; the same receiver takes it.
+        .route("/publish_log_v1", post(ingest).layer(shed))
+        .with_state(ReceiverState { log, max_body_bytes })
 }
 
 fn error(status: StatusCode, reason: impl Into<String>) -> Response {

@@ -452,6 +452,35 @@ impl ReputationStore {
         rows
     }
 
+    /// One scope value's totals over a window of `minutes` ending at `as_of`: `first` is the
+    /// scope's value (the egress source of `EgressSourceProvider`), `second` the provider of
+    /// `EgressSourceProvider`. Zero when the value was never seen.
+    #[must_use]
+    pub fn totals(
+        &self,
+        scope: Scope,
+        first: &str,
+        second: Option<&str>,
+        minutes: u32,
+        as_of: DateTime<Utc>,
+    ) -> Totals {
+        let id = |name: &str| self.names.ids.get(name).copied();
+        let (Some(first), second) = (id(first), second.map(id)) else { return Totals::default() };
+        let second = match second {
+            None => NONE,
+            Some(Some(id)) => id,
+            Some(None) => return Totals::default(),
+        };
+        let mut totals = Totals::default();
+        if let Some(series) = self.series.get(&Key { scope, first, second }) {
+            let (from, to) = self.range(minutes.max(1), as_of);
+            for bucket in series.buckets_in(from, to) {
+                totals.add(&bucket.counters);
+            }
+        }
+        totals
+    }
+
     /// Per scope value, the sum of `metrics` per step of `step` minutes over
     /// `(to - span, to]`; steps are labelled by their first minute, counted from
     /// [`window_start`] (also when the horizon cuts the window), so callers can lay the

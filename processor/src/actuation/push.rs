@@ -1,0 +1,407 @@
+//! The async edge of actuation: the durable decision log and outbox, and the pushers that
+//! deliver decisions to kumod's admin API and to signed webhooks.
+//!
+//! - Every decision is recorded once, by `decision_id`, in a redb file beside the state
+//!   snapshot: the embedded `vigil.decisions`. Replays that decide again record nothing new.
+//! - Each pusher keeps its own cursor in the same file and advances it after a delivery
+//!   succeeded (or was given up, said in the log): a restart resumes where it stopped, so a
+//!   decision is delivered once, and a crash between a delivery and its cursor write
+//!   re-sends at most that one (webhook receivers dedupe by `decision_id`).
+//! - A decision whose action expired before it could be delivered is skipped, never
+//!   applied late; shadow decisions are never delivered.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Deserialize;
+use sha2::Sha256;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use super::decision::{ActionKind, Decision, Status};
+
+const DECISIONS: TableDefinition<u64, &str> = TableDefinition::new("decisions");
+const BY_ID: TableDefinition<&str, u64> = TableDefinition::new("decision_ids");
+const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
+/// action key -> the id kumod gave the suspension or bounce, to lift it early.
+const KUMOD_IDS: TableDefinition<&str, &str> = TableDefinition::new("kumod_ids");
+
+/// The outbox could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("decision outbox: {0}")]
+pub struct OutboxError(String);
+
+fn err(e: impl std::fmt::Display) -> OutboxError {
+    OutboxError(e.to_string())
+}
+
+/// The durable decision log. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    db: Arc<Database>,
+    /// Woken when decisions are recorded.
+    recorded: Arc<Notify>,
+    /// Applied and ended decisions as they are recorded, for the TSA subscription.
+    live: broadcast::Sender<Decision>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// Opens (or creates) `dir/decisions.redb`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened.
+    pub fn open(dir: &Path) -> Result<Self, OutboxError> {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let db = Database::create(dir.join("decisions.redb")).map_err(err)?;
+        let tx = db.begin_write().map_err(err)?;
+        tx.open_table(DECISIONS).map_err(err)?;
+        tx.open_table(BY_ID).map_err(err)?;
+        tx.open_table(CURSORS).map_err(err)?;
+        tx.open_table(KUMOD_IDS).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Self { db: Arc::new(db), recorded: Arc::new(Notify::new()), live: broadcast::channel(4096).0 })
+    }
+
+    /// Records the decisions not recorded yet; returns how many were new.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn record(&self, decisions: &[Decision]) -> Result<usize, OutboxError> {
+        if decisions.is_empty() {
+            return Ok(0);
+        }
+        let mut fresh = Vec::new();
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            let mut log = tx.open_table(DECISIONS).map_err(err)?;
+            let mut ids = tx.open_table(BY_ID).map_err(err)?;
+            let mut next = log.last().map_err(err)?.map_or(0, |(k, _)| k.value() + 1);
+            for decision in decisions {
+                if ids.get(decision.decision_id.as_str()).map_err(err)?.is_some() {
+                    continue;
+                }
+                let json = serde_json::to_string(decision).map_err(err)?;
+                log.insert(next, json.as_str()).map_err(err)?;
+                ids.insert(decision.decision_id.as_str(), next).map_err(err)?;
+                next += 1;
+                fresh.push(decision);
+            }
+        }
+        tx.commit().map_err(err)?;
+        for decision in &fresh {
+            // Nobody listening is fine: the log has it.
+            let _ = self.live.send((*decision).clone());
+        }
+        if !fresh.is_empty() {
+            self.recorded.notify_waiters();
+        }
+        Ok(fresh.len())
+    }
+
+    /// Decisions as they are recorded (TSA subscribers).
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<Decision> {
+        self.live.subscribe()
+    }
+
+    /// Up to `limit` decisions from sequence number `from`, with their numbers.
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, Decision)>, OutboxError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let log = tx.open_table(DECISIONS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in log.range(from..).map_err(err)?.take(limit) {
+            let (seq, json) = row.map_err(err)?;
+            out.push((seq.value(), serde_json::from_str(json.value()).map_err(err)?));
+        }
+        Ok(out)
+    }
+
+    /// The newest `limit` decisions matching `keep`, newest first.
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn newest(&self, limit: usize, keep: impl Fn(&Decision) -> bool) -> Result<Vec<Decision>, OutboxError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let log = tx.open_table(DECISIONS).map_err(err)?;
+        let mut out = Vec::new();
+        for row in log.iter().map_err(err)?.rev() {
+            let (_, json) = row.map_err(err)?;
+            let decision: Decision = serde_json::from_str(json.value()).map_err(err)?;
+            if keep(&decision) {
+                out.push(decision);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn cursor(&self, name: &str) -> Result<u64, OutboxError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(CURSORS).map_err(err)?;
+        Ok(table.get(name).map_err(err)?.map_or(0, |v| v.value()))
+    }
+
+    fn set_cursor(&self, name: &str, next: u64, kumod_id: Option<(&str, Option<&str>)>) -> Result<(), OutboxError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            tx.open_table(CURSORS).map_err(err)?.insert(name, next).map_err(err)?;
+            if let Some((key, id)) = kumod_id {
+                let mut ids = tx.open_table(KUMOD_IDS).map_err(err)?;
+                match id {
+                    Some(id) => ids.insert(key, id).map_err(err)?,
+                    None => ids.remove(key).map_err(err)?,
+                };
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    fn kumod_id(&self, key: &str) -> Result<Option<String>, OutboxError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(KUMOD_IDS).map_err(err)?;
+        Ok(table.get(key).map_err(err)?.map(|v| v.value().to_owned()))
+    }
+}
+
+/// Where decisions are pushed (`[actuation]` in the config).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// kumod's HTTP listener, e.g. `http://127.0.0.1:8000`: suspensions and bounces are
+    /// pushed to its admin API, and config epochs bumped when the overlay changes. Leave it
+    /// out when kumod subscribes to Vigil's TSA endpoints instead (not both: kumod would
+    /// apply each action twice).
+    #[serde(default)]
+    pub kumod_url: Option<String>,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// A generic webhook: every applied, lifted and expired decision, HMAC-signed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub url: String,
+    /// The HMAC-SHA256 key. The signature is over `"{timestamp}.{body}"`, sent as
+    /// `X-Vigil-Signature: sha256=<hex>` with `X-Vigil-Timestamp`.
+    pub secret: String,
+}
+
+/// The signature header value of a webhook body.
+#[must_use]
+pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let mut hex = String::with_capacity(7 + 64);
+    hex.push_str("sha256=");
+    for byte in digest {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    hex
+}
+
+/// Why one delivery failed; retried with backoff.
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error("request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{url} answered {status}: {body}")]
+    Status { url: String, status: u16, body: String },
+}
+
+enum Pusher {
+    Kumod { base: String },
+    Webhook(WebhookConfig),
+}
+
+/// Starts one task per configured target; they run until `shutdown`.
+#[must_use]
+pub fn spawn(outbox: &Outbox, config: &PushConfig, shutdown: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut pushers: Vec<(String, Pusher)> = Vec::new();
+    if let Some(url) = &config.kumod_url {
+        pushers.push(("kumod".into(), Pusher::Kumod { base: url.trim_end_matches('/').to_owned() }));
+    }
+    for hook in &config.webhooks {
+        pushers.push((format!("webhook:{}", hook.name), Pusher::Webhook(hook.clone())));
+    }
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client builds");
+    pushers
+        .into_iter()
+        .map(|(name, pusher)| {
+            let (outbox, client, shutdown) = (outbox.clone(), client.clone(), shutdown.clone());
+            tokio::spawn(async move { run(name, pusher, outbox, client, shutdown).await })
+        })
+        .collect()
+}
+
+async fn run(name: String, pusher: Pusher, outbox: Outbox, client: reqwest::Client, shutdown: CancellationToken) {
+    loop {
+        let recorded = outbox.recorded.notified();
+        let cursor = match outbox.cursor(&name) {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::error!(%error, pusher = name, "cannot read the outbox cursor");
+                0
+            }
+        };
+        let batch = outbox.read(cursor, 256).unwrap_or_else(|error| {
+            tracing::error!(%error, pusher = name, "cannot read the decision log");
+            Vec::new()
+        });
+        if batch.is_empty() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = recorded => continue,
+                () = tokio::time::sleep(Duration::from_secs(5)) => continue,
+            }
+        }
+        for (seq, decision) in batch {
+            let mut backoff = Duration::from_millis(200);
+            let kumod_id = loop {
+                if decision.status == Status::Shadow {
+                    break None;
+                }
+                if decision.status == Status::Applied && decision.expires <= Utc::now() {
+                    tracing::info!(pusher = name, decision = decision.decision_id, "expired before delivery; skipped");
+                    break None;
+                }
+                let result = match &pusher {
+                    Pusher::Kumod { base } => push_kumod(&client, base, &outbox, &decision).await,
+                    Pusher::Webhook(hook) => push_webhook(&client, hook, &decision).await.map(|()| None),
+                };
+                match result {
+                    Ok(id) => break id,
+                    Err(error) => {
+                        tracing::warn!(%error, pusher = name, decision = decision.decision_id, "delivery failed; retrying");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            };
+            if let Err(error) =
+                outbox.set_cursor(&name, seq + 1, kumod_id.as_ref().map(|(k, id)| (k.as_str(), id.as_deref())))
+            {
+                tracing::error!(%error, pusher = name, "cannot advance the outbox cursor");
+            }
+        }
+    }
+}
+
+type KumodIdChange = Option<(String, Option<String>)>;
+
+async fn post(
+    client: &reqwest::Client,
+    url: String,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, DeliveryError> {
+    let response = client.post(&url).json(body).send().await?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        return Err(DeliveryError::Status { url, status: status.as_u16(), body: text });
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// One decision to kumod: the admin call, and the suspension id to remember or forget.
+async fn push_kumod(
+    client: &reqwest::Client,
+    base: &str,
+    outbox: &Outbox,
+    decision: &Decision,
+) -> Result<KumodIdChange, DeliveryError> {
+    let target = &decision.target;
+    let reason = format!("{} (vigil decision {})", decision.reason, decision.decision_id);
+    let path = match decision.action {
+        ActionKind::SuspendReadyQueue => "/api/admin/suspend-ready-q/v1",
+        ActionKind::SuspendScheduled => "/api/admin/suspend/v1",
+        ActionKind::Bounce => "/api/admin/bounce/v1",
+        ActionKind::SetConfig => {
+            // The overlay changed: make kumod read it now rather than at its next poll.
+            post(client, format!("{base}/api/admin/bump-config-epoch"), &serde_json::Value::Null).await?;
+            return Ok(None);
+        }
+    };
+    let key = decision.action_key.clone();
+    match decision.status {
+        Status::Applied => {
+            let body = match decision.action {
+                ActionKind::SuspendReadyQueue => serde_json::json!({
+                    "name": target.site, "reason": reason, "expires": decision.expires,
+                }),
+                // Never without a domain: kumod bounces *every* queue when no selector is given.
+                _ if target.domain.is_none() => return Ok(None),
+                _ => serde_json::json!({
+                    "domain": target.domain, "tenant": target.tenant, "campaign": target.campaign,
+                    "reason": reason, "expires": decision.expires,
+                }),
+            };
+            let answer = post(client, format!("{base}{path}"), &body).await?;
+            let id = answer.get("id").and_then(serde_json::Value::as_str).map(str::to_owned);
+            Ok(Some((key, id)))
+        }
+        Status::Lifted => {
+            let Ok(Some(id)) = outbox.kumod_id(&key) else { return Ok(None) };
+            let response = client.delete(format!("{base}{path}")).json(&serde_json::json!({ "id": id })).send().await?;
+            // 404: it had already expired or was removed by hand; either way it is gone.
+            if !response.status().is_success() && response.status() != reqwest::StatusCode::NOT_FOUND {
+                return Err(DeliveryError::Status {
+                    url: format!("{base}{path}"),
+                    status: response.status().as_u16(),
+                    body: response.text().await.unwrap_or_default(),
+                });
+            }
+            Ok(Some((key, None)))
+        }
+        Status::Expired => Ok(Some((key, None))),
+        Status::Shadow => Ok(None),
+    }
+}
+
+async fn push_webhook(
+    client: &reqwest::Client,
+    hook: &WebhookConfig,
+    decision: &Decision,
+) -> Result<(), DeliveryError> {
+    let body = serde_json::to_vec(decision).expect("a decision serialises");
+    let timestamp = Utc::now().timestamp();
+    let response = client
+        .post(&hook.url)
+        .header("content-type", "application/json")
+        .header("x-vigil-timestamp", timestamp.to_string())
+        .header("x-vigil-signature", sign(&hook.secret, timestamp, &body))
+        .header("x-vigil-decision-id", &decision.decision_id)
+        .body(body)
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        return Err(DeliveryError::Status {
+            url: hook.url.clone(),
+            status: response.status().as_u16(),
+            body: response.text().await.unwrap_or_default(),
+        });
+    }
+    Ok(())
+}

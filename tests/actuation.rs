@@ -1,0 +1,249 @@
+//! Closing the loop with KumoMTA: traffic posted as kumod's TSA publisher would (Yahoo TSS04
+//! deferrals, Gmail 4.7.28, a Comcast RL0000 threshold) under the bundled rules; the exact
+//! frames on `/subscribe_event_v1`, the exact `shaping.toml` overlay, and the admin API calls
+//! a recording server standing in for kumod receives. Then a restart: actions in force
+//! survive, and nothing is pushed twice.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::Method;
+use chrono::{DateTime, SecondsFormat, Utc};
+use common::{Vigil, eventually};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// Every admin call kumod received: (method, path, body).
+type Calls = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+async fn recording_kumod() -> (String, Calls) {
+    async fn record(
+        State(calls): State<Calls>,
+        method: Method,
+        uri: axum::http::Uri,
+        body: String,
+    ) -> axum::Json<Value> {
+        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let mut calls = calls.lock().unwrap();
+        calls.push((method.to_string(), uri.path().to_owned(), body));
+        axum::Json(json!({ "id": format!("kumod-id-{}", calls.len()) }))
+    }
+    let calls: Calls = Arc::default();
+    let app = axum::Router::new().fallback(record).with_state(Arc::clone(&calls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls)
+}
+
+/// A KumoMTA `TransientFailure` record.
+#[allow(clippy::too_many_arguments)]
+fn deferral(
+    source: &str,
+    recipient: &str,
+    mx_site: &str,
+    code: u16,
+    enhanced: (u8, u8, u8),
+    text: &str,
+    at: DateTime<Utc>,
+    id: &str,
+) -> String {
+    json!({
+        "type": "TransientFailure",
+        "id": id,
+        "sender": "news@shop.example",
+        "recipient": recipient,
+        "queue": format!("spring:acme@{}", recipient.split('@').nth(1).unwrap()),
+        "site": format!("{source}->{mx_site}@smtp_client"),
+        "size": 2048,
+        "response": {
+            "code": code,
+            "enhanced_code": {"class": enhanced.0, "subject": enhanced.1, "detail": enhanced.2},
+            "content": text,
+            "command": "."
+        },
+        "egress_pool": "pool-1",
+        "egress_source": source,
+        "timestamp": at.timestamp(),
+        "created": at.timestamp() - 5,
+        "num_attempts": 1,
+        "bounce_classification": "Uncategorized",
+        "meta": {},
+        "headers": {},
+        "nodeid": "557f3ad4-2c8c-11ee-976e-782d7e12e173"
+    })
+    .to_string()
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kumomta_traffic_suspends_throttles_and_pushes_exactly_once() {
+    let (kumod, calls) = recording_kumod().await;
+    let data = tempfile::tempdir().unwrap();
+    let vigil = Vigil::start(data.path(), &["--kumod-url", &kumod]).await;
+
+    // kumod subscribes first, as setup_with_automation does.
+    let ws_url = vigil.url("/subscribe_event_v1").replacen("http", "ws", 1);
+    let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+
+    // Whole seconds: KumoMTA timestamps are seconds, and expiries are timestamp + duration.
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let yahoo_site = "(mta5|mta6|mta7).am0.yahoodns.net";
+    let tss04 =
+        "[TSS04] Messages from 10.0.0.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1";
+    let gmail_site = "(alt1|alt2|alt3|alt4)?.gmail-smtp-in.l.google.com";
+    let gmail = "Our system has detected an unusual rate of unsolicited mail originating from your IP address. To protect our users from spam, mail sent from your IP address has been temporarily rate limited.";
+    let records = [
+        deferral("ip-1", "a@yahoo.com", yahoo_site, 421, (4, 7, 0), tss04, t0, "y1"),
+        deferral("ip-1", "b@yahoo.com", yahoo_site, 421, (4, 7, 0), tss04, t0, "y2"),
+        deferral("ip-2", "c@gmail.com", gmail_site, 421, (4, 7, 28), gmail, t0, "g1"),
+        deferral("ip-2", "d@gmail.com", gmail_site, 421, (4, 7, 28), gmail, t0, "g2"),
+        deferral(
+            "ip-3",
+            "e@comcast.net",
+            "mx1.comcast.net",
+            421,
+            (4, 7, 0),
+            "RL0000 Rate limited, try later",
+            t0,
+            "c1",
+        ),
+        deferral(
+            "ip-3",
+            "f@comcast.net",
+            "mx1.comcast.net",
+            421,
+            (4, 7, 0),
+            "RL0000 Rate limited, try later",
+            t0,
+            "c2",
+        ),
+    ];
+    for record in &records {
+        // kumod's publisher sends one record per request.
+        let (status, _) = vigil.post("/publish_log_v1", record.clone()).await;
+        assert_eq!(status, 200);
+    }
+
+    // The frames: TSS04 suspends ip-1's Yahoo path twice over (the shipped rule on the first
+    // response, the community threshold rule on the second); nothing else suspends or bounces.
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(30), socket.next()).await.unwrap().unwrap().unwrap();
+        frames.push(serde_json::from_str::<Value>(message.to_text().unwrap()).unwrap());
+    }
+    let yahoo_path = format!("ip-1->{yahoo_site}@smtp_client");
+    let expires = rfc3339(t0 + chrono::Duration::hours(2));
+    for frame in &frames {
+        let suspension = &frame["ReadyQSuspension"];
+        assert_eq!(suspension["site_name"], yahoo_path, "{frame}");
+        assert_eq!(suspension["source"], "ip-1");
+        assert_eq!(suspension["expires"], expires);
+        assert!(suspension["rule_hash"].as_str().unwrap().len() == 64, "{frame}");
+    }
+    assert_eq!(frames[0]["ReadyQSuspension"]["reason"], "automation rule: \\[TS?S04\\]");
+    assert_eq!(frames[1]["ReadyQSuspension"]["reason"], "automation rule: 421 4\\.7\\.0 \\[TSS04\\]");
+
+    // The overlay: the shipped default rule throttles ip-1 at Yahoo on "Messages from a.b.c.d
+    // temporarily deferred" (rolled up to the MX site), the community Gmail rule on the
+    // second 4.7.28, the shipped Comcast rule on the second RL0000.
+    let (status, overlay) = vigil.get_text("/get_config_v1/shaping.toml").await;
+    assert_eq!(status, 200);
+    let y_exp = rfc3339(t0 + chrono::Duration::minutes(90));
+    let g_exp = rfc3339(t0 + chrono::Duration::minutes(30));
+    let c_exp = rfc3339(t0 + chrono::Duration::hours(2));
+    let expected = [
+        "# Generated by Vigil (TSA-compatible)\n# Number of entries: 4\n".to_owned(),
+        format!("\n[\"comcast.net\"]\nmx_rollup = true\n\n[\"comcast.net\".sources.\"ip-3\"]\n# reason: automation rule: RL0000\n# expires: {c}\n\"max_connection_rate\" = \"10000/h\"\n", c = chrono::DateTime::parse_from_rfc3339(&c_exp).unwrap().to_rfc3339()),
+        format!("\n[\"gmail.com\"]\nmx_rollup = false\n\n[\"gmail.com\".sources.\"ip-2\"]\n# reason: automation rule: Our system has detected an unusual rate\n# expires: {g}\n\"max_message_rate\" = \"10/minute\"\n", g = chrono::DateTime::parse_from_rfc3339(&g_exp).unwrap().to_rfc3339()),
+        format!("\n[\"yahoo.com\"]\nmx_rollup = true\n\n[\"yahoo.com\".sources.\"ip-1\"]\n# reason: automation rule: (Messages from \\d+\\.\\d+\\.\\d+\\.\\d+ temporarily deferred,All messages from \\d+\\.\\d+\\.\\d+\\.\\d+ will be permanently deferred,has been temporarily rate limited due to IP reputation,Unfortunately, messages from \\d+\\.\\d+\\.\\d+\\.\\d+ weren.t sent,Server busy\\. Please try again later from)\n# expires: {y}\n\"connection_limit\" = 1\n# reason: automation rule: (Messages from \\d+\\.\\d+\\.\\d+\\.\\d+ temporarily deferred,All messages from \\d+\\.\\d+\\.\\d+\\.\\d+ will be permanently deferred,has been temporarily rate limited due to IP reputation,Unfortunately, messages from \\d+\\.\\d+\\.\\d+\\.\\d+ weren.t sent,Server busy\\. Please try again later from)\n# expires: {y}\n\"max_message_rate\" = \"1/minute\"\n", y = chrono::DateTime::parse_from_rfc3339(&y_exp).unwrap().to_rfc3339()),
+    ]
+    .concat();
+    assert_eq!(overlay, expected);
+    let parsed: toml::Table = toml::from_str(&overlay).expect("the overlay is TOML kumod can load");
+    assert_eq!(parsed["yahoo.com"]["sources"]["ip-1"]["connection_limit"].as_integer(), Some(1));
+
+    let (_, suspended) = vigil.get("/get_suspension_v1/suspended.json").await;
+    assert_eq!(suspended["ready_q"].as_array().unwrap().len(), 2);
+    assert_eq!(suspended["sched_q"], json!([]));
+    let (_, bounced) = vigil.get("/get_bounce_v1/bounced.json").await;
+    assert_eq!(bounced, json!([]));
+    assert_eq!(vigil.get_text("/tsa/status").await, (200, "TSA Daemon OK".to_owned()));
+
+    // kumod's admin API: two ready-queue suspensions with the path and expiry, and an epoch
+    // bump per overlay change (ip-1 Yahoo x2, Gmail, Comcast).
+    let expected_calls = 6;
+    eventually("kumod to receive the admin calls", Duration::from_secs(30), || {
+        let calls = Arc::clone(&calls);
+        async move { calls.lock().unwrap().len() >= expected_calls }
+    })
+    .await;
+    let received = calls.lock().unwrap().clone();
+    let suspends: Vec<&(String, String, Value)> =
+        received.iter().filter(|(_, path, _)| path == "/api/admin/suspend-ready-q/v1").collect();
+    assert_eq!(suspends.len(), 2, "{received:#?}");
+    for (method, _, body) in &suspends {
+        assert_eq!(method, "POST");
+        assert_eq!(body["name"], yahoo_path);
+        assert_eq!(body["expires"], expires);
+        assert!(body["reason"].as_str().unwrap().contains("TS"), "{body}");
+    }
+    let bumps = received.iter().filter(|(_, path, _)| path == "/api/admin/bump-config-epoch").count();
+    assert_eq!(bumps, 4, "{received:#?}");
+    assert_eq!(received.len(), 6, "nothing else: {received:#?}");
+
+    // The decisions API tells the story with evidence.
+    let (_, decisions) = vigil.get("/api/v1/decisions?status=applied").await;
+    let decisions = decisions["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 6);
+    let community =
+        decisions.iter().find(|d| d["evidence"]["count"] == 2 && d["action"] == "suspend_ready_queue").unwrap();
+    assert!(community["evidence"]["event_id"].is_string(), "{community}");
+    assert!(community["evidence"]["response"].as_str().unwrap().contains("[TSS04]"));
+    let (_, throttles) = vigil.get("/api/v1/throttles").await;
+    assert_eq!(throttles["active"].as_array().unwrap().len(), 6);
+
+    // Restart: the actions are rebuilt (from the snapshot written at the clean stop), still
+    // served, and nothing is pushed again.
+    let before = calls.lock().unwrap().len();
+    vigil.terminate();
+    let vigil = Vigil::start(data.path(), &["--kumod-url", &kumod]).await;
+    let (_, again) = vigil.get_text("/get_config_v1/shaping.toml").await;
+    assert_eq!(again, expected);
+    let (_, suspended_again) = vigil.get("/get_suspension_v1/suspended.json").await;
+    assert_eq!(suspended_again, suspended);
+    let ws_url = vigil.url("/subscribe_event_v1").replacen("http", "ws", 1);
+    let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    let mut replayed = Vec::new();
+    while replayed.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(30), socket.next()).await.unwrap().unwrap().unwrap();
+        replayed.push(serde_json::from_str::<Value>(message.to_text().unwrap()).unwrap());
+    }
+    replayed.sort_by_key(|f| f["ReadyQSuspension"]["reason"].to_string());
+    frames.sort_by_key(|f| f["ReadyQSuspension"]["reason"].to_string());
+    assert_eq!(replayed, frames, "a new subscriber gets the suspensions in force");
+    // One more record after the restart proves the pushers are running: it pushes one call.
+    let (status, _) = vigil
+        .post("/publish_log_v1", deferral("ip-4", "g@yahoo.com", yahoo_site, 421, (4, 7, 0), tss04, t0, "y3"))
+        .await;
+    assert_eq!(status, 200);
+    eventually("kumod to receive the new suspension", Duration::from_secs(30), || {
+        let calls = Arc::clone(&calls);
+        async move { calls.lock().unwrap().len() > before }
+    })
+    .await;
+    let after: Vec<_> = calls.lock().unwrap()[before..].to_vec();
+    assert!(
+        after.iter().all(|(_, _, body)| body.get("name").is_none_or(|n| n.as_str().unwrap().starts_with("ip-4"))),
+        "only ip-4's new actions, none of the old ones again: {after:#?}"
+    );
+    vigil.terminate();
+}
