@@ -247,3 +247,113 @@ async fn kumomta_traffic_suspends_throttles_and_pushes_exactly_once() {
     );
     vigil.terminate();
 }
+
+/// What a webhook receiver got: headers of interest and the raw body.
+type Deliveries = Arc<Mutex<Vec<(String, String, String, Vec<u8>)>>>;
+
+async fn recording_webhook() -> (String, Deliveries) {
+    async fn record(State(seen): State<Deliveries>, headers: axum::http::HeaderMap, body: axum::body::Bytes) {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        seen.lock().unwrap().push((
+            header("x-vigil-timestamp"),
+            header("x-vigil-signature"),
+            header("x-vigil-decision-id"),
+            body.to_vec(),
+        ));
+    }
+    let seen: Deliveries = Arc::default();
+    let app = axum::Router::new().fallback(record).with_state(Arc::clone(&seen));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhook_token_shadow_mode_and_what_if_replay() {
+    use hmac::{Hmac, Mac};
+    let (hook, seen) = recording_webhook().await;
+    let data = tempfile::tempdir().unwrap();
+    // The community Yahoo rules in shadow; the shipped ones in force.
+    let rules = data.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "shaping_files = [\"builtin:kumomta-shipped\", \"builtin:kumomta-community\"]\nshadow_shaping = [\"builtin:kumomta-community\"]\n",
+    )
+    .unwrap();
+    let rules = rules.to_str().unwrap().to_owned();
+    let vigil = Vigil::start(
+        data.path(),
+        &["--action-rules", &rules, "--webhook-url", &hook, "--webhook-secret", "s3cret", "--api-token", "t0ken"],
+    )
+    .await;
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let site = "(mta5|mta6|mta7).am0.yahoodns.net";
+    let tss04 = "[TSS04] Messages from 10.0.0.1 temporarily deferred due to user complaints";
+    for id in ["w1", "w2"] {
+        let (status, _) =
+            vigil.post("/publish_log_v1", deferral("ip-1", "a@yahoo.com", site, 421, (4, 7, 0), tss04, t0, id)).await;
+        assert_eq!(status, 200);
+    }
+
+    // The token guards the TSA endpoints and the actions API, not the status probe.
+    let unauthorised = vigil.http.get(vigil.url("/get_config_v1/shaping.toml")).send().await.unwrap();
+    assert_eq!(unauthorised.status(), 401);
+    assert_eq!(vigil.get_text("/tsa/status").await.0, 200);
+    let decisions = |query: &'static str| {
+        let (http, url) = (vigil.http.clone(), vigil.url(query));
+        async move {
+            let response = http.get(url).bearer_auth("t0ken").send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()["decisions"].as_array().unwrap().clone()
+        }
+    };
+    eventually("decisions recorded", Duration::from_secs(30), || async {
+        decisions("/api/v1/decisions").await.len() == 4
+    })
+    .await;
+    let shadow = decisions("/api/v1/decisions?status=shadow").await;
+    assert_eq!(shadow.len(), 1, "the community TSS04 threshold rule, in shadow: {shadow:#?}");
+    assert!(shadow[0]["rule"].as_str().unwrap().starts_with("builtin:kumomta-community:provider.yahoo#"));
+
+    // The webhook gets the three applied decisions (not the shadow one), each signed.
+    eventually("the webhook deliveries", Duration::from_secs(30), || {
+        let seen = Arc::clone(&seen);
+        async move { seen.lock().unwrap().len() >= 3 }
+    })
+    .await;
+    let delivered = seen.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 3, "shadow decisions are never delivered");
+    for (timestamp, signature, decision_id, body) in &delivered {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+        mac.update(format!("{timestamp}.").as_bytes());
+        mac.update(body);
+        let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(signature, &format!("sha256={expected}"));
+        let decision: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(&decision["decision_id"], decision_id);
+        for field in ["action", "target", "value", "expires", "reason", "rule", "evidence", "decision_id"] {
+            assert!(decision.get(field).is_some(), "{field} in {decision}");
+        }
+        assert_eq!(decision["target"]["egress_source"], "ip-1");
+        assert_eq!(decision["status"], "applied");
+    }
+    vigil.terminate();
+
+    // What-if: the same history with the community rules in force instead of in shadow.
+    let other = data.path().join("other.toml");
+    std::fs::write(&other, "shaping_files = [\"builtin:kumomta-shipped\", \"builtin:kumomta-community\"]\n").unwrap();
+    let out = common::run_vigil(
+        &["replay", "--data-dir", data.path().to_str().unwrap(), "--rules", other.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let changes: Vec<&Value> = out.json.iter().filter(|l| l.get("change").is_some()).collect();
+    assert_eq!(changes.len(), 2, "{:#?}", out.json);
+    let added = changes.iter().find(|c| c["change"] == "added").unwrap();
+    let removed = changes.iter().find(|c| c["change"] == "removed").unwrap();
+    assert_eq!(added["decision"]["status"], "applied");
+    assert_eq!(removed["decision"]["status"], "shadow");
+    assert_eq!(added["decision"]["action_key"], removed["decision"]["action_key"]);
+    assert_eq!(out.json.last().unwrap()["summary"], json!({"recorded": 4, "replayed": 4, "added": 1, "removed": 1}));
+}

@@ -111,6 +111,15 @@ impl RuleSet {
         Self::parse(&path.display().to_string(), &text, path.parent(), providers)
     }
 
+    /// Parses a rules file's text; `name` is used in errors, relative shaping files are
+    /// resolved from the working directory.
+    ///
+    /// # Errors
+    /// As [`Self::load`].
+    pub fn from_toml(name: &str, text: &str, providers: &ProviderMap) -> Result<Self, RulesError> {
+        Self::parse(name, text, None, providers)
+    }
+
     fn parse(name: &str, text: &str, base: Option<&Path>, providers: &ProviderMap) -> Result<Self, RulesError> {
         let fail = |message: String| RulesError::File { path: name.to_owned(), message };
         let file: RulesFile = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
