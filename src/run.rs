@@ -88,6 +88,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     spawn_http(&mut tasks, listener, app, &shutdown);
 
+    let action_rules = args.action_rules.clone().map(|file| (file, pipeline.rules_handle()));
     let pipeline = Arc::new(pipeline);
     let prepared = Arc::clone(&pipeline);
     let committed = tokio::task::spawn_blocking(move || prepared.prepare()).await??;
@@ -110,7 +111,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
 
     crate::sources::start(&args.sources, &log, &mut tasks, &shutdown).await?;
     #[cfg(unix)]
-    tasks.spawn(reload_on_sighup(args.rules.clone(), enricher, shutdown.clone()));
+    tasks.spawn(reload_on_sighup(args.rules.clone(), enricher, action_rules, shutdown.clone()));
     if args.demo {
         tracing::info!("demo traffic on: synthetic KumoMTA records for 4 egress sources and 5 providers");
         tasks.spawn(crate::demo::run(log.clone(), shutdown.clone()).map_ok());
@@ -166,12 +167,16 @@ pub(crate) fn build_classifier(rules: &[std::path::PathBuf]) -> anyhow::Result<v
     Ok(builder.with_bundled_rules().build()?)
 }
 
-/// `kill -HUP` rebuilds the classifier from the rule files and swaps it in; a file that no
-/// longer loads keeps the running classifier and says why.
+/// Where reloaded action rules go: the rules file and the pipeline's handle.
+type ActionRulesReload = Option<(std::path::PathBuf, Arc<arc_swap::ArcSwap<FoldRules>>)>;
+
+/// `kill -HUP` rebuilds the classifier from the rule files, and the action rules from their
+/// file, and swaps them in; a file that no longer loads keeps the running rules and says why.
 #[cfg(unix)]
 async fn reload_on_sighup(
     rules: Vec<std::path::PathBuf>,
     enricher: Enricher,
+    action_rules: ActionRulesReload,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -187,6 +192,15 @@ async fn reload_on_sighup(
                 enricher.replace_classifier(Arc::new(classifier));
             }
             Err(error) => tracing::error!(%error, "rule reload failed; the running classifier stays"),
+        }
+        if let Some((file, handle)) = &action_rules {
+            let file = file.clone();
+            match tokio::task::spawn_blocking(move || load_rules(Some(&file))).await? {
+                Ok(rules) => handle.store(Arc::new(FoldRules::new(rules))),
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "action rules reload failed; the running rules stay")
+                }
+            }
         }
     }
 }

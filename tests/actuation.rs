@@ -357,3 +357,76 @@ async fn signed_webhook_token_shadow_mode_and_what_if_replay() {
     assert_eq!(added["decision"]["action_key"], removed["decision"]["action_key"]);
     assert_eq!(out.json.last().unwrap()["summary"], json!({"recorded": 4, "replayed": 4, "added": 1, "removed": 1}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_actions_are_rebuilt_expired_ones_are_not_pushed_and_nothing_twice() {
+    let data = tempfile::tempdir().unwrap();
+    // Two rules for the same response: one lasting 3 s, one lasting an hour.
+    let shaping = data.path().join("shaping.toml");
+    std::fs::write(
+        &shaping,
+        "[[\"example.com\".automation]]\nregex = \"TSS04\"\naction = \"Suspend\"\nduration = \"3s\"\n\n\
+         [[\"example.com\".automation]]\nregex = \"TSS04\"\naction = \"SuspendTenant\"\nduration = \"1 hour\"\n",
+    )
+    .unwrap();
+    let rules = data.path().join("rules.toml");
+    std::fs::write(&rules, "shaping_files = [\"shaping.toml\"]\n").unwrap();
+    let rules = rules.to_str().unwrap().to_owned();
+
+    // First run: no kumod configured yet, so nothing is pushed; then kill -9 (no snapshot).
+    let vigil = Vigil::start(data.path(), &["--action-rules", &rules]).await;
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let record = deferral("ip-1", "a@example.com", "mx.example.com", 421, (4, 7, 0), "[TSS04] deferred", t0, "k1");
+    assert_eq!(vigil.post("/publish_log_v1", record).await.0, 200);
+    eventually("both actions in force", Duration::from_secs(30), || async {
+        let (_, s) = vigil.get("/get_suspension_v1/suspended.json").await;
+        s["ready_q"].as_array().is_some_and(|a| a.len() == 1) && s["sched_q"].as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    vigil.kill9();
+    let short_expiry = t0 + chrono::Duration::seconds(3);
+    common::wait_until("the short action to expire", Duration::from_secs(10), || Utc::now() > short_expiry);
+
+    // Second run, now pushing to kumod: the state is rebuilt from the log; the expired
+    // suspension is neither served nor pushed, the live one is pushed once.
+    let (kumod, calls) = recording_kumod().await;
+    let vigil = Vigil::start(data.path(), &["--action-rules", &rules, "--kumod-url", &kumod]).await;
+    let (_, suspended) = vigil.get("/get_suspension_v1/suspended.json").await;
+    assert_eq!(suspended["ready_q"], json!([]), "expired while Vigil was down");
+    assert_eq!(suspended["sched_q"][0]["tenant"], "acme");
+    eventually("the live action pushed", Duration::from_secs(30), || {
+        let calls = Arc::clone(&calls);
+        async move { !calls.lock().unwrap().is_empty() }
+    })
+    .await;
+    vigil.terminate();
+    let received = calls.lock().unwrap().clone();
+    assert_eq!(received.len(), 1, "{received:#?}");
+    assert_eq!(received[0].1, "/api/admin/suspend/v1");
+    assert_eq!(received[0].2["tenant"], "acme");
+    assert_eq!(received[0].2["domain"], "example.com");
+
+    // Third run: nothing is pushed again.
+    let vigil = Vigil::start(data.path(), &["--action-rules", &rules, "--kumod-url", &kumod]).await;
+    let (_, suspended) = vigil.get("/get_suspension_v1/suspended.json").await;
+    assert_eq!(suspended["sched_q"].as_array().unwrap().len(), 1, "still in force after a restart");
+    // A new decision proves the pusher ran past the old ones without repeating them.
+    let record =
+        deferral("ip-2", "b@example.com", "mx.example.com", 421, (4, 7, 0), "[TSS04] deferred", Utc::now(), "k2");
+    assert_eq!(vigil.post("/publish_log_v1", record).await.0, 200);
+    eventually("the new actions pushed", Duration::from_secs(30), || {
+        let calls = Arc::clone(&calls);
+        async move { calls.lock().unwrap().len() >= 2 }
+    })
+    .await;
+    vigil.terminate();
+    let received = calls.lock().unwrap().clone();
+    let paths: Vec<&str> = received.iter().map(|(_, p, _)| p.as_str()).collect();
+    // ip-2's ready-queue suspension is new; its SuspendTenant is the same action (tenant,
+    // domain) on another path, so also new.
+    assert_eq!(paths[0], "/api/admin/suspend/v1");
+    assert!(
+        received[1..].iter().all(|(_, _, b)| b.get("name").is_none_or(|n| n.as_str().unwrap().starts_with("ip-2"))),
+        "{received:#?}"
+    );
+}

@@ -113,7 +113,8 @@ pub struct Pipeline {
     log: EventLog,
     writer: Arc<ParquetWriter>,
     enricher: Enricher,
-    fold: FoldRules,
+    /// Swapped whole when the rules are reloaded; each batch folds under one version.
+    fold: Arc<arc_swap::ArcSwap<FoldRules>>,
     outbox: Option<Outbox>,
     state: SharedState,
     config: PipelineConfig,
@@ -126,7 +127,7 @@ impl Pipeline {
             log,
             writer: Arc::new(writer),
             enricher,
-            fold: FoldRules::bundled(),
+            fold: Arc::new(arc_swap::ArcSwap::from_pointee(FoldRules::bundled())),
             outbox: None,
             state: Arc::new(RwLock::new(DerivedState::new())),
             config,
@@ -136,9 +137,15 @@ impl Pipeline {
     /// Folds with `fold` instead of the bundled rules, and records decisions in `outbox`.
     #[must_use]
     pub fn with_rules(mut self, fold: FoldRules, outbox: Option<Outbox>) -> Self {
-        self.fold = fold;
+        self.fold = Arc::new(arc_swap::ArcSwap::from_pointee(fold));
         self.outbox = outbox;
         self
+    }
+
+    /// Where reloaded rules are stored: the next batch folds under them.
+    #[must_use]
+    pub fn rules_handle(&self) -> Arc<arc_swap::ArcSwap<FoldRules>> {
+        Arc::clone(&self.fold)
     }
 
     /// The live derived state.
@@ -171,7 +178,7 @@ impl Pipeline {
         };
         let from = state.offset;
         let mut unrecorded = Ok(());
-        catch_up(&self.log, &self.enricher, &self.fold, &mut state, committed, &mut |decisions| {
+        catch_up(&self.log, &self.enricher, &self.fold.load(), &mut state, committed, &mut |decisions| {
             // Recording is idempotent by decision id: what was recorded before is skipped.
             if let (Some(outbox), Ok(())) = (&self.outbox, &unrecorded) {
                 unrecorded = outbox.record(&decisions).map(|_| ());
@@ -274,7 +281,7 @@ impl Pipeline {
             Ok(events)
         })
         .await??;
-        let decisions = self.state.write().expect("state lock poisoned").apply_batch(&events, end, &self.fold);
+        let decisions = self.state.write().expect("state lock poisoned").apply_batch(&events, end, &self.fold.load());
         if let (Some(outbox), false) = (&self.outbox, decisions.is_empty()) {
             let outbox = outbox.clone();
             let recorded = tokio::task::spawn_blocking(move || outbox.record(&decisions)).await?;
