@@ -14,6 +14,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use vigil_processor::actuation::push::{Outbox, PushConfig, WebhookConfig};
+use vigil_processor::state::FoldRules;
 use vigil_processor::stream::{Folder, StreamConfig, ensure_stream_topics, run_enrich};
 use vigil_processor::{DerivedState, Enricher, ProviderMap};
 
@@ -31,10 +33,31 @@ struct ProcessConfig {
     /// Extra bounce-classifier rule files, as `vigil run --rules`.
     #[serde(default)]
     rules: Vec<PathBuf>,
+    /// The rules that act, and where their decisions go.
+    #[serde(default)]
+    actuation: ActuationConfig,
     /// Seconds between snapshots of the derived state.
     #[serde(default = "default_snapshot_seconds")]
     snapshot_seconds: u64,
     kafka: StreamConfig,
+}
+
+/// `[actuation]`: every instance folds everything and so decides; give push targets to one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActuationConfig {
+    /// The action rules file; default: the bundled set.
+    #[serde(default)]
+    rules: Option<PathBuf>,
+    /// Bearer token for the TSA endpoints and the actions API.
+    #[serde(default)]
+    api_token: Option<String>,
+    /// kumod's HTTP listener, to push suspensions and bounces to (see `vigil run --kumod-url`).
+    #[serde(default)]
+    kumod_url: Option<String>,
+    /// Signed webhooks: `[[actuation.webhooks]] name, url, secret`.
+    #[serde(default)]
+    webhooks: Vec<WebhookConfig>,
 }
 
 fn default_snapshot_seconds() -> u64 {
@@ -49,6 +72,9 @@ async fn serve(config: ProcessConfig) -> anyhow::Result<()> {
     let classifier = crate::run::build_classifier(&config.rules)?;
     let enricher = Enricher::new(Arc::new(classifier), Arc::new(ProviderMap::bundled()));
     let state = Arc::new(RwLock::new(DerivedState::new()));
+    let state_dir = config.data_dir.join("state");
+    let outbox = Outbox::open(&state_dir)?;
+    let rules = crate::run::load_rules(config.actuation.rules.as_deref())?;
     let ready = Arc::new(AtomicBool::new(false));
 
     let healthz = {
@@ -62,6 +88,11 @@ async fn serve(config: ProcessConfig) -> anyhow::Result<()> {
         }
     };
     let app = vigil_query::live::router(Arc::clone(&state))
+        .merge(vigil_query::actions::router(vigil_query::actions::ActionsState {
+            state: Arc::clone(&state),
+            outbox: outbox.clone(),
+            token: config.actuation.api_token.clone(),
+        }))
         .merge(crate::metrics::process_router())
         .route("/healthz", get(healthz));
     let listener =
@@ -76,13 +107,25 @@ async fn serve(config: ProcessConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     crate::run::spawn_http(&mut tasks, listener, app, &shutdown);
-    let state_dir = config.data_dir.join("state");
     let folder = tokio::task::block_in_place(|| {
         Folder::new(config.kafka.clone(), Arc::clone(&state), state_dir, Duration::from_secs(config.snapshot_seconds))
-    });
+    })
+    .with_rules(FoldRules::new(rules), Some(outbox.clone()));
     ready.store(true, Ordering::Release);
     tracing::info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "vigil process starting");
     ensure_stream_topics(&config.kafka, &shutdown).await?;
+    let publisher = vigil_processor::actuation::push::spawn_topic(
+        &outbox,
+        &config.kafka.producer(),
+        &config.kafka.decisions_topic,
+        &shutdown,
+    )?;
+    tasks.spawn(async move { publisher.await.context("decision publisher") });
+    let push =
+        PushConfig { kumod_url: config.actuation.kumod_url.clone(), webhooks: config.actuation.webhooks.clone() };
+    for pusher in vigil_processor::actuation::push::spawn(&outbox, &push, &shutdown) {
+        tasks.spawn(async move { pusher.await.context("decision pusher") });
+    }
     {
         let stop = shutdown.clone();
         tasks.spawn(async move { folder.run(stop).await.context("fold stage") });
@@ -105,6 +148,8 @@ mod tests {
         assert_eq!(config.kafka.events_topic, "vigil.events");
         assert_eq!(config.kafka.enriched_topic, "vigil.enriched");
         assert_eq!(config.kafka.group_id, "vigil-processor");
+        assert_eq!(config.kafka.decisions_topic, "vigil.decisions");
+        assert!(config.actuation.kumod_url.is_none() && config.actuation.webhooks.is_empty());
     }
 
     #[test]

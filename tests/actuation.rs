@@ -12,34 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::Method;
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::{Vigil, eventually};
+use common::{Calls, Vigil, eventually, recording_kumod};
 use futures::StreamExt;
 use serde_json::{Value, json};
-
-/// Every admin call kumod received: (method, path, body).
-type Calls = Arc<Mutex<Vec<(String, String, Value)>>>;
-
-async fn recording_kumod() -> (String, Calls) {
-    async fn record(
-        State(calls): State<Calls>,
-        method: Method,
-        uri: axum::http::Uri,
-        body: String,
-    ) -> axum::Json<Value> {
-        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        let mut calls = calls.lock().unwrap();
-        calls.push((method.to_string(), uri.path().to_owned(), body));
-        axum::Json(json!({ "id": format!("kumod-id-{}", calls.len()) }))
-    }
-    let calls: Calls = Arc::default();
-    let app = axum::Router::new().fallback(record).with_state(Arc::clone(&calls));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, calls)
-}
 
 /// A KumoMTA `TransientFailure` record.
 #[allow(clippy::too_many_arguments)]

@@ -37,6 +37,11 @@ struct Process {
 
 impl Process {
     fn start(dir: &Path, port: u16, group: &str, enriched: &str) -> Self {
+        Self::start_with(dir, port, group, enriched, "")
+    }
+
+    /// With `extra` configuration (top-level tables, e.g. `[actuation]`) appended.
+    fn start_with(dir: &Path, port: u16, group: &str, enriched: &str, extra: &str) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("process.toml");
         std::fs::write(
@@ -45,7 +50,7 @@ impl Process {
                 "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\nsnapshot_seconds = 1\n\
                  [kafka]\nbrokers = \"127.0.0.1:{port}\"\ngroup_id = \"{group}\"\nenriched_topic = \"{enriched}\"\n\
                  partitions = {PARTITIONS}\n\
-                 [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
+                 [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n{extra}",
                 data = dir.to_str().unwrap(),
             ),
         )
@@ -89,12 +94,7 @@ impl Process {
     }
 
     async fn wait_for_all(&self, what: &str) {
-        eventually(what, Duration::from_secs(120), || async {
-            let n = self.events_applied().await;
-            eprintln!("DEBUG applied {n}");
-            n == EVENTS as u64
-        })
-        .await;
+        eventually(what, Duration::from_secs(120), || async { self.events_applied().await == EVENTS as u64 }).await;
     }
 }
 
@@ -213,4 +213,67 @@ async fn two_instances_one_killed_agree_with_one_instance() {
     assert!(row["signals_by_name"]["yahoo_tss04"].as_u64().unwrap() > 0, "{row}");
     b.running.stop();
     single.running.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn decisions_on_kafka_reach_kumod_and_the_decisions_topic() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Broker::start_with(dir.path(), port, "memory://tansu/");
+    let (kumod, calls) = common::recording_kumod().await;
+    let process = Process::start_with(
+        &dir.path().join("p"),
+        port,
+        "group-actuation",
+        "vigil.enriched",
+        &format!("[actuation]\nkumod_url = \"{kumod}\"\n"),
+    );
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    // A Yahoo TSS04 deferral happening now: the shipped Yahoo rule suspends the path at once.
+    let now = chrono::Utc::now();
+    let mut e = DeliveryEvent::new("tss04-now".into(), SourceKind::Kumomta, EventKind::Deferred, now, now);
+    e.egress_source = Some("ip-9".into());
+    e.recipient = Some("u@yahoo.com".into());
+    e.recipient_domain = Some("yahoo.com".into());
+    e.site = Some("ip-9->(mta5|mta6|mta7).am0.yahoodns.net@smtp_client".into());
+    e.smtp_code = Some(421);
+    e.enhanced_status = Some("4.7.0".into());
+    e.response_text = Some("[TSS04] Messages from 10.0.0.9 temporarily deferred".into());
+    let body = serde_json::to_vec(&e).unwrap();
+    eventually("the events topic to accept the event", Duration::from_secs(60), || async {
+        producer.send(FutureRecord::to("vigil.events").key("ip-9").payload(&body), Duration::from_secs(5)).await.is_ok()
+    })
+    .await;
+
+    eventually("kumod to get the suspension", Duration::from_secs(60), || {
+        let calls = std::sync::Arc::clone(&calls);
+        async move { calls.lock().unwrap().iter().any(|(_, path, _)| path == "/api/admin/suspend-ready-q/v1") }
+    })
+    .await;
+    let call = calls.lock().unwrap().iter().find(|(_, p, _)| p == "/api/admin/suspend-ready-q/v1").unwrap().clone();
+    assert_eq!(call.2["name"], "ip-9->(mta5|mta6|mta7).am0.yahoodns.net@smtp_client");
+    let suspended = process.get("/get_suspension_v1/suspended.json").await;
+    assert_eq!(suspended["ready_q"][0]["source"], "ip-9");
+
+    // Every decision is also a record of vigil.decisions, keyed by its action.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+        .set("group.id", "decisions-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["vigil.decisions"]).unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await.unwrap().unwrap();
+    let decision: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+    assert_eq!(message.key(), Some(decision["action_key"].as_str().unwrap().as_bytes()));
+    let header = message.headers().unwrap().iter().find(|h| h.key == "vigil-decision-id").unwrap();
+    assert_eq!(header.value, Some(decision["decision_id"].as_str().unwrap().as_bytes()));
+    assert_eq!(decision["target"]["egress_source"], "ip-9");
+    process.running.stop();
 }

@@ -115,6 +115,9 @@ pub struct StreamConfig {
     pub events_topic: String,
     #[serde(default = "default_enriched_topic")]
     pub enriched_topic: String,
+    /// Where every decision of the rules that act is published, keyed by its action.
+    #[serde(default = "default_decisions_topic")]
+    pub decisions_topic: String,
     /// Partitions of the topics when Vigil creates them. `vigil.enriched` needs at least as
     /// many as `vigil.events` (records keep their partition number).
     #[serde(default = "default_partitions")]
@@ -135,6 +138,9 @@ fn default_events_topic() -> String {
 }
 fn default_enriched_topic() -> String {
     "vigil.enriched".into()
+}
+fn default_decisions_topic() -> String {
+    "vigil.decisions".into()
 }
 fn default_partitions() -> i32 {
     6
@@ -164,7 +170,9 @@ impl StreamConfig {
         client
     }
 
-    fn producer(&self) -> ClientConfig {
+    /// The producer settings of every Vigil producer (idempotent, acks=all, zstd).
+    #[must_use]
+    pub fn producer(&self) -> ClientConfig {
         let kafka = KafkaConfig {
             brokers: self.brokers.clone(),
             topic: self.enriched_topic.clone(),
@@ -189,12 +197,12 @@ pub enum StreamError {
     Snapshot(#[from] SnapshotError),
 }
 
-/// Creates both topics if missing.
+/// Creates the topics if missing.
 ///
 /// # Errors
 /// When the client configuration is invalid.
 pub async fn ensure_stream_topics(config: &StreamConfig, shutdown: &CancellationToken) -> Result<(), StreamError> {
-    let topics = [config.events_topic.as_str(), config.enriched_topic.as_str()];
+    let topics = [config.events_topic.as_str(), config.enriched_topic.as_str(), config.decisions_topic.as_str()];
     ensure_topics(&config.client(), &topics, config.partitions, config.replication_factor, shutdown).await?;
     Ok(())
 }

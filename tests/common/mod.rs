@@ -12,6 +12,31 @@ use serde_json::Value;
 
 pub mod broker;
 
+/// Every call a recording HTTP server received: (method, path, JSON body or null).
+pub type Calls = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>;
+
+/// An HTTP server standing in for kumod's admin API: records every call and answers
+/// `{"id": "kumod-id-N"}`, as kumod does for suspensions and bounces.
+pub async fn recording_kumod() -> (String, Calls) {
+    async fn record(
+        axum::extract::State(calls): axum::extract::State<Calls>,
+        method: axum::http::Method,
+        uri: axum::http::Uri,
+        body: String,
+    ) -> axum::Json<Value> {
+        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let mut calls = calls.lock().unwrap();
+        calls.push((method.to_string(), uri.path().to_owned(), body));
+        axum::Json(serde_json::json!({ "id": format!("kumod-id-{}", calls.len()) }))
+    }
+    let calls: Calls = Calls::default();
+    let app = axum::Router::new().fallback(record).with_state(std::sync::Arc::clone(&calls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, calls)
+}
+
 /// A running `vigil run`, killed with SIGKILL when dropped.
 pub struct Vigil {
     child: Child,

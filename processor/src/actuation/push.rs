@@ -222,6 +222,8 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
 /// Why one delivery failed; retried with backoff.
 #[derive(Debug, thiserror::Error)]
 enum DeliveryError {
+    #[error("publishing to Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
     #[error("request failed: {0}")]
     Http(#[from] reqwest::Error),
     #[error("{url} answered {status}: {body}")]
@@ -229,8 +231,57 @@ enum DeliveryError {
 }
 
 enum Pusher {
-    Kumod { base: String },
+    Kumod {
+        base: String,
+    },
     Webhook(WebhookConfig),
+    /// Every decision, as the record of `vigil.decisions` (Kafka mode).
+    Topic {
+        producer: rdkafka::producer::FutureProducer,
+        topic: String,
+    },
+}
+
+impl Pusher {
+    /// Whether the decision is for this target: MTAs get what is in force, the topic gets
+    /// everything.
+    fn wants(&self, decision: &Decision) -> Option<&'static str> {
+        match self {
+            Self::Topic { .. } => None,
+            _ if decision.status == Status::Shadow => Some("shadow"),
+            _ if decision.status == Status::Applied && decision.expires <= Utc::now() => {
+                Some("expired before delivery")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Starts the task that publishes every recorded decision to `topic`, keyed by its action,
+/// in record order, advancing its cursor once the broker acknowledged.
+///
+/// # Errors
+/// When the producer cannot be created from `client`.
+pub fn spawn_topic(
+    outbox: &Outbox,
+    client: &rdkafka::ClientConfig,
+    topic: &str,
+    shutdown: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, rdkafka::error::KafkaError> {
+    let producer = client.create()?;
+    let pusher = Pusher::Topic { producer, topic: topic.to_owned() };
+    let client = reqwest::Client::new();
+    let (outbox, shutdown) = (outbox.clone(), shutdown.clone());
+    Ok(tokio::spawn(
+        async move { run(format!("topic:{}", pusher_topic(&pusher)), pusher, outbox, client, shutdown).await },
+    ))
+}
+
+fn pusher_topic(pusher: &Pusher) -> String {
+    match pusher {
+        Pusher::Topic { topic, .. } => topic.clone(),
+        _ => String::new(),
+    }
 }
 
 /// Starts one task per configured target; they run until `shutdown`.
@@ -277,16 +328,14 @@ async fn run(name: String, pusher: Pusher, outbox: Outbox, client: reqwest::Clie
         for (seq, decision) in batch {
             let mut backoff = Duration::from_millis(200);
             let kumod_id = loop {
-                if decision.status == Status::Shadow {
-                    break None;
-                }
-                if decision.status == Status::Applied && decision.expires <= Utc::now() {
-                    tracing::info!(pusher = name, decision = decision.decision_id, "expired before delivery; skipped");
+                if let Some(why) = pusher.wants(&decision) {
+                    tracing::debug!(pusher = name, decision = decision.decision_id, why, "not delivered");
                     break None;
                 }
                 let result = match &pusher {
                     Pusher::Kumod { base } => push_kumod(&client, base, &outbox, &decision).await,
                     Pusher::Webhook(hook) => push_webhook(&client, hook, &decision).await.map(|()| None),
+                    Pusher::Topic { producer, topic } => publish(producer, topic, &decision).await.map(|()| None),
                 };
                 match result {
                     Ok(id) => break id,
@@ -403,5 +452,19 @@ async fn push_webhook(
             body: response.text().await.unwrap_or_default(),
         });
     }
+    Ok(())
+}
+
+async fn publish(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    decision: &Decision,
+) -> Result<(), DeliveryError> {
+    let payload = serde_json::to_vec(decision).expect("a decision serialises");
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header { key: "vigil-decision-id", value: Some(decision.decision_id.as_str()) });
+    let record =
+        rdkafka::producer::FutureRecord::to(topic).key(&decision.action_key).payload(&payload).headers(headers);
+    producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| DeliveryError::Kafka(error))?;
     Ok(())
 }
