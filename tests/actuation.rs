@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::{Calls, Vigil, eventually, recording_kumod};
+use common::{Vigil, eventually, recording_kumod};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
