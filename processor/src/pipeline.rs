@@ -63,7 +63,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             max_batch_events: 50_000,
-            linger: Duration::from_millis(250),
+            linger: Duration::from_millis(50),
             retry_backoff: Duration::from_secs(1),
             compaction_interval: Duration::from_secs(10),
             state_dir: None,
