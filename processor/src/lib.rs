@@ -6,7 +6,8 @@
 //!   consumer offset `warehouse` onwards.
 //! - Out: enriched events (provider, bounce class, the rule that decided) in the Parquet
 //!   warehouse; [`state::DerivedState`]: exact sliding-window reputation per scope
-//!   ([`reputation`]) and the suppression list ([`suppression`]).
+//!   ([`reputation`]), the suppression list ([`suppression`]) and the state of the rules that
+//!   act, whose decisions ([`actuation::Decision`]) the fold returns.
 //! - Guarantees:
 //!   - Every event is written to the warehouse exactly once: files are written, then the
 //!     consumer offset is committed; on restart, files past the committed offset are removed

@@ -194,6 +194,43 @@ pub struct ShapingRules {
     /// of the same name across shaping files, so a file may hold a provider's automation
     /// and another its `match`.
     provider_matchers: std::collections::BTreeMap<String, Vec<ProviderMatch>>,
+    /// Built on first use, once every file is added.
+    prefilter: std::sync::OnceLock<Prefilter>,
+}
+
+/// One pass over a response line that says which rules could match it: every pattern the
+/// `regex` crate can compile in one `RegexSet` (most lines match none, and that is one DFA
+/// scan instead of a hundred regex runs), plus the rules using fancy-regex features
+/// (look-around, backreferences), which are always tried.
+#[derive(Debug, Clone)]
+struct Prefilter {
+    set: regex::RegexSet,
+    /// The rule of each pattern of `set`.
+    rule_of: Vec<usize>,
+    always: Vec<usize>,
+}
+
+impl Prefilter {
+    fn build(rules: &[AutomationRule]) -> Self {
+        let mut patterns = Vec::new();
+        let mut rule_of = Vec::new();
+        let mut always = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            if rule.patterns.iter().all(|p| regex::Regex::new(p).is_ok()) {
+                patterns.extend(rule.patterns.iter().cloned());
+                rule_of.extend(std::iter::repeat_n(index, rule.patterns.len()));
+            } else {
+                always.push(index);
+            }
+        }
+        let set = regex::RegexSet::new(&patterns).unwrap_or_else(|_| {
+            // Too big for one set: fall back to trying every rule.
+            always = (0..rules.len()).collect();
+            rule_of.clear();
+            regex::RegexSet::empty()
+        });
+        Self { set, rule_of, always }
+    }
 }
 
 impl ShapingRules {
@@ -290,6 +327,7 @@ impl ShapingRules {
             if let RuleScope::Destination { name, mx_rollup: true } = &scope {
                 self.rollup_domains.insert(name.clone());
             }
+            self.prefilter = std::sync::OnceLock::new();
             self.rules.push(AutomationRule {
                 shadow: false,
                 hash,
@@ -322,6 +360,19 @@ impl ShapingRules {
             }
         }
         n
+    }
+
+    /// Indices of the rules whose patterns may match `line`, in file order (a superset: check
+    /// each with [`AutomationRule::matches`]).
+    pub fn candidates(&self, line: &str, out: &mut Vec<usize>) {
+        out.clear();
+        let prefilter = self.prefilter.get_or_init(|| Prefilter::build(&self.rules));
+        if prefilter.set.is_match(line) {
+            out.extend(prefilter.set.matches(line).iter().map(|p| prefilter.rule_of[p]));
+        }
+        out.extend(&prefilter.always);
+        out.sort_unstable();
+        out.dedup();
     }
 
     /// A provider's `match` entries, merged over every file loaded.

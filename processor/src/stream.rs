@@ -161,11 +161,6 @@ impl StreamConfig {
 
     fn consumer(&self, group: &str) -> ClientConfig {
         let mut client = self.client();
-        if !self.properties.contains_key("fetch.wait.max.ms") {
-            // librdkafka waits up to 500 ms for a fetch to fill; each of the two stages would
-            // add that to the time from a bounce to the throttle it causes.
-            client.set("fetch.wait.max.ms", "20");
-        }
         client
             .set("group.id", group)
             .set("enable.auto.commit", "false")

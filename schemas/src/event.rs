@@ -295,12 +295,21 @@ impl DeliveryEvent {
     /// classifier matches against (`Response::to_single_line`).
     #[must_use]
     pub fn response_line(&self) -> Option<String> {
+        let mut line = String::new();
+        self.write_response_line(&mut line).then_some(line)
+    }
+
+    /// Appends [`Self::response_line`] to `out` (for callers reusing a buffer); false, with
+    /// nothing written, when there is no SMTP code.
+    pub fn write_response_line(&self, out: &mut String) -> bool {
+        use std::fmt::Write as _;
+        let Some(code) = self.smtp_code else { return false };
         let text = self.response_text.as_deref().unwrap_or("");
-        let code = self.smtp_code?;
-        Some(match &self.enhanced_status {
-            Some(enhanced) => format!("{code} {enhanced} {text}"),
-            None => format!("{code} {text}"),
-        })
+        let _ = match &self.enhanced_status {
+            Some(enhanced) => write!(out, "{code} {enhanced} {text}"),
+            None => write!(out, "{code} {text}"),
+        };
+        true
     }
 }
 

@@ -9,9 +9,13 @@ use super::decision::{Decision, Status};
 
 /// Every action in force, keyed by [`Decision::action_key`]. Each entry is the decision that
 /// put it in force (or last extended it).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ActiveActions {
     by_key: BTreeMap<String, Decision>,
+    /// The earliest `expires` in `by_key`, so that checking for expiries on every event costs
+    /// nothing until one is due. `None`: not known (after a load), computed on next use.
+    #[serde(skip)]
+    soonest: Option<Option<DateTime<Utc>>>,
 }
 
 impl ActiveActions {
@@ -27,12 +31,26 @@ impl ActiveActions {
         {
             return None;
         }
+        if let Some(Some(soonest)) = self.soonest
+            && decision.expires < soonest
+        {
+            self.soonest = Some(Some(decision.expires));
+        } else if self.soonest == Some(None) {
+            self.soonest = Some(Some(decision.expires));
+        }
+        // Replacing an entry may move the soonest expiry later; an early value only costs a
+        // scan that finds nothing due.
         self.by_key.insert(decision.action_key.clone(), decision.clone());
         Some(decision)
     }
 
     /// Ends every action whose `expires` is at or before `now`, in key order.
     pub fn expire(&mut self, now: DateTime<Utc>, out: &mut Vec<Decision>) {
+        let soonest = *self.soonest.get_or_insert_with(|| self.by_key.values().map(|d| d.expires).min());
+        if soonest.is_none_or(|soonest| soonest > now) {
+            return;
+        }
+        self.soonest = None;
         let due: Vec<String> = self.by_key.iter().filter(|(_, d)| d.expires <= now).map(|(k, _)| k.clone()).collect();
         for key in due {
             if let Some(decision) = self.by_key.remove(&key) {
@@ -45,6 +63,7 @@ impl ActiveActions {
     /// Takes an action back before it expires.
     pub fn lift(&mut self, key: &str, at: DateTime<Utc>, reason: String) -> Option<Decision> {
         let decision = self.by_key.remove(key)?;
+        self.soonest = None;
         Some(decision.ended(Status::Lifted, at, reason))
     }
 

@@ -171,7 +171,7 @@ impl RuleSet {
 }
 
 /// All rule state: part of the derived state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ActuationState {
     pub active: ActiveActions,
     pub tsa: TsaState,
@@ -198,12 +198,7 @@ impl ActuationState {
         self.rate.tick(&rules.rate, reputation, &overlay_domain, minute_of(now), &mut self.active, out);
         self.warmup.tick(&rules.warmup, reputation, &overlay_domain, now, &mut self.active, out);
         if !event.internal {
-            self.rate.seen(
-                &rules.rate,
-                event.egress_source.as_deref(),
-                event.provider.as_deref(),
-                minute_of(event.occurred_at),
-            );
+            self.rate.seen(&rules.rate, event.egress_source.as_deref(), event.provider.as_deref());
         }
         self.tsa.on_event(&rules.shaping, event, &mut self.active, out);
     }

@@ -1,8 +1,8 @@
 //! Rate rules: a failure rate over a window, with a minimum volume, that throttles an egress
 //! source (per provider) to a share of its baseline and gives the rate back step by step.
 //!
-//! Each rule is evaluated once per minute of the events' clock, for every target with traffic
-//! in its window and every target it holds throttled:
+//! Each rule is evaluated once per minute of the events' clock, for every target that had
+//! traffic since the last evaluation and every target it holds throttled:
 //! - **Trigger**: at least `min_volume` attempts in `window` and `metric / attempts >=
 //!   threshold`. Below the volume nothing happens, however bad the rate: a handful of
 //!   deferrals is not evidence.
@@ -245,11 +245,9 @@ struct Throttle {
     action_key: String,
 }
 
-/// Per rule: targets seen (last minute with traffic) and targets throttled.
+/// Per rule: the targets it holds throttled.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct RuleState {
-    /// egress source -> provider (empty for per-source rules) -> last minute with traffic.
-    seen: BTreeMap<String, BTreeMap<String, u32>>,
     throttled: BTreeMap<(String, String), Throttle>,
 }
 
@@ -257,6 +255,9 @@ struct RuleState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RateState {
     rules: BTreeMap<String, RuleState>,
+    /// Targets with traffic since the last evaluation: egress source -> providers, with `""`
+    /// standing for the source as a whole. Small: one minute's active targets.
+    pending: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// The last minute evaluated.
     evaluated: Option<u32>,
 }
@@ -274,29 +275,17 @@ fn minute_start(minute: u32) -> DateTime<Utc> {
 }
 
 impl RateState {
-    /// Notes that a target had traffic (called per event, before [`Self::tick`]).
-    pub fn seen(&mut self, rules: &[RateRule], source: Option<&str>, provider: Option<&str>, minute: u32) {
-        let Some(source) = source else { return };
-        for rule in rules {
-            let provider = if rule.scope == Scope::EgressSourceProvider {
-                match provider {
-                    Some(p) => p,
-                    None => continue,
-                }
-            } else {
-                ""
-            };
-            let state = self.rules.entry(rule.name.clone()).or_default();
-            // Look up before inserting: the common case allocates nothing.
-            let by_provider = match state.seen.get_mut(source) {
-                Some(by_provider) => by_provider,
-                None => state.seen.entry(source.to_owned()).or_default(),
-            };
-            match by_provider.get_mut(provider) {
-                Some(last) => *last = (*last).max(minute),
-                None => {
-                    by_provider.insert(provider.to_owned(), minute);
-                }
+    /// Notes that a target had traffic (called per event, after [`Self::tick`]).
+    pub fn seen(&mut self, rules: &[RateRule], source: Option<&str>, provider: Option<&str>) {
+        let (Some(source), false) = (source, rules.is_empty()) else { return };
+        // Look up before inserting: the common case allocates nothing.
+        let providers = match self.pending.get_mut(source) {
+            Some(providers) => providers,
+            None => self.pending.entry(source.to_owned()).or_default(),
+        };
+        for key in [provider, Some("")].into_iter().flatten() {
+            if !providers.contains(key) {
+                providers.insert(key.to_owned());
             }
         }
     }
@@ -321,17 +310,18 @@ impl RateState {
             return;
         }
         let as_of = minute_start(minute) - TimeDelta::milliseconds(1);
+        // Targets with traffic since the last evaluation, and those held throttled: a target
+        // without new traffic is judged again when it has some. This keeps a minute's work
+        // proportional to that minute's traffic rather than to every target of the window.
+        let pending = std::mem::take(&mut self.pending);
         for rule in rules {
             let state = self.rules.entry(rule.name.clone()).or_default();
-            let oldest = done.saturating_sub(rule.window_minutes);
-            state.seen.retain(|_, by_provider| {
-                by_provider.retain(|_, last| *last > oldest);
-                !by_provider.is_empty()
-            });
-            let mut targets: Vec<(String, String)> = state
-                .seen
+            let per_provider = rule.scope == Scope::EgressSourceProvider;
+            let mut targets: Vec<(String, String)> = pending
                 .iter()
-                .flat_map(|(source, by_provider)| by_provider.keys().map(|p| (source.clone(), p.clone())))
+                .flat_map(|(source, providers)| {
+                    providers.iter().filter(|p| p.is_empty() != per_provider).map(|p| (source.clone(), p.clone()))
+                })
                 .collect();
             targets.extend(state.throttled.keys().cloned());
             targets.sort();

@@ -31,12 +31,18 @@ use crate::shaping::{Action, AutomationRule, ConfigValue, ProviderMatch, RuleSco
 const UNSPECIFIED_SOURCE: &str = "unspecified";
 
 /// Threshold counts and learnt sites. Pure: no clock, no I/O.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TsaState {
     /// Timestamps (ms) of matching responses per (rule hash, egress path), sorted.
     history: BTreeMap<(String, String), Vec<i64>>,
     /// The MX site each domain named by a rollup destination was last seen going to.
     sites: BTreeMap<String, String>,
+    /// Scratch space for rule candidates and the response line, kept to avoid allocations
+    /// per event.
+    #[serde(skip)]
+    candidates: Vec<usize>,
+    #[serde(skip)]
+    line: String,
 }
 
 /// What of an event the rules look at.
@@ -48,12 +54,13 @@ struct Attempt<'a> {
     /// The MX site name (`path` without the source and the `@smtp_client`).
     site_name: &'a str,
     mx_host: Option<&'a str>,
-    line: String,
+    line: &'a str,
     internal: bool,
 }
 
 impl<'a> Attempt<'a> {
-    fn of(event: &'a DeliveryEvent) -> Option<Self> {
+    /// `line` is the event's response line.
+    fn of(event: &'a DeliveryEvent, line: &'a str) -> Option<Self> {
         // The records kumod publishes to TSA by default: attempts and their endings, not
         // receptions, rebinds, delays or transfers.
         if !matches!(event.kind, EventKind::Delivered | EventKind::Deferred | EventKind::Bounced | EventKind::Expired) {
@@ -73,7 +80,7 @@ impl<'a> Attempt<'a> {
             path,
             site_name,
             mx_host: event.mx_host.as_deref(),
-            line: event.response_line()?,
+            line,
             internal: event.internal,
         })
     }
@@ -102,22 +109,28 @@ impl TsaState {
     }
 
     /// The rules that match, in TSA's order.
-    fn matching<'r>(&self, rules: &'r ShapingRules, attempt: &Attempt<'_>) -> Vec<&'r AutomationRule> {
+    fn matching<'r>(
+        &self,
+        rules: &'r ShapingRules,
+        attempt: &Attempt<'_>,
+        candidates: &mut Vec<usize>,
+    ) -> Vec<&'r AutomationRule> {
         let scope_order = |rule: &AutomationRule| match &rule.scope {
             RuleScope::Default => 0,
             RuleScope::Provider { .. } => 1,
             RuleScope::Destination { mx_rollup: true, .. } => 2,
             RuleScope::Destination { mx_rollup: false, .. } => 3,
         };
-        let mut matched: Vec<&AutomationRule> = rules
-            .rules()
+        rules.candidates(attempt.line, candidates);
+        let mut matched: Vec<&AutomationRule> = candidates
             .iter()
+            .map(|&i| &rules.rules()[i])
             .filter(|rule| match &rule.scope {
                 RuleScope::Default => true,
                 RuleScope::Provider { name, .. } => provider_matches(rules.provider_matchers(name), attempt),
                 RuleScope::Destination { name, mx_rollup } => self.destination_matches(name, *mx_rollup, attempt),
             })
-            .filter(|rule| rule.matches(&attempt.line, attempt.internal))
+            .filter(|rule| rule.matches(attempt.line, attempt.internal))
             .collect();
         matched.sort_by_key(|rule| scope_order(rule));
         matched
@@ -165,12 +178,31 @@ impl TsaState {
         if rules.rules().is_empty() {
             return;
         }
-        let Some(attempt) = Attempt::of(event) else { return };
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        if event.write_response_line(&mut line) {
+            self.apply_rules(rules, event, &line, active, out);
+        }
+        self.line = line;
+    }
+
+    fn apply_rules(
+        &mut self,
+        rules: &ShapingRules,
+        event: &DeliveryEvent,
+        line: &str,
+        active: &mut ActiveActions,
+        out: &mut Vec<Decision>,
+    ) {
+        let Some(attempt) = Attempt::of(event, line) else { return };
         if rules.is_rollup_domain(attempt.domain) && !attempt.site_name.is_empty() {
             self.sites.insert(attempt.domain.to_owned(), attempt.site_name.to_owned());
         }
         let now = event.ingested_at;
-        for rule in self.matching(rules, &attempt) {
+        let mut candidates = std::mem::take(&mut self.candidates);
+        let matched = self.matching(rules, &attempt, &mut candidates);
+        self.candidates = candidates;
+        for rule in matched {
             let Ok(duration) = TimeDelta::from_std(rule.duration) else { continue };
             let expires = event.occurred_at + duration;
             if expires <= now {
@@ -291,7 +323,7 @@ fn decide(
             action_key: key,
             evidence: Evidence {
                 event_id: Some(event.event_id.clone()),
-                response: Some(attempt.line.clone()),
+                response: Some(attempt.line.to_owned()),
                 count,
                 window_seconds: Some(rule.duration.as_secs()),
                 metrics: BTreeMap::new(),
