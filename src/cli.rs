@@ -114,6 +114,10 @@ pub struct RunArgs {
     /// Require `Authorization: Bearer TOKEN` on the TSA endpoints and the actions API.
     #[arg(long, env = "VIGIL_API_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Client addresses allowed on the TSA endpoints and the actions API without the token
+    /// (kumod's hosts, as tsa-daemon's `trusted_hosts`); comma-separated.
+    #[arg(long, env = "VIGIL_TRUSTED_HOSTS", value_name = "IP,...", value_delimiter = ',')]
+    pub trusted_hosts: Vec<std::net::IpAddr>,
     /// Also feed realistic synthetic KumoMTA traffic, so there is something to look at.
     #[arg(long)]
     pub demo: bool,

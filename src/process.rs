@@ -52,6 +52,9 @@ struct ActuationConfig {
     /// Bearer token for the TSA endpoints and the actions API.
     #[serde(default)]
     api_token: Option<String>,
+    /// Client addresses allowed there without the token (kumod's hosts).
+    #[serde(default)]
+    trusted_hosts: Vec<std::net::IpAddr>,
     /// kumod's HTTP listener, to push suspensions and bounces to (see `vigil run --kumod-url`).
     #[serde(default)]
     kumod_url: Option<String>,
@@ -92,6 +95,7 @@ async fn serve(config: ProcessConfig) -> anyhow::Result<()> {
             state: Arc::clone(&state),
             outbox: outbox.clone(),
             token: config.actuation.api_token.clone(),
+            trusted_hosts: config.actuation.trusted_hosts.clone(),
         }))
         .merge(crate::metrics::process_router())
         .route("/healthz", get(healthz));

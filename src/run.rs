@@ -60,6 +60,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             state: pipeline.state(),
             outbox: outbox.clone(),
             token: args.api_token.clone(),
+            trusted_hosts: args.trusted_hosts.clone(),
         }))
         .merge(vigil_ingest::kumomta::router(log.clone(), args.max_body_bytes, args.max_ingest_in_flight))
         .merge(crate::metrics::router(log.clone(), Some(vigil_processor::pipeline::CONSUMER)))
@@ -214,7 +215,8 @@ pub(crate) fn spawn_http(
 ) {
     let stop = shutdown.clone();
     tasks.spawn(async move {
-        axum::serve(listener, app)
+        // The peer address is for the TSA endpoints' trusted hosts.
+        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
             .context("HTTP server")

@@ -406,3 +406,25 @@ async fn after_kill_9_actions_are_rebuilt_expired_ones_are_not_pushed_and_nothin
         "{received:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_hosts_or_a_token_guard_the_tsa_endpoints() {
+    let data = tempfile::tempdir().unwrap();
+    // The test connects from 127.0.0.1: trusted, so no token is needed.
+    let vigil = Vigil::start(data.path(), &["--trusted-hosts", "10.9.9.9,127.0.0.1"]).await;
+    assert_eq!(vigil.get_text("/get_config_v1/shaping.toml").await.0, 200);
+    vigil.terminate();
+    // Not trusted and no token: refused, saying why; the status probe stays open.
+    let vigil = Vigil::start(data.path(), &["--trusted-hosts", "10.9.9.9"]).await;
+    let (status, body) = vigil.get("/get_suspension_v1/suspended.json").await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "127.0.0.1 is not a trusted host");
+    assert_eq!(vigil.get_text("/tsa/status").await.0, 200);
+    vigil.terminate();
+    // Not trusted, but with the token.
+    let vigil = Vigil::start(data.path(), &["--trusted-hosts", "10.9.9.9", "--api-token", "t"]).await;
+    let response = vigil.http.get(vigil.url("/get_bounce_v1/bounced.json")).bearer_auth("t").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(vigil.get("/get_bounce_v1/bounced.json").await.0, 401);
+    vigil.terminate();
+}

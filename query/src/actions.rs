@@ -6,12 +6,12 @@
 //! the suspensions and bounces in force on connect, then streams new ones. "In force" is by
 //! the wall clock here: kumod acts now.
 //!
-//! Access: when a token is configured, every endpoint but `/tsa/status` needs
-//! `Authorization: Bearer <token>`; without one, `vigil run` listens on loopback only unless
-//! told otherwise.
+//! Access: with a token or trusted hosts configured, every endpoint but `/tsa/status` needs
+//! the client to be a trusted host or to send `Authorization: Bearer <token>`; with neither,
+//! they are open, and `vigil run` listens on loopback unless told otherwise.
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -33,6 +33,9 @@ pub struct ActionsState {
     pub outbox: Outbox,
     /// Bearer token required by the TSA endpoints and the action API, when set.
     pub token: Option<String>,
+    /// Client addresses allowed without the token (kumod's hosts, as TSA's
+    /// `trusted_hosts`). Empty, and no token: open (keep the listener on loopback).
+    pub trusted_hosts: Vec<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for ActionsState {
@@ -60,18 +63,26 @@ pub fn router(actions: ActionsState) -> Router {
 }
 
 async fn require_token(State(actions): State<ActionsState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &actions.token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_str()) {
-            return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": "a valid bearer token is required"})))
-                .into_response();
-        }
+    if actions.token.is_none() && actions.trusted_hosts.is_empty() {
+        return next.run(request).await;
     }
-    next.run(request).await
+    let peer = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let trusted = peer.is_some_and(|ip| actions.trusted_hosts.contains(&ip.to_canonical()));
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token_ok = actions.token.as_deref().is_some_and(|t| presented == Some(t));
+    if trusted || token_ok {
+        return next.run(request).await;
+    }
+    let why = match (&actions.token, peer) {
+        (Some(_), _) => "a valid bearer token is required".to_owned(),
+        (None, Some(ip)) => format!("{ip} is not a trusted host"),
+        (None, None) => "the client address is unknown and no token is configured".to_owned(),
+    };
+    (StatusCode::UNAUTHORIZED, Json(serde_json::json!({ "error": why }))).into_response()
 }
 
 fn in_force(actions: &ActionsState) -> Result<Vec<Decision>, ApiError> {
