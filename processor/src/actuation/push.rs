@@ -468,3 +468,100 @@ async fn publish(
     producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| DeliveryError::Kafka(error))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::actuation::decision::{Evidence, Target};
+
+    type Calls = Arc<Mutex<Vec<(String, String, serde_json::Value)>>>;
+
+    async fn recording_kumod() -> (String, Calls) {
+        let calls: Calls = Arc::default();
+        let seen = Arc::clone(&calls);
+        let app =
+            axum::Router::new().fallback(move |method: axum::http::Method, uri: axum::http::Uri, body: String| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+                    seen.lock().unwrap().push((method.to_string(), uri.path().to_owned(), body));
+                    axum::Json(serde_json::json!({"id": "kumod-7"}))
+                }
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, calls)
+    }
+
+    fn suspension(status: Status, expires_in: TimeDelta) -> Decision {
+        let now = Utc::now();
+        Decision {
+            decision_id: String::new(),
+            status,
+            at: now,
+            action: ActionKind::SuspendReadyQueue,
+            target: Target {
+                egress_source: Some("ip-1".into()),
+                site: Some("ip-1->mx.example.com@smtp_client".into()),
+                ..Target::default()
+            },
+            setting: None,
+            value: None,
+            mx_rollup: false,
+            expires: now + expires_in,
+            reason: "rate rule r: test".into(),
+            rule: "r".into(),
+            action_key: "rate:r:ip-1:".into(),
+            evidence: Evidence::default(),
+        }
+        .with_id()
+    }
+
+    #[tokio::test]
+    async fn a_lift_deletes_the_suspension_by_the_id_kumod_gave_and_old_ones_are_not_pushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let (url, calls) = recording_kumod().await;
+        let applied = suspension(Status::Applied, TimeDelta::hours(1));
+        let expired_before_delivery =
+            Decision { action_key: "other".into(), ..suspension(Status::Applied, TimeDelta::seconds(-1)) }.with_id();
+        let lifted = applied.ended(Status::Lifted, Utc::now(), "recovered".into());
+        assert_eq!(outbox.record(&[expired_before_delivery, applied.clone(), lifted]).unwrap(), 3);
+        assert_eq!(outbox.record(std::slice::from_ref(&applied)).unwrap(), 0, "recorded once by id");
+
+        let shutdown = CancellationToken::new();
+        let config = PushConfig { kumod_url: Some(url), webhooks: Vec::new() };
+        let tasks = spawn(&outbox, &config, &shutdown);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while calls.lock().unwrap().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", calls.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 2, "the expired one is skipped: {calls:?}");
+        assert_eq!((calls[0].0.as_str(), calls[0].1.as_str()), ("POST", "/api/admin/suspend-ready-q/v1"));
+        assert_eq!(calls[0].2["name"], "ip-1->mx.example.com@smtp_client");
+        assert_eq!((calls[1].0.as_str(), calls[1].1.as_str()), ("DELETE", "/api/admin/suspend-ready-q/v1"));
+        assert_eq!(calls[1].2, serde_json::json!({"id": "kumod-7"}));
+        assert_eq!(outbox.cursor("kumod").unwrap(), 3, "the cursor is past all three");
+    }
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
+        // The MAC of the concatenated string, computed in one piece, as a receiver would.
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"1700000000.{\"decision_id\":\"x\"}");
+        let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(sign("Jefe", 1_700_000_000, b"{\"decision_id\":\"x\"}"), format!("sha256={expected}"));
+        assert_ne!(sign("Jefe", 1_700_000_001, b"{}"), sign("Jefe", 1_700_000_000, b"{}"), "the timestamp is signed");
+    }
+}
