@@ -100,6 +100,8 @@ pub struct AutomationRule {
     pub hash: String,
     /// Dry run: decisions are recorded, nothing is pushed to the MTA.
     pub shadow: bool,
+    /// Per action, a hash of the rule and the action (computed once at load).
+    action_hashes: Vec<String>,
 }
 
 impl AutomationRule {
@@ -123,13 +125,10 @@ impl AutomationRule {
         }
     }
 
-    /// A hash of the rule and one of its actions: TSA keeps each action of a rule apart.
+    /// A hash of the rule and its `index`th action: TSA keeps each action of a rule apart.
     #[must_use]
-    pub fn action_hash(&self, action: &Action) -> String {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(self.hash.as_bytes());
-        hasher.update(format!("{action:?}").as_bytes());
-        hasher.finalize().to_hex().to_string()
+    pub fn action_hash_at(&self, index: usize) -> &str {
+        &self.action_hashes[index]
     }
 
     /// Whether the rule's effects roll up to the MX site (KumoMTA's `was_rollup`): rules of
@@ -328,7 +327,17 @@ impl ShapingRules {
                 self.rollup_domains.insert(name.clone());
             }
             self.prefilter = std::sync::OnceLock::new();
+            let action_hashes = actions
+                .iter()
+                .map(|action| {
+                    let mut hasher = blake3::Hasher::new();
+                    hasher.update(hash.as_bytes());
+                    hasher.update(format!("{action:?}").as_bytes());
+                    hasher.finalize().to_hex().to_string()
+                })
+                .collect();
             self.rules.push(AutomationRule {
+                action_hashes,
                 shadow: false,
                 hash,
                 scope: scope.clone(),

@@ -12,10 +12,13 @@ use super::decision::{Decision, Status};
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ActiveActions {
     by_key: BTreeMap<String, Decision>,
-    /// The earliest `expires` in `by_key`, so that checking for expiries on every event costs
-    /// nothing until one is due. `None`: not known (after a load), computed on next use.
+    /// (expires, key) of every entry put in force, soonest first, so that checking for
+    /// expiries on every event costs nothing until one is due. Entries replaced or lifted since
+    /// are left in and skipped when they come up. Rebuilt from `by_key` after a load.
     #[serde(skip)]
-    soonest: Option<Option<DateTime<Utc>>>,
+    due: std::collections::BinaryHeap<std::cmp::Reverse<(DateTime<Utc>, String)>>,
+    #[serde(skip)]
+    due_built: bool,
 }
 
 impl ActiveActions {
@@ -31,27 +34,38 @@ impl ActiveActions {
         {
             return None;
         }
-        if let Some(Some(soonest)) = self.soonest
-            && decision.expires < soonest
-        {
-            self.soonest = Some(Some(decision.expires));
-        } else if self.soonest == Some(None) {
-            self.soonest = Some(Some(decision.expires));
-        }
-        // Replacing an entry may move the soonest expiry later; an early value only costs a
-        // scan that finds nothing due.
+        self.build_due();
+        self.due.push(std::cmp::Reverse((decision.expires, decision.action_key.clone())));
         self.by_key.insert(decision.action_key.clone(), decision.clone());
         Some(decision)
     }
 
+    /// Whether putting an action in force under `key` with `status` until `expires` would only
+    /// be a quiet extension (see [`Self::upsert`]), for a decision whose value is fixed by its
+    /// key.
+    #[must_use]
+    pub fn is_quiet_repeat(&self, key: &str, status: Status, expires: DateTime<Utc>, min_extension: TimeDelta) -> bool {
+        self.by_key
+            .get(key)
+            .is_some_and(|current| current.status == status && expires < current.expires + min_extension)
+    }
+
     /// Ends every action whose `expires` is at or before `now`, in key order.
     pub fn expire(&mut self, now: DateTime<Utc>, out: &mut Vec<Decision>) {
-        let soonest = *self.soonest.get_or_insert_with(|| self.by_key.values().map(|d| d.expires).min());
-        if soonest.is_none_or(|soonest| soonest > now) {
-            return;
+        self.build_due();
+        let mut due = Vec::new();
+        while let Some(std::cmp::Reverse((expires, _))) = self.due.peek()
+            && *expires <= now
+        {
+            let Some(std::cmp::Reverse((expires, key))) = self.due.pop() else { break };
+            // Only if the entry still expires then (not replaced or lifted since).
+            if self.by_key.get(&key).is_some_and(|d| d.expires == expires) {
+                due.push(key);
+            }
         }
-        self.soonest = None;
-        let due: Vec<String> = self.by_key.iter().filter(|(_, d)| d.expires <= now).map(|(k, _)| k.clone()).collect();
+        // In key order, as a scan of the table would give them.
+        due.sort();
+        due.dedup();
         for key in due {
             if let Some(decision) = self.by_key.remove(&key) {
                 let expired_at = decision.expires;
@@ -60,10 +74,16 @@ impl ActiveActions {
         }
     }
 
+    fn build_due(&mut self) {
+        if !self.due_built {
+            self.due = self.by_key.iter().map(|(k, d)| std::cmp::Reverse((d.expires, k.clone()))).collect();
+            self.due_built = true;
+        }
+    }
+
     /// Takes an action back before it expires.
     pub fn lift(&mut self, key: &str, at: DateTime<Utc>, reason: String) -> Option<Decision> {
         let decision = self.by_key.remove(key)?;
-        self.soonest = None;
         Some(decision.ended(Status::Lifted, at, reason))
     }
 

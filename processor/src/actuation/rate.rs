@@ -270,6 +270,25 @@ struct Health {
     rate: f64,
 }
 
+impl Health {
+    /// At least the minimum volume, at or above the threshold.
+    fn failing(self, rule: &RateRule) -> bool {
+        self.attempts >= rule.min_volume && self.rate >= rule.threshold
+    }
+}
+
+/// A target's figures over the rule's window ending at `as_of`; `provider` is `""` for
+/// per-source rules.
+fn health_of(rule: &RateRule, store: &ReputationStore, source: &str, provider: &str, as_of: DateTime<Utc>) -> Health {
+    let provider = (rule.scope == Scope::EgressSourceProvider).then_some(provider);
+    let totals = store.totals(rule.scope, source, provider, rule.window_minutes, as_of);
+    let attempts = if rule.metric == Metric::Complaints { totals.get(Metric::Delivered) } else { totals.attempts() };
+    let hits = totals.get(rule.metric);
+    #[allow(clippy::cast_precision_loss)]
+    let rate = if attempts == 0 { 0.0 } else { hits as f64 / attempts as f64 };
+    Health { attempts, hits, rate }
+}
+
 fn minute_start(minute: u32) -> DateTime<Utc> {
     DateTime::from_timestamp(i64::from(minute) * 60, 0).unwrap_or_default()
 }
@@ -317,29 +336,21 @@ impl RateState {
         for rule in rules {
             let state = self.rules.entry(rule.name.clone()).or_default();
             let per_provider = rule.scope == Scope::EgressSourceProvider;
-            let mut targets: Vec<(String, String)> = pending
-                .iter()
-                .flat_map(|(source, providers)| {
-                    providers.iter().filter(|p| p.is_empty() != per_provider).map(|p| (source.clone(), p.clone()))
-                })
-                .collect();
-            targets.extend(state.throttled.keys().cloned());
+            // Most targets are neither failing nor throttled: judge those without allocating.
+            let mut targets: Vec<(String, String)> = state.throttled.keys().cloned().collect();
+            for (source, providers) in &pending {
+                for provider in providers.iter().filter(|p| p.is_empty() != per_provider) {
+                    let health = health_of(rule, store, source, provider, as_of);
+                    let held = state.throttled.keys().any(|(s, p)| s == source && p == provider);
+                    if !held && health.failing(rule) {
+                        targets.push((source.clone(), provider.clone()));
+                    }
+                }
+            }
             targets.sort();
             targets.dedup();
             for target in targets {
-                let totals = store.totals(
-                    rule.scope,
-                    &target.0,
-                    (rule.scope == Scope::EgressSourceProvider).then_some(target.1.as_str()),
-                    rule.window_minutes,
-                    as_of,
-                );
-                let attempts =
-                    if rule.metric == Metric::Complaints { totals.get(Metric::Delivered) } else { totals.attempts() };
-                let hits = totals.get(rule.metric);
-                #[allow(clippy::cast_precision_loss)]
-                let rate = if attempts == 0 { 0.0 } else { hits as f64 / attempts as f64 };
-                let health = Health { attempts, hits, rate };
+                let health = health_of(rule, store, &target.0, &target.1, as_of);
                 evaluate(rule, state, &target, health, done, as_of, overlay_domain, active, out);
             }
         }
@@ -358,7 +369,7 @@ fn evaluate(
     active: &mut ActiveActions,
     out: &mut Vec<Decision>,
 ) {
-    let failing = health.attempts >= rule.min_volume && health.rate >= rule.threshold;
+    let failing = health.failing(rule);
     let healthy = health.rate < rule.recover_below;
     // A throttle whose action ran out (max_duration) is over: start afresh.
     if let Some(throttle) = state.throttled.get(target)

@@ -33,8 +33,8 @@ const UNSPECIFIED_SOURCE: &str = "unspecified";
 /// Threshold counts and learnt sites. Pure: no clock, no I/O.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TsaState {
-    /// Timestamps (ms) of matching responses per (rule hash, egress path), sorted.
-    history: BTreeMap<(String, String), Vec<i64>>,
+    /// Timestamps (ms) of matching responses per rule hash and egress path, sorted.
+    history: BTreeMap<String, BTreeMap<String, Vec<i64>>>,
     /// The MX site each domain named by a rollup destination was last seen going to.
     sites: BTreeMap<String, String>,
     /// Scratch space for rule candidates and the response line, kept to avoid allocations
@@ -139,7 +139,15 @@ impl TsaState {
     /// Counts a matching response and returns how many fall in the rule's window.
     fn count(&mut self, rule: &AutomationRule, path: &str, at: i64, now: i64) -> u64 {
         let window = i64::try_from(rule.duration.as_millis()).unwrap_or(i64::MAX);
-        let series = self.history.entry((rule.hash.clone(), path.to_owned())).or_default();
+        // Look up before inserting: a repeat allocates nothing.
+        let by_path = match self.history.get_mut(&rule.hash) {
+            Some(by_path) => by_path,
+            None => self.history.entry(rule.hash.clone()).or_default(),
+        };
+        let series = match by_path.get_mut(path) {
+            Some(series) => series,
+            None => by_path.entry(path.to_owned()).or_default(),
+        };
         let at_index = series.partition_point(|&t| t <= at);
         series.insert(at_index, at);
         // Keep what a window ending now or a little later can still reach.
@@ -157,11 +165,14 @@ impl TsaState {
             .map(|r| (r.hash.as_str(), i64::try_from(r.duration.as_millis()).unwrap_or(i64::MAX)))
             .collect();
         let now = now.timestamp_millis();
-        self.history.retain(|(hash, _), series| match windows.get(hash.as_str()) {
+        self.history.retain(|hash, by_path| match windows.get(hash.as_str()) {
             Some(window) => {
-                let drop = series.partition_point(|&t| t < now.saturating_sub(*window));
-                series.drain(..drop);
-                !series.is_empty()
+                by_path.retain(|_, series| {
+                    let drop = series.partition_point(|&t| t < now.saturating_sub(*window));
+                    series.drain(..drop);
+                    !series.is_empty()
+                });
+                !by_path.is_empty()
             }
             None => false,
         });
@@ -221,8 +232,14 @@ impl TsaState {
                 }
             };
             let min_extension = (duration / 10).max(TimeDelta::minutes(1));
-            for action in &rule.actions {
-                let Some(decision) = decide(rule, action, &attempt, event, expires, count) else { continue };
+            let status = if rule.shadow { Status::Shadow } else { Status::Applied };
+            for (index, action) in rule.actions.iter().enumerate() {
+                let Some(key) = action_key(rule.action_hash_at(index), action, &attempt, event) else { continue };
+                // Most repeats of a triggered rule are quiet: find out before building one.
+                if active.is_quiet_repeat(&key, status, expires, min_extension) {
+                    continue;
+                }
+                let decision = decide(rule, action, key, &attempt, event, expires, count);
                 if let Some(said) = active.upsert(decision, min_extension) {
                     out.push(said);
                 }
@@ -231,17 +248,36 @@ impl TsaState {
     }
 }
 
-/// The decision one action of a triggered rule makes, or `None` when it cannot apply (a
-/// tenant action for a message without a tenant, as TSA logs and skips).
+/// The key an action of a rule is kept under, as TSA keys it (`<egress path>-<hash>`, plus the
+/// selectors of scheduled-queue actions after tabs), or `None` when it cannot apply (a tenant
+/// action for a message without a tenant, as TSA logs and skips).
+fn action_key(action_hash: &str, action: &Action, attempt: &Attempt<'_>, event: &DeliveryEvent) -> Option<String> {
+    let (path, domain) = (attempt.path, attempt.domain);
+    let campaign = |wanted: bool| if wanted { event.campaign.as_deref().unwrap_or("") } else { "" };
+    Some(match action {
+        Action::Suspend | Action::SetConfig { .. } | Action::SetDomainConfig { .. } => format!("{path}-{action_hash}"),
+        Action::SuspendTenant | Action::SuspendCampaign => {
+            let tenant = event.tenant.as_deref()?;
+            format!("{path}-{action_hash}\t{domain}\t{tenant}\t{}", campaign(matches!(action, Action::SuspendCampaign)))
+        }
+        Action::Bounce => format!("{path}-{action_hash}\t{domain}\t\t"),
+        Action::BounceTenant | Action::BounceCampaign => {
+            let tenant = event.tenant.as_deref()?;
+            format!("{path}-{action_hash}\t{domain}\t{tenant}\t{}", campaign(matches!(action, Action::BounceCampaign)))
+        }
+    })
+}
+
+/// The decision one action of a triggered rule makes, under `key` (from [`action_key`]).
 fn decide(
     rule: &AutomationRule,
     action: &Action,
+    key: String,
     attempt: &Attempt<'_>,
     event: &DeliveryEvent,
     expires: DateTime<Utc>,
     count: Option<u64>,
-) -> Option<Decision> {
-    let action_hash = rule.action_hash(action);
+) -> Decision {
     let pattern = rule.pattern_text();
     let domain = attempt.domain.to_owned();
     let tenant = event.tenant.clone();
@@ -252,28 +288,26 @@ fn decide(
         domain: Some(domain.clone()),
         ..Target::default()
     };
-    let (kind, key, reason, setting, value, mx_rollup) = match action {
+    let (kind, reason, setting, value, mx_rollup) = match action {
         Action::Suspend => {
             target.site = Some(attempt.path.to_owned());
-            (ActionKind::SuspendReadyQueue, action_hash, format!("automation rule: {pattern}"), None, None, false)
+            (ActionKind::SuspendReadyQueue, format!("automation rule: {pattern}"), None, None, false)
         }
         Action::SuspendTenant | Action::SuspendCampaign => {
-            let tenant = tenant?;
+            let tenant = tenant.unwrap_or_default();
             let campaign = campaign.filter(|_| matches!(action, Action::SuspendCampaign));
             let mut reason = format!("automation rule: {pattern} tenant={tenant} domain={domain}");
             if let Some(campaign) = &campaign {
                 reason.push_str(&format!(" campaign={campaign}"));
             }
-            let key =
-                format!("{}-{action_hash}\t{domain}\t{tenant}\t{}", attempt.path, campaign.as_deref().unwrap_or(""));
             target.tenant = Some(tenant);
             target.campaign = campaign;
-            (ActionKind::SuspendScheduled, key, reason, None, None, false)
+            (ActionKind::SuspendScheduled, reason, None, None, false)
         }
         Action::Bounce | Action::BounceTenant | Action::BounceCampaign => {
             let tenant = match action {
                 Action::Bounce => None,
-                _ => Some(tenant?),
+                _ => tenant,
             };
             let campaign = campaign.filter(|_| matches!(action, Action::BounceCampaign));
             let mut reason = format!("automation rule: {pattern} domain={domain}");
@@ -283,21 +317,14 @@ fn decide(
             if let Some(campaign) = &campaign {
                 reason.push_str(&format!(" campaign={campaign}"));
             }
-            let key = format!(
-                "{}-{action_hash}\t{domain}\t{}\t{}",
-                attempt.path,
-                tenant.as_deref().unwrap_or(""),
-                campaign.as_deref().unwrap_or("")
-            );
             target.tenant = tenant;
             target.campaign = campaign;
-            (ActionKind::Bounce, key, reason, None, None, false)
+            (ActionKind::Bounce, reason, None, None, false)
         }
         Action::SetConfig { name, value } | Action::SetDomainConfig { name, value } => {
             let rollup = matches!(action, Action::SetConfig { .. }) && rule.rolls_up();
             (
                 ActionKind::SetConfig,
-                format!("{}-{action_hash}", attempt.path),
                 format!("automation rule: {pattern}"),
                 Some(name.clone()),
                 Some(setting_value(value)),
@@ -305,32 +332,28 @@ fn decide(
             )
         }
     };
-    // Ready-queue suspensions are keyed per egress path, as TSA's ActionHash.
-    let key = if kind == ActionKind::SuspendReadyQueue { format!("{}-{key}", attempt.path) } else { key };
-    Some(
-        Decision {
-            decision_id: String::new(),
-            status: if rule.shadow { Status::Shadow } else { Status::Applied },
-            at: event.occurred_at,
-            action: kind,
-            target,
-            setting,
-            value,
-            mx_rollup,
-            expires,
-            reason,
-            rule: rule.origin.clone(),
-            action_key: key,
-            evidence: Evidence {
-                event_id: Some(event.event_id.clone()),
-                response: Some(attempt.line.to_owned()),
-                count,
-                window_seconds: Some(rule.duration.as_secs()),
-                metrics: BTreeMap::new(),
-            },
-        }
-        .with_id(),
-    )
+    Decision {
+        decision_id: String::new(),
+        status: if rule.shadow { Status::Shadow } else { Status::Applied },
+        at: event.occurred_at,
+        action: kind,
+        target,
+        setting,
+        value,
+        mx_rollup,
+        expires,
+        reason,
+        rule: rule.origin.clone(),
+        action_key: key,
+        evidence: Evidence {
+            event_id: Some(event.event_id.clone()),
+            response: Some(attempt.line.to_owned()),
+            count,
+            window_seconds: Some(rule.duration.as_secs()),
+            metrics: BTreeMap::new(),
+        },
+    }
+    .with_id()
 }
 
 fn setting_value(value: &ConfigValue) -> SettingValue {
