@@ -138,29 +138,24 @@ impl RuleSet {
             }
         }
         shaping.set_shadow(&file.shadow_shaping);
+        // Rate rules and warm-up plans share one namespace: decisions name their rule.
         let mut names = std::collections::BTreeSet::new();
-        let rate = file
-            .rate
-            .into_iter()
-            .map(|config| {
-                let name = config.name.clone();
-                if !names.insert(name.clone()) {
-                    return Err(fail(format!("two rules are named `{name}`")));
-                }
-                RateRule::compile(config).map_err(|e| fail(format!("rate rule `{name}`: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let warmup = file
-            .warmup
-            .into_iter()
-            .map(|config| {
-                let name = config.name.clone();
-                if !names.insert(name.clone()) {
-                    return Err(fail(format!("two rules are named `{name}`")));
-                }
-                WarmupPlan::compile(config).map_err(|e| fail(format!("warm-up plan `{name}`: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut compile_named = |name: &str, what: &str, compiled: Result<(), String>| {
+            if !names.insert(name.to_owned()) {
+                return Err(fail(format!("two rules are named `{name}`")));
+            }
+            compiled.map_err(|e| fail(format!("{what} `{name}`: {e}")))
+        };
+        let mut rate = Vec::new();
+        for config in file.rate {
+            let name = config.name.clone();
+            compile_named(&name, "rate rule", RateRule::compile(config).map(|rule| rate.push(rule)))?;
+        }
+        let mut warmup = Vec::new();
+        for config in file.warmup {
+            let name = config.name.clone();
+            compile_named(&name, "warm-up plan", WarmupPlan::compile(config).map(|plan| warmup.push(plan)))?;
+        }
         let overlay_domains = providers.primary_domains().map(|(p, d)| (p.to_owned(), d.to_owned())).collect();
         Ok(Self { shaping, rate, warmup, overlay_domains, source: name.to_owned() })
     }

@@ -378,6 +378,14 @@ fn evaluate(
         state.throttled.remove(target);
     }
     let decision = |level: u32, why: String| build(rule, target, level, health, as_of, overlay_domain, why);
+    // A throttle moving to a new level: in force from this minute, announced.
+    let mut step = |throttle: &mut Throttle, level: u32, why: String| {
+        throttle.level = level;
+        throttle.changed = minute;
+        if let Some(said) = active.upsert(decision(level, why), TimeDelta::zero()) {
+            out.push(said);
+        }
+    };
     match state.throttled.get_mut(target) {
         None if failing => {
             let level = rule.reduce_to;
@@ -404,18 +412,13 @@ fn evaluate(
             if failing {
                 throttle.healthy_since = None;
                 if minute >= throttle.changed + rule.healthy_minutes && rule.action != RateAction::Suspend {
-                    let level = (throttle.level * rule.reduce_to / 100).max(1);
-                    throttle.level = level;
-                    throttle.changed = minute;
                     let why = format!(
                         "still failing: {} rate {:.4} over {} attempts",
                         rule.metric.as_str(),
                         health.rate,
                         health.attempts
                     );
-                    if let Some(said) = active.upsert(decision(level, why), TimeDelta::zero()) {
-                        out.push(said);
-                    }
+                    step(throttle, (throttle.level * rule.reduce_to / 100).max(1), why);
                 }
             } else if healthy {
                 let since = *throttle.healthy_since.get_or_insert(minute);
@@ -425,17 +428,13 @@ fn evaluate(
                 if !lift && healthy_for >= rule.healthy_minutes && minute >= throttle.changed + rule.healthy_minutes {
                     let level = throttle.level + rule.step_up;
                     if level < 100 {
-                        throttle.level = level;
-                        throttle.changed = minute;
                         let why = format!(
                             "recovering: {} rate {:.4} < {} for {healthy_for} min",
                             rule.metric.as_str(),
                             health.rate,
                             rule.recover_below
                         );
-                        if let Some(said) = active.upsert(decision(level, why), TimeDelta::zero()) {
-                            out.push(said);
-                        }
+                        step(throttle, level, why);
                         return;
                     }
                 } else if !lift {
