@@ -1,14 +1,18 @@
 //! `vigil ingest --config FILE`: only ingest, shipping to Kafka. The sources are the ones of
-//! `vigil run`; they append to an on-disk buffer (the embedded log, bounded) that the Kafka
-//! forwarder drains, so the broker can be away without anything being lost or dropped.
+//! `vigil run`. File tails send straight to the broker and checkpoint once it acknowledged
+//! ([`vigil_ingest::direct`]); the HTTP hook and syslog, which cannot read their input again,
+//! append to an on-disk buffer (the embedded log, bounded) that the Kafka forwarder drains, and
+//! so do file tails while the broker is away. Nothing is lost or dropped.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::routing::get;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use vigil_ingest::direct::DirectShipper;
 use vigil_ingest::kafka::{BUFFER_CONSUMER, BUFFER_DEAD_LETTER_CURSOR, Forwarder, KafkaConfig};
 use vigil_log::EventLog;
 
@@ -86,12 +90,17 @@ async fn serve(config: IngestConfig) -> anyhow::Result<()> {
         buffer = config.buffer.max_events,
         "vigil ingest starting"
     );
-    let forwarder = Forwarder::new(log.clone(), config.kafka);
+    let direct = Arc::new(DirectShipper::new(log.clone(), config.kafka.clone()).context("Kafka producer")?);
+    let forwarder = Forwarder::new(log.clone(), config.kafka).once_topics_exist(direct.topics_ready());
     {
         let stop = shutdown.clone();
         tasks.spawn(async move { forwarder.run(stop).await.context("Kafka forwarder") });
+        let (direct, stop) = (Arc::clone(&direct), shutdown.clone());
+        tasks.spawn(async move { direct.run(stop).await.context("Kafka direct path") });
     }
-    crate::sources::start(&config.sources, &log, &mut tasks, &shutdown).await?;
+    // With the broker up, tails go direct from their first batch.
+    direct.wait_ready().await;
+    crate::sources::start(&config.sources, &log, Some(&direct), &mut tasks, &shutdown).await?;
 
     crate::run::supervise(tasks, shutdown).await
 }

@@ -110,7 +110,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     ready.store(true, Ordering::Release);
     tracing::info!(committed, "processor ready");
 
-    crate::sources::start(&args.sources, &log, &mut tasks, &shutdown).await?;
+    crate::sources::start(&args.sources, &log, None, &mut tasks, &shutdown).await?;
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(args.rules.clone(), enricher, action_rules, shutdown.clone()));
     if args.demo {

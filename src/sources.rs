@@ -4,12 +4,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use vigil_ingest::direct::DirectShipper;
 use vigil_ingest::lines::Format;
 use vigil_ingest::syslog::SyslogIngest;
 use vigil_ingest::tail::{TailConfig, Tailer};
@@ -82,13 +84,15 @@ impl Default for SourcesConfig {
     }
 }
 
-/// Starts every configured source on `tasks`, appending to `log`.
+/// Starts every configured source on `tasks`, appending to `log`; file tails send straight to
+/// Kafka through `direct` when the role has one (`vigil ingest`).
 ///
 /// # Errors
 /// When a syslog address cannot be bound.
 pub async fn start(
     config: &SourcesConfig,
     log: &EventLog,
+    direct: Option<&Arc<DirectShipper>>,
     tasks: &mut JoinSet<anyhow::Result<()>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -104,7 +108,11 @@ pub async fn start(
             tail.poll_interval = Duration::from_millis(config.tail_interval_ms.max(10));
             tail.max_line_bytes = config.max_line_bytes;
             tracing::info!(path = %path.display(), ?format, "tailing");
-            tasks.spawn(Tailer::new(tail, log.clone()).run(shutdown.clone()).map_ok());
+            let mut tailer = Tailer::new(tail, log.clone());
+            if let Some(direct) = direct {
+                tailer = tailer.with_direct(Arc::clone(direct));
+            }
+            tasks.spawn(tailer.run(shutdown.clone()).map_ok());
         }
     }
     if config.syslog_udp.is_some() || config.syslog_tcp.is_some() {

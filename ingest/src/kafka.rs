@@ -15,8 +15,8 @@
 //! same `event_id` (the key and the `vigil-event-id` header), which consumers dedupe on.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::RDKafkaLogLevel;
@@ -68,6 +68,10 @@ pub struct KafkaConfig {
     /// delivery guarantees (`enable.idempotence`, `acks`) cannot be overridden.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// File tails send straight to the broker; when it has acknowledged nothing for this long,
+    /// they spill to the on-disk buffer instead (see [`crate::direct`]).
+    #[serde(default = "default_spill_after_ms")]
+    pub spill_after_ms: u64,
 }
 
 fn default_topic() -> String {
@@ -81,6 +85,9 @@ fn default_partitions() -> i32 {
 }
 fn default_replication() -> i32 {
     1
+}
+fn default_spill_after_ms() -> u64 {
+    5_000
 }
 fn default_compression() -> String {
     "zstd".into()
@@ -149,6 +156,14 @@ pub fn event_key<'a>(egress_source: Option<&'a str>, recipient_domain: Option<&'
     egress_source.filter(|s| !s.is_empty()).or(recipient_domain).unwrap_or("")
 }
 
+/// The headers of an event's record: schema version, source and `event_id` (for dedupe).
+pub(crate) fn event_headers(schema_version: &str, source: &str, event_id: &str) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(3)
+        .insert(Header { key: "vigil-schema-version", value: Some(schema_version) })
+        .insert(Header { key: "vigil-source", value: Some(source) })
+        .insert(Header { key: "vigil-event-id", value: Some(event_id) })
+}
+
 /// Ships the buffer to Kafka until cancelled.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -156,12 +171,22 @@ pub struct Forwarder {
     config: KafkaConfig,
     /// The `vigil-schema-version` header's value.
     schema_version: String,
+    /// Set when another component creates the topics: becomes `true` once they exist.
+    topics_ready: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Forwarder {
     #[must_use]
     pub fn new(log: EventLog, config: KafkaConfig) -> Self {
-        Self { log, config, schema_version: vigil_schemas::SCHEMA_VERSION.to_string() }
+        Self { log, config, schema_version: vigil_schemas::SCHEMA_VERSION.to_string(), topics_ready: None }
+    }
+
+    /// Leaves creating the topics to whoever flips `ready` (the ingest role's direct path), so
+    /// the broker is not asked twice at start.
+    #[must_use]
+    pub fn once_topics_exist(mut self, ready: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.topics_ready = Some(ready);
+        self
     }
 
     /// Runs until `shutdown`; returns on a configuration error or a broken buffer.
@@ -170,7 +195,15 @@ impl Forwarder {
     /// When the producer cannot be configured or the buffer fails; broker trouble is never an
     /// error here (it is retried).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ForwardError> {
-        self.ensure_topics(&shutdown).await?;
+        match self.topics_ready.clone() {
+            Some(mut ready) => {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    _ = ready.wait_for(|r| *r) => {}
+                }
+            }
+            None => self.ensure_topics(&shutdown).await?,
+        }
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         while !shutdown.is_cancelled() {
             let dead_letters: FutureProducer<KafkaLogs> =
@@ -238,16 +271,14 @@ impl Forwarder {
                 for (offset, bytes) in records {
                     let routing: Routing<'_> =
                         serde_json::from_slice(&bytes).map_err(|source| LogError::Corrupt { offset, source })?;
-                    let headers = OwnedHeaders::new_with_capacity(3)
-                        .insert(Header { key: "vigil-schema-version", value: Some(self.schema_version.as_str()) })
-                        .insert(Header { key: "vigil-source", value: Some(routing.source) })
-                        .insert(Header { key: "vigil-event-id", value: Some(routing.event_id.as_ref()) });
+                    let headers = event_headers(&self.schema_version, routing.source, &routing.event_id);
                     let key = event_key(routing.egress_source.as_deref(), routing.recipient_domain.as_deref());
                     let mut record = BaseRecord::with_opaque_to(&self.config.topic, offset_opaque(offset))
                         .key(key)
                         .payload(&bytes[..])
                         .headers(headers);
-                    acks.sent(offset);
+                    let sent = acks.send_next();
+                    debug_assert_eq!(sent, offset, "the buffer is sent in order from the committed offset");
                     loop {
                         match producer.send(record) {
                             Ok(()) => break,
@@ -369,13 +400,18 @@ impl Forwarder {
     }
 }
 
+/// Acknowledgements between wake-ups of whoever waits on [`Acks`].
+const WAKE_EVERY: u64 = 1024;
+
 /// Which sent offsets the broker acknowledged, as a window from the first unacknowledged one;
-/// written by librdkafka's delivery callbacks, read by the forwarder.
+/// written by librdkafka's delivery callbacks, read by the forwarder and the direct path.
 #[derive(Debug)]
-struct Acks {
+pub(crate) struct Acks {
     window: Mutex<AckWindow>,
-    /// Woken on every acknowledgement batch (and failure).
-    changed: tokio::sync::Notify,
+    /// Woken on every acknowledgement batch (and failure), for async waiters.
+    pub(crate) changed: tokio::sync::Notify,
+    /// The same, for the tails' blocking threads waiting for room in the window.
+    room: Condvar,
 }
 
 #[derive(Debug)]
@@ -385,13 +421,16 @@ struct AckWindow {
     /// `done[i]`: offset `base + i` was acknowledged.
     done: VecDeque<bool>,
     failed: Option<String>,
+    /// When the acknowledged prefix last moved, or the window last went from empty to not.
+    progress_at: Instant,
 }
 
 impl Acks {
-    fn new(base: u64) -> Self {
+    pub(crate) fn new(base: u64) -> Self {
         Self {
-            window: Mutex::new(AckWindow { base, done: VecDeque::new(), failed: None }),
+            window: Mutex::new(AckWindow { base, done: VecDeque::new(), failed: None, progress_at: Instant::now() }),
             changed: tokio::sync::Notify::new(),
+            room: Condvar::new(),
         }
     }
 
@@ -399,55 +438,91 @@ impl Acks {
         self.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// `offset` is being sent (offsets are sent in order).
-    fn sent(&self, offset: u64) {
+    /// Takes the next offset and records it as being sent (offsets are sent in order).
+    pub(crate) fn send_next(&self) -> u64 {
         let mut window = self.lock();
-        debug_assert_eq!(window.base + window.done.len() as u64, offset);
+        if window.done.is_empty() {
+            window.progress_at = Instant::now();
+        }
         window.done.push_back(false);
+        window.base + window.done.len() as u64 - 1
     }
 
-    fn delivered(&self, offset: u64, outcome: Result<(), String>) {
+    pub(crate) fn delivered(&self, offset: u64, outcome: Result<(), String>) {
         let mut window = self.lock();
-        match outcome {
+        let wake = match outcome {
             Ok(()) => {
                 if let Some(index) = offset.checked_sub(window.base).and_then(|i| usize::try_from(i).ok())
                     && let Some(slot) = window.done.get_mut(index)
                 {
                     *slot = true;
                 }
+                let before = window.base;
                 while window.done.front() == Some(&true) {
                     window.done.pop_front();
                     window.base += 1;
                 }
+                if window.base != before {
+                    window.progress_at = Instant::now();
+                }
+                // Waking the waiters on every acknowledgement costs a context switch each;
+                // they want progress in bulk, or the moment everything is acknowledged.
+                window.done.is_empty() || window.base / WAKE_EVERY != before / WAKE_EVERY
             }
             Err(error) => {
                 window.failed.get_or_insert(error);
+                true
             }
-        }
+        };
         drop(window);
-        self.changed.notify_one();
+        if wake {
+            self.changed.notify_one();
+            self.room.notify_all();
+        }
     }
 
     /// The acknowledged prefix (the next offset to commit), or the failure that stops it.
-    fn acknowledged(&self) -> Result<u64, String> {
+    pub(crate) fn acknowledged(&self) -> Result<u64, String> {
         let window = self.lock();
         window.failed.clone().map_or(Ok(window.base), Err)
     }
 
     /// The acknowledged prefix, failure or not.
-    fn prefix(&self) -> u64 {
+    pub(crate) fn prefix(&self) -> u64 {
         self.lock().base
+    }
+
+    /// Sent and not yet acknowledged (in order).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.lock().done.len()
+    }
+
+    /// Events are in flight and the broker has acknowledged none of them for `after`.
+    pub(crate) fn stalled(&self, after: Duration) -> bool {
+        let window = self.lock();
+        !window.done.is_empty() && window.progress_at.elapsed() >= after
+    }
+
+    /// Blocks until fewer than `max` are in flight, a delivery failed, or `timeout` passed;
+    /// returns whether there is room.
+    pub(crate) fn wait_for_room(&self, max: usize, timeout: Duration) -> bool {
+        let window = self.lock();
+        let (window, _) = self
+            .room
+            .wait_timeout_while(window, timeout, |w| w.done.len() >= max && w.failed.is_none())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        window.done.len() < max
     }
 }
 
 #[expect(clippy::cast_possible_truncation, reason = "buffer offsets fit in usize on 64-bit targets")]
-fn offset_opaque(offset: u64) -> usize {
+pub(crate) fn offset_opaque(offset: u64) -> usize {
     offset as usize
 }
 
 /// Routes librdkafka's delivery reports into [`Acks`].
-struct ShipContext {
-    acks: Arc<Acks>,
+pub(crate) struct ShipContext {
+    pub(crate) acks: Arc<Acks>,
 }
 
 impl ClientContext for ShipContext {
@@ -493,6 +568,9 @@ pub async fn ensure_topics(
                     }
                 }
                 if !pending {
+                    // Dropping an admin client joins its polling thread, which can take a
+                    // poll interval (100 ms): not on the start-up path.
+                    tokio::task::spawn_blocking(move || drop(admin));
                     return Ok(());
                 }
             }
@@ -588,7 +666,7 @@ mod tests {
     fn only_the_contiguous_acknowledged_prefix_counts() {
         let acks = Acks::new(10);
         for offset in 10..15 {
-            acks.sent(offset);
+            assert_eq!(acks.send_next(), offset);
         }
         // Partitions acknowledge out of order.
         acks.delivered(12, Ok(()));
@@ -599,6 +677,25 @@ mod tests {
         acks.delivered(14, Err("broker said no".into()));
         assert_eq!(acks.acknowledged(), Err("broker said no".into()));
         assert_eq!(acks.prefix(), 13, "a failure keeps what was acknowledged before it");
+    }
+
+    #[test]
+    fn shared_senders_take_consecutive_offsets_and_wait_for_room() {
+        let acks = Acks::new(0);
+        assert!(!acks.stalled(Duration::ZERO), "nothing in flight is never stalled");
+        assert_eq!((acks.send_next(), acks.send_next(), acks.send_next()), (0, 1, 2));
+        assert_eq!(acks.in_flight(), 3);
+        assert!(acks.stalled(Duration::ZERO), "in flight and unacknowledged");
+        assert!(!acks.stalled(Duration::from_secs(3600)));
+        assert!(!acks.wait_for_room(3, Duration::ZERO), "the window is full");
+        acks.delivered(1, Ok(()));
+        assert!(!acks.wait_for_room(3, Duration::ZERO), "offset 0 still holds the window");
+        acks.delivered(0, Ok(()));
+        assert!(acks.wait_for_room(3, Duration::ZERO));
+        assert_eq!((acks.prefix(), acks.in_flight()), (2, 1));
+        acks.delivered(2, Err("rejected".into()));
+        assert!(!acks.wait_for_room(1, Duration::ZERO));
+        assert_eq!(acks.acknowledged(), Err("rejected".into()));
     }
 
     #[test]

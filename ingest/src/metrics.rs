@@ -42,6 +42,11 @@ pub struct IngestMetrics {
     pub ship_resends: Counter,
     /// Events in the on-disk buffer not yet acknowledged by the broker (ingest role).
     pub buffer_depth: Gauge,
+    /// Events file tails sent straight to the broker and not yet acknowledged (ingest role).
+    pub ship_in_flight: Gauge,
+    /// Times the file tails spilled to the on-disk buffer because the broker stopped
+    /// acknowledging (ingest role).
+    pub ship_spills: Counter,
     /// Age in seconds of the oldest event not yet acknowledged by the broker (ingest role).
     pub oldest_unacknowledged_seconds: Gauge,
 }
@@ -91,6 +96,16 @@ pub fn register(registry: &mut Registry) {
         "vigil_ship_buffer_depth",
         "Events in the on-disk buffer not yet acknowledged by the broker",
         m.buffer_depth.clone(),
+    );
+    registry.register(
+        "vigil_ship_in_flight",
+        "Events sent straight to the broker by file tails and not yet acknowledged",
+        m.ship_in_flight.clone(),
+    );
+    registry.register(
+        "vigil_ship_spills",
+        "Times file tails spilled to the on-disk buffer because the broker stopped acknowledging",
+        m.ship_spills.clone(),
     );
     registry.register(
         "vigil_ship_oldest_unacknowledged_seconds",

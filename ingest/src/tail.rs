@@ -23,6 +23,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -32,6 +33,7 @@ use vigil_log::{EventLog, LogError};
 use vigil_schemas::DeadLetter;
 use vigil_schemas::deadletter::DEAD_LETTER_MAX_RAW_BYTES;
 
+use crate::direct::{DirectShipper, Spilled};
 use crate::lines::{Format, LineNormaliser};
 
 /// The first bytes of a zstd frame; how a compressed segment is told from plain JSONL.
@@ -72,6 +74,8 @@ pub enum TailError {
     Io { path: String, source: io::Error },
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Spilled(#[from] Spilled),
 }
 
 /// Per-file progress, stored in the log next to the events it covers.
@@ -104,12 +108,21 @@ fn head_of(file: &mut File, len: usize) -> io::Result<Option<u128>> {
     Ok(complete.then(|| u128::from_le_bytes(first)))
 }
 
+/// Input bytes per batch sent straight to Kafka: small, so sending starts while the rest of a
+/// large file is still being read.
+const DIRECT_BATCH_BYTES: usize = 256 * 1024;
+
 /// Reads log files into the log of record.
 pub struct Tailer {
     config: TailConfig,
     log: EventLog,
     /// One normaliser per file: correlation state belongs to a file.
     normalisers: std::sync::Mutex<std::collections::HashMap<PathBuf, Box<dyn LineNormaliser>>>,
+    /// The ingest role's direct path to Kafka, when there is one.
+    direct: Option<Arc<DirectShipper>>,
+    /// Per file key, how far direct sends got and in which epoch: ahead of the stored
+    /// checkpoint, which only moves once the broker acknowledged. Good only in that epoch.
+    sent: std::sync::Mutex<std::collections::HashMap<String, (u64, Checkpoint)>>,
 }
 
 impl std::fmt::Debug for Tailer {
@@ -121,7 +134,21 @@ impl std::fmt::Debug for Tailer {
 impl Tailer {
     #[must_use]
     pub fn new(config: TailConfig, log: EventLog) -> Self {
-        Self { config, log, normalisers: std::sync::Mutex::new(std::collections::HashMap::new()) }
+        Self {
+            config,
+            log,
+            normalisers: std::sync::Mutex::new(std::collections::HashMap::new()),
+            direct: None,
+            sent: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Sends batches straight to Kafka through `direct` while the broker acknowledges, instead
+    /// of appending them to the log (the ingest role's buffer); see [`crate::direct`].
+    #[must_use]
+    pub fn with_direct(mut self, direct: Arc<DirectShipper>) -> Self {
+        self.direct = Some(direct);
+        self
     }
 
     /// The dead-letter source and checkpoint prefix of this tail's format.
@@ -152,6 +179,8 @@ impl Tailer {
                 // The shipping buffer is full: the tail pauses (re-reads from its checkpoint at
                 // the next tick) until the forwarder has drained it.
                 Ok(Err(TailError::Log(error))) if error.is_full() => tracing::debug!(%error, "tail paused"),
+                // Read again from the stored checkpoint, into the buffer, at the next tick.
+                Ok(Err(TailError::Spilled(spilled))) => tracing::debug!(%spilled, "tail spilled"),
                 Ok(Err(error)) => tracing::warn!(%error, "log directory scan failed; retrying from the checkpoint"),
                 Err(error) => tracing::error!(%error, "log directory scan panicked"),
             }
@@ -184,11 +213,18 @@ impl Tailer {
         // Files gone from the directory take their parser state with them.
         let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
         self.normalisers.lock().expect("normaliser lock poisoned").retain(|path, _| present.contains(path));
+        let source = self.source();
+        self.lock_sent().retain(|key, _| {
+            key.strip_prefix(source)
+                .and_then(|k| k.strip_prefix(':'))
+                .is_some_and(|p| present.contains(&PathBuf::from(p)))
+        });
         let (mut lines, mut lag) = (0, 0);
         for path in files {
             let (read, behind) = self.scan_file(&path).map_err(|e| match e {
                 FileError::Io(source) => io_err(&path)(source),
                 FileError::Log(log) => TailError::Log(log),
+                FileError::Spilled(spilled) => TailError::Spilled(spilled),
             })?;
             lines += read;
             lag += behind;
@@ -206,8 +242,16 @@ impl Tailer {
     fn scan_file(&self, path: &Path) -> Result<(usize, u64), FileError> {
         let source = self.source();
         let key = format!("{source}:{}", path.display());
-        let mut checkpoint: Checkpoint =
-            self.log.checkpoint(&key)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+        // Where direct sends of the current epoch got, else where the log (buffer) stands.
+        let live = self.direct.as_ref().map(|d| d.epoch());
+        let sent = self.lock_sent().get(&key).copied().filter(|(epoch, _)| Some(*epoch) == live);
+        let mut epoch = sent.map(|(epoch, _)| epoch);
+        let mut checkpoint: Checkpoint = match sent {
+            Some((_, checkpoint)) => checkpoint,
+            None => {
+                self.log.checkpoint(&key)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
+            }
+        };
         let mut file = File::open(path)?;
         let len = file.metadata()?.len();
         let replaced =
@@ -265,6 +309,11 @@ impl Tailer {
         };
 
         let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let batch_bytes = if self.direct.is_some() {
+            self.config.max_batch_bytes.min(DIRECT_BATCH_BYTES)
+        } else {
+            self.config.max_batch_bytes
+        };
         let mut pending = PendingBatch::default();
         let mut committed = 0;
         let mut buf = Vec::new();
@@ -310,21 +359,54 @@ impl Tailer {
                     pending.lines += 1;
                 }
             }
-            if pending.bytes >= self.config.max_batch_bytes {
-                committed += self.commit(&key, &mut pending, Checkpoint { seen_len: 0, ..checkpoint })?;
+            if pending.bytes >= batch_bytes {
+                committed += self.commit(&key, &mut pending, Checkpoint { seen_len: 0, ..checkpoint }, &mut epoch)?;
             }
         }
         checkpoint.seen_len = len;
         let behind = if compressed { 0 } else { len.saturating_sub(checkpoint.offset) };
-        committed += self.commit(&key, &mut pending, checkpoint)?;
+        committed += self.commit(&key, &mut pending, checkpoint, &mut epoch)?;
         Ok((committed, behind))
     }
 
-    fn commit(&self, key: &str, pending: &mut PendingBatch, checkpoint: Checkpoint) -> Result<usize, LogError> {
+    fn lock_sent(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, Checkpoint)>> {
+        self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Commits a batch: straight to Kafka when the direct path takes it, else into the log.
+    /// `epoch` is the direct epoch this scan of the file is in, if any: once a file's lines went
+    /// direct, its later batches must too (or fail with [`Spilled`]), because a batch committed
+    /// to the log would store a checkpoint past events the broker has not acknowledged.
+    fn commit(
+        &self,
+        key: &str,
+        pending: &mut PendingBatch,
+        checkpoint: Checkpoint,
+        epoch: &mut Option<u64>,
+    ) -> Result<usize, FileError> {
+        let direct_epoch = match (*epoch, &self.direct) {
+            (Some(epoch), _) => Some(epoch),
+            (None, Some(direct)) => direct.accepting()?,
+            (None, None) => None,
+        };
         let PendingBatch { mut batch, lines, bytes } = std::mem::take(pending);
-        batch.checkpoints.push((key.to_owned(), serde_json::to_vec(&checkpoint).expect("checkpoint serialises")));
         let observation = crate::metrics::BatchObservation::of(&batch);
+        let stored = serde_json::to_vec(&checkpoint).expect("checkpoint serialises");
+        if let (Some(direct), Some(in_epoch)) = (&self.direct, direct_epoch) {
+            let receipt = vigil_log::AppendReceipt {
+                appended: batch.events.len(),
+                dead_lettered: batch.dead_letters.len(),
+                ..vigil_log::AppendReceipt::default()
+            };
+            direct.ship(in_epoch, batch.events, batch.dead_letters, key.to_owned(), stored)?;
+            self.lock_sent().insert(key.to_owned(), (in_epoch, checkpoint));
+            *epoch = Some(in_epoch);
+            observation.committed(self.source(), lines as u64, bytes as u64, &receipt);
+            return Ok(lines);
+        }
+        batch.checkpoints.push((key.to_owned(), stored));
         let receipt = self.log.append(&batch)?;
+        self.lock_sent().remove(key);
         observation.committed(self.source(), lines as u64, bytes as u64, &receipt);
         if receipt.dead_lettered > 0 {
             tracing::warn!(file = key, dead_letters = receipt.dead_lettered, "lines rejected to the dead-letter store");
@@ -347,6 +429,8 @@ enum FileError {
     Io(#[from] io::Error),
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Spilled(#[from] Spilled),
 }
 
 /// One line from a reader, bounded in memory.

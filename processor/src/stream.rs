@@ -181,6 +181,7 @@ impl StreamConfig {
             replication_factor: self.replication_factor,
             compression: "zstd".into(),
             properties: self.properties.clone(),
+            spill_after_ms: 0,
         };
         let mut client = producer_config(&kafka);
         client.set("client.id", "vigil-process");
