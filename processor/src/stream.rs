@@ -46,7 +46,9 @@ use crate::state::{DerivedState, FoldRules, SnapshotError, load_snapshot, save_s
 
 /// The header naming the `vigil.events` position an enriched record came from: `p:o`.
 pub const INPUT_HEADER: &str = "vigil-input";
-/// Event ids remembered for dedupe; ingest re-sends at most its in-flight window (50 000).
+/// Event ids remembered for dedupe. Ingest re-sends at most what was sent since its last
+/// stored position: the forwarder's window (50 000) or, for a file tail, the direct window
+/// (20 000) plus what was acknowledged since the last checkpoint commit (about 200 ms).
 const RECENT_IDS: usize = 1_000_000;
 /// Enriched records awaited (and input offsets committed) per batch at most.
 const ENRICH_BATCH: usize = 5_000;
