@@ -32,6 +32,23 @@ pub enum Command {
     /// Rebuild the derived state (reputation, suppressions) from offset 0 of the log and print
     /// its digest; `vigil run` must not be running on the same data directory.
     Replay(ReplayArgs),
+    /// Create Vigil's ClickHouse database and tables, or bring them up to this version's schema
+    /// (`schemas/clickhouse/`); safe to run again.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// ClickHouse's HTTP interface.
+    #[arg(long, env = "VIGIL_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    pub clickhouse_url: String,
+    /// The database Vigil owns (created if missing).
+    #[arg(long, env = "VIGIL_CLICKHOUSE_DATABASE", default_value = "vigil")]
+    pub database: String,
+    #[arg(long, env = "VIGIL_CLICKHOUSE_USER", default_value = "default")]
+    pub user: String,
+    #[arg(long, env = "VIGIL_CLICKHOUSE_PASSWORD", default_value = "", hide_env_values = true)]
+    pub password: String,
 }
 
 #[derive(Debug, Args)]

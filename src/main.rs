@@ -5,6 +5,7 @@ mod cli;
 mod demo;
 mod ingest;
 mod metrics;
+mod migrate;
 mod parse;
 mod process;
 mod replay;
@@ -40,6 +41,11 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         cli::Command::Replay(args) => {
             init_tracing();
             replay::replay(&args)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        cli::Command::Migrate(args) => {
+            init_tracing();
+            migrate::migrate(args)?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         cli::Command::Parse(args) => parse::parse(&args),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod broker;
+pub mod clickhouse;
 
 /// Every call a recording HTTP server received: (method, path, JSON body or null).
 pub type Calls = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>;

@@ -1,5 +1,6 @@
-//! The embedded warehouse: enriched events as Parquet files in the data directory, queried with
-//! DataFusion.
+//! The warehouse: enriched events as Parquet files in the data directory, queried with
+//! DataFusion (the embedded backend); and the ClickHouse backend's schema (its sink and
+//! reader are to come, over the same API queries).
 //!
 //! # Contract
 //! - In: batches of enriched events that cover a log offset range `[start, end)`, written by
@@ -16,7 +17,10 @@
 //!   `occurred_at`, offsets zero-padded to 20 digits so name order is offset order.
 //! - [`schema`]: the Arrow schema of an enriched event and the conversion to record batches.
 //! - [`writer`], [`reader`]: the two sides.
+//! - [`clickhouse`]: the ClickHouse backend's settings and schema migrations
+//!   (`schemas/clickhouse/`, applied by `vigil migrate`).
 
+pub mod clickhouse;
 pub mod files;
 pub mod reader;
 pub mod schema;

@@ -1,0 +1,208 @@
+//! The ClickHouse side of the warehouse: the connection settings and the schema migrations
+//! (`schemas/clickhouse/`, applied by `vigil migrate`).
+//!
+//! Migrations are SQL files numbered in order and compiled into the binary, so a `vigil` and
+//! the schema it expects always travel together. Each one is applied once per database and
+//! recorded in `schema_migrations`; every statement is `IF NOT EXISTS`, so a migration cut
+//! short (the recording comes last) is simply applied again. The DDL runs on ClickHouse 18.16
+//! (Debian, used in CI) and on current releases; `schemas/clickhouse/0001_events.sql` says which
+//! choices keep it portable.
+
+use clickhouse::Client;
+use serde::Deserialize;
+
+/// One migration: `schemas/clickhouse/<version>_<name>.sql`.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first. Append only: an applied migration is never edited.
+pub const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, name: "events", sql: include_str!("../../schemas/clickhouse/0001_events.sql") }];
+
+/// Where ClickHouse is and which database Vigil owns there.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// The HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    #[serde(default = "default_database")]
+    pub database: String,
+    #[serde(default = "default_user")]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+}
+
+fn default_database() -> String {
+    "vigil".into()
+}
+fn default_user() -> String {
+    "default".into()
+}
+
+/// Why ClickHouse could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClickHouseError {
+    #[error("invalid ClickHouse database name {0:?}: use letters, digits and underscores, not starting with a digit")]
+    InvalidDatabase(String),
+    #[error("ClickHouse at {url}: {source}")]
+    Server {
+        url: String,
+        #[source]
+        source: clickhouse::error::Error,
+    },
+    #[error("migration {version} ({name}) failed at statement {statement}: {source}")]
+    Migration {
+        version: u32,
+        name: &'static str,
+        statement: usize,
+        #[source]
+        source: clickhouse::error::Error,
+    },
+}
+
+impl ClickHouseConfig {
+    /// The settings with the defaults, for `url`.
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), database: default_database(), user: default_user(), password: String::new() }
+    }
+
+    /// A client on Vigil's database. Row validation is off: it needs
+    /// `RowBinaryWithNamesAndTypes`, which ClickHouse 18.16 lacks.
+    ///
+    /// # Errors
+    /// When the database name is not a plain identifier (it is put in DDL unquoted).
+    pub fn client(&self) -> Result<Client, ClickHouseError> {
+        Ok(self.server().with_database(self.valid_database()?))
+    }
+
+    fn server(&self) -> Client {
+        let client = Client::default().with_url(&self.url).with_user(&self.user).with_validation(false);
+        if self.password.is_empty() { client } else { client.with_password(&self.password) }
+    }
+
+    fn valid_database(&self) -> Result<&str, ClickHouseError> {
+        let name = self.database.as_str();
+        let mut chars = name.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            Ok(name)
+        } else {
+            Err(ClickHouseError::InvalidDatabase(name.to_owned()))
+        }
+    }
+
+    fn server_error(&self) -> impl FnOnce(clickhouse::error::Error) -> ClickHouseError + '_ {
+        move |source| ClickHouseError::Server { url: self.url.clone(), source }
+    }
+}
+
+/// A migration applied by [`migrate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub version: u32,
+    pub name: &'static str,
+}
+
+/// Creates the database if missing and applies the migrations it has not had yet, in order.
+/// Returns those applied now (none when the schema is current).
+///
+/// # Errors
+/// When ClickHouse cannot be reached or a statement fails; migrations before it stay applied.
+pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<Applied>, ClickHouseError> {
+    let database = config.valid_database()?;
+    config
+        .server()
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {database}"))
+        .execute()
+        .await
+        .map_err(config.server_error())?;
+    let client = config.client()?;
+    client
+        .query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations \
+             (version UInt32, name String, applied_at DateTime('UTC')) \
+             ENGINE = MergeTree ORDER BY version",
+        )
+        .execute()
+        .await
+        .map_err(config.server_error())?;
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    let done: Vec<u32> = client
+        .query("SELECT version FROM schema_migrations")
+        .fetch_all::<Version>()
+        .await
+        .map_err(config.server_error())?
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
+    let mut applied = Vec::new();
+    for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        for (index, statement) in statements(migration.sql).iter().enumerate() {
+            client.query(statement).execute().await.map_err(|source| ClickHouseError::Migration {
+                version: migration.version,
+                name: migration.name,
+                statement: index + 1,
+                source,
+            })?;
+        }
+        client
+            .query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, now())")
+            .bind(migration.version)
+            .bind(migration.name)
+            .execute()
+            .await
+            .map_err(config.server_error())?;
+        tracing::info!(version = migration.version, name = migration.name, "ClickHouse migration applied");
+        applied.push(Applied { version: migration.version, name: migration.name });
+    }
+    Ok(applied)
+}
+
+/// The statements of a migration file: `--` comments dropped, split on `;`. The files are
+/// Vigil's own DDL, which keeps `;` and `--` out of string literals.
+#[must_use]
+pub fn statements(sql: &str) -> Vec<String> {
+    let without_comments: String =
+        sql.lines().map(|line| line.split_once("--").map_or(line, |(code, _)| code)).collect::<Vec<_>>().join("\n");
+    without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_files_split_into_statements_without_comments() {
+        let parts = statements("-- a table\nCREATE TABLE a (x UInt8) -- trailing\nENGINE = Log;\n\n;SELECT 1;\n");
+        assert_eq!(parts, ["CREATE TABLE a (x UInt8) \nENGINE = Log", "SELECT 1"]);
+        let events = statements(MIGRATIONS[0].sql);
+        assert!(events.iter().all(|s| !s.contains("--")));
+        assert!(events.iter().all(|s| s.contains("IF NOT EXISTS")), "every statement can run twice");
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        let versions: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        let expected: Vec<u32> = (1..=u32::try_from(MIGRATIONS.len()).unwrap()).collect();
+        assert_eq!(versions, expected);
+    }
+
+    #[test]
+    fn database_names_are_plain_identifiers() {
+        let mut config = ClickHouseConfig::new("http://127.0.0.1:8123");
+        assert!(config.client().is_ok());
+        for bad in ["", "1vigil", "vigil; DROP TABLE x", "vi-gil", "`vigil`"] {
+            config.database = bad.into();
+            assert!(matches!(config.client(), Err(ClickHouseError::InvalidDatabase(_))), "{bad}");
+        }
+    }
+}
