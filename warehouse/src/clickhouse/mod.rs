@@ -1,5 +1,6 @@
-//! The ClickHouse side of the warehouse: the connection settings and the schema migrations
-//! (`schemas/clickhouse/`, applied by `vigil migrate`).
+//! The ClickHouse side of the warehouse: the connection settings, the schema migrations
+//! (`schemas/clickhouse/`, applied by `vigil migrate`) and the [`sink`] that inserts enriched
+//! events so that replays count nothing twice.
 //!
 //! Migrations are SQL files numbered in order and compiled into the binary, so a `vigil` and
 //! the schema it expects always travel together. Each one is applied once per database and
@@ -8,8 +9,12 @@
 //! (Debian, used in CI) and on current releases; `schemas/clickhouse/0001_events.sql` says which
 //! choices keep it portable.
 
+pub mod sink;
+
 use clickhouse::Client;
 use serde::Deserialize;
+
+pub use sink::{ClickHouseSink, Written};
 
 /// One migration: `schemas/clickhouse/<version>_<name>.sql`.
 #[derive(Debug, Clone, Copy)]
@@ -21,7 +26,7 @@ pub struct Migration {
 
 /// Every migration, oldest first. Append only: an applied migration is never edited.
 pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "events", sql: include_str!("../../schemas/clickhouse/0001_events.sql") }];
+    &[Migration { version: 1, name: "events", sql: include_str!("../../../schemas/clickhouse/0001_events.sql") }];
 
 /// Where ClickHouse is and which database Vigil owns there.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

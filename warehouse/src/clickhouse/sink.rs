@@ -1,0 +1,254 @@
+//! Writing enriched events into ClickHouse so that a replay never counts anything twice.
+//!
+//! The rollups are materialized views, which count every row inserted: a copy of an event
+//! inserted twice would be counted twice there, even though `events` itself collapses it
+//! (ReplacingMergeTree, read with FINAL). So the sink makes sure it never inserts a log
+//! position twice:
+//!
+//! - After a batch's events, it records the batch in `sink_batches` (log partition, first and
+//!   last offset). At open, everything up to the highest recorded offset is *stored*; a replay
+//!   of the log (the same sink after a restart, or `vigil replay` writing again from offset 0)
+//!   skips those positions.
+//! - A crash between the events and the record leaves rows past the record. At open, the sink
+//!   reads the offsets present past it (at most one batch) and skips those too, so the batch
+//!   is completed, not repeated. This holds row by row: an insert that spans several days is
+//!   written as one part per day and may have been cut between them.
+//!
+//! Log positions are `(log_partition, log_offset)`: the embedded log is partition 0; on Kafka,
+//! the partition and offset of the record in `vigil.enriched`.
+
+use std::collections::HashSet;
+
+use clickhouse::Client;
+use serde::{Deserialize, Serialize};
+use vigil_schemas::DeliveryEvent;
+
+use super::{ClickHouseConfig, ClickHouseError};
+
+/// One row of `events`, in the column order of `schemas/clickhouse/0001_events.sql` (RowBinary
+/// is positional; names are listed in the INSERT). Absent text is `''`.
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct EventRow<'a> {
+    log_partition: u32,
+    log_offset: u64,
+    event_id: &'a str,
+    schema_version: u16,
+    source: &'a str,
+    source_node: &'a str,
+    source_type: &'a str,
+    occurred_ms: u64,
+    ingested_ms: u64,
+    kind: &'a str,
+    message_id: &'a str,
+    queue_id: &'a str,
+    sender: &'a str,
+    sender_domain: &'a str,
+    recipient: &'a str,
+    recipient_domain: &'a str,
+    tenant: &'a str,
+    campaign: &'a str,
+    size_bytes: Option<u64>,
+    attempt: Option<u32>,
+    egress_pool: &'a str,
+    egress_source: &'a str,
+    sending_ip: &'a str,
+    mx_host: &'a str,
+    mx_ip: &'a str,
+    site: &'a str,
+    provider: &'a str,
+    smtp_code: Option<u16>,
+    enhanced_status: &'a str,
+    response_text: &'a str,
+    smtp_command: &'a str,
+    internal: u8,
+    bounce_class: &'a str,
+    provider_class: &'a str,
+    classifier_rule: &'a str,
+}
+
+fn millis(time: chrono::DateTime<chrono::Utc>) -> u64 {
+    u64::try_from(time.timestamp_millis()).unwrap_or(0)
+}
+
+impl<'a> EventRow<'a> {
+    fn new(log_partition: u32, log_offset: u64, e: &'a DeliveryEvent) -> Self {
+        let text = |value: &'a Option<String>| value.as_deref().unwrap_or("");
+        Self {
+            log_partition,
+            log_offset,
+            event_id: &e.event_id,
+            schema_version: e.schema_version,
+            source: e.source.as_str(),
+            source_node: text(&e.source_node),
+            source_type: text(&e.source_type),
+            occurred_ms: millis(e.occurred_at),
+            ingested_ms: millis(e.ingested_at),
+            kind: e.kind.as_str(),
+            message_id: text(&e.message_id),
+            queue_id: text(&e.queue_id),
+            sender: text(&e.sender),
+            sender_domain: text(&e.sender_domain),
+            recipient: text(&e.recipient),
+            recipient_domain: text(&e.recipient_domain),
+            tenant: text(&e.tenant),
+            campaign: text(&e.campaign),
+            size_bytes: e.size_bytes,
+            attempt: e.attempt,
+            egress_pool: text(&e.egress_pool),
+            egress_source: text(&e.egress_source),
+            sending_ip: text(&e.sending_ip),
+            mx_host: text(&e.mx_host),
+            mx_ip: text(&e.mx_ip),
+            site: text(&e.site),
+            provider: text(&e.provider),
+            smtp_code: e.smtp_code,
+            enhanced_status: text(&e.enhanced_status),
+            response_text: text(&e.response_text),
+            smtp_command: text(&e.smtp_command),
+            internal: u8::from(e.internal),
+            bounce_class: e.bounce_class.as_ref().map_or("", |c| c.as_str()),
+            provider_class: text(&e.provider_class),
+            classifier_rule: text(&e.classifier_rule),
+        }
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Serialize)]
+struct BatchRow {
+    log_partition: u32,
+    first_offset: u64,
+    last_offset: u64,
+    events: u64,
+    stored_at: u32,
+}
+
+/// What [`ClickHouseSink::write_batch`] did with a batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Events inserted now.
+    pub inserted: usize,
+    /// Events skipped: their log positions were already stored.
+    pub skipped: usize,
+}
+
+/// Inserts enriched events of one log partition into ClickHouse, each log position once.
+pub struct ClickHouseSink {
+    client: Client,
+    url: String,
+    partition: u32,
+    /// Every offset below this is stored.
+    stored_until: u64,
+    /// Offsets at or past `stored_until` already present (a batch cut short by a crash).
+    present: HashSet<u64>,
+}
+
+impl std::fmt::Debug for ClickHouseSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseSink")
+            .field("url", &self.url)
+            .field("partition", &self.partition)
+            .field("stored_until", &self.stored_until)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClickHouseSink {
+    /// Opens the sink for `log_partition`: reads how far it has stored (see the module
+    /// documentation). The schema must be migrated.
+    ///
+    /// # Errors
+    /// When ClickHouse cannot be reached or the schema is missing.
+    pub async fn open(config: &ClickHouseConfig, log_partition: u32) -> Result<Self, ClickHouseError> {
+        #[derive(clickhouse::Row, Deserialize)]
+        struct Last {
+            batches: u64,
+            last: u64,
+        }
+        #[derive(clickhouse::Row, Deserialize)]
+        struct Offset {
+            log_offset: u64,
+        }
+        let client = config.client()?;
+        let server = config.server_error();
+        let last = client
+            .query("SELECT count() AS batches, max(last_offset) AS last FROM sink_batches WHERE log_partition = ?")
+            .bind(log_partition)
+            .fetch_one::<Last>()
+            .await
+            .map_err(server)?;
+        let stored_until = if last.batches == 0 { 0 } else { last.last + 1 };
+        let present = client
+            .query("SELECT log_offset FROM events WHERE log_partition = ? AND log_offset >= ?")
+            .bind(log_partition)
+            .bind(stored_until)
+            .fetch_all::<Offset>()
+            .await
+            .map_err(config.server_error())?
+            .into_iter()
+            .map(|o| o.log_offset)
+            .collect();
+        Ok(Self { client, url: config.url.clone(), partition: log_partition, stored_until, present })
+    }
+
+    /// The first log offset not known to be stored.
+    #[must_use]
+    pub fn stored_until(&self) -> u64 {
+        self.stored_until
+    }
+
+    /// Inserts the events of `batch` (`(log offset, event)`, offsets ascending) whose positions
+    /// are not stored yet, then records the batch. Idempotent: writing the same batch again, or
+    /// any earlier part of the log, inserts nothing.
+    ///
+    /// # Errors
+    /// When ClickHouse refuses or cannot be reached; nothing is recorded then, and writing the
+    /// batch again completes it.
+    pub async fn write_batch(&mut self, batch: &[(u64, &DeliveryEvent)]) -> Result<Written, ClickHouseError> {
+        debug_assert!(batch.windows(2).all(|w| w[0].0 < w[1].0), "a batch is in log order");
+        // Offsets ascend: what is not stored yet is a suffix of the batch.
+        let unstored = &batch[batch.partition_point(|(offset, _)| *offset < self.stored_until)..];
+        let (Some(&(first, _)), Some(&(last, _))) = (unstored.first(), unstored.last()) else {
+            return Ok(Written { inserted: 0, skipped: batch.len() });
+        };
+        let fresh: Vec<(u64, &DeliveryEvent)> =
+            unstored.iter().copied().filter(|(offset, _)| !self.present.contains(offset)).collect();
+        let skipped = batch.len() - fresh.len();
+        if !fresh.is_empty() {
+            self.insert_events(&fresh).await?;
+        }
+        self.record(first, last, fresh.len()).await?;
+        self.stored_until = last + 1;
+        self.present.retain(|offset| *offset > last);
+        Ok(Written { inserted: fresh.len(), skipped })
+    }
+
+    /// The first half of [`write_batch`](Self::write_batch): the rows, without the record that
+    /// marks them stored. Public so tests can cut a batch short the way a crash would.
+    ///
+    /// # Errors
+    /// When ClickHouse refuses or cannot be reached.
+    pub async fn insert_events(&self, events: &[(u64, &DeliveryEvent)]) -> Result<(), ClickHouseError> {
+        let mut insert = self.client.insert::<EventRow<'_>>("events").await.map_err(|e| self.error(e))?;
+        for (offset, event) in events {
+            insert.write(&EventRow::new(self.partition, *offset, event)).await.map_err(|e| self.error(e))?;
+        }
+        insert.end().await.map_err(|e| self.error(e))
+    }
+
+    async fn record(&self, first: u64, last: u64, events: usize) -> Result<(), ClickHouseError> {
+        let row = BatchRow {
+            log_partition: self.partition,
+            first_offset: first,
+            last_offset: last,
+            events: events as u64,
+            stored_at: u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX),
+        };
+        let mut insert = self.client.insert::<BatchRow>("sink_batches").await.map_err(|e| self.error(e))?;
+        insert.write(&row).await.map_err(|e| self.error(e))?;
+        insert.end().await.map_err(|e| self.error(e))
+    }
+
+    fn error(&self, source: clickhouse::error::Error) -> ClickHouseError {
+        ClickHouseError::Server { url: self.url.clone(), source }
+    }
+}
