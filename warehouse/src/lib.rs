@@ -29,6 +29,16 @@ pub mod writer;
 pub use reader::Reader;
 pub use writer::ParquetWriter;
 
+/// The outcome columns of a summary, in response order, and the event kind each counts; one
+/// list for both backends, so their answers have the same shape.
+pub(crate) const OUTCOMES: [(&str, &str); 5] = [
+    ("delivered", "delivered"),
+    ("deferred", "deferred"),
+    ("bounced", "bounced"),
+    ("expired", "expired"),
+    ("complaints", "complaint"),
+];
+
 /// Errors of the warehouse.
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {

@@ -15,9 +15,9 @@ use datafusion::prelude::{Expr, ParquetReadOptions, SessionContext, col, lit, wh
 use datafusion::scalar::ScalarValue;
 use vigil_schemas::api::{SummaryQuery, SummaryResponse, SummaryRow};
 
-use crate::WarehouseError;
 use crate::files::{PartFile, list_parts, split_superseded};
 use crate::schema::event_schema;
+use crate::{OUTCOMES, WarehouseError};
 
 /// Reads the warehouse. Cheap to clone; safe to use while the writer writes (it only ever
 /// sees whole files).
@@ -32,15 +32,6 @@ impl std::fmt::Debug for Reader {
         f.debug_struct("Reader").field("root", &self.root).finish_non_exhaustive()
     }
 }
-
-/// The outcome columns of a summary, in response order, and the event kind each counts.
-const OUTCOMES: [(&str, &str); 5] = [
-    ("delivered", "delivered"),
-    ("deferred", "deferred"),
-    ("bounced", "bounced"),
-    ("expired", "expired"),
-    ("complaints", "complaint"),
-];
 
 fn millis(at: DateTime<Utc>) -> Expr {
     lit(ScalarValue::TimestampMillisecond(Some(at.timestamp_millis()), Some("UTC".into())))

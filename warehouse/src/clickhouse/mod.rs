@@ -9,11 +9,13 @@
 //! (Debian, used in CI) and on current releases; `schemas/clickhouse/0001_events.sql` says which
 //! choices keep it portable.
 
+pub mod reader;
 pub mod sink;
 
 use clickhouse::Client;
 use serde::Deserialize;
 
+pub use reader::ClickHouseReader;
 pub use sink::{ClickHouseSink, Written};
 
 /// One migration: `schemas/clickhouse/<version>_<name>.sql`.
