@@ -15,8 +15,9 @@
 //! - As a bounded buffer (the ingest role, in front of Kafka): with [`EventLog::with_limit`],
 //!   `append` refuses new events with [`LogError::Full`] while the named consumer is more than
 //!   the limit behind, so senders are paused or answered 503 instead of anything being
-//!   dropped; the consumer drops what it has shipped with [`EventLog::truncate_before`].
-//!   Offsets are never reused after a truncation.
+//!   dropped; the consumer drops what it has shipped with [`EventLog::truncate_before`],
+//!   which drops those events' dedupe entries too (the buffer dedupes what it holds; the
+//!   consumers downstream dedupe by `event_id`). Offsets are never reused after a truncation.
 //!
 //! # Why redb
 //! The log needs three things to move atomically: the events, the dedupe index and the
@@ -82,6 +83,12 @@ struct Limit {
     /// The consumer cursor of the dead letters (they are shipped too, and bounded the same).
     dead_letter_consumer: Arc<str>,
     max_pending: u64,
+}
+
+/// The one field truncation needs from a stored event.
+#[derive(serde::Deserialize)]
+struct EventId {
+    event_id: String,
 }
 
 fn storage(err: impl Into<redb::Error>) -> LogError {
@@ -190,8 +197,10 @@ impl EventLog {
     }
 
     /// Deletes the events before `offset` and the dead letters before `dead_letter_seq`
-    /// (shipped elsewhere). Their dedupe entries stay, so a source that re-sends them still
-    /// counts no duplicate. Offsets and sequences are not reused.
+    /// (shipped elsewhere), with the events' dedupe entries, so a truncated log's index stays
+    /// as small as what it holds: a source that re-sends a shipped event appends it again, and
+    /// the consumers downstream drop the copy by its `event_id`. Offsets and sequences are not
+    /// reused.
     ///
     /// # Errors
     /// On storage failure; then nothing was deleted.
@@ -201,7 +210,20 @@ impl EventLog {
             let mut low = txn.open_table(LOW_WATER).map_err(storage)?;
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
             let offset = offset.min(next_key(&events, &low, "events")?);
-            events.retain_in(..offset, |_, _| false).map_err(storage)?;
+            let mut shipped_ids = Vec::new();
+            events
+                .retain_in(..offset, |_, bytes| {
+                    // Stored events always decode; one that did not would only keep its entry.
+                    if let Ok(id) = serde_json::from_slice::<EventId>(bytes) {
+                        shipped_ids.push(id.event_id);
+                    }
+                    false
+                })
+                .map_err(storage)?;
+            let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
+            for id in &shipped_ids {
+                ids.remove(id.as_str()).map_err(storage)?;
+            }
             let mut dead = txn.open_table(DEAD_LETTERS).map_err(storage)?;
             let seq = dead_letter_seq.min(next_key(&dead, &low, "dead_letters")?);
             dead.retain_in(..seq, |_, _| false).map_err(storage)?;
@@ -563,7 +585,7 @@ mod tests {
     }
 
     #[test]
-    fn truncation_keeps_offsets_and_dedupe() {
+    fn truncation_keeps_offsets_and_drops_the_dedupe_of_what_it_deleted() {
         let dir = tempfile::tempdir().unwrap();
         {
             let log = EventLog::open(dir.path()).unwrap();
@@ -577,9 +599,16 @@ mod tests {
         let log = EventLog::open(dir.path()).unwrap();
         assert_eq!(log.head(), 2, "offsets are not reused after a restart");
         assert_eq!(log.dead_letter_head().unwrap(), 1);
+        // "a" was shipped and truncated: the index forgot it, so it is appended again (the
+        // consumer downstream drops the copy); "c" twice in the log is still a duplicate.
         let receipt = log.append(&batch(&["a", "c"])).unwrap();
-        assert_eq!((receipt.appended, receipt.duplicates, receipt.head), (1, 1, 3));
+        assert_eq!((receipt.appended, receipt.duplicates, receipt.head), (2, 0, 4));
+        let receipt = log.append(&batch(&["c", "d"])).unwrap();
+        assert_eq!((receipt.appended, receipt.duplicates, receipt.head), (1, 1, 5));
         assert_eq!(log.read(0, 10).unwrap()[0].0, 2);
+        log.truncate_before(5, 1).unwrap();
+        let txn = log.db.begin_read().unwrap();
+        assert_eq!(txn.open_table(EVENT_IDS).unwrap().len().unwrap(), 0, "the index holds nothing truncated");
     }
 
     proptest::proptest! {
