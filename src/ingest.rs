@@ -91,7 +91,7 @@ async fn serve(config: IngestConfig) -> anyhow::Result<()> {
         "vigil ingest starting"
     );
     let direct = Arc::new(DirectShipper::new(log.clone(), config.kafka.clone()).context("Kafka producer")?);
-    let forwarder = Forwarder::new(log.clone(), config.kafka).once_topics_exist(direct.topics_ready());
+    let forwarder = Forwarder::new(log.clone(), config.kafka, direct.topics_ready());
     {
         let stop = shutdown.clone();
         tasks.spawn(async move { forwarder.run(stop).await.context("Kafka forwarder") });

@@ -284,7 +284,8 @@ impl Shared {
             return Ok(None); // Still waiting for the broker to acknowledge earlier sends.
         }
         drop(producing);
-        if self.spilled.swap(false, Ordering::SeqCst) && *self.ready.borrow() && self.epoch() > 0 {
+        // Epoch 0 is the start (spilled until the topics exist), not a return from a spill.
+        if self.spilled.swap(false, Ordering::SeqCst) && self.epoch() > 0 {
             tracing::info!("the broker acknowledges again and the buffer is drained; file tails send directly");
         }
         Ok(Some(self.epoch()))
@@ -329,12 +330,14 @@ impl Shared {
         let producing = self.current();
         let acks = &producing.acks;
         for event in &batch.events {
+            // The committer judges the broker's health on every tick; here it is only judged
+            // while the window is full, and otherwise a spill shows as a new epoch.
             while !acks.wait_for_room(MAX_IN_FLIGHT, Duration::from_millis(100)) {
                 if !self.healthy(acks) {
                     return;
                 }
             }
-            if self.epoch() != batch.epoch || !self.healthy(acks) {
+            if self.epoch() != batch.epoch {
                 return;
             }
             payload.clear();
@@ -361,7 +364,7 @@ impl Shared {
                 }
             }
         }
-        let until = acks.prefix() + acks.in_flight() as u64;
+        let until = acks.end();
         let Batch { epoch, events, dead_letters, key, checkpoint } = batch;
         let events = events.len() as u64;
         self.lock_covered().push_back(Covered { until, epoch, key, checkpoint, dead_letters, events });

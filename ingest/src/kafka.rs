@@ -171,22 +171,15 @@ pub struct Forwarder {
     config: KafkaConfig,
     /// The `vigil-schema-version` header's value.
     schema_version: String,
-    /// Set when another component creates the topics: becomes `true` once they exist.
-    topics_ready: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Becomes `true` once the topics exist; the ingest role's direct path creates them
+    /// ([`crate::direct::DirectShipper::topics_ready`]), so the broker is asked once at start.
+    topics_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Forwarder {
     #[must_use]
-    pub fn new(log: EventLog, config: KafkaConfig) -> Self {
-        Self { log, config, schema_version: vigil_schemas::SCHEMA_VERSION.to_string(), topics_ready: None }
-    }
-
-    /// Leaves creating the topics to whoever flips `ready` (the ingest role's direct path), so
-    /// the broker is not asked twice at start.
-    #[must_use]
-    pub fn once_topics_exist(mut self, ready: tokio::sync::watch::Receiver<bool>) -> Self {
-        self.topics_ready = Some(ready);
-        self
+    pub fn new(log: EventLog, config: KafkaConfig, topics_ready: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { log, config, schema_version: vigil_schemas::SCHEMA_VERSION.to_string(), topics_ready }
     }
 
     /// Runs until `shutdown`; returns on a configuration error or a broken buffer.
@@ -195,14 +188,10 @@ impl Forwarder {
     /// When the producer cannot be configured or the buffer fails; broker trouble is never an
     /// error here (it is retried).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ForwardError> {
-        match self.topics_ready.clone() {
-            Some(mut ready) => {
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    _ = ready.wait_for(|r| *r) => {}
-                }
-            }
-            None => self.ensure_topics(&shutdown).await?,
+        let mut topics_ready = self.topics_ready.clone();
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = topics_ready.wait_for(|ready| *ready) => {}
         }
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         while !shutdown.is_cancelled() {
@@ -221,21 +210,6 @@ impl Forwarder {
             }
         }
         Ok(())
-    }
-
-    /// Creates the topics if missing; waits (retrying) while the broker is unreachable,
-    /// since ingest keeps buffering meanwhile.
-    async fn ensure_topics(&self, shutdown: &CancellationToken) -> Result<(), ForwardError> {
-        let topics = [self.config.topic.as_str(), self.config.dead_letter_topic.as_str()];
-        ensure_topics(
-            &producer_config(&self.config),
-            &topics,
-            self.config.partitions,
-            self.config.replication_factor,
-            shutdown,
-        )
-        .await
-        .map_err(ForwardError::Config)
     }
 
     /// Sends from the committed offset on, committing acknowledged prefixes, until shutdown
@@ -490,6 +464,12 @@ impl Acks {
     /// The acknowledged prefix, failure or not.
     pub(crate) fn prefix(&self) -> u64 {
         self.lock().base
+    }
+
+    /// The offset the next send will take: everything before it was sent.
+    pub(crate) fn end(&self) -> u64 {
+        let window = self.lock();
+        window.base + window.done.len() as u64
     }
 
     /// Sent and not yet acknowledged (in order).

@@ -120,9 +120,9 @@ pub struct Tailer {
     normalisers: std::sync::Mutex<std::collections::HashMap<PathBuf, Box<dyn LineNormaliser>>>,
     /// The ingest role's direct path to Kafka, when there is one.
     direct: Option<Arc<DirectShipper>>,
-    /// Per file key, how far direct sends got and in which epoch: ahead of the stored
-    /// checkpoint, which only moves once the broker acknowledged. Good only in that epoch.
-    sent: std::sync::Mutex<std::collections::HashMap<String, (u64, Checkpoint)>>,
+    /// Per file, how far direct sends got and in which epoch: ahead of the stored checkpoint,
+    /// which only moves once the broker acknowledged. Good only in that epoch.
+    sent: std::sync::Mutex<std::collections::HashMap<PathBuf, (u64, Checkpoint)>>,
 }
 
 impl std::fmt::Debug for Tailer {
@@ -213,12 +213,7 @@ impl Tailer {
         // Files gone from the directory take their parser state with them.
         let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
         self.normalisers.lock().expect("normaliser lock poisoned").retain(|path, _| present.contains(path));
-        let source = self.source();
-        self.lock_sent().retain(|key, _| {
-            key.strip_prefix(source)
-                .and_then(|k| k.strip_prefix(':'))
-                .is_some_and(|p| present.contains(&PathBuf::from(p)))
-        });
+        self.lock_sent().retain(|path, _| present.contains(path));
         let (mut lines, mut lag) = (0, 0);
         for path in files {
             let (read, behind) = self.scan_file(&path).map_err(|e| match e {
@@ -244,7 +239,7 @@ impl Tailer {
         let key = format!("{source}:{}", path.display());
         // Where direct sends of the current epoch got, else where the log (buffer) stands.
         let live = self.direct.as_ref().map(|d| d.epoch());
-        let sent = self.lock_sent().get(&key).copied().filter(|(epoch, _)| Some(*epoch) == live);
+        let sent = self.lock_sent().get(path).copied().filter(|(epoch, _)| Some(*epoch) == live);
         let mut epoch = sent.map(|(epoch, _)| epoch);
         let mut checkpoint: Checkpoint = match sent {
             Some((_, checkpoint)) => checkpoint,
@@ -360,16 +355,17 @@ impl Tailer {
                 }
             }
             if pending.bytes >= batch_bytes {
-                committed += self.commit(&key, &mut pending, Checkpoint { seen_len: 0, ..checkpoint }, &mut epoch)?;
+                committed +=
+                    self.commit(path, &key, &mut pending, Checkpoint { seen_len: 0, ..checkpoint }, &mut epoch)?;
             }
         }
         checkpoint.seen_len = len;
         let behind = if compressed { 0 } else { len.saturating_sub(checkpoint.offset) };
-        committed += self.commit(&key, &mut pending, checkpoint, &mut epoch)?;
+        committed += self.commit(path, &key, &mut pending, checkpoint, &mut epoch)?;
         Ok((committed, behind))
     }
 
-    fn lock_sent(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u64, Checkpoint)>> {
+    fn lock_sent(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, (u64, Checkpoint)>> {
         self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -379,6 +375,7 @@ impl Tailer {
     /// to the log would store a checkpoint past events the broker has not acknowledged.
     fn commit(
         &self,
+        path: &Path,
         key: &str,
         pending: &mut PendingBatch,
         checkpoint: Checkpoint,
@@ -399,14 +396,14 @@ impl Tailer {
                 ..vigil_log::AppendReceipt::default()
             };
             direct.ship(in_epoch, batch.events, batch.dead_letters, key.to_owned(), stored)?;
-            self.lock_sent().insert(key.to_owned(), (in_epoch, checkpoint));
+            self.lock_sent().insert(path.to_owned(), (in_epoch, checkpoint));
             *epoch = Some(in_epoch);
             observation.committed(self.source(), lines as u64, bytes as u64, &receipt);
             return Ok(lines);
         }
         batch.checkpoints.push((key.to_owned(), stored));
         let receipt = self.log.append(&batch)?;
-        self.lock_sent().remove(key);
+        self.lock_sent().remove(path);
         observation.committed(self.source(), lines as u64, bytes as u64, &receipt);
         if receipt.dead_lettered > 0 {
             tracing::warn!(file = key, dead_letters = receipt.dead_lettered, "lines rejected to the dead-letter store");

@@ -72,6 +72,13 @@ pub enum ClickHouseError {
     },
 }
 
+impl ClickHouseError {
+    /// Wraps a client error with the server it came from (for `map_err`).
+    pub(crate) fn at(url: &str) -> impl Fn(clickhouse::error::Error) -> Self + '_ {
+        move |source| Self::Server { url: url.to_owned(), source }
+    }
+}
+
 impl ClickHouseConfig {
     /// The settings with the defaults, for `url`.
     #[must_use]
@@ -103,10 +110,6 @@ impl ClickHouseConfig {
             Err(ClickHouseError::InvalidDatabase(name.to_owned()))
         }
     }
-
-    fn server_error(&self) -> impl FnOnce(clickhouse::error::Error) -> ClickHouseError + '_ {
-        move |source| ClickHouseError::Server { url: self.url.clone(), source }
-    }
 }
 
 /// A migration applied by [`migrate`].
@@ -128,7 +131,7 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<Applied>, ClickHou
         .query(&format!("CREATE DATABASE IF NOT EXISTS {database}"))
         .execute()
         .await
-        .map_err(config.server_error())?;
+        .map_err(ClickHouseError::at(&config.url))?;
     let client = config.client()?;
     client
         .query(
@@ -138,7 +141,7 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<Applied>, ClickHou
         )
         .execute()
         .await
-        .map_err(config.server_error())?;
+        .map_err(ClickHouseError::at(&config.url))?;
     #[derive(clickhouse::Row, Deserialize)]
     struct Version {
         version: u32,
@@ -147,7 +150,7 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<Applied>, ClickHou
         .query("SELECT version FROM schema_migrations")
         .fetch_all::<Version>()
         .await
-        .map_err(config.server_error())?
+        .map_err(ClickHouseError::at(&config.url))?
         .into_iter()
         .map(|v| v.version)
         .collect();
@@ -167,7 +170,7 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<Applied>, ClickHou
             .bind(migration.name)
             .execute()
             .await
-            .map_err(config.server_error())?;
+            .map_err(ClickHouseError::at(&config.url))?;
         tracing::info!(version = migration.version, name = migration.name, "ClickHouse migration applied");
         applied.push(Applied { version: migration.version, name: migration.name });
     }

@@ -93,10 +93,7 @@ impl ClickHouseReader {
         for at in [query.from, query.to].into_iter().flatten() {
             select = select.bind(bound(at));
         }
-        let records = select
-            .fetch_all::<SummaryRecord>()
-            .await
-            .map_err(|source| ClickHouseError::Server { url: self.url.clone(), source })?;
+        let records = select.fetch_all::<SummaryRecord>().await.map_err(ClickHouseError::at(&self.url))?;
         let rows = records
             .into_iter()
             .filter(|r| r.delivered + r.deferred + r.bounced + r.expired + r.complaints > 0)

@@ -169,13 +169,12 @@ impl ClickHouseSink {
             log_offset: u64,
         }
         let client = config.client()?;
-        let server = config.server_error();
         let last = client
             .query("SELECT count() AS batches, max(last_offset) AS last FROM sink_batches WHERE log_partition = ?")
             .bind(log_partition)
             .fetch_one::<Last>()
             .await
-            .map_err(server)?;
+            .map_err(ClickHouseError::at(&config.url))?;
         let stored_until = if last.batches == 0 { 0 } else { last.last + 1 };
         let present = client
             .query("SELECT log_offset FROM events WHERE log_partition = ? AND log_offset >= ?")
@@ -183,7 +182,7 @@ impl ClickHouseSink {
             .bind(stored_until)
             .fetch_all::<Offset>()
             .await
-            .map_err(config.server_error())?
+            .map_err(ClickHouseError::at(&config.url))?
             .into_iter()
             .map(|o| o.log_offset)
             .collect();
@@ -228,11 +227,14 @@ impl ClickHouseSink {
     /// # Errors
     /// When ClickHouse refuses or cannot be reached.
     pub async fn insert_events(&self, events: &[(u64, &DeliveryEvent)]) -> Result<(), ClickHouseError> {
-        let mut insert = self.client.insert::<EventRow<'_>>("events").await.map_err(|e| self.error(e))?;
+        let mut insert = self.client.insert::<EventRow<'_>>("events").await.map_err(ClickHouseError::at(&self.url))?;
         for (offset, event) in events {
-            insert.write(&EventRow::new(self.partition, *offset, event)).await.map_err(|e| self.error(e))?;
+            insert
+                .write(&EventRow::new(self.partition, *offset, event))
+                .await
+                .map_err(ClickHouseError::at(&self.url))?;
         }
-        insert.end().await.map_err(|e| self.error(e))
+        insert.end().await.map_err(ClickHouseError::at(&self.url))
     }
 
     async fn record(&self, first: u64, last: u64, events: usize) -> Result<(), ClickHouseError> {
@@ -243,12 +245,9 @@ impl ClickHouseSink {
             events: events as u64,
             stored_at: u32::try_from(chrono::Utc::now().timestamp()).unwrap_or(u32::MAX),
         };
-        let mut insert = self.client.insert::<BatchRow>("sink_batches").await.map_err(|e| self.error(e))?;
-        insert.write(&row).await.map_err(|e| self.error(e))?;
-        insert.end().await.map_err(|e| self.error(e))
-    }
-
-    fn error(&self, source: clickhouse::error::Error) -> ClickHouseError {
-        ClickHouseError::Server { url: self.url.clone(), source }
+        let mut insert =
+            self.client.insert::<BatchRow>("sink_batches").await.map_err(ClickHouseError::at(&self.url))?;
+        insert.write(&row).await.map_err(ClickHouseError::at(&self.url))?;
+        insert.end().await.map_err(ClickHouseError::at(&self.url))
     }
 }
