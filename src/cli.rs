@@ -42,13 +42,43 @@ pub struct MigrateArgs {
     /// ClickHouse's HTTP interface.
     #[arg(long, env = "VIGIL_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
     pub clickhouse_url: String,
+    #[command(flatten)]
+    pub login: ClickHouseLogin,
+}
+
+/// Which ClickHouse database Vigil owns, and as whom it connects.
+#[derive(Debug, Clone, Args)]
+pub struct ClickHouseLogin {
     /// The database Vigil owns (created if missing).
-    #[arg(long, env = "VIGIL_CLICKHOUSE_DATABASE", default_value = "vigil")]
+    #[arg(
+        long = "clickhouse-database",
+        alias = "database",
+        env = "VIGIL_CLICKHOUSE_DATABASE",
+        default_value = "vigil"
+    )]
     pub database: String,
-    #[arg(long, env = "VIGIL_CLICKHOUSE_USER", default_value = "default")]
+    #[arg(long = "clickhouse-user", alias = "user", env = "VIGIL_CLICKHOUSE_USER", default_value = "default")]
     pub user: String,
-    #[arg(long, env = "VIGIL_CLICKHOUSE_PASSWORD", default_value = "", hide_env_values = true)]
+    #[arg(
+        long = "clickhouse-password",
+        alias = "password",
+        env = "VIGIL_CLICKHOUSE_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub password: String,
+}
+
+impl ClickHouseLogin {
+    #[must_use]
+    pub fn config(&self, url: &str) -> vigil_warehouse::clickhouse::ClickHouseConfig {
+        vigil_warehouse::clickhouse::ClickHouseConfig {
+            url: url.to_owned(),
+            database: self.database.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -131,10 +161,22 @@ pub struct RunArgs {
     /// Require `Authorization: Bearer TOKEN` on the TSA endpoints and the actions API.
     #[arg(long, env = "VIGIL_API_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// Bearer tokens with roles for `/api/v1` (TOML: `[[tokens]] name, token, role` with role
+    /// viewer, operator or admin; see `examples/api-tokens.toml`). Without them the API is
+    /// open and the listener must be on loopback.
+    #[arg(long, env = "VIGIL_API_TOKENS", value_name = "FILE")]
+    pub api_tokens: Option<PathBuf>,
     /// Client addresses allowed on the TSA endpoints and the actions API without the token
     /// (kumod's hosts, as tsa-daemon's `trusted_hosts`); comma-separated.
     #[arg(long, env = "VIGIL_TRUSTED_HOSTS", value_name = "IP,...", value_delimiter = ',')]
     pub trusted_hosts: Vec<std::net::IpAddr>,
+    /// Also store the analytics in this ClickHouse (`http://host:8123`) and answer the API
+    /// from it: the schema is migrated at start, and the log is inserted as it grows. Without
+    /// it the API answers from the Parquet files under the data directory.
+    #[arg(long, env = "VIGIL_CLICKHOUSE_URL", value_name = "URL")]
+    pub clickhouse_url: Option<String>,
+    #[command(flatten)]
+    pub clickhouse: ClickHouseLogin,
     /// Also feed realistic synthetic KumoMTA traffic, so there is something to look at.
     #[arg(long)]
     pub demo: bool,

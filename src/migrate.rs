@@ -1,17 +1,12 @@
 //! `vigil migrate`: applies `schemas/clickhouse/` to a ClickHouse server and says what it did.
 
 use anyhow::Context;
-use vigil_warehouse::clickhouse::{ClickHouseConfig, MIGRATIONS, migrate as apply};
+use vigil_warehouse::clickhouse::{MIGRATIONS, migrate as apply};
 
 use crate::cli::MigrateArgs;
 
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let config = ClickHouseConfig {
-        url: args.clickhouse_url,
-        database: args.database,
-        user: args.user,
-        password: args.password,
-    };
+    let config = args.login.config(&args.clickhouse_url);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     let applied = runtime.block_on(apply(&config))?;
     for migration in &applied {

@@ -39,7 +39,19 @@ struct ProcessConfig {
     /// Seconds between snapshots of the derived state.
     #[serde(default = "default_snapshot_seconds")]
     snapshot_seconds: u64,
+    /// `[api]`: bearer tokens with roles.
+    #[serde(default)]
+    api: ApiConfig,
     kafka: StreamConfig,
+}
+
+/// `[api]`: `[[api.tokens]] name, token, role` (viewer, operator, admin). Without tokens the
+/// API is open and `listen` must be on loopback.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiConfig {
+    #[serde(default)]
+    tokens: Vec<vigil_query::auth::TokenConfig>,
 }
 
 /// `[actuation]`: every instance folds everything and so decides; give push targets to one.
@@ -79,6 +91,7 @@ async fn serve(config: ProcessConfig) -> anyhow::Result<()> {
     let outbox = Outbox::open(&state_dir)?;
     let rules = crate::run::load_rules(config.actuation.rules.as_deref())?;
     let ready = Arc::new(AtomicBool::new(false));
+    let tokens = vigil_query::auth::Tokens::new(&config.api.tokens).context("in [api] tokens")?;
 
     let healthz = {
         let ready = Arc::clone(&ready);
@@ -90,7 +103,7 @@ async fn serve(config: ProcessConfig) -> anyhow::Result<()> {
             }
         }
     };
-    let app = vigil_query::live::router(Arc::clone(&state))
+    let app = vigil_query::live::router(Arc::clone(&state), None)
         .merge(vigil_query::actions::router(vigil_query::actions::ActionsState {
             state: Arc::clone(&state),
             outbox: outbox.clone(),
@@ -98,13 +111,12 @@ async fn serve(config: ProcessConfig) -> anyhow::Result<()> {
             trusted_hosts: config.actuation.trusted_hosts.clone(),
         }))
         .merge(crate::metrics::process_router())
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .layer(axum::middleware::from_fn_with_state(tokens.clone(), vigil_query::auth::require_role));
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
-    if !bound.ip().is_loopback() {
-        tracing::warn!(%bound, "listening beyond loopback, and the API has no authentication yet: put it behind a firewall");
-    }
+    tokens.check_listener(bound)?;
     // Scripts and tests read this line to find the port when `listen` ends in :0.
     println!("vigil process listening on http://{bound}");
 

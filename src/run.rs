@@ -17,7 +17,9 @@ use vigil_processor::actuation::push::{Outbox, PushConfig, WebhookConfig};
 use vigil_processor::state::FoldRules;
 use vigil_processor::{ClassifierBuilder, Enricher, Pipeline, PipelineConfig, ProviderMap};
 use vigil_query::ApiState;
-use vigil_warehouse::{ParquetWriter, Reader};
+use vigil_query::auth::{TokenConfig, Tokens};
+use vigil_warehouse::clickhouse::ClickHouseReader;
+use vigil_warehouse::{ParquetWriter, Reader, Store};
 
 use crate::cli::RunArgs;
 
@@ -48,13 +50,21 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let pipeline = Pipeline::new(log.clone(), writer, enricher.clone(), config)
         .with_rules(FoldRules::new(rules), Some(outbox.clone()));
 
+    let tokens = load_tokens(args.api_tokens.as_deref())?;
     let ready = Arc::new(AtomicBool::new(false));
-    let api = vigil_query::router(ApiState {
-        reader: Reader::new(&warehouse_dir),
-        state: pipeline.state(),
-        log: log.clone(),
-        ready: Arc::clone(&ready),
-    });
+    let clickhouse = args.clickhouse_url.as_deref().map(|url| args.clickhouse.config(url));
+    let store = match &clickhouse {
+        Some(config) => {
+            let applied = vigil_warehouse::clickhouse::migrate(config)
+                .await
+                .with_context(|| format!("migrating the ClickHouse schema at {}", config.url))?;
+            tracing::info!(url = %config.url, database = %config.database, applied = applied.len(), "analytics in ClickHouse");
+            Store::ClickHouse(ClickHouseReader::new(config)?)
+        }
+        None => Store::Parquet(Reader::new(&warehouse_dir)),
+    };
+    let api =
+        vigil_query::router(ApiState { store, state: pipeline.state(), log: log.clone(), ready: Arc::clone(&ready) });
     let app = api
         .merge(vigil_query::actions::router(vigil_query::actions::ActionsState {
             state: pipeline.state(),
@@ -64,6 +74,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         }))
         .merge(vigil_ingest::kumomta::router(log.clone(), args.max_body_bytes, args.max_ingest_in_flight))
         .merge(crate::metrics::router(log.clone(), Some(vigil_processor::pipeline::CONSUMER)))
+        .layer(axum::middleware::from_fn_with_state(tokens.clone(), vigil_query::auth::require_role))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
@@ -78,9 +89,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let bound = listener.local_addr()?;
-    if !bound.ip().is_loopback() {
-        tracing::warn!(%bound, "listening beyond loopback, and the API has no authentication yet: put it behind a firewall");
-    }
+    tokens.check_listener(bound)?;
     // Scripts and tests read this line to find the port when --listen ends in :0.
     println!("vigil listening on http://{bound}");
     tracing::info!(%bound, data_dir = %args.data_dir.display(), "vigil run starting");
@@ -106,6 +115,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     };
     for pusher in vigil_processor::actuation::push::spawn(&outbox, &push, &shutdown) {
         tasks.spawn(async move { pusher.await.context("decision pusher") });
+    }
+    if let Some(config) = clickhouse {
+        let sink = vigil_processor::sink::run_clickhouse_sink(
+            log.clone(),
+            enricher.clone(),
+            config,
+            vigil_processor::sink::SinkBatching::default(),
+            shutdown.clone(),
+        );
+        tasks.spawn(sink.map_ok());
     }
     ready.store(true, Ordering::Release);
     tracing::info!(committed, "processor ready");
@@ -204,6 +223,19 @@ async fn reload_on_sighup(
             }
         }
     }
+}
+
+/// The API tokens file (`[[tokens]]`); none: no tokens.
+fn load_tokens(file: Option<&std::path::Path>) -> anyhow::Result<Tokens> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct TokensFile {
+        tokens: Vec<TokenConfig>,
+    }
+    let Some(file) = file else { return Ok(Tokens::default()) };
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let parsed: TokensFile = toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+    Tokens::new(&parsed.tokens).with_context(|| format!("in {}", file.display()))
 }
 
 /// Serves `app` on `listener` as one of `tasks`, until `shutdown`.

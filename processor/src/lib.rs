@@ -40,6 +40,7 @@ pub mod pipeline;
 pub mod providers;
 pub mod reputation;
 pub mod shaping;
+pub mod sink;
 pub mod state;
 pub mod stream;
 pub mod suppression;

@@ -2,8 +2,9 @@
 //! the processor's derived state (reputation windows, suppressions).
 //!
 //! # Contract
-//! - In: HTTP requests. Parameters are parsed into the typed query model of
-//!   [`vigil_schemas::api`]; nothing a client sends is ever spliced into SQL.
+//! - In: HTTP requests. Parameters are parsed into typed queries, composed from the
+//!   warehouse's two primitives ([`vigil_warehouse::query`]); nothing a client sends is ever
+//!   spliced into SQL (values are bound or typed literals).
 //! - Out: JSON. Client mistakes get a 400 with a reason naming the parameter and the accepted
 //!   values; server faults get an opaque 500 and are logged once here.
 //! - `/healthz` answers 503 until the processor has recovered the warehouse and rebuilt its
@@ -11,11 +12,17 @@
 //!
 //! # Layout
 //! - [`error`]: `ApiError` and its mapping to status codes.
-//! - [`routes`]: the router, and the handlers answered from the warehouse and the log.
-//! - [`live`]: the handlers answered from the derived state.
+//! - [`routes`]: the router, health and the dead letters (answered from the log).
+//! - [`analytics`]: the endpoints answered from the warehouse, one file each, over either
+//!   backend (Parquet with DataFusion, or ClickHouse).
+//! - [`live`]: the handlers answered from the derived state; `reputation` and `timeseries`
+//!   answer ranges (`from=`) from the warehouse.
+//! - [`auth`]: bearer tokens with roles for `/api/v1`.
 //! - [`actions`]: KumoMTA's TSA endpoints and the decisions, throttles and warm-up API.
 
 pub mod actions;
+pub mod analytics;
+pub mod auth;
 pub mod error;
 pub mod live;
 pub mod routes;

@@ -16,7 +16,11 @@ use vigil_processor::reputation::{LabelKind, Metric, Rates, Scope, Score, Window
 use vigil_processor::suppression::Suppression;
 use vigil_processor::{DerivedState, SharedState};
 
+use vigil_warehouse::Store;
+
 use crate::ApiError;
+use crate::analytics::timeseries::TimeseriesQuery;
+use crate::analytics::{DimensionFilters, Range};
 use crate::routes::parse_time;
 
 const SCOPES_HELP: &str =
@@ -30,15 +34,40 @@ fn read_state(state: &SharedState) -> Result<std::sync::RwLockReadGuard<'_, Deri
     state.read().map_err(|_| ApiError::Internal("state lock poisoned".into()))
 }
 
-/// The endpoints answered from the derived state alone: what `vigil run` and `vigil process`
-/// both serve.
-pub fn router(state: SharedState) -> Router {
+/// What the live endpoints read: the derived state, and the warehouse for ranged reputation
+/// and time series (`from=`), when the server has one.
+#[derive(Debug, Clone)]
+pub struct LiveState {
+    pub state: SharedState,
+    pub store: Option<Store>,
+}
+
+impl LiveState {
+    fn store(&self) -> Result<&Store, ApiError> {
+        self.store.as_ref().ok_or_else(|| {
+            ApiError::BadRequest(
+                "this server has no warehouse to answer `from`: configure [clickhouse], or leave out `from` for the \
+                 live window"
+                    .into(),
+            )
+        })
+    }
+}
+
+/// The endpoints answered from the derived state: what `vigil run` and `vigil process` both
+/// serve. With a store, `reputation` and `timeseries` also answer ranges (`from=`) from it.
+pub fn router(state: SharedState, store: Option<Store>) -> Router {
+    let live = LiveState { state: state.clone(), store };
     Router::new()
         .route("/api/v1/reputation", get(reputation))
         .route("/api/v1/timeseries", get(timeseries))
-        .route("/api/v1/suppressions", get(suppressions))
-        .route("/api/v1/state", get(derived_state))
-        .with_state(state)
+        .with_state(live)
+        .merge(
+            Router::new()
+                .route("/api/v1/suppressions", get(suppressions))
+                .route("/api/v1/state", get(derived_state))
+                .with_state(state),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,11 +75,13 @@ struct ReputationParams {
     scope: Option<String>,
     window: Option<String>,
     as_of: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
 }
 
 /// One scope's reputation over the window.
 #[derive(Debug, Serialize)]
-struct ReputationRow {
+pub struct ReputationRow {
     #[serde(flatten)]
     key: BTreeMap<&'static str, String>,
     attempts: u64,
@@ -65,7 +96,7 @@ struct ReputationRow {
 }
 
 impl ReputationRow {
-    fn of(row: WindowRow) -> Self {
+    pub(crate) fn of(row: WindowRow) -> Self {
         let rates = Rates::of(&row.totals);
         let mut by_kind: [BTreeMap<String, u64>; 3] = Default::default();
         for ((kind, name), count) in row.labels {
@@ -101,17 +132,34 @@ struct ReputationResponse {
 }
 
 async fn reputation(
-    State(state): State<SharedState>,
+    State(live): State<LiveState>,
     Query(params): Query<ReputationParams>,
-) -> Result<Json<ReputationResponse>, ApiError> {
+    Query(filters): Query<DimensionFilters>,
+) -> Result<Response, ApiError> {
     let scope = parse_scope("scope", params.scope.as_deref().unwrap_or("egress_source,provider"))?;
+    if params.from.is_some() {
+        if params.window.is_some() || params.as_of.is_some() {
+            return Err(ApiError::BadRequest(
+                "give either `from` (and `to`) or `window` (and `as_of`), not both".into(),
+            ));
+        }
+        let range = Range::parse(params.from.as_deref(), params.to.as_deref())?;
+        let answer = crate::analytics::reputation::reputation(live.store()?, scope, range, &filters.parse()?).await?;
+        return Ok(Json(answer).into_response());
+    }
+    if params.to.is_some() || !filters.parse()?.is_empty() {
+        return Err(ApiError::BadRequest("`to` and dimension filters need `from`: they ask the warehouse".into()));
+    }
+    let state = &live.state;
     let window_text = params.window.unwrap_or_else(|| "1h".into());
     let window = Window::parse(&window_text)
         .ok_or_else(|| ApiError::BadRequest(format!("unknown window `{window_text}`; use 5m, 1h or 24h")))?;
     let as_of = parse_time("as_of", params.as_of.as_deref())?.unwrap_or_else(Utc::now);
-    let rows = read_state(&state)?.reputation.window(scope, window.minutes(), as_of);
+    let rows = read_state(state)?.reputation.window(scope, window.minutes(), as_of);
     let rows = rows.into_iter().map(ReputationRow::of).collect();
-    Ok(Json(ReputationResponse { scope: scope.as_str(), window: window_text, as_of, min_attempts: MIN_ATTEMPTS, rows }))
+    let answer =
+        ReputationResponse { scope: scope.as_str(), window: window_text, as_of, min_attempts: MIN_ATTEMPTS, rows };
+    Ok(Json(answer).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,44 +168,47 @@ struct TimeseriesParams {
     group_by: Option<String>,
     step: Option<String>,
     window: Option<String>,
+    from: Option<String>,
     to: Option<String>,
     limit: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
-struct Point {
-    at: DateTime<Utc>,
-    value: u64,
+pub struct Point {
+    pub at: DateTime<Utc>,
+    pub value: u64,
 }
 
 #[derive(Debug, Serialize)]
-struct Series {
+pub struct Series {
     #[serde(flatten)]
-    key: BTreeMap<&'static str, String>,
-    total: u64,
-    points: Vec<Point>,
+    pub key: BTreeMap<&'static str, String>,
+    pub total: u64,
+    pub points: Vec<Point>,
 }
 
 #[derive(Debug, Serialize)]
-struct TimeseriesResponse {
-    metric: String,
-    group_by: &'static str,
-    step_seconds: u32,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
+pub struct TimeseriesResponse {
+    pub metric: String,
+    pub group_by: &'static str,
+    pub step_seconds: u32,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
     /// More series matched than `limit`; the first `limit` by key are returned.
-    truncated: bool,
-    series: Vec<Series>,
+    pub truncated: bool,
+    pub series: Vec<Series>,
 }
 
-/// `30s` is refused: buckets are minutes. Accepts `Nm`, `Nh`.
+/// `30s` is refused: buckets are minutes. Accepts `Nm`, `Nh`, `Nd`.
 fn parse_minutes(name: &str, text: &str) -> Result<u32, ApiError> {
-    let bad = || ApiError::BadRequest(format!("`{name}` must be minutes or hours such as 5m or 1h, not `{text}`"));
+    let bad =
+        || ApiError::BadRequest(format!("`{name}` must be minutes, hours or days such as 5m, 1h or 1d, not `{text}`"));
     let (number, unit) = text.split_at(text.len().saturating_sub(1));
     let n: u32 = number.parse().map_err(|_| bad())?;
     let minutes = match unit {
         "m" => n,
         "h" => n.checked_mul(60).ok_or_else(bad)?,
+        "d" => n.checked_mul(1440).ok_or_else(bad)?,
         _ => return Err(bad()),
     };
     if minutes == 0 {
@@ -170,20 +221,45 @@ const MAX_SERIES: usize = 1000;
 const MAX_POINTS: u32 = 1440;
 
 async fn timeseries(
-    State(state): State<SharedState>,
+    State(live): State<LiveState>,
     Query(params): Query<TimeseriesParams>,
+    Query(filters): Query<DimensionFilters>,
 ) -> Result<Json<TimeseriesResponse>, ApiError> {
     let metric_text = params.metric.unwrap_or_else(|| "attempts".into());
-    let metrics: Vec<Metric> = if metric_text == "attempts" {
-        vec![Metric::Delivered, Metric::Deferred, Metric::Bounced]
+    // `None` is `attempts`.
+    let metric = if metric_text == "attempts" {
+        None
     } else {
-        vec![Metric::parse(&metric_text).ok_or_else(|| {
+        Some(Metric::parse(&metric_text).ok_or_else(|| {
             let names: Vec<&str> = Metric::ALL.iter().map(|m| m.as_str()).collect();
             ApiError::BadRequest(format!("unknown metric `{metric_text}`; use attempts, {}", names.join(", ")))
-        })?]
+        })?)
     };
     let scope = parse_scope("group_by", params.group_by.as_deref().unwrap_or("provider"))?;
     let step = parse_minutes("step", params.step.as_deref().unwrap_or("5m"))?;
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_SERIES {
+        return Err(ApiError::BadRequest(format!("`limit` must be 1 to {MAX_SERIES}")));
+    }
+    if params.from.is_some() {
+        if params.window.is_some() {
+            return Err(ApiError::BadRequest("give either `from` (and `to`) or `window`, not both".into()));
+        }
+        let query = TimeseriesQuery {
+            metric,
+            scope,
+            step_minutes: step,
+            range: Range::parse(params.from.as_deref(), params.to.as_deref())?,
+            filters: filters.parse()?,
+            limit,
+        };
+        return Ok(Json(crate::analytics::timeseries::timeseries(live.store()?, &query).await?));
+    }
+    if !filters.parse()?.is_empty() {
+        return Err(ApiError::BadRequest("dimension filters need `from`: they ask the warehouse".into()));
+    }
+    let state = &live.state;
+    let metrics = metric.map_or_else(|| vec![Metric::Delivered, Metric::Deferred, Metric::Bounced], |m| vec![m]);
     let span = parse_minutes("window", params.window.as_deref().unwrap_or("1h"))?;
     if span > HORIZON_MINUTES {
         return Err(ApiError::BadRequest("`window` reaches back at most 24h; older data is in /api/v1/summary".into()));
@@ -193,12 +269,8 @@ async fn timeseries(
             "`step` must be at most `window` and give at most {MAX_POINTS} points"
         )));
     }
-    let limit = params.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_SERIES {
-        return Err(ApiError::BadRequest(format!("`limit` must be 1 to {MAX_SERIES}")));
-    }
     let to = parse_time("to", params.to.as_deref())?.unwrap_or_else(Utc::now);
-    let found = read_state(&state)?.reputation.timeseries(scope, &metrics, step, span, to);
+    let found = read_state(state)?.reputation.timeseries(scope, &metrics, step, span, to);
     let truncated = found.len() > limit;
     let last = vigil_processor::reputation::store::minute_of(to);
     let first = vigil_processor::reputation::store::window_start(span, to);

@@ -12,15 +12,15 @@ use serde::{Deserialize, Serialize};
 use vigil_log::EventLog;
 use vigil_processor::SharedState;
 use vigil_schemas::DeadLetter;
-use vigil_schemas::api::{Dimension, SummaryQuery, SummaryResponse};
-use vigil_warehouse::Reader;
+use vigil_warehouse::Store;
 
 use crate::ApiError;
 
 /// What the handlers read.
 #[derive(Debug, Clone)]
 pub struct ApiState {
-    pub reader: Reader,
+    /// The warehouse: Parquet files, or ClickHouse.
+    pub store: Store,
     /// The processor's derived state: reputation windows, suppressions.
     pub state: SharedState,
     pub log: EventLog,
@@ -30,13 +30,14 @@ pub struct ApiState {
 
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
-    let live = crate::live::router(state.state.clone());
+    let live = crate::live::router(state.state.clone(), Some(state.store.clone()));
+    let analytics = crate::analytics::router(state.store.clone());
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/api/v1/summary", get(summary))
         .route("/api/v1/deadletters", get(dead_letters))
         .with_state(state)
         .merge(live)
+        .merge(analytics)
 }
 
 async fn healthz(State(state): State<ApiState>) -> (StatusCode, Json<serde_json::Value>) {
@@ -45,13 +46,6 @@ async fn healthz(State(state): State<ApiState>) -> (StatusCode, Json<serde_json:
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "starting" })))
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct SummaryParams {
-    group_by: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
 }
 
 pub(crate) fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
@@ -63,39 +57,6 @@ pub(crate) fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateT
             })
         })
         .transpose()
-}
-
-/// Parses `group_by`: a comma list of distinct dimension names.
-fn parse_dimensions(text: Option<&str>) -> Result<Vec<Dimension>, ApiError> {
-    let mut dims = Vec::new();
-    for name in text.unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let dim = Dimension::parse(name).ok_or_else(|| {
-            let known: Vec<&str> = Dimension::ALL.iter().map(|d| d.as_str()).collect();
-            ApiError::BadRequest(format!("unknown dimension `{name}` in group_by; use any of {}", known.join(", ")))
-        })?;
-        if dims.contains(&dim) {
-            return Err(ApiError::BadRequest(format!("dimension `{name}` appears twice in group_by")));
-        }
-        dims.push(dim);
-    }
-    Ok(dims)
-}
-
-async fn summary(
-    State(state): State<ApiState>,
-    Query(params): Query<SummaryParams>,
-) -> Result<Json<SummaryResponse>, ApiError> {
-    let query = SummaryQuery {
-        group_by: parse_dimensions(params.group_by.as_deref())?,
-        from: parse_time("from", params.from.as_deref())?,
-        to: parse_time("to", params.to.as_deref())?,
-    };
-    if let (Some(from), Some(to)) = (query.from, query.to)
-        && from > to
-    {
-        return Err(ApiError::BadRequest(format!("`from` ({from}) is after `to` ({to})")));
-    }
-    Ok(Json(state.reader.summary(&query).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,15 +104,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dimensions_parse_with_clear_errors() {
-        assert_eq!(
-            parse_dimensions(Some("egress_source, provider")).unwrap(),
-            vec![Dimension::EgressSource, Dimension::Provider]
-        );
-        assert!(parse_dimensions(None).unwrap().is_empty());
-        let err = parse_dimensions(Some("provider,ip")).unwrap_err().to_string();
-        assert!(err.contains("`ip`") && err.contains("recipient_domain"), "{err}");
-        assert!(parse_dimensions(Some("kind,kind")).unwrap_err().to_string().contains("twice"));
+    fn times_parse_with_clear_errors() {
         assert!(parse_time("from", Some("yesterday")).unwrap_err().to_string().contains("RFC 3339"));
+        assert_eq!(parse_time("from", Some("")).unwrap(), None);
     }
 }

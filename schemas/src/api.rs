@@ -18,10 +18,12 @@ pub enum Dimension {
     Campaign,
     BounceClass,
     Kind,
+    /// The sender's domain (column `sender_domain`), as reputation's `sending_domain` scope.
+    SendingDomain,
 }
 
 impl Dimension {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::EgressSource,
         Self::EgressPool,
         Self::Provider,
@@ -30,9 +32,10 @@ impl Dimension {
         Self::Campaign,
         Self::BounceClass,
         Self::Kind,
+        Self::SendingDomain,
     ];
 
-    /// The API name, which is also the warehouse column name.
+    /// The API name.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -44,6 +47,7 @@ impl Dimension {
             Self::Campaign => "campaign",
             Self::BounceClass => "bounce_class",
             Self::Kind => "kind",
+            Self::SendingDomain => "sending_domain",
         }
     }
 
@@ -63,6 +67,8 @@ pub struct SummaryQuery {
     pub from: Option<DateTime<Utc>>,
     /// Exclusive upper bound on `occurred_at`; none means up to now and beyond.
     pub to: Option<DateTime<Utc>>,
+    /// Only events whose dimension equals the value.
+    pub filters: Vec<(Dimension, String)>,
 }
 
 /// One group of a summary. `attempts = delivered + deferred + bounced`.
@@ -83,4 +89,40 @@ pub struct SummaryRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct SummaryResponse {
     pub rows: Vec<SummaryRow>,
+}
+
+/// One event as `GET /api/v1/events` lists it: who, what, where and the receiver's words.
+/// Absent fields are null.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub event_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub kind: String,
+    pub recipient: Option<String>,
+    pub message_id: Option<String>,
+    pub sender: Option<String>,
+    pub tenant: Option<String>,
+    pub campaign: Option<String>,
+    pub egress_pool: Option<String>,
+    pub egress_source: Option<String>,
+    pub provider: Option<String>,
+    pub bounce_class: Option<String>,
+    pub smtp_code: Option<u16>,
+    pub enhanced_status: Option<String>,
+    pub response_text: Option<String>,
+}
+
+impl EventRecord {
+    /// The text columns after `kind`, in field order: what both warehouse backends select.
+    pub const TEXT_COLUMNS: [&'static str; 9] = [
+        "recipient",
+        "message_id",
+        "sender",
+        "tenant",
+        "campaign",
+        "egress_pool",
+        "egress_source",
+        "provider",
+        "bounce_class",
+    ];
 }

@@ -87,6 +87,12 @@ impl EventKind {
         }
     }
 
+    /// Parses the snake_case name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// True for kinds that carry a remote (or local) failure response worth classifying.
     #[must_use]
     pub fn is_bounce_classifiable(self) -> bool {

@@ -1,11 +1,13 @@
 //! The warehouse: enriched events as Parquet files in the data directory, queried with
-//! DataFusion (the embedded backend); and the ClickHouse backend's schema (its sink and
-//! reader are to come, over the same API queries).
+//! DataFusion (the embedded backend), or in ClickHouse (the fleet backend), answering the same
+//! primitive queries identically.
 //!
 //! # Contract
 //! - In: batches of enriched events that cover a log offset range `[start, end)`, written by
-//!   the processor ([`ParquetWriter::write_batch`]).
-//! - Out: answers to the typed API queries of [`vigil_schemas::api`] ([`Reader::summary`]).
+//!   the processor ([`ParquetWriter::write_batch`], [`clickhouse::ClickHouseSink::write_batch`]).
+//! - Out: answers to the two primitive queries of [`query`] (counts by groups and time
+//!   buckets, and a page of events), which every API endpoint is composed from; [`Store`]
+//!   is either backend.
 //! - Guarantee: a batch is visible only as whole files (written to `tmp/`, fsync'd, renamed).
 //!   File names carry the offset range they cover, so the writer's owner can make the set of
 //!   files exactly match what it committed: after a crash, [`ParquetWriter::recover`] deletes
@@ -17,27 +19,21 @@
 //!   `occurred_at`, offsets zero-padded to 20 digits so name order is offset order.
 //! - [`schema`]: the Arrow schema of an enriched event and the conversion to record batches.
 //! - [`writer`], [`reader`]: the two sides.
-//! - [`clickhouse`]: the ClickHouse backend's settings and schema migrations
-//!   (`schemas/clickhouse/`, applied by `vigil migrate`).
+//! - [`query`]: the primitive queries and [`Store`].
+//! - [`clickhouse`]: the ClickHouse backend: settings, schema migrations
+//!   (`schemas/clickhouse/`, applied by `vigil migrate`), sink and reader.
 
 pub mod clickhouse;
 pub mod files;
+pub mod query;
 pub mod reader;
 pub mod schema;
+pub mod synthetic;
 pub mod writer;
 
+pub use query::Store;
 pub use reader::Reader;
 pub use writer::ParquetWriter;
-
-/// The outcome columns of a summary, in response order, and the event kind each counts; one
-/// list for both backends, so their answers have the same shape.
-pub(crate) const OUTCOMES: [(&str, &str); 5] = [
-    ("delivered", "delivered"),
-    ("deferred", "deferred"),
-    ("bounced", "bounced"),
-    ("expired", "expired"),
-    ("complaints", "complaint"),
-];
 
 /// Errors of the warehouse.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +49,9 @@ pub enum WarehouseError {
     /// Query planning or execution failed.
     #[error("warehouse query: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
+    /// ClickHouse refused or could not be reached.
+    #[error(transparent)]
+    ClickHouse(#[from] clickhouse::ClickHouseError),
 }
 
 impl WarehouseError {

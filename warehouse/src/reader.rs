@@ -1,23 +1,24 @@
-//! Answering the API's typed queries from the Parquet files with DataFusion.
+//! Answering the primitive queries ([`crate::query`]) from the Parquet files with DataFusion.
 //!
-//! Queries are built with DataFusion's DataFrame API from the typed query model, never from
-//! client-supplied SQL: dimensions are an enum, times are typed literals.
+//! Plans are built with DataFusion's DataFrame API from the typed query, never from
+//! client-supplied SQL: fields are an enum, values and times are typed literals.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
+use datafusion::arrow::compute::cast as cast_array;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
-use datafusion::functions_aggregate::expr_fn::sum;
-use datafusion::prelude::{Expr, ParquetReadOptions, SessionContext, col, lit, when};
+use datafusion::dataframe::DataFrame;
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::prelude::{Expr, ParquetReadOptions, SessionContext, cast, col, lit};
 use datafusion::scalar::ScalarValue;
-use vigil_schemas::api::{SummaryQuery, SummaryResponse, SummaryRow};
+use vigil_schemas::api::EventRecord;
 
+use crate::WarehouseError;
 use crate::files::{PartFile, list_parts, split_superseded};
+use crate::query::{CountQuery, CountRow, EventFilter, SearchQuery, event_record, present};
 use crate::schema::event_schema;
-use crate::{OUTCOMES, WarehouseError};
 
 /// Reads the warehouse. Cheap to clone; safe to use while the writer writes (it only ever
 /// sees whole files).
@@ -54,80 +55,126 @@ impl Reader {
         Ok(parts)
     }
 
-    /// Outcome counts grouped by the query's dimensions, sorted by them.
-    ///
-    /// # Errors
-    /// When the files cannot be listed or read.
-    pub async fn summary(&self, query: &SummaryQuery) -> Result<SummaryResponse, WarehouseError> {
-        let parts = self.parts_for(query.from, query.to)?;
+    /// Reads the parts that can hold the filter's events, with the filter applied.
+    async fn filtered(&self, filter: &EventFilter) -> Result<Option<DataFrame>, WarehouseError> {
+        let parts = self.parts_for(filter.from, filter.to)?;
         if parts.is_empty() {
-            return Ok(SummaryResponse::default());
+            return Ok(None);
         }
         let paths: Vec<String> = parts.iter().map(|p| p.path.display().to_string()).collect();
         let schema = event_schema();
         let mut df = self.ctx.read_parquet(paths, ParquetReadOptions::default().schema(&schema)).await?;
-        // Only outcomes have a column; receptions, rebinds and the like would be all-zero rows.
-        let outcome_kinds: Vec<Expr> = OUTCOMES.iter().map(|(_, kind)| lit(*kind)).collect();
-        df = df.filter(col("kind").in_list(outcome_kinds, false))?;
-        if let Some(from) = query.from {
+        if let Some(from) = filter.from {
             df = df.filter(col("occurred_at").gt_eq(millis(from)))?;
         }
-        if let Some(to) = query.to {
+        if let Some(to) = filter.to {
             df = df.filter(col("occurred_at").lt(millis(to)))?;
         }
-        let group: Vec<Expr> = query.group_by.iter().map(|d| col(d.as_str())).collect();
-        let mut aggregates = Vec::with_capacity(OUTCOMES.len());
-        for (name, kind) in OUTCOMES {
-            aggregates.push(sum(when(col("kind").eq(lit(kind)), lit(1_i64)).otherwise(lit(0_i64))?).alias(name));
+        if !filter.kinds.is_empty() {
+            df = df.filter(col("kind").in_list(filter.kinds.iter().map(|k| lit(*k)).collect(), false))?;
         }
-        df = df.aggregate(group.clone(), aggregates)?;
-        if !group.is_empty() {
-            df = df.sort(group.iter().map(|g| g.clone().sort(true, true)).collect())?;
+        for (field, value) in &filter.equals {
+            df = df.filter(col(field.column()).eq(lit(value.as_str())))?;
         }
-        let batches = df.collect().await?;
-        let names: Vec<&str> = query.group_by.iter().map(|d| d.as_str()).collect();
+        for field in &filter.present {
+            df = df.filter(col(field.column()).is_not_null().and(col(field.column()).not_eq(lit(""))))?;
+        }
+        for field in &filter.absent {
+            df = df.filter(col(field.column()).is_null().or(col(field.column()).eq(lit(""))))?;
+        }
+        if filter.external_only {
+            df = df.filter(col("internal").eq(lit(false)))?;
+        }
+        Ok(Some(df))
+    }
+
+    /// Event counts by the query's groups.
+    ///
+    /// # Errors
+    /// When the files cannot be listed or read.
+    pub async fn counts(&self, query: &CountQuery) -> Result<Vec<CountRow>, WarehouseError> {
+        let Some(df) = self.filtered(&query.filter).await? else { return Ok(Vec::new()) };
+        let mut group: Vec<Expr> = query.group_by.iter().map(|f| col(f.column())).collect();
+        if let Some(step) = query.step_minutes {
+            let width = i64::from(step) * 60_000;
+            let ms = cast(col("occurred_at"), DataType::Int64);
+            // Floor division for times after 1970; events before the epoch are not a concern.
+            group.push(((ms / lit(width)) * lit(width)).alias("bucket"));
+        }
+        let batches = df.aggregate(group, vec![count(lit(1_i64)).alias("n")])?.collect().await?;
         let mut rows = Vec::new();
         for batch in &batches {
-            rows.extend(summary_rows(batch, &names)?);
+            let values = query
+                .group_by
+                .iter()
+                .map(|f| Ok(cast_array(batch.column_by_name(f.column()).expect("grouped column"), &DataType::Utf8)?))
+                .collect::<Result<Vec<_>, WarehouseError>>()?;
+            let counts = cast_array(batch.column_by_name("n").expect("count column"), &DataType::Int64)?;
+            let counts = counts.as_primitive::<Int64Type>();
+            let buckets = batch.column_by_name("bucket").map(|b| cast_array(b, &DataType::Int64)).transpose()?;
+            // An aggregate without groups over no rows still yields one row, counting zero.
+            for i in (0..batch.num_rows()).filter(|&i| counts.value(i) > 0) {
+                rows.push(CountRow {
+                    bucket: buckets
+                        .as_ref()
+                        .and_then(|b| DateTime::from_timestamp_millis(b.as_primitive::<Int64Type>().value(i))),
+                    values: values.iter().map(|v| text_at(v, i)).collect(),
+                    count: u64::try_from(counts.value(i)).unwrap_or(0),
+                });
+            }
         }
-        // An aggregate without groups over zero matching rows still yields one row of nulls.
-        rows.retain(|r| r.delivered + r.deferred + r.bounced + r.expired + r.complaints > 0);
-        Ok(SummaryResponse { rows })
+        Ok(rows)
+    }
+
+    /// A page of matching events, newest first.
+    ///
+    /// # Errors
+    /// When the files cannot be listed or read.
+    pub async fn search(&self, query: &SearchQuery) -> Result<Vec<EventRecord>, WarehouseError> {
+        let Some(mut df) = self.filtered(&query.filter).await? else { return Ok(Vec::new()) };
+        if let Some((at, event_id)) = &query.before {
+            let earlier = col("occurred_at").lt(millis(*at));
+            let tie = col("occurred_at").eq(millis(*at)).and(col("event_id").lt(lit(event_id.as_str())));
+            df = df.filter(earlier.or(tie))?;
+        }
+        let mut columns = vec![col("event_id"), col("occurred_at"), col("kind")];
+        columns.extend(EventRecord::TEXT_COLUMNS.iter().map(|c| col(*c)));
+        columns.extend([col("smtp_code"), col("enhanced_status"), col("response_text")]);
+        let batches = df
+            .select(columns)?
+            .sort(vec![col("occurred_at").sort(false, false), col("event_id").sort(false, false)])?
+            .limit(0, Some(query.limit))?
+            .collect()
+            .await?;
+        let mut records = Vec::new();
+        for batch in &batches {
+            let column = |name: &str| batch.column_by_name(name).expect("selected column");
+            let text = |name: &str| cast_array(column(name), &DataType::Utf8);
+            let ids = text("event_id")?;
+            let kinds = text("kind")?;
+            let times = cast_array(column("occurred_at"), &DataType::Int64)?;
+            let codes = cast_array(column("smtp_code"), &DataType::Int64)?;
+            let others = EventRecord::TEXT_COLUMNS.iter().map(|c| text(c)).collect::<Result<Vec<_>, _>>()?;
+            let (status, response) = (text("enhanced_status")?, text("response_text")?);
+            for i in 0..batch.num_rows() {
+                let codes = codes.as_primitive::<Int64Type>();
+                records.push(event_record(
+                    text_at(&ids, i).unwrap_or_default(),
+                    DateTime::from_timestamp_millis(times.as_primitive::<Int64Type>().value(i)).unwrap_or_default(),
+                    text_at(&kinds, i).unwrap_or_default(),
+                    std::array::from_fn(|k| text_at(&others[k], i)),
+                    codes.is_valid(i).then(|| u16::try_from(codes.value(i)).unwrap_or(0)),
+                    text_at(&status, i),
+                    text_at(&response, i),
+                ));
+            }
+        }
+        Ok(records)
     }
 }
 
-fn summary_rows(batch: &RecordBatch, dimensions: &[&str]) -> Result<Vec<SummaryRow>, WarehouseError> {
-    let dims = dimensions
-        .iter()
-        .map(|name| Ok((*name, cast(batch.column_by_name(name).expect("grouped column"), &DataType::Utf8)?)))
-        .collect::<Result<Vec<_>, WarehouseError>>()?;
-    let counts = OUTCOMES
-        .iter()
-        .map(|(name, _)| Ok(cast(batch.column_by_name(name).expect("aggregate column"), &DataType::Int64)?))
-        .collect::<Result<Vec<_>, WarehouseError>>()?;
-    let mut rows = Vec::with_capacity(batch.num_rows());
-    for i in 0..batch.num_rows() {
-        let dimensions: BTreeMap<String, Option<String>> = dims
-            .iter()
-            .map(|(name, array)| {
-                let strings = array.as_string::<i32>();
-                ((*name).to_owned(), strings.is_valid(i).then(|| strings.value(i).to_owned()))
-            })
-            .collect();
-        let count = |k: usize| {
-            let array = counts[k].as_primitive::<Int64Type>();
-            if array.is_valid(i) { u64::try_from(array.value(i)).unwrap_or(0) } else { 0 }
-        };
-        let (delivered, deferred, bounced) = (count(0), count(1), count(2));
-        rows.push(SummaryRow {
-            dimensions,
-            delivered,
-            deferred,
-            bounced,
-            expired: count(3),
-            complaints: count(4),
-            attempts: delivered + deferred + bounced,
-        });
-    }
-    Ok(rows)
+/// The text at row `i` of a Utf8 array, `None` when null or empty.
+fn text_at(array: &ArrayRef, i: usize) -> Option<String> {
+    let strings = array.as_string::<i32>();
+    present(strings.is_valid(i).then(|| strings.value(i)))
 }

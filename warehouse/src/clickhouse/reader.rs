@@ -1,24 +1,19 @@
-//! Answering the API's typed queries from ClickHouse, with the same answers as the embedded
-//! [`Reader`](crate::Reader) gives from Parquet.
+//! Answering the primitive queries ([`crate::query`]) from ClickHouse, with the same answers
+//! as the embedded [`Reader`](crate::Reader) gives from Parquet.
 //!
-//! SQL is rendered from the typed query model only: dimensions are an enum whose names are
-//! the column names, times are bound as numbers. A summary reads the per-minute rollup when it
-//! can answer exactly (its dimensions are the rollup's and the time bounds fall on minutes),
-//! else the raw `events` table with FINAL, so copies never count twice.
+//! SQL is rendered from the typed query only: fields are an enum whose names are the column
+//! names, values and times are bound (`?`, escaped by the client). A count reads the per-day
+//! or per-minute rollup when that answers exactly (every field it touches is kept there, and
+//! the time bounds and step fall on the rollup's grain), else the raw `events` table with
+//! FINAL, so copies never count twice.
 
-use std::collections::BTreeMap;
-
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use clickhouse::Client;
 use serde::Deserialize;
-use vigil_schemas::api::{Dimension, SummaryQuery, SummaryResponse, SummaryRow};
+use vigil_schemas::api::EventRecord;
 
 use super::{ClickHouseConfig, ClickHouseError};
-use crate::OUTCOMES;
-
-/// The dimensions `events_per_minute` keeps.
-const MINUTE_ROLLUP: [Dimension; 4] =
-    [Dimension::EgressSource, Dimension::Provider, Dimension::Kind, Dimension::BounceClass];
+use crate::query::{CountQuery, CountRow, EventFilter, Field, SearchQuery, event_record, present};
 
 /// Reads Vigil's ClickHouse database.
 #[derive(Clone)]
@@ -34,17 +29,128 @@ impl std::fmt::Debug for ClickHouseReader {
 }
 
 #[derive(clickhouse::Row, Deserialize)]
-struct SummaryRecord {
-    dims: Vec<String>,
-    delivered: u64,
-    deferred: u64,
-    bounced: u64,
-    expired: u64,
-    complaints: u64,
+struct CountRecord {
+    bucket: u64,
+    values: Vec<String>,
+    count: u64,
 }
 
-fn on_minute(at: Option<DateTime<Utc>>) -> bool {
-    at.is_none_or(|t| t.second() == 0 && t.nanosecond() == 0)
+#[derive(clickhouse::Row, Deserialize)]
+struct EventRecordRow {
+    event_id: String,
+    occurred_ms: u64,
+    kind: String,
+    text: Vec<String>,
+    smtp_code: Option<u16>,
+    enhanced_status: String,
+    response_text: String,
+}
+
+/// Where a count is read from.
+struct Source {
+    table: &'static str,
+    /// The row's time in epoch milliseconds.
+    time_ms: &'static str,
+    count: &'static str,
+}
+
+const RAW: Source = Source { table: "events FINAL", time_ms: "occurred_ms", count: "count()" };
+const PER_MINUTE: Source =
+    Source { table: "events_per_minute", time_ms: "(toUInt64(minute) * 1000)", count: "sum(events)" };
+// A Date converts to its day number since the epoch.
+const PER_DAY: Source = Source { table: "events_per_day", time_ms: "(toUInt64(day) * 86400000)", count: "sum(events)" };
+
+/// The fields `events_per_minute` keeps.
+const MINUTE_FIELDS: [Field; 4] = [Field::EgressSource, Field::Provider, Field::Kind, Field::BounceClass];
+/// The fields `events_per_day` keeps.
+const DAY_FIELDS: [Field; 7] = [
+    Field::EgressSource,
+    Field::Provider,
+    Field::Kind,
+    Field::BounceClass,
+    Field::Tenant,
+    Field::Campaign,
+    Field::SenderDomain,
+];
+
+fn aligned(at: Option<DateTime<Utc>>, grain_ms: i64) -> bool {
+    at.is_none_or(|t| t.timestamp_millis().rem_euclid(grain_ms) == 0)
+}
+
+/// A rollup when it holds every field the query touches and its time grain divides the
+/// query's bounds and step (the coarsest such); else the raw events, deduplicated.
+fn source_for(query: &CountQuery) -> &'static Source {
+    if query.filter.external_only {
+        // The rollups do not keep `internal`.
+        return &RAW;
+    }
+    let fields: Vec<Field> = query.group_by.iter().copied().chain(query.filter.fields()).collect();
+    let kept = |rollup: &[Field]| fields.iter().all(|f| rollup.contains(f));
+    let bounds = |grain_ms: i64| aligned(query.filter.from, grain_ms) && aligned(query.filter.to, grain_ms);
+    if kept(&DAY_FIELDS) && bounds(86_400_000) && query.step_minutes.is_none_or(|s| s % 1440 == 0) {
+        return &PER_DAY;
+    }
+    if kept(&MINUTE_FIELDS) && bounds(60_000) {
+        return &PER_MINUTE;
+    }
+    &RAW
+}
+
+/// A value bound to a `?` of rendered SQL (the client escapes it).
+enum Bound {
+    Number(u64),
+    Text(String),
+}
+
+/// The WHERE clause of a filter over `time_ms`, with `?` for every value, and the values in
+/// order.
+fn render_filter(filter: &EventFilter, time_ms: &str) -> (String, Vec<Bound>) {
+    let mut conditions = vec!["1".to_owned()];
+    let mut values = Vec::new();
+    if let Some(from) = filter.from {
+        conditions.push(format!("{time_ms} >= ?"));
+        values.push(Bound::Number(millis(from)));
+    }
+    if let Some(to) = filter.to {
+        conditions.push(format!("{time_ms} < ?"));
+        values.push(Bound::Number(millis(to)));
+    }
+    if !filter.kinds.is_empty() {
+        conditions.push(format!("kind IN ({})", vec!["?"; filter.kinds.len()].join(", ")));
+        values.extend(filter.kinds.iter().map(|k| Bound::Text((*k).to_owned())));
+    }
+    for (field, value) in &filter.equals {
+        conditions.push(format!("{} = ?", field.column()));
+        values.push(Bound::Text(value.clone()));
+    }
+    for field in &filter.present {
+        conditions.push(format!("{} != ''", field.column()));
+    }
+    for field in &filter.absent {
+        conditions.push(format!("{} = ''", field.column()));
+    }
+    if filter.external_only {
+        conditions.push("internal = 0".to_owned());
+    }
+    (conditions.join(" AND "), values)
+}
+
+fn bind_all(mut query: clickhouse::query::Query, values: Vec<Bound>) -> clickhouse::query::Query {
+    for value in values {
+        query = match value {
+            Bound::Number(n) => query.bind(n),
+            Bound::Text(t) => query.bind(t),
+        };
+    }
+    query
+}
+
+fn millis(at: DateTime<Utc>) -> u64 {
+    u64::try_from(at.timestamp_millis()).unwrap_or(0)
+}
+
+fn time_of(millis: u64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(i64::try_from(millis).ok()?)
 }
 
 impl ClickHouseReader {
@@ -54,64 +160,74 @@ impl ClickHouseReader {
         Ok(Self { client: config.client()?, url: config.url.clone() })
     }
 
-    /// Outcome counts grouped by the query's dimensions, sorted by them.
+    /// Event counts by the query's groups.
     ///
     /// # Errors
     /// When ClickHouse refuses or cannot be reached.
-    pub async fn summary(&self, query: &SummaryQuery) -> Result<SummaryResponse, ClickHouseError> {
-        let rollup =
-            query.group_by.iter().all(|d| MINUTE_ROLLUP.contains(d)) && on_minute(query.from) && on_minute(query.to);
-        // Rollup rows carry a count; raw rows count one each. Times: the rollup's minute in
-        // seconds, the raw event's milliseconds.
-        let (source, count, time, scale) = if rollup {
-            ("events_per_minute", "events", "toUInt64(minute)", 1_000)
-        } else {
-            ("events FINAL", "1", "occurred_ms", 1)
+    pub async fn counts(&self, query: &CountQuery) -> Result<Vec<CountRow>, ClickHouseError> {
+        let source = source_for(query);
+        let (condition, values) = render_filter(&query.filter, source.time_ms);
+        let fields: Vec<&str> = query.group_by.iter().map(|f| f.column()).collect();
+        let bucket = match query.step_minutes {
+            Some(step) => {
+                let width = u64::from(step) * 60_000;
+                format!("intDiv({}, {width}) * {width}", source.time_ms)
+            }
+            None => "toUInt64(0)".to_owned(),
         };
-        let dims: Vec<&str> = query.group_by.iter().map(|d| d.as_str()).collect();
-        let outcomes: Vec<String> =
-            OUTCOMES.iter().map(|(name, kind)| format!("sumIf({count}, kind = '{kind}') AS {name}")).collect();
-        let kinds: Vec<String> = OUTCOMES.iter().map(|(_, kind)| format!("'{kind}'")).collect();
-        let mut sql = format!(
-            "SELECT [{}] AS dims, {} FROM {source} WHERE kind IN ({})",
-            dims.iter().map(|d| format!("toString({d})")).collect::<Vec<_>>().join(", "),
-            outcomes.join(", "),
-            kinds.join(", ")
+        let mut groups = vec!["bucket"];
+        groups.extend(&fields);
+        let sql = format!(
+            "SELECT {bucket} AS bucket, [{}] AS values, {} AS count FROM {} WHERE {condition} GROUP BY {}",
+            fields.iter().map(|f| format!("toString({f})")).collect::<Vec<_>>().join(", "),
+            source.count,
+            source.table,
+            groups.join(", "),
         );
-        if query.from.is_some() {
-            sql.push_str(&format!(" AND {time} >= ?"));
-        }
-        if query.to.is_some() {
-            sql.push_str(&format!(" AND {time} < ?"));
-        }
-        if !dims.is_empty() {
-            let list = dims.join(", ");
-            sql.push_str(&format!(" GROUP BY {list} ORDER BY {list}"));
-        }
-        let bound = |at: DateTime<Utc>| u64::try_from(at.timestamp_millis()).unwrap_or(0) / scale;
-        let mut select = self.client.query(&sql);
-        for at in [query.from, query.to].into_iter().flatten() {
-            select = select.bind(bound(at));
-        }
-        let records = select.fetch_all::<SummaryRecord>().await.map_err(ClickHouseError::at(&self.url))?;
-        let rows = records
+        let select = bind_all(self.client.query(&sql), values);
+        let records = select.fetch_all::<CountRecord>().await.map_err(ClickHouseError::at(&self.url))?;
+        Ok(records
             .into_iter()
-            .filter(|r| r.delivered + r.deferred + r.bounced + r.expired + r.complaints > 0)
-            .map(|r| SummaryRow {
-                // Absent text is '' in ClickHouse and null in the API (and in Parquet).
-                dimensions: dims
-                    .iter()
-                    .zip(r.dims)
-                    .map(|(name, value)| ((*name).to_owned(), Some(value).filter(|v| !v.is_empty())))
-                    .collect::<BTreeMap<_, _>>(),
-                attempts: r.delivered + r.deferred + r.bounced,
-                delivered: r.delivered,
-                deferred: r.deferred,
-                bounced: r.bounced,
-                expired: r.expired,
-                complaints: r.complaints,
+            .filter(|r| r.count > 0)
+            .map(|r| CountRow {
+                bucket: query.step_minutes.and_then(|_| time_of(r.bucket)),
+                values: r.values.iter().map(|v| present(Some(v))).collect(),
+                count: r.count,
             })
-            .collect();
-        Ok(SummaryResponse { rows })
+            .collect())
+    }
+
+    /// A page of matching events, newest first.
+    ///
+    /// # Errors
+    /// When ClickHouse refuses or cannot be reached.
+    pub async fn search(&self, query: &SearchQuery) -> Result<Vec<EventRecord>, ClickHouseError> {
+        let (mut condition, mut values) = render_filter(&query.filter, "occurred_ms");
+        if let Some((at, event_id)) = &query.before {
+            condition.push_str(" AND (occurred_ms < ? OR (occurred_ms = ? AND event_id < ?))");
+            values.extend([Bound::Number(millis(*at)), Bound::Number(millis(*at)), Bound::Text(event_id.clone())]);
+        }
+        let sql = format!(
+            "SELECT event_id, occurred_ms, kind, [{}] AS text, smtp_code, enhanced_status, response_text \
+             FROM events FINAL WHERE {condition} ORDER BY occurred_ms DESC, event_id DESC LIMIT {}",
+            EventRecord::TEXT_COLUMNS.join(", "),
+            query.limit,
+        );
+        let select = bind_all(self.client.query(&sql), values);
+        let rows = select.fetch_all::<EventRecordRow>().await.map_err(ClickHouseError::at(&self.url))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                event_record(
+                    r.event_id,
+                    time_of(r.occurred_ms).unwrap_or_default(),
+                    r.kind,
+                    std::array::from_fn(|k| present(r.text.get(k).map(String::as_str))),
+                    r.smtp_code,
+                    present(Some(&r.enhanced_status)),
+                    present(Some(&r.response_text)),
+                )
+            })
+            .collect())
     }
 }

@@ -1,0 +1,105 @@
+//! `GET /api/v1/bounces`: deferrals and bounces by class over a range, with the latest
+//! responses of each class as samples, so an analyst reads the receivers' own words beside the
+//! counts.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::{Deserialize, Serialize};
+use vigil_schemas::api::{Dimension, EventRecord};
+use vigil_warehouse::Store;
+use vigil_warehouse::query::{CountQuery, EventFilter, Field, SearchQuery};
+
+use super::{DimensionFilters, Range, equals};
+use crate::ApiError;
+
+/// Most samples per class.
+pub const MAX_SAMPLES: usize = 10;
+
+const FAILURES: [&str; 2] = ["deferred", "bounced"];
+
+/// One bounce class over the range.
+#[derive(Debug, Serialize)]
+pub struct ClassRow {
+    /// Null for failures no rule classified.
+    bounce_class: Option<String>,
+    deferred: u64,
+    bounced: u64,
+    /// The class's latest failures, newest first.
+    samples: Vec<EventRecord>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BouncesResponse {
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    /// Most failures first.
+    classes: Vec<ClassRow>,
+}
+
+/// # Errors
+/// When the warehouse cannot be read.
+pub async fn bounces(
+    store: &Store,
+    range: Range,
+    filters: &[(Dimension, String)],
+    samples: usize,
+) -> Result<BouncesResponse, ApiError> {
+    let filter = EventFilter {
+        from: Some(range.from),
+        to: Some(range.to),
+        kinds: FAILURES.to_vec(),
+        equals: equals(filters),
+        ..EventFilter::default()
+    };
+    let counts = store
+        .counts(&CountQuery {
+            filter: filter.clone(),
+            group_by: vec![Field::BounceClass, Field::Kind],
+            step_minutes: None,
+        })
+        .await?;
+    let mut classes: BTreeMap<Option<String>, [u64; 2]> = BTreeMap::new();
+    for row in counts {
+        let Some(slot) = FAILURES.iter().position(|k| row.values[1].as_deref() == Some(*k)) else { continue };
+        classes.entry(row.values[0].clone()).or_default()[slot] += row.count;
+    }
+    let mut rows = Vec::with_capacity(classes.len());
+    for (class, [deferred, bounced]) in classes {
+        let samples = if samples == 0 {
+            Vec::new()
+        } else {
+            let mut filter = filter.clone();
+            match &class {
+                Some(name) => filter.equals.push((Field::BounceClass, name.clone())),
+                None => filter.absent.push(Field::BounceClass),
+            }
+            store.search(&SearchQuery { filter, before: None, limit: samples }).await?
+        };
+        rows.push(ClassRow { bounce_class: class, deferred, bounced, samples });
+    }
+    // Stable: classes came sorted by name, so ties keep name order.
+    rows.sort_by_key(|r| std::cmp::Reverse(r.deferred + r.bounced));
+    Ok(BouncesResponse { from: range.from, to: range.to, classes: rows })
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct BouncesParams {
+    from: Option<String>,
+    to: Option<String>,
+    samples: Option<usize>,
+}
+
+pub(crate) async fn handler(
+    State(store): State<Store>,
+    Query(params): Query<BouncesParams>,
+    Query(filters): Query<DimensionFilters>,
+) -> Result<Json<BouncesResponse>, ApiError> {
+    let range = Range::parse(params.from.as_deref(), params.to.as_deref())?;
+    let samples = params.samples.unwrap_or(3);
+    if samples > MAX_SAMPLES {
+        return Err(ApiError::BadRequest(format!("`samples` must be 0 to {MAX_SAMPLES}")));
+    }
+    Ok(Json(bounces(&store, range, &filters.parse()?, samples).await?))
+}

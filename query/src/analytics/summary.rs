@@ -1,0 +1,120 @@
+//! `GET /api/v1/summary`: outcome counts grouped by any dimensions over the events' own times.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use vigil_schemas::api::{Dimension, SummaryQuery, SummaryResponse, SummaryRow};
+use vigil_warehouse::Store;
+use vigil_warehouse::query::{CountQuery, EventFilter, Field};
+
+use super::{DimensionFilters, Range, equals};
+use crate::ApiError;
+use crate::routes::parse_time;
+
+/// The outcome columns of a summary, in response order, and the event kind each counts.
+const OUTCOMES: [(&str, &str); 5] = [
+    ("delivered", "delivered"),
+    ("deferred", "deferred"),
+    ("bounced", "bounced"),
+    ("expired", "expired"),
+    ("complaints", "complaint"),
+];
+
+/// Outcome counts grouped by the query's dimensions, sorted by them (absent values first).
+///
+/// # Errors
+/// When the warehouse cannot be read.
+pub async fn summary(store: &Store, query: &SummaryQuery) -> Result<SummaryResponse, ApiError> {
+    let mut group_by: Vec<Field> = query.group_by.iter().map(|d| Field::from(*d)).collect();
+    group_by.push(Field::Kind);
+    let counts = store
+        .counts(&CountQuery {
+            filter: EventFilter {
+                from: query.from,
+                to: query.to,
+                kinds: OUTCOMES.iter().map(|(_, kind)| *kind).collect(),
+                equals: equals(&query.filters),
+                ..EventFilter::default()
+            },
+            group_by,
+            step_minutes: None,
+        })
+        .await?;
+    let mut groups: BTreeMap<Vec<Option<String>>, [u64; OUTCOMES.len()]> = BTreeMap::new();
+    for mut row in counts {
+        let kind = row.values.pop().flatten();
+        let Some(slot) = OUTCOMES.iter().position(|(_, k)| Some(*k) == kind.as_deref()) else { continue };
+        groups.entry(row.values).or_default()[slot] += row.count;
+    }
+    let rows = groups
+        .into_iter()
+        .map(|(values, [delivered, deferred, bounced, expired, complaints])| SummaryRow {
+            dimensions: query.group_by.iter().map(|d| d.as_str().to_owned()).zip(values).collect(),
+            delivered,
+            deferred,
+            bounced,
+            expired,
+            complaints,
+            attempts: delivered + deferred + bounced,
+        })
+        .collect();
+    Ok(SummaryResponse { rows })
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct SummaryParams {
+    group_by: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// Parses `group_by`: a comma list of distinct dimension names.
+pub(crate) fn parse_dimensions(text: Option<&str>) -> Result<Vec<Dimension>, ApiError> {
+    let mut dims = Vec::new();
+    for name in text.unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let dim = Dimension::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = Dimension::ALL.iter().map(|d| d.as_str()).collect();
+            ApiError::BadRequest(format!("unknown dimension `{name}` in group_by; use any of {}", known.join(", ")))
+        })?;
+        if dims.contains(&dim) {
+            return Err(ApiError::BadRequest(format!("dimension `{name}` appears twice in group_by")));
+        }
+        dims.push(dim);
+    }
+    Ok(dims)
+}
+
+pub(crate) async fn handler(
+    State(store): State<Store>,
+    Query(params): Query<SummaryParams>,
+    Query(filters): Query<DimensionFilters>,
+) -> Result<Json<SummaryResponse>, ApiError> {
+    let query = SummaryQuery {
+        group_by: parse_dimensions(params.group_by.as_deref())?,
+        from: parse_time("from", params.from.as_deref())?,
+        to: parse_time("to", params.to.as_deref())?,
+        filters: filters.parse()?,
+    };
+    // Open ends are allowed (the whole history); given bounds must be ordered and bounded.
+    Range::new(query.from, query.to)?;
+    Ok(Json(summary(&store, &query).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dimensions_parse_with_clear_errors() {
+        assert_eq!(
+            parse_dimensions(Some("egress_source, provider")).unwrap(),
+            vec![Dimension::EgressSource, Dimension::Provider]
+        );
+        assert!(parse_dimensions(None).unwrap().is_empty());
+        let err = parse_dimensions(Some("provider,ip")).unwrap_err().to_string();
+        assert!(err.contains("`ip`") && err.contains("recipient_domain"), "{err}");
+        assert!(parse_dimensions(Some("kind,kind")).unwrap_err().to_string().contains("twice"));
+    }
+}
