@@ -11,13 +11,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use vigil_schemas::{BounceClass, DeliveryEvent, EventKind, SourceKind};
 
 use crate::reputation::counters::HARD_BOUNCE_CLASSES;
 
 /// Why a recipient is suppressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     HardBounce,
@@ -37,7 +38,7 @@ impl Reason {
 }
 
 /// One suppressed recipient.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Suppression {
     pub recipient: String,
     pub reason: Reason,

@@ -150,9 +150,9 @@ async fn stream_frames(actions: ActionsState, mut socket: WebSocket) {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct DecisionsParams {
+pub(crate) struct DecisionsParams {
     limit: Option<usize>,
     status: Option<String>,
     rule: Option<String>,

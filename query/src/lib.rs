@@ -18,6 +18,7 @@
 //! - [`live`]: the handlers answered from the derived state; `reputation` and `timeseries`
 //!   answer ranges (`from=`) from the warehouse.
 //! - [`auth`]: bearer tokens with roles for `/api/v1`.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers' types.
 //! - [`actions`]: KumoMTA's TSA endpoints and the decisions, throttles and warm-up API.
 
 pub mod actions;
@@ -25,6 +26,7 @@ pub mod analytics;
 pub mod auth;
 pub mod error;
 pub mod live;
+pub mod openapi;
 pub mod routes;
 
 pub use error::ApiError;

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use vigil_processor::reputation::score::{MIN_ATTEMPTS, score};
 use vigil_processor::reputation::store::HORIZON_MINUTES;
@@ -66,21 +67,33 @@ pub fn router(state: SharedState, store: Option<Store>) -> Router {
             Router::new()
                 .route("/api/v1/suppressions", get(suppressions))
                 .route("/api/v1/state", get(derived_state))
+                .route("/api/v1/openapi.json", get(crate::openapi::handler))
                 .with_state(state),
         )
 }
 
-#[derive(Debug, Deserialize)]
-struct ReputationParams {
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(crate) struct ReputationParams {
+    /// egress_source, egress_pool, provider, egress_source,provider (default), sending_domain,
+    /// tenant or campaign.
     scope: Option<String>,
+    /// The live window: 5m, 1h (default) or 24h. Not with `from`.
     window: Option<String>,
+    /// End of the live window (RFC 3339); default now.
+    #[schemars(extend("format" = "date-time"))]
     as_of: Option<String>,
+    /// Start of a range (RFC 3339, inclusive): answer from the analytics store instead.
+    #[schemars(extend("format" = "date-time"))]
     from: Option<String>,
+    /// End of the range (RFC 3339, exclusive); default now.
+    #[schemars(extend("format" = "date-time"))]
     to: Option<String>,
 }
 
-/// One scope's reputation over the window.
-#[derive(Debug, Serialize)]
+/// One scope's reputation over the window: the scope's values (text) and every count (a
+/// number) by name, beside the fields below.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(extend("additionalProperties" = {"type": ["string", "integer"]}))]
 pub struct ReputationRow {
     #[serde(flatten)]
     key: BTreeMap<&'static str, String>,
@@ -121,8 +134,8 @@ impl ReputationRow {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct ReputationResponse {
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReputationResponse {
     scope: &'static str,
     window: String,
     as_of: DateTime<Utc>,
@@ -162,24 +175,34 @@ async fn reputation(
     Ok(Json(answer).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-struct TimeseriesParams {
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(crate) struct TimeseriesParams {
+    /// attempts (default) or one count of reputation (delivered, bounced, hard_bounces, ...).
     metric: Option<String>,
+    /// A reputation scope (default provider).
     group_by: Option<String>,
+    /// Step: minutes, hours or days such as 5m (default), 1h, 1d.
     step: Option<String>,
+    /// The live span, at most 24h (default 1h). Not with `from`.
     window: Option<String>,
+    /// Start of a range (RFC 3339, inclusive): answer from the analytics store instead.
+    #[schemars(extend("format" = "date-time"))]
     from: Option<String>,
+    /// End of the span or range (RFC 3339); default now.
+    #[schemars(extend("format" = "date-time"))]
     to: Option<String>,
+    /// Most series (default 100), first by key.
+    #[schemars(range(min = 1, max = 1000))]
     limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct Point {
     pub at: DateTime<Utc>,
     pub value: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct Series {
     #[serde(flatten)]
     pub key: BTreeMap<&'static str, String>,
@@ -187,7 +210,7 @@ pub struct Series {
     pub points: Vec<Point>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct TimeseriesResponse {
     pub metric: String,
     pub group_by: &'static str,
@@ -203,12 +226,13 @@ pub struct TimeseriesResponse {
 fn parse_minutes(name: &str, text: &str) -> Result<u32, ApiError> {
     let bad =
         || ApiError::BadRequest(format!("`{name}` must be minutes, hours or days such as 5m, 1h or 1d, not `{text}`"));
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: u32 = number.parse().map_err(|_| bad())?;
+    // The unit is the last character, which need not be one byte (`%C2%80` is a client's right).
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let n: u32 = text[..text.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
     let minutes = match unit {
-        "m" => n,
-        "h" => n.checked_mul(60).ok_or_else(bad)?,
-        "d" => n.checked_mul(1440).ok_or_else(bad)?,
+        'm' => n,
+        'h' => n.checked_mul(60).ok_or_else(bad)?,
+        'd' => n.checked_mul(1440).ok_or_else(bad)?,
         _ => return Err(bad()),
     };
     if minutes == 0 {
@@ -301,17 +325,23 @@ async fn timeseries(
     }))
 }
 
-#[derive(Debug, Deserialize)]
-struct SuppressionParams {
+#[derive(Debug, Deserialize, JsonSchema)]
+pub(crate) struct SuppressionParams {
+    /// One recipient's suppression.
     recipient: Option<String>,
+    /// Only recipients of this domain.
     domain: Option<String>,
+    /// The previous page's `next`.
     after: Option<String>,
+    /// Rows per page (default 1000).
+    #[schemars(range(min = 1, max = 100000))]
     limit: Option<usize>,
+    /// json (default), csv or listmonk.
     format: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
-struct SuppressionPage<'a> {
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SuppressionPage<'a> {
     total: usize,
     rows: Vec<&'a Suppression>,
     /// Pass as `after` for the next page; absent on the last page.
@@ -385,8 +415,8 @@ fn to_csv(rows: &[&Suppression], listmonk: bool) -> Result<String, csv::Error> {
     Ok(String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8"))
 }
 
-#[derive(Debug, Serialize)]
-struct StateResponse {
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StateResponse {
     /// The next log offset the state will apply: it reflects every event before it.
     offset: u64,
     /// `vigil replay` prints the same digest for the same log up to `offset`.
@@ -408,4 +438,20 @@ async fn derived_state(State(state): State<SharedState>) -> Result<Json<StateRes
         suppressions: guard.suppressions.len(),
         too_late: guard.reputation.too_late(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_parse_and_anything_else_is_a_clear_400() {
+        assert_eq!(parse_minutes("step", "5m").unwrap(), 5);
+        assert_eq!(parse_minutes("step", "2h").unwrap(), 120);
+        assert_eq!(parse_minutes("step", "1d").unwrap(), 1440);
+        // Found by the fuzzer: a multi-byte last character once panicked the handler.
+        for bad in ["", "m", "0m", "5s", "\u{80}", "5\u{80}", "99999999999d", "-5m"] {
+            assert!(parse_minutes("step", bad).unwrap_err().to_string().contains("`step`"), "{bad:?}");
+        }
+    }
 }

@@ -6,11 +6,11 @@
 -- ORDER BY (18.x and later).
 --
 -- ReplacingMergeTree: rows with the same sorting key collapse at merge time, and every key
--- column is a function of the event, so two copies of one event (a log replayed twice) share
--- a key; queries on this table that must count exactly read it with FINAL. A materialized
--- view counts every row inserted, copies included, so the rollups below stay exact only if
--- the sink never inserts an event twice: it skips log positions `sink_batches` says are
--- stored.
+-- column is a function of the event, so two copies of one event (inserted by something other
+-- than Vigil's sink) share a key and FINAL shows one. A materialized view counts every row
+-- inserted, copies included, so the rollups stay exact only if the sink never inserts an event
+-- twice: it skips log positions `sink_batches` says are stored. The table then holds each
+-- event once, and counts read it as the rollups do, without FINAL.
 CREATE TABLE IF NOT EXISTS events
 (
     log_partition UInt32,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A dimension a summary can be grouped by. Each is a column of the enriched event.
@@ -72,7 +73,7 @@ pub struct SummaryQuery {
 }
 
 /// One group of a summary. `attempts = delivered + deferred + bounced`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SummaryRow {
     /// The group's value for each asked dimension (null when the events lack it).
     #[serde(flatten)]
@@ -86,14 +87,14 @@ pub struct SummaryRow {
 }
 
 /// The body of `GET /api/v1/summary`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, JsonSchema)]
 pub struct SummaryResponse {
     pub rows: Vec<SummaryRow>,
 }
 
 /// One event as `GET /api/v1/events` lists it: who, what, where and the receiver's words.
 /// Absent fields are null.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct EventRecord {
     pub event_id: String,
     pub occurred_at: DateTime<Utc>,

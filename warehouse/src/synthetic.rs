@@ -60,56 +60,71 @@ fn pick<T: Copy>(rng: &mut StdRng, items: &[(T, u32)]) -> T {
     items[0].0
 }
 
+/// Events are made in chunks of this many, each from its own seed, so a data set of any size
+/// streams through bounded memory.
+pub const CHUNK: usize = 100_000;
+
 /// `n` events from `start` over `days`, the same for the same `seed`.
 #[must_use]
 pub fn events(n: usize, start: DateTime<Utc>, days: u32, seed: u64) -> Vec<DeliveryEvent> {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut all = Vec::with_capacity(n);
+    generate(n, start, days, seed, |_, chunk| all.extend(chunk));
+    all
+}
+
+/// The same events as [`events`], handed over a chunk at a time with the index of its first
+/// event (its log offset, when the set is written as a log).
+pub fn generate(n: usize, start: DateTime<Utc>, days: u32, seed: u64, mut each: impl FnMut(usize, Vec<DeliveryEvent>)) {
+    for first in (0..n).step_by(CHUNK) {
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(first as u64));
+        each(first, (first..n.min(first + CHUNK)).map(|i| event(&mut rng, i, n, start, days)).collect());
+    }
+}
+
+/// Event `i` of `n`.
+fn event(rng: &mut StdRng, i: usize, n: usize, start: DateTime<Utc>, days: u32) -> DeliveryEvent {
     let span_ms = i64::from(days) * 86_400_000;
-    let providers: Vec<(usize, u32)> = PROVIDERS.iter().enumerate().map(|(i, p)| (i, p.2)).collect();
-    (0..n)
-        .map(|i| {
-            let base = span_ms * i64::try_from(i).unwrap_or(0) / i64::try_from(n.max(1)).unwrap_or(1);
-            let jitter = rng.random_range(-30_000..30_000);
-            let occurred = start + Duration::milliseconds((base + jitter).clamp(0, span_ms - 1));
-            let kind = pick(&mut rng, &KINDS);
-            let mut event = DeliveryEvent::new(format!("ev-{i:010}"), SourceKind::Kumomta, kind, occurred, occurred);
-            let (provider, domain, _) = PROVIDERS[pick(&mut rng, &providers)];
-            let user = rng.random_range(0..200_000);
-            event.provider = provider.map(str::to_owned);
-            event.recipient = Some(format!("user{user}@{domain}"));
-            event.recipient_domain = Some(domain.to_owned());
-            let source = rng.random_range(1..=8);
-            event.egress_source = Some(format!("ip-{source}"));
-            event.egress_pool = Some(["pool-a", "pool-b", "pool-c"][(source - 1) / 3].to_owned());
-            let tenant = rng.random_range(0..6);
-            // One sender in six sends without a tenant.
-            event.tenant = (tenant > 0).then(|| format!("tenant-{tenant}"));
-            event.campaign = Some(format!("campaign-{}", rng.random_range(1..=20)));
-            let brand = rng.random_range(1..=4);
-            event.sender = Some(format!("news@brand{brand}.example"));
-            event.sender_domain = Some(format!("brand{brand}.example"));
-            event.message_id = Some(format!("<m{}.{i}@brand{brand}.example>", i / 3));
-            match kind {
-                EventKind::Delivered => {
-                    event.smtp_code = Some(250);
-                    event.response_text = Some("2.0.0 OK".to_owned());
-                }
-                EventKind::Deferred | EventKind::Bounced | EventKind::Expired => {
-                    let (class, code, status, text) = FAILURES[rng.random_range(0..FAILURES.len())];
-                    // One failure in twenty matches no rule.
-                    event.bounce_class = (rng.random_range(0..20) > 0).then(|| BounceClass::from_label(class));
-                    let code = if kind == EventKind::Deferred { 400 + code % 100 } else { 500 + code % 100 };
-                    event.smtp_code = Some(code);
-                    event.enhanced_status = Some(status.to_owned());
-                    event.response_text = Some(format!("{code} {status} {text}"));
-                    // Our own MTA gives up on a few messages itself.
-                    event.internal = kind == EventKind::Bounced && rng.random_range(0..50) == 0;
-                }
-                _ => {}
-            }
-            event
-        })
-        .collect()
+    let providers: [(usize, u32); PROVIDERS.len()] = std::array::from_fn(|i| (i, PROVIDERS[i].2));
+    let base = span_ms * i64::try_from(i).unwrap_or(0) / i64::try_from(n.max(1)).unwrap_or(1);
+    let jitter = rng.random_range(-30_000..30_000);
+    let occurred = start + Duration::milliseconds((base + jitter).clamp(0, span_ms - 1));
+    let kind = pick(rng, &KINDS);
+    let mut event = DeliveryEvent::new(format!("ev-{i:010}"), SourceKind::Kumomta, kind, occurred, occurred);
+    let (provider, domain, _) = PROVIDERS[pick(rng, &providers)];
+    let user = rng.random_range(0..200_000);
+    event.provider = provider.map(str::to_owned);
+    event.recipient = Some(format!("user{user}@{domain}"));
+    event.recipient_domain = Some(domain.to_owned());
+    let source = rng.random_range(1..=8);
+    event.egress_source = Some(format!("ip-{source}"));
+    event.egress_pool = Some(["pool-a", "pool-b", "pool-c"][(source - 1) / 3].to_owned());
+    let tenant = rng.random_range(0..6);
+    // One sender in six sends without a tenant.
+    event.tenant = (tenant > 0).then(|| format!("tenant-{tenant}"));
+    event.campaign = Some(format!("campaign-{}", rng.random_range(1..=20)));
+    let brand = rng.random_range(1..=4);
+    event.sender = Some(format!("news@brand{brand}.example"));
+    event.sender_domain = Some(format!("brand{brand}.example"));
+    event.message_id = Some(format!("<m{}.{i}@brand{brand}.example>", i / 3));
+    match kind {
+        EventKind::Delivered => {
+            event.smtp_code = Some(250);
+            event.response_text = Some("2.0.0 OK".to_owned());
+        }
+        EventKind::Deferred | EventKind::Bounced | EventKind::Expired => {
+            let (class, code, status, text) = FAILURES[rng.random_range(0..FAILURES.len())];
+            // One failure in twenty matches no rule.
+            event.bounce_class = (rng.random_range(0..20) > 0).then(|| BounceClass::from_label(class));
+            let code = if kind == EventKind::Deferred { 400 + code % 100 } else { 500 + code % 100 };
+            event.smtp_code = Some(code);
+            event.enhanced_status = Some(status.to_owned());
+            event.response_text = Some(format!("{code} {status} {text}"));
+            // Our own MTA gives up on a few messages itself.
+            event.internal = kind == EventKind::Bounced && rng.random_range(0..50) == 0;
+        }
+        _ => {}
+    }
+    event
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! their "action" threshold, and the penalties are taken off 100. Below the minimum volume
 //! there is no score at all, only counts.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::counters::{Metric, Totals};
@@ -18,7 +19,7 @@ const Z: f64 = 1.96;
 pub const MIN_ATTEMPTS: u64 = 50;
 
 /// A proportion with its 95 % Wilson score interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, JsonSchema)]
 pub struct Rate {
     pub value: f64,
     pub lower: f64,
@@ -50,7 +51,7 @@ impl Rate {
 }
 
 /// The rates reported for a scope and window.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, JsonSchema)]
 pub struct Rates {
     /// delivered / attempts
     pub delivery: Option<Rate>,
@@ -114,7 +115,7 @@ const DEFERRALS: Penalty = Penalty { weight: 10.0, healthy: 0.05, action: 0.30 }
 const SIGNALS: Penalty = Penalty { weight: 10.0, healthy: 0.001, action: 0.02 };
 
 /// The score, with the points each penalty took, so an analyst sees why.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, JsonSchema)]
 pub struct Score {
     pub value: f64,
     pub complaints: f64,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Query, State};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use vigil_schemas::api::{Dimension, EventRecord};
 use vigil_warehouse::Store;
@@ -20,7 +21,7 @@ pub const MAX_SAMPLES: usize = 10;
 const FAILURES: [&str; 2] = ["deferred", "bounced"];
 
 /// One bounce class over the range.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct ClassRow {
     /// Null for failures no rule classified.
     bounce_class: Option<String>,
@@ -30,7 +31,7 @@ pub struct ClassRow {
     samples: Vec<EventRecord>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct BouncesResponse {
     from: chrono::DateTime<chrono::Utc>,
     to: chrono::DateTime<chrono::Utc>,
@@ -84,10 +85,17 @@ pub async fn bounces(
     Ok(BouncesResponse { from: range.from, to: range.to, classes: rows })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub(crate) struct BouncesParams {
+    /// Start of the range (RFC 3339, inclusive).
+    #[schemars(required)]
+    #[schemars(extend("format" = "date-time"))]
     from: Option<String>,
+    /// End of the range (RFC 3339, exclusive); default now.
+    #[schemars(extend("format" = "date-time"))]
     to: Option<String>,
+    /// Latest failures shown per class (default 3).
+    #[schemars(range(max = 10))]
     samples: Option<usize>,
 }
 

@@ -8,6 +8,7 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use vigil_schemas::api::EventRecord;
 use vigil_warehouse::Store;
@@ -30,7 +31,7 @@ pub struct EventsQuery {
     pub limit: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct EventsPage {
     rows: Vec<EventRecord>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -63,13 +64,22 @@ fn parse_cursor(text: &str) -> Result<(DateTime<Utc>, String), ApiError> {
     Ok((at, event_id.to_owned()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub(crate) struct EventsParams {
+    /// The recipient's address, exactly.
     recipient: Option<String>,
+    /// The message id, exactly (with its angle brackets when it has them).
     message_id: Option<String>,
+    /// Start of the range (RFC 3339, inclusive).
+    #[schemars(extend("format" = "date-time"))]
     from: Option<String>,
+    /// End of the range (RFC 3339, exclusive).
+    #[schemars(extend("format" = "date-time"))]
     to: Option<String>,
+    /// The previous page's `next`.
     cursor: Option<String>,
+    /// Events per page (default 100).
+    #[schemars(range(min = 1, max = 1000))]
     limit: Option<usize>,
 }
 

@@ -19,6 +19,7 @@ pub mod timeseries;
 use axum::Router;
 use axum::routing::get;
 use chrono::{DateTime, Duration, Utc};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use vigil_schemas::api::Dimension;
 use vigil_warehouse::Store;
@@ -81,7 +82,7 @@ impl Range {
 
 /// One optional parameter per dimension: only events whose dimension equals the value. Shared
 /// by every analytics endpoint (`?provider=gmail&egress_source=ip-1`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct DimensionFilters {
     egress_source: Option<String>,
     egress_pool: Option<String>,

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::Serialize;
 use vigil_processor::reputation::counters::outcome;
 use vigil_processor::reputation::score::MIN_ATTEMPTS;
@@ -36,7 +37,7 @@ const COUNTED: [EventKind; 8] = [
 ];
 
 /// The body of a ranged reputation answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub struct RangeReputation {
     scope: &'static str,
     from: DateTime<Utc>,

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Query, State};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use vigil_schemas::api::{Dimension, SummaryQuery, SummaryResponse, SummaryRow};
 use vigil_warehouse::Store;
@@ -63,10 +64,16 @@ pub async fn summary(store: &Store, query: &SummaryQuery) -> Result<SummaryRespo
     Ok(SummaryResponse { rows })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub(crate) struct SummaryParams {
+    /// Comma-separated dimensions: egress_source, egress_pool, provider, recipient_domain,
+    /// tenant, campaign, bounce_class, kind, sending_domain.
     group_by: Option<String>,
+    /// Start of the range (RFC 3339, inclusive); default the beginning.
+    #[schemars(extend("format" = "date-time"))]
     from: Option<String>,
+    /// End of the range (RFC 3339, exclusive); default open.
+    #[schemars(extend("format" = "date-time"))]
     to: Option<String>,
 }
 
