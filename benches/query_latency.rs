@@ -73,6 +73,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::clickhouse::ClickHouse::start();
     let config = ClickHouseConfig { database: "bench".into(), ..ClickHouseConfig::new(&server.url) };
+    let version = server.query("SELECT version()").trim().to_owned();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let result = runtime.block_on(async {
         vigil_warehouse::clickhouse::migrate(&config).await.unwrap();
@@ -107,7 +108,7 @@ fn main() {
             "clickhouse_ingest_per_s": n as f64 / clickhouse_time.as_secs_f64(),
             "parquet_write_per_s": n as f64 / parquet_time.as_secs_f64(),
             "ingest_ratio": parquet_time.as_secs_f64() / clickhouse_time.as_secs_f64(),
-            "clickhouse_version": server.query("SELECT version()").trim(),
+            "clickhouse_version": version,
             "queries": queries,
         })
     });

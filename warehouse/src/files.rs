@@ -1,5 +1,6 @@
 //! Naming and listing of warehouse files, shared by the writer and the reader.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
@@ -17,16 +18,33 @@ pub struct PartFile {
     pub end: u64,
 }
 
-/// `events/` under the warehouse directory.
-#[must_use]
-pub fn events_dir(root: &Path) -> PathBuf {
-    root.join("events")
+/// The warehouse's tables: each a directory of part files named the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// `events/`: the enriched events.
+    Events,
+    /// `hourly/`: event counts per hour x egress source x pool x provider x kind x bounce class
+    /// x internal, written with each batch's events (the embedded rollup).
+    Hourly,
 }
 
-/// Where a batch's file for `date` goes.
+impl Table {
+    pub const ALL: [Self; 2] = [Self::Events, Self::Hourly];
+
+    /// The table's directory under the warehouse directory.
+    #[must_use]
+    pub fn dir(self, root: &Path) -> PathBuf {
+        root.join(match self {
+            Self::Events => "events",
+            Self::Hourly => "hourly",
+        })
+    }
+}
+
+/// Where a batch's file of `table` for `date` goes.
 #[must_use]
-pub fn part_path(root: &Path, date: NaiveDate, start: u64, end: u64) -> PathBuf {
-    events_dir(root).join(format!("date={date}")).join(format!("part-{start:020}-{end:020}.parquet"))
+pub fn part_path(root: &Path, table: Table, date: NaiveDate, start: u64, end: u64) -> PathBuf {
+    table.dir(root).join(format!("date={date}")).join(format!("part-{start:020}-{end:020}.parquet"))
 }
 
 fn parse_part(path: &Path, date: NaiveDate) -> Option<PartFile> {
@@ -36,13 +54,13 @@ fn parse_part(path: &Path, date: NaiveDate) -> Option<PartFile> {
     Some(PartFile { path: path.to_owned(), date, start: start.parse().ok()?, end: end.parse().ok()? })
 }
 
-/// Every part file, by date then offset. Files that do not follow the naming scheme are
-/// ignored (and warned about), never read.
+/// Every part file of `table`, by date then offset. Files that do not follow the naming scheme
+/// are ignored (and warned about), never read.
 ///
 /// # Errors
 /// When a directory cannot be read.
-pub fn list_parts(root: &Path) -> Result<Vec<PartFile>, WarehouseError> {
-    let dir = events_dir(root);
+pub fn list_parts(root: &Path, table: Table) -> Result<Vec<PartFile>, WarehouseError> {
+    let dir = table.dir(root);
     let mut parts = Vec::new();
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -97,6 +115,29 @@ pub fn split_superseded(parts: Vec<PartFile>) -> (Vec<PartFile>, Vec<(PartFile, 
     (live, superseded)
 }
 
+/// The log offsets live parts cover on each day, as merged `[start, end)` intervals: two tables
+/// hold the same batches exactly when these are equal (their files may be cut differently,
+/// as compaction merges each table's files by its own sizes).
+#[must_use]
+pub fn coverage(parts: &[PartFile]) -> BTreeMap<NaiveDate, Vec<(u64, u64)>> {
+    let mut by_day: BTreeMap<NaiveDate, Vec<(u64, u64)>> = BTreeMap::new();
+    for part in parts {
+        by_day.entry(part.date).or_default().push((part.start, part.end));
+    }
+    for intervals in by_day.values_mut() {
+        intervals.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(intervals.len());
+        for &(start, end) in intervals.iter() {
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        *intervals = merged;
+    }
+    by_day
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,7 +145,7 @@ mod tests {
     #[test]
     fn part_names_round_trip() {
         let date = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
-        let path = part_path(Path::new("/w"), date, 7, 42);
+        let path = part_path(Path::new("/w"), Table::Events, date, 7, 42);
         assert_eq!(path, Path::new("/w/events/date=2026-11-25/part-00000000000000000007-00000000000000000042.parquet"));
         assert_eq!(parse_part(&path, date), Some(PartFile { path: path.clone(), date, start: 7, end: 42 }));
     }

@@ -17,6 +17,9 @@
 //! # Layout
 //! - `events/date=YYYY-MM-DD/part-<start>-<end>.parquet`: one file per batch and day of
 //!   `occurred_at`, offsets zero-padded to 20 digits so name order is offset order.
+//! - `hourly/date=YYYY-MM-DD/part-<start>-<end>.parquet`: the same batch's counts per hour x
+//!   egress source x pool x provider x kind x bounce class x internal, the embedded rollup;
+//!   counts over whole hours read it where it covers the same batches as `events/`.
 //! - [`schema`]: the Arrow schema of an enriched event and the conversion to record batches.
 //! - [`writer`], [`reader`]: the two sides.
 //! - [`query`]: the primitive queries and [`Store`].

@@ -10,15 +10,19 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast as cast_array;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::dataframe::DataFrame;
-use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::{Expr, ParquetReadOptions, SessionContext, cast, col, lit};
 use datafusion::scalar::ScalarValue;
 use vigil_schemas::api::EventRecord;
 
 use crate::WarehouseError;
-use crate::files::{PartFile, list_parts, split_superseded};
-use crate::query::{CountQuery, CountRow, EventFilter, SearchQuery, event_record, present};
-use crate::schema::event_schema;
+use crate::files::{self, PartFile, Table, list_parts, split_superseded};
+use crate::query::{CountQuery, CountRow, EventFilter, Field, SearchQuery, event_record, present};
+use crate::schema::{event_schema, hourly_schema};
+
+/// The fields the hourly rollup keeps (and `internal`).
+const HOURLY_FIELDS: [Field; 5] =
+    [Field::EgressSource, Field::EgressPool, Field::Provider, Field::Kind, Field::BounceClass];
 
 /// Reads the warehouse. Cheap to clone; safe to use while the writer writes (it only ever
 /// sees whole files).
@@ -44,31 +48,35 @@ impl Reader {
         Self { root: root.to_owned(), ctx: SessionContext::new() }
     }
 
-    /// Part files that can hold events in `[from, to)`.
+    /// Live part files of `table` that can hold events in `[from, to)`.
     fn parts_for(
         &self,
+        table: Table,
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
     ) -> Result<Vec<PartFile>, WarehouseError> {
-        let (mut parts, _) = split_superseded(list_parts(&self.root)?);
+        let (mut parts, _) = split_superseded(list_parts(&self.root, table)?);
         parts.retain(|p| from.is_none_or(|f| p.date >= f.date_naive()) && to.is_none_or(|t| p.date <= t.date_naive()));
         Ok(parts)
     }
 
-    /// Reads the parts that can hold the filter's events, with the filter applied.
-    async fn filtered(&self, filter: &EventFilter) -> Result<Option<DataFrame>, WarehouseError> {
-        let parts = self.parts_for(filter.from, filter.to)?;
+    /// Reads the parts of `table` that can hold the filter's events, with the filter applied.
+    async fn filtered(&self, table: Table, filter: &EventFilter) -> Result<Option<DataFrame>, WarehouseError> {
+        let parts = self.parts_for(table, filter.from, filter.to)?;
         if parts.is_empty() {
             return Ok(None);
         }
         let paths: Vec<String> = parts.iter().map(|p| p.path.display().to_string()).collect();
-        let schema = event_schema();
+        let (schema, time) = match table {
+            Table::Events => (event_schema(), "occurred_at"),
+            Table::Hourly => (hourly_schema(), "hour"),
+        };
         let mut df = self.ctx.read_parquet(paths, ParquetReadOptions::default().schema(&schema)).await?;
         if let Some(from) = filter.from {
-            df = df.filter(col("occurred_at").gt_eq(millis(from)))?;
+            df = df.filter(col(time).gt_eq(millis(from)))?;
         }
         if let Some(to) = filter.to {
-            df = df.filter(col("occurred_at").lt(millis(to)))?;
+            df = df.filter(col(time).lt(millis(to)))?;
         }
         if !filter.kinds.is_empty() {
             df = df.filter(col("kind").in_list(filter.kinds.iter().map(|k| lit(*k)).collect(), false))?;
@@ -93,16 +101,70 @@ impl Reader {
     /// # Errors
     /// When the files cannot be listed or read.
     pub async fn counts(&self, query: &CountQuery) -> Result<Vec<CountRow>, WarehouseError> {
-        let Some(df) = self.filtered(&query.filter).await? else { return Ok(Vec::new()) };
+        let mut rows = Vec::new();
+        for (table, filter) in self.plan(query)? {
+            self.counts_in(table, &filter, query, &mut rows).await?;
+        }
+        Ok(rows)
+    }
+
+    /// Where a count is read from: the hourly rollup for the whole hours of the range when it
+    /// keeps every field the query touches, its step is whole hours, and the rollup covers the
+    /// same batches as the events there; the events for the rest (the partial hours at either
+    /// end, or everything). A group may then come in several rows; callers sum them.
+    fn plan(&self, query: &CountQuery) -> Result<Vec<(Table, EventFilter)>, WarehouseError> {
+        const HOUR: i64 = 3_600_000;
+        let filter = &query.filter;
+        let whole = vec![(Table::Events, filter.clone())];
+        let kept = query.group_by.iter().copied().chain(filter.fields()).all(|f| HOURLY_FIELDS.contains(&f));
+        if !kept || query.step_minutes.is_some_and(|s| s % 60 != 0) {
+            return Ok(whole);
+        }
+        let at = |millis: i64| DateTime::from_timestamp_millis(millis);
+        let inner_from = filter.from.and_then(|f| at((f.timestamp_millis() + HOUR - 1).div_euclid(HOUR) * HOUR));
+        let inner_to = filter.to.and_then(|t| at(t.timestamp_millis().div_euclid(HOUR) * HOUR));
+        if let (Some(from), Some(to)) = (inner_from, inner_to)
+            && from >= to
+        {
+            return Ok(whole);
+        }
+        let covers =
+            |table| -> Result<_, WarehouseError> { Ok(files::coverage(&self.parts_for(table, inner_from, inner_to)?)) };
+        if covers(Table::Hourly)? != covers(Table::Events)? {
+            // Batches written before the rollup existed: the events alone answer.
+            return Ok(whole);
+        }
+        let mut plan = vec![(Table::Hourly, EventFilter { from: inner_from, to: inner_to, ..filter.clone() })];
+        if filter.from != inner_from {
+            plan.push((Table::Events, EventFilter { to: inner_from, ..filter.clone() }));
+        }
+        if filter.to != inner_to {
+            plan.push((Table::Events, EventFilter { from: inner_to, ..filter.clone() }));
+        }
+        Ok(plan)
+    }
+
+    /// Appends the counts of one table to `rows`.
+    async fn counts_in(
+        &self,
+        table: Table,
+        filter: &EventFilter,
+        query: &CountQuery,
+        rows: &mut Vec<CountRow>,
+    ) -> Result<(), WarehouseError> {
+        let Some(df) = self.filtered(table, filter).await? else { return Ok(()) };
+        let (time, counted) = match table {
+            Table::Events => ("occurred_at", count(lit(1_i64))),
+            Table::Hourly => ("hour", sum(col("events"))),
+        };
         let mut group: Vec<Expr> = query.group_by.iter().map(|f| col(f.column())).collect();
         if let Some(step) = query.step_minutes {
             let width = i64::from(step) * 60_000;
-            let ms = cast(col("occurred_at"), DataType::Int64);
+            let ms = cast(col(time), DataType::Int64);
             // Floor division for times after 1970; events before the epoch are not a concern.
             group.push(((ms / lit(width)) * lit(width)).alias("bucket"));
         }
-        let batches = df.aggregate(group, vec![count(lit(1_i64)).alias("n")])?.collect().await?;
-        let mut rows = Vec::new();
+        let batches = df.aggregate(group, vec![counted.alias("n")])?.collect().await?;
         for batch in &batches {
             let values = query
                 .group_by
@@ -123,7 +185,7 @@ impl Reader {
                 });
             }
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// A page of matching events, newest first.
@@ -131,7 +193,7 @@ impl Reader {
     /// # Errors
     /// When the files cannot be listed or read.
     pub async fn search(&self, query: &SearchQuery) -> Result<Vec<EventRecord>, WarehouseError> {
-        let Some(mut df) = self.filtered(&query.filter).await? else { return Ok(Vec::new()) };
+        let Some(mut df) = self.filtered(Table::Events, &query.filter).await? else { return Ok(Vec::new()) };
         if let Some((at, event_id)) = &query.before {
             let earlier = col("occurred_at").lt(millis(*at));
             let tie = col("occurred_at").eq(millis(*at)).and(col("event_id").lt(lit(event_id.as_str())));

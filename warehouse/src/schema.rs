@@ -111,3 +111,50 @@ pub fn to_record_batch(events: &[(u64, &DeliveryEvent)]) -> Result<RecordBatch, 
     ];
     RecordBatch::try_new(event_schema(), columns)
 }
+
+/// The text columns the hourly rollup keeps, in column order after `hour`.
+pub const HOURLY_TEXT: [&str; 5] = ["egress_source", "egress_pool", "provider", "kind", "bounce_class"];
+
+static HOURLY: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let mut fields = vec![Field::new("hour", timestamp(), false)];
+    fields.extend(HOURLY_TEXT.iter().map(|name| Field::new(*name, DataType::Utf8, *name != "kind")));
+    fields.push(Field::new("internal", DataType::Boolean, false));
+    fields.push(Field::new("events", DataType::UInt64, false));
+    Arc::new(Schema::new(fields))
+});
+
+/// The schema of the hourly rollup (`hourly/`).
+#[must_use]
+pub fn hourly_schema() -> SchemaRef {
+    Arc::clone(&HOURLY)
+}
+
+/// Counts `events` per hour of `occurred_at` and the rollup's columns: one record batch of
+/// [`hourly_schema`], rows in key order.
+///
+/// # Errors
+/// Only on a schema mismatch, which would be a bug.
+pub fn to_hourly_batch(events: &[(u64, &DeliveryEvent)]) -> Result<RecordBatch, ArrowError> {
+    type Key<'a> = (i64, [Option<&'a str>; 5], bool);
+    let mut counts: std::collections::BTreeMap<Key<'_>, u64> = std::collections::BTreeMap::new();
+    for (_, e) in events {
+        let hour = e.occurred_at.timestamp_millis().div_euclid(3_600_000) * 3_600_000;
+        let text = [
+            e.egress_source.as_deref(),
+            e.egress_pool.as_deref(),
+            e.provider.as_deref(),
+            Some(e.kind.as_str()),
+            e.bounce_class.as_ref().map(|c| c.as_str()),
+        ];
+        *counts.entry((hour, text, e.internal)).or_default() += 1;
+    }
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(
+        TimestampMillisecondArray::from_iter_values(counts.keys().map(|(hour, _, _)| *hour)).with_timezone("UTC"),
+    )];
+    for k in 0..HOURLY_TEXT.len() {
+        columns.push(Arc::new(counts.keys().map(|(_, text, _)| text[k]).collect::<StringArray>()));
+    }
+    columns.push(Arc::new(counts.keys().map(|(_, _, internal)| Some(*internal)).collect::<BooleanArray>()));
+    columns.push(Arc::new(UInt64Array::from_iter_values(counts.values().copied())));
+    RecordBatch::try_new(hourly_schema(), columns)
+}

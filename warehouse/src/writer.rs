@@ -1,4 +1,6 @@
-//! Writing batches of enriched events as Parquet files, atomically per file.
+//! Writing batches of enriched events as Parquet files, atomically per file: the events, and
+//! beside them the batch's hourly rollup (`hourly/`, same offsets in the name), so both tables
+//! always hold the same batches.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -13,8 +15,8 @@ use datafusion::parquet::file::properties::WriterProperties;
 use vigil_schemas::DeliveryEvent;
 
 use crate::WarehouseError;
-use crate::files::{self, PartFile, part_path};
-use crate::schema::{event_schema, to_record_batch};
+use crate::files::{self, PartFile, Table, part_path};
+use crate::schema::{event_schema, hourly_schema, to_hourly_batch, to_record_batch};
 
 /// Compaction merges runs of at least this many consecutive files of one size tier.
 const COMPACTION_RUN: usize = 8;
@@ -60,7 +62,7 @@ impl ParquetWriter {
     /// # Errors
     /// When the directories cannot be created.
     pub fn open(root: &Path) -> Result<Self, WarehouseError> {
-        for dir in [files::events_dir(root), root.join("tmp")] {
+        for dir in [Table::Events.dir(root), Table::Hourly.dir(root), root.join("tmp")] {
             std::fs::create_dir_all(&dir).map_err(WarehouseError::io(&dir))?;
         }
         let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
@@ -78,16 +80,18 @@ impl ParquetWriter {
         std::fs::remove_dir_all(&tmp).map_err(WarehouseError::io(&tmp))?;
         std::fs::create_dir_all(&tmp).map_err(WarehouseError::io(&tmp))?;
         let mut removed = 0;
-        let (live, superseded) = files::split_superseded(files::list_parts(&self.root)?);
-        // No reader runs yet, so merged-away inputs can go at once.
-        for (part, _) in &superseded {
-            std::fs::remove_file(&part.path).map_err(WarehouseError::io(&part.path))?;
-        }
-        for part in live {
-            if part.end > committed_offset {
+        for table in Table::ALL {
+            let (live, superseded) = files::split_superseded(files::list_parts(&self.root, table)?);
+            // No reader runs yet, so merged-away inputs can go at once.
+            for (part, _) in &superseded {
                 std::fs::remove_file(&part.path).map_err(WarehouseError::io(&part.path))?;
-                tracing::info!(file = %part.path.display(), committed_offset, "removed an uncommitted warehouse file");
-                removed += 1;
+            }
+            for part in live {
+                if part.end > committed_offset {
+                    std::fs::remove_file(&part.path).map_err(WarehouseError::io(&part.path))?;
+                    tracing::info!(file = %part.path.display(), committed_offset, "removed an uncommitted warehouse file");
+                    removed += usize::from(table == Table::Events);
+                }
             }
         }
         Ok(removed)
@@ -103,7 +107,14 @@ impl ParquetWriter {
     /// by readers and removed by [`Self::recover`].
     pub fn compact(&self) -> Result<CompactionReport, WarehouseError> {
         let mut report = CompactionReport::default();
-        let (live, superseded) = files::split_superseded(files::list_parts(&self.root)?);
+        for table in Table::ALL {
+            self.compact_table(table, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    fn compact_table(&self, table: Table, report: &mut CompactionReport) -> Result<(), WarehouseError> {
+        let (live, superseded) = files::split_superseded(files::list_parts(&self.root, table)?);
         let now = SystemTime::now();
         for (part, cover) in superseded {
             let merged_at = std::fs::metadata(&cover.path).and_then(|m| m.modified()).unwrap_or(now);
@@ -129,22 +140,27 @@ impl ParquetWriter {
         runs.push(run);
         for run in runs.into_iter().filter(|r| r.len() >= COMPACTION_RUN) {
             let parts: Vec<PartFile> = run.into_iter().map(|(p, _)| p).collect();
-            self.merge(&parts)?;
+            self.merge(table, &parts)?;
             report.merged += 1;
             report.inputs += parts.len();
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Writes one file covering the offset range of `parts` (consecutive files of one day).
-    fn merge(&self, parts: &[PartFile]) -> Result<(), WarehouseError> {
+    /// Rollup rows are concatenated, not summed again: readers sum them anyway.
+    fn merge(&self, table: Table, parts: &[PartFile]) -> Result<(), WarehouseError> {
         let (first, last) = (&parts[0], &parts[parts.len() - 1]);
         let tmp = self
             .root
             .join("tmp")
-            .join(format!("merge-{:020}-{:020}-{}.parquet.tmp", first.start, last.end, first.date));
+            .join(format!("merge-{:?}-{:020}-{:020}-{}.parquet.tmp", table, first.start, last.end, first.date));
         let mut file = File::create(&tmp).map_err(WarehouseError::io(&tmp))?;
-        let mut writer = ArrowWriter::try_new(&mut file, event_schema(), Some(self.props.clone()))?;
+        let schema = match table {
+            Table::Events => event_schema(),
+            Table::Hourly => hourly_schema(),
+        };
+        let mut writer = ArrowWriter::try_new(&mut file, schema, Some(self.props.clone()))?;
         for part in parts {
             let input = File::open(&part.path).map_err(WarehouseError::io(&part.path))?;
             for batch in ParquetRecordBatchReaderBuilder::try_new(input)?.build()? {
@@ -153,7 +169,7 @@ impl ParquetWriter {
         }
         writer.close()?;
         file.sync_all().map_err(WarehouseError::io(&tmp))?;
-        self.publish(&tmp, &part_path(&self.root, first.date, first.start, last.end))
+        self.publish(&tmp, &part_path(&self.root, table, first.date, first.start, last.end))
     }
 
     /// Renames a finished temporary file into place, durably.
@@ -178,14 +194,19 @@ impl ParquetWriter {
         }
         let mut written = 0;
         for (date, day_events) in by_day {
-            let batch = to_record_batch(&day_events)?;
-            let tmp = self.root.join("tmp").join(format!("part-{start:020}-{end:020}-{date}.parquet.tmp"));
-            let mut file = File::create(&tmp).map_err(WarehouseError::io(&tmp))?;
-            let mut writer = ArrowWriter::try_new(&mut file, event_schema(), Some(self.props.clone()))?;
-            writer.write(&batch)?;
-            writer.close()?;
-            file.sync_all().map_err(WarehouseError::io(&tmp))?;
-            self.publish(&tmp, &part_path(&self.root, date, start, end))?;
+            // The rollup first: a reader uses it only where it covers what the events cover.
+            for (table, batch) in
+                [(Table::Hourly, to_hourly_batch(&day_events)?), (Table::Events, to_record_batch(&day_events)?)]
+            {
+                let tmp =
+                    self.root.join("tmp").join(format!("part-{table:?}-{start:020}-{end:020}-{date}.parquet.tmp"));
+                let mut file = File::create(&tmp).map_err(WarehouseError::io(&tmp))?;
+                let mut writer = ArrowWriter::try_new(&mut file, batch.schema(), Some(self.props.clone()))?;
+                writer.write(&batch)?;
+                writer.close()?;
+                file.sync_all().map_err(WarehouseError::io(&tmp))?;
+                self.publish(&tmp, &part_path(&self.root, table, date, start, end))?;
+            }
             written += day_events.len();
         }
         Ok(written)
@@ -232,7 +253,8 @@ mod tests {
         let day = 86_400;
         let first = vec![(0, event(EventKind::Delivered, 0, "google")), (1, event(EventKind::Bounced, day, "google"))];
         assert_eq!(writer.write_batch(0, 2, &first).unwrap(), 2);
-        assert_eq!(files::list_parts(dir.path()).unwrap().len(), 2, "one file per day");
+        assert_eq!(files::list_parts(dir.path(), Table::Events).unwrap().len(), 2, "one file per day");
+        assert_eq!(files::list_parts(dir.path(), Table::Hourly).unwrap().len(), 2, "and its rollup");
         // A batch written but never committed (the process died before the offset commit).
         writer.write_batch(2, 3, &[(2, event(EventKind::Deferred, day, "yahoo"))]).unwrap();
         let reader = Reader::new(dir.path());
@@ -261,8 +283,8 @@ mod tests {
         let before = by_provider_and_kind(&reader, &grouped()).await;
 
         let report = writer.compact().unwrap();
-        assert_eq!((report.merged, report.inputs, report.deleted), (1, COMPACTION_RUN + 3, 0));
-        let (live, superseded) = files::split_superseded(files::list_parts(dir.path()).unwrap());
+        assert_eq!((report.merged, report.inputs, report.deleted), (2, 2 * (COMPACTION_RUN + 3), 0), "both tables");
+        let (live, superseded) = files::split_superseded(files::list_parts(dir.path(), Table::Events).unwrap());
         assert_eq!((live.len(), superseded.len()), (1, COMPACTION_RUN + 3));
         assert_eq!(
             by_provider_and_kind(&reader, &grouped()).await,
@@ -272,7 +294,8 @@ mod tests {
 
         // A crash before the inputs were deleted: recovery removes them.
         assert_eq!(writer.recover(COMPACTION_RUN as u64 + 3).unwrap(), 0);
-        assert_eq!(files::list_parts(dir.path()).unwrap().len(), 1);
+        assert_eq!(files::list_parts(dir.path(), Table::Events).unwrap().len(), 1);
+        assert_eq!(files::list_parts(dir.path(), Table::Hourly).unwrap().len(), 1);
         assert_eq!(by_provider_and_kind(&reader, &grouped()).await, before);
         assert_eq!(writer.compact().unwrap(), CompactionReport::default(), "nothing left to merge");
     }
