@@ -20,6 +20,7 @@ use vigil_processor::stream::{Folder, StreamConfig, ensure_stream_topics, run_en
 use vigil_processor::{DerivedState, Enricher, ProviderMap};
 
 use crate::cli::ProcessArgs;
+use crate::run::MapOk;
 
 /// The configuration file (TOML).
 #[derive(Debug, Deserialize)]
@@ -42,6 +43,10 @@ struct ProcessConfig {
     /// `[api]`: bearer tokens with roles.
     #[serde(default)]
     api: ApiConfig,
+    /// `[clickhouse]`: insert `vigil.enriched` into this ClickHouse (consumer group
+    /// `<group_id>-clickhouse`, shared by the instances) and answer the analytics API from it.
+    #[serde(default)]
+    clickhouse: Option<vigil_warehouse::clickhouse::ClickHouseConfig>,
     kafka: StreamConfig,
 }
 
@@ -103,7 +108,18 @@ async fn serve(config: ProcessConfig) -> anyhow::Result<()> {
             }
         }
     };
-    let app = vigil_query::live::router(Arc::clone(&state), None)
+    let store = match &config.clickhouse {
+        Some(clickhouse) => {
+            vigil_warehouse::clickhouse::migrate(clickhouse)
+                .await
+                .with_context(|| format!("migrating the ClickHouse schema at {}", clickhouse.url))?;
+            Some(vigil_warehouse::Store::ClickHouse(vigil_warehouse::clickhouse::ClickHouseReader::new(clickhouse)?))
+        }
+        None => None,
+    };
+    let analytics = store.clone().map(vigil_query::analytics::router).unwrap_or_default();
+    let app = vigil_query::live::router(Arc::clone(&state), store)
+        .merge(analytics)
         .merge(vigil_query::actions::router(vigil_query::actions::ActionsState {
             state: Arc::clone(&state),
             outbox: outbox.clone(),
@@ -112,7 +128,11 @@ async fn serve(config: ProcessConfig) -> anyhow::Result<()> {
         }))
         .merge(crate::metrics::process_router())
         .route("/healthz", get(healthz))
-        .layer(axum::middleware::from_fn_with_state(tokens.clone(), vigil_query::auth::require_role));
+        .layer(axum::middleware::from_fn_with_state(tokens.clone(), vigil_query::auth::require_role))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::run::REQUEST_TIMEOUT,
+        ));
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
@@ -150,6 +170,15 @@ async fn serve(config: ProcessConfig) -> anyhow::Result<()> {
         let stop = shutdown.clone();
         let kafka = config.kafka.clone();
         tasks.spawn(async move { run_enrich(kafka, enricher, stop).await.context("enrich stage") });
+    }
+    if let Some(clickhouse) = config.clickhouse.clone() {
+        let sink = vigil_processor::sink::run_kafka_clickhouse_sink(
+            config.kafka.clone(),
+            clickhouse,
+            vigil_processor::sink::SinkBatching::default(),
+            shutdown.clone(),
+        );
+        tasks.spawn(sink.map_ok());
     }
     crate::run::supervise(tasks, shutdown).await
 }

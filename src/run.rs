@@ -24,7 +24,7 @@ use vigil_warehouse::{ParquetWriter, Reader, Store};
 use crate::cli::RunArgs;
 
 /// How long a request may take before the server answers 503 itself.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

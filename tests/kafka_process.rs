@@ -3,7 +3,10 @@
 //! (digest) and the same reputation answers as a single instance over the same input. Every
 //! instance must have folded exactly the 3 000 distinct events: the records the killed
 //! instance enriched but had not committed are enriched again, and 150 events arrive twice
-//! (as ingest re-sends after its own crash); all those copies must be dropped.
+//! (as ingest re-sends after its own crash); all those copies must be dropped. With
+//! `[clickhouse]`, the instances also share inserting `vigil.enriched` into a real ClickHouse:
+//! each event lands there once, kill or no kill, and the analytics API answers as the single
+//! instance's does.
 
 #![allow(clippy::unwrap_used)]
 
@@ -36,10 +39,6 @@ struct Process {
 }
 
 impl Process {
-    fn start(dir: &Path, port: u16, group: &str, enriched: &str) -> Self {
-        Self::start_with(dir, port, group, enriched, "")
-    }
-
     /// With `extra` configuration (top-level tables, e.g. `[actuation]`) appended.
     fn start_with(dir: &Path, port: u16, group: &str, enriched: &str, extra: &str) -> Self {
         std::fs::create_dir_all(dir).unwrap();
@@ -165,9 +164,13 @@ async fn two_instances_one_killed_agree_with_one_instance() {
         .create()
         .unwrap();
 
+    let clickhouse = tokio::task::block_in_place(common::clickhouse::ClickHouse::start);
+    let with_clickhouse =
+        |database: &str| format!("[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\n", clickhouse.url);
+    let two = with_clickhouse("two");
     // Two instances in one group; the first half of the input arrives while they run.
-    let a = Process::start(&dir.path().join("a"), port, "group-two", "vigil.enriched");
-    let b = Process::start(&dir.path().join("b"), port, "group-two", "vigil.enriched");
+    let a = Process::start_with(&dir.path().join("a"), port, "group-two", "vigil.enriched", &two);
+    let b = Process::start_with(&dir.path().join("b"), port, "group-two", "vigil.enriched", &two);
     for chunk in (0..EVENTS / 2).step_by(100) {
         produce(&producer, chunk..chunk + 100).await;
     }
@@ -183,12 +186,18 @@ async fn two_instances_one_killed_agree_with_one_instance() {
     for chunk in (EVENTS / 2 + 100..EVENTS).step_by(100) {
         produce(&producer, chunk..chunk + 100).await;
     }
-    let a = Process::start(&dir.path().join("a"), port, "group-two", "vigil.enriched");
+    let a = Process::start_with(&dir.path().join("a"), port, "group-two", "vigil.enriched", &two);
     b.wait_for_all("the surviving instance to fold every event once").await;
     a.wait_for_all("the restarted instance to fold every event once").await;
 
     // One instance over the same input, in its own group and topic.
-    let single = Process::start(&dir.path().join("single"), port, "group-one", "vigil.enriched.single");
+    let single = Process::start_with(
+        &dir.path().join("single"),
+        port,
+        "group-one",
+        "vigil.enriched.single",
+        &with_clickhouse("one"),
+    );
     single.wait_for_all("the single instance to fold every event once").await;
 
     let (two, one) = (b.get("/api/v1/state").await, single.get("/api/v1/state").await);
@@ -211,8 +220,33 @@ async fn two_instances_one_killed_agree_with_one_instance() {
     let yahoo = single.get(&format!("/api/v1/reputation?scope=provider&window=24h&as_of={as_of}")).await;
     let row = yahoo["rows"].as_array().unwrap().iter().find(|r| r["provider"] == "yahoo").unwrap().clone();
     assert!(row["signals_by_name"]["yahoo_tss04"].as_u64().unwrap() > 0, "{row}");
+
+    // ClickHouse holds each event once in both databases, and answers alike.
+    let count = |database: &str| {
+        tokio::task::block_in_place(|| {
+            clickhouse.query(&format!("SELECT count(), uniqExact(event_id) FROM {database}.events"))
+        })
+    };
+    for database in ["two", "one"] {
+        eventually("the sinks to insert every event", Duration::from_secs(60), || async {
+            count(database) == format!("{EVENTS}\t{EVENTS}\n")
+        })
+        .await;
+    }
+    let range = "from=2025-11-24T00:00:00Z&to=2025-11-26T00:00:00Z";
+    for query in [
+        format!("/api/v1/summary?group_by=egress_source,provider,kind&{range}"),
+        format!("/api/v1/reputation?scope=tenant&{range}"),
+        format!("/api/v1/bounces?{range}"),
+    ] {
+        let expected = single.get(&query).await;
+        assert!(expected.to_string().len() > 200, "{query}: {expected}");
+        assert_eq!(b.get(&query).await, expected, "{query}");
+    }
     b.running.stop();
     single.running.stop();
+    a.running.stop();
+    tokio::task::block_in_place(|| drop(clickhouse));
 }
 
 #[tokio::test(flavor = "multi_thread")]

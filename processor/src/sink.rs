@@ -1,6 +1,8 @@
-//! Feeding the embedded log into ClickHouse (`vigil run --clickhouse-url`).
+//! Feeding ClickHouse: from the embedded log (`vigil run --clickhouse-url`,
+//! [`run_clickhouse_sink`]) or from `vigil.enriched` (`vigil process` with `[clickhouse]`,
+//! [`run_kafka_clickhouse_sink`]).
 //!
-//! The sink follows the log on its own, beside the Parquet pipeline: ClickHouse's
+//! The embedded sink follows the log on its own, beside the Parquet pipeline: ClickHouse's
 //! `sink_batches` table is its position of record, so it needs no offset of its own in the log
 //! and a restart (or a second `vigil run` on a copy of the log) resumes exactly where the
 //! database says, counting nothing twice (see [`ClickHouseSink`]). Events are enriched as the
@@ -102,6 +104,212 @@ pub async fn run_clickhouse_sink(
                     continue 'reopen;
                 }
             }
+        }
+    }
+}
+
+/// How many recent event ids per partition the Kafka sink remembers to drop copies.
+const RECENT_IDS: usize = 100_000;
+
+/// Event ids seen lately in one partition, bounded: the copies `vigil.enriched` can hold (a
+/// batch enriched again after a failure) sit a batch or so after their first copy.
+#[derive(Debug, Default)]
+struct RecentIds {
+    order: std::collections::VecDeque<String>,
+    set: std::collections::HashSet<String>,
+}
+
+impl RecentIds {
+    /// True when `id` was seen; else remembers it.
+    fn seen(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return true;
+        }
+        if self.order.len() == RECENT_IDS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.set.remove(&oldest);
+        }
+        self.order.push_back(id.to_owned());
+        self.set.insert(id.to_owned());
+        false
+    }
+}
+
+/// One assigned partition of `vigil.enriched`: its sink, what waits to be inserted, and the
+/// ids it has seen.
+struct PartitionSink {
+    sink: ClickHouseSink,
+    pending: Vec<(u64, vigil_schemas::DeliveryEvent)>,
+    recent: RecentIds,
+}
+
+/// Tells the sink which partitions a rebalance took away, so it drops them before it inserts
+/// again (see [`run_kafka_clickhouse_sink`]).
+struct SinkContext {
+    logs: vigil_ingest::kafka::KafkaLogs,
+    revoked: std::sync::Mutex<Vec<i32>>,
+}
+
+impl rdkafka::ClientContext for SinkContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.logs.log(level, facility, message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.logs.error(error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for SinkContext {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        if let rdkafka::consumer::Rebalance::Revoke(list) = rebalance {
+            let mut revoked = self.revoked.lock().expect("revoked lock");
+            revoked
+                .extend(list.elements().iter().map(rdkafka::topic_partition_list::TopicPartitionListElem::partition));
+        }
+    }
+}
+
+/// `vigil process` with `[clickhouse]`: inserts `vigil.enriched` into ClickHouse in a consumer
+/// group of its own (`<group_id>-clickhouse`), so instances share the partitions.
+///
+/// - Position of record: `sink_batches`, per partition (the log partition is the Kafka
+///   partition). Offsets are also committed to the group after each insert, only so a restart
+///   starts near where ClickHouse is; what is below `stored_until` is skipped whatever Kafka says.
+/// - Copies: `vigil.enriched` may hold an event twice (a batch enriched again after a failure);
+///   the last 100 000 event ids of each partition are remembered and copies dropped.
+/// - Rebalances: librdkafka revokes partitions only while the consumer is polled, and the sink
+///   does not poll while it inserts; it drops a revoked partition's sink and pending events
+///   before inserting again, so a partition's new owner, which reads `stored_until` once the
+///   rebalance completes, never races an insert of the old one. (An instance stalled past the
+///   group's session timeout is the exception: it could insert once more.)
+pub async fn run_kafka_clickhouse_sink(
+    kafka: crate::stream::StreamConfig,
+    config: ClickHouseConfig,
+    batching: SinkBatching,
+    shutdown: CancellationToken,
+) {
+    use futures::StreamExt;
+    use rdkafka::Message;
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let group = format!("{}-clickhouse", kafka.group_id);
+    while !shutdown.is_cancelled() {
+        let context = SinkContext { logs: vigil_ingest::kafka::KafkaLogs, revoked: std::sync::Mutex::default() };
+        let consumer: StreamConsumer<SinkContext> = match kafka.consumer(&group).create_with_context(context) {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                tracing::error!(%error, "ClickHouse sink: Kafka consumer configuration refused");
+                return;
+            }
+        };
+        if let Err(error) = consumer.subscribe(&[&kafka.enriched_topic]) {
+            tracing::warn!(%error, "ClickHouse sink cannot subscribe; retrying");
+            backoff.wait(&shutdown).await;
+            continue;
+        }
+        let mut partitions: std::collections::HashMap<i32, PartitionSink> = std::collections::HashMap::new();
+        let mut stream = consumer.stream();
+        let failed = 'consume: loop {
+            let deadline = tokio::time::sleep(batching.max_wait);
+            tokio::pin!(deadline);
+            let mut waiting = 0;
+            while waiting < batching.max_rows {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = &mut deadline => break,
+                    message = stream.next() => match message {
+                        Some(Ok(message)) => {
+                            let partition = message.partition();
+                            let offset = u64::try_from(message.offset()).unwrap_or(0);
+                            let payload = message.payload().unwrap_or_default();
+                            let decoded = vigil_schemas::event::raw_record::without_raw(|| serde_json::from_slice(payload));
+                            let event: vigil_schemas::DeliveryEvent = match decoded {
+                                Ok(event) => event,
+                                Err(error) => {
+                                    tracing::error!(%error, partition, offset, "undecodable record in vigil.enriched; skipped");
+                                    continue;
+                                }
+                            };
+                            drop_revoked(consumer.context(), &mut partitions);
+                            let target = match partitions.entry(partition) {
+                                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                                std::collections::hash_map::Entry::Vacant(entry) => {
+                                    match open_partition(&config, partition).await {
+                                        Ok(opened) => entry.insert(opened),
+                                        Err(error) => break 'consume error.to_string(),
+                                    }
+                                }
+                            };
+                            if offset < target.sink.stored_until() || target.recent.seen(&event.event_id) {
+                                continue;
+                            }
+                            target.pending.push((offset, event));
+                            waiting += 1;
+                        }
+                        Some(Err(error)) => tracing::warn!(%error, "ClickHouse sink consuming vigil.enriched"),
+                        None => return,
+                    },
+                }
+            }
+            drop_revoked(consumer.context(), &mut partitions);
+            let mut positions = rdkafka::TopicPartitionList::new();
+            for (partition, target) in &mut partitions {
+                if target.pending.is_empty() {
+                    continue;
+                }
+                let batch: Vec<(u64, &vigil_schemas::DeliveryEvent)> =
+                    target.pending.iter().map(|(o, e)| (*o, e)).collect();
+                if let Err(error) = target.sink.write_batch(&batch).await {
+                    break 'consume error.to_string();
+                }
+                let next = i64::try_from(target.sink.stored_until()).unwrap_or(i64::MAX);
+                target.pending.clear();
+                let _ =
+                    positions.add_partition_offset(&kafka.enriched_topic, *partition, rdkafka::Offset::Offset(next));
+            }
+            if positions.count() > 0
+                && let Err(error) = consumer.commit(&positions, CommitMode::Async)
+            {
+                tracing::warn!(%error, "ClickHouse sink committing offsets");
+            }
+            backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        };
+        // Pending events are gone with the consumer: a new one reads from the committed
+        // offsets, at or below what ClickHouse holds, and the sinks skip what is stored.
+        tracing::warn!(error = %failed, retry_in = ?backoff.delay(), "ClickHouse sink failed; restarting from what ClickHouse holds");
+        drop(stream);
+        drop(consumer);
+        backoff.wait(&shutdown).await;
+    }
+}
+
+/// Opens a partition's sink, remembering the ids of what it last stored: copies of those (a
+/// batch the previous owner's enrich stage had not committed, enriched again) come next.
+async fn open_partition(
+    config: &ClickHouseConfig,
+    partition: i32,
+) -> Result<PartitionSink, vigil_warehouse::clickhouse::ClickHouseError> {
+    let sink = ClickHouseSink::open(config, u32::try_from(partition).unwrap_or(0)).await?;
+    let mut recent = RecentIds::default();
+    for id in sink.recent_event_ids(RECENT_IDS as u64).await? {
+        recent.seen(&id);
+    }
+    tracing::info!(partition, from = sink.stored_until(), "ClickHouse sink took the partition");
+    Ok(PartitionSink { sink, pending: Vec::new(), recent })
+}
+
+fn drop_revoked(context: &SinkContext, partitions: &mut std::collections::HashMap<i32, PartitionSink>) {
+    let revoked = std::mem::take(&mut *context.revoked.lock().expect("revoked lock"));
+    for partition in revoked {
+        if let Some(dropped) = partitions.remove(&partition) {
+            tracing::info!(
+                partition,
+                pending = dropped.pending.len(),
+                "partition revoked; its new owner resumes from ClickHouse"
+            );
         }
     }
 }

@@ -161,7 +161,7 @@ impl StreamConfig {
         client
     }
 
-    fn consumer(&self, group: &str) -> ClientConfig {
+    pub(crate) fn consumer(&self, group: &str) -> ClientConfig {
         let mut client = self.client();
         client
             .set("group.id", group)

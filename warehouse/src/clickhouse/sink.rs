@@ -189,6 +189,38 @@ impl ClickHouseSink {
         Ok(Self { client, url: config.url.clone(), partition: log_partition, stored_until, present })
     }
 
+    /// The event ids of the last `count` stored positions of the partition, oldest first: what
+    /// a sink that drops copies by event id must remember when it takes the partition over.
+    /// (Reads `log_partition` and `log_offset` of the whole table: a partition's takeover is
+    /// rare.)
+    ///
+    /// # Errors
+    /// When ClickHouse refuses or cannot be reached.
+    pub async fn recent_event_ids(&self, count: u64) -> Result<Vec<String>, ClickHouseError> {
+        #[derive(clickhouse::Row, Deserialize)]
+        struct Id {
+            event_id: String,
+        }
+        let mut ids: Vec<String> = self
+            .client
+            .query(
+                "SELECT event_id FROM events WHERE log_partition = ? AND log_offset >= ? AND log_offset < ? \
+                 ORDER BY log_offset DESC LIMIT ?",
+            )
+            .bind(self.partition)
+            .bind(self.stored_until.saturating_sub(count))
+            .bind(self.stored_until)
+            .bind(count)
+            .fetch_all::<Id>()
+            .await
+            .map_err(ClickHouseError::at(&self.url))?
+            .into_iter()
+            .map(|id| id.event_id)
+            .collect();
+        ids.reverse();
+        Ok(ids)
+    }
+
     /// The first log offset not known to be stored.
     #[must_use]
     pub fn stored_until(&self) -> u64 {
