@@ -86,4 +86,17 @@ impl ClickHouse {
     pub fn query(&self, sql: &str) -> String {
         self.try_query(sql).unwrap_or_else(|error| panic!("ClickHouse refused {sql:?}: {error}"))
     }
+
+    /// [`Self::query`] with `database` as the default database (for unqualified names).
+    pub fn query_in(&self, database: &str, sql: &str) -> String {
+        let response = reqwest::blocking::Client::new()
+            .post(format!("{}/?database={database}", self.url))
+            .body(sql.to_owned())
+            .send()
+            .unwrap();
+        let ok = response.status().is_success();
+        let text = response.text().unwrap();
+        assert!(ok, "ClickHouse refused {sql:?}: {text}");
+        text
+    }
 }

@@ -171,6 +171,33 @@ impl Store {
     }
 }
 
+/// Splits a filter's range for a rollup of `grain_ms`: the whole grains inside the range (for
+/// the rollup) and the partial grains at either end (for the events), or `None` when no whole
+/// grain fits. Open ends stay open.
+pub(crate) fn split_for_rollup(filter: &EventFilter, grain_ms: i64) -> Option<(EventFilter, Vec<EventFilter>)> {
+    let at = DateTime::from_timestamp_millis;
+    let inner_from =
+        filter.from.and_then(|f| at((f.timestamp_millis() + grain_ms - 1).div_euclid(grain_ms) * grain_ms));
+    let inner_to = filter.to.and_then(|t| at(t.timestamp_millis().div_euclid(grain_ms) * grain_ms));
+    if let (Some(from), Some(to)) = (inner_from, inner_to)
+        && from >= to
+    {
+        return None;
+    }
+    let mut edges = Vec::new();
+    if filter.from != inner_from {
+        edges.push(EventFilter { to: inner_from, ..filter.clone() });
+    }
+    if filter.to != inner_to {
+        edges.push(EventFilter { from: inner_to, ..filter.clone() });
+    }
+    Some((EventFilter { from: inner_from, to: inner_to, ..filter.clone() }, edges))
+}
+
+/// The fields both hourly rollups keep (and `internal`).
+pub(crate) const HOURLY_FIELDS: [Field; 5] =
+    [Field::EgressSource, Field::EgressPool, Field::Provider, Field::Kind, Field::BounceClass];
+
 /// An [`EventRecord`] from what both backends select: `text` in
 /// [`EventRecord::TEXT_COLUMNS`] order.
 pub(crate) fn event_record(

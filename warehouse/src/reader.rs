@@ -17,12 +17,10 @@ use vigil_schemas::api::EventRecord;
 
 use crate::WarehouseError;
 use crate::files::{self, PartFile, Table, list_parts, split_superseded};
-use crate::query::{CountQuery, CountRow, EventFilter, Field, SearchQuery, event_record, present};
+use crate::query::{
+    CountQuery, CountRow, EventFilter, HOURLY_FIELDS, SearchQuery, event_record, present, split_for_rollup,
+};
 use crate::schema::{event_schema, hourly_schema};
-
-/// The fields the hourly rollup keeps (and `internal`).
-const HOURLY_FIELDS: [Field; 5] =
-    [Field::EgressSource, Field::EgressPool, Field::Provider, Field::Kind, Field::BounceClass];
 
 /// Reads the warehouse. Cheap to clone; safe to use while the writer writes (it only ever
 /// sees whole files).
@@ -113,34 +111,21 @@ impl Reader {
     /// same batches as the events there; the events for the rest (the partial hours at either
     /// end, or everything). A group may then come in several rows; callers sum them.
     fn plan(&self, query: &CountQuery) -> Result<Vec<(Table, EventFilter)>, WarehouseError> {
-        const HOUR: i64 = 3_600_000;
         let filter = &query.filter;
         let whole = vec![(Table::Events, filter.clone())];
         let kept = query.group_by.iter().copied().chain(filter.fields()).all(|f| HOURLY_FIELDS.contains(&f));
         if !kept || query.step_minutes.is_some_and(|s| s % 60 != 0) {
             return Ok(whole);
         }
-        let at = |millis: i64| DateTime::from_timestamp_millis(millis);
-        let inner_from = filter.from.and_then(|f| at((f.timestamp_millis() + HOUR - 1).div_euclid(HOUR) * HOUR));
-        let inner_to = filter.to.and_then(|t| at(t.timestamp_millis().div_euclid(HOUR) * HOUR));
-        if let (Some(from), Some(to)) = (inner_from, inner_to)
-            && from >= to
-        {
-            return Ok(whole);
-        }
+        let Some((inner, edges)) = split_for_rollup(filter, 3_600_000) else { return Ok(whole) };
         let covers =
-            |table| -> Result<_, WarehouseError> { Ok(files::coverage(&self.parts_for(table, inner_from, inner_to)?)) };
+            |table| -> Result<_, WarehouseError> { Ok(files::coverage(&self.parts_for(table, inner.from, inner.to)?)) };
         if covers(Table::Hourly)? != covers(Table::Events)? {
             // Batches written before the rollup existed: the events alone answer.
             return Ok(whole);
         }
-        let mut plan = vec![(Table::Hourly, EventFilter { from: inner_from, to: inner_to, ..filter.clone() })];
-        if filter.from != inner_from {
-            plan.push((Table::Events, EventFilter { to: inner_from, ..filter.clone() }));
-        }
-        if filter.to != inner_to {
-            plan.push((Table::Events, EventFilter { from: inner_to, ..filter.clone() }));
-        }
+        let mut plan = vec![(Table::Hourly, inner)];
+        plan.extend(edges.into_iter().map(|edge| (Table::Events, edge)));
         Ok(plan)
     }
 

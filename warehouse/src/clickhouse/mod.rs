@@ -27,8 +27,10 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Append only: an applied migration is never edited.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "events", sql: include_str!("../../../schemas/clickhouse/0001_events.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "events", sql: include_str!("../../../schemas/clickhouse/0001_events.sql") },
+    Migration { version: 2, name: "hourly", sql: include_str!("../../../schemas/clickhouse/0002_hourly.sql") },
+];
 
 /// Where ClickHouse is and which database Vigil owns there.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

@@ -2,9 +2,10 @@
 //! as the embedded [`Reader`](crate::Reader) gives from Parquet.
 //!
 //! SQL is rendered from the typed query only: fields are an enum whose names are the column
-//! names, values and times are bound (`?`, escaped by the client). A count reads the per-day
-//! or per-minute rollup when that answers exactly (every field it touches is kept there, and
-//! the time bounds and step fall on the rollup's grain), else the raw `events` table.
+//! names, values and times are bound (`?`, escaped by the client). A count reads the per-day,
+//! per-hour or per-minute rollup when that answers exactly (every field it touches is kept
+//! there, and the time bounds and step fall on the rollup's grain; the hourly one with the
+//! partial hours at either end read apart), else the raw `events` table.
 //!
 //! Counts read `events` without FINAL: the sink inserts each log position once, so the table
 //! holds each event once, and the rollups (which count every inserted row) and the raw table
@@ -17,7 +18,9 @@ use serde::Deserialize;
 use vigil_schemas::api::EventRecord;
 
 use super::{ClickHouseConfig, ClickHouseError};
-use crate::query::{CountQuery, CountRow, EventFilter, Field, SearchQuery, event_record, present};
+use crate::query::{
+    CountQuery, CountRow, EventFilter, Field, HOURLY_FIELDS, SearchQuery, event_record, present, split_for_rollup,
+};
 
 /// Reads Vigil's ClickHouse database.
 #[derive(Clone)]
@@ -59,6 +62,7 @@ struct Source {
 }
 
 const RAW: Source = Source { table: "events", time_ms: "occurred_ms", count: "count()" };
+const PER_HOUR: Source = Source { table: "events_per_hour", time_ms: "(toUInt64(hour) * 1000)", count: "sum(events)" };
 const PER_MINUTE: Source =
     Source { table: "events_per_minute", time_ms: "(toUInt64(minute) * 1000)", count: "sum(events)" };
 // A Date converts to its day number since the epoch.
@@ -81,16 +85,17 @@ fn aligned(at: Option<DateTime<Utc>>, grain_ms: i64) -> bool {
     at.is_none_or(|t| t.timestamp_millis().rem_euclid(grain_ms) == 0)
 }
 
-/// A rollup when it holds every field the query touches and its time grain divides the
-/// query's bounds and step (the coarsest such); else the raw events.
-fn source_for(query: &CountQuery) -> &'static Source {
-    if query.filter.external_only {
-        // The rollups do not keep `internal`.
+/// Where a count over `filter` is read from, when it is read whole: the per-day or per-minute
+/// rollup when it holds every field the query touches and its grain divides the bounds and
+/// step (the coarsest such), else the raw events.
+fn whole_source(query: &CountQuery, filter: &EventFilter) -> &'static Source {
+    if filter.external_only {
+        // Only the hourly rollup keeps `internal`.
         return &RAW;
     }
-    let fields: Vec<Field> = query.group_by.iter().copied().chain(query.filter.fields()).collect();
+    let fields: Vec<Field> = query.group_by.iter().copied().chain(filter.fields()).collect();
     let kept = |rollup: &[Field]| fields.iter().all(|f| rollup.contains(f));
-    let bounds = |grain_ms: i64| aligned(query.filter.from, grain_ms) && aligned(query.filter.to, grain_ms);
+    let bounds = |grain_ms: i64| aligned(filter.from, grain_ms) && aligned(filter.to, grain_ms);
     if kept(&DAY_FIELDS) && bounds(86_400_000) && query.step_minutes.is_none_or(|s| s % 1440 == 0) {
         return &PER_DAY;
     }
@@ -98,6 +103,26 @@ fn source_for(query: &CountQuery) -> &'static Source {
         return &PER_MINUTE;
     }
     &RAW
+}
+
+/// The reads a count is made of: the whole query from one source; or, when the hourly rollup
+/// keeps every field the query touches and the step is whole hours (and the day rollup does
+/// not answer it whole), the whole hours of the range from the hourly rollup and the partial
+/// hours at either end from their own best source. A group may then come in several rows;
+/// callers sum them.
+fn plan(query: &CountQuery) -> Vec<(&'static Source, EventFilter)> {
+    let whole = whole_source(query, &query.filter);
+    let hourly = query.group_by.iter().copied().chain(query.filter.fields()).all(|f| HOURLY_FIELDS.contains(&f))
+        && query.step_minutes.is_none_or(|s| s % 60 == 0);
+    if std::ptr::eq(whole, &PER_DAY) || !hourly {
+        return vec![(whole, query.filter.clone())];
+    }
+    let Some((inner, edges)) = split_for_rollup(&query.filter, 3_600_000) else {
+        return vec![(whole, query.filter.clone())];
+    };
+    let mut plan = vec![(&PER_HOUR, inner)];
+    plan.extend(edges.into_iter().map(|edge| (whole_source(query, &edge), edge)));
+    plan
 }
 
 /// A value bound to a `?` of rendered SQL (the client escapes it).
@@ -169,8 +194,20 @@ impl ClickHouseReader {
     /// # Errors
     /// When ClickHouse refuses or cannot be reached.
     pub async fn counts(&self, query: &CountQuery) -> Result<Vec<CountRow>, ClickHouseError> {
-        let source = source_for(query);
-        let (condition, values) = render_filter(&query.filter, source.time_ms);
+        let mut rows = Vec::new();
+        for (source, filter) in plan(query) {
+            rows.extend(self.counts_from(source, &filter, query).await?);
+        }
+        Ok(rows)
+    }
+
+    async fn counts_from(
+        &self,
+        source: &Source,
+        filter: &EventFilter,
+        query: &CountQuery,
+    ) -> Result<Vec<CountRow>, ClickHouseError> {
+        let (condition, values) = render_filter(filter, source.time_ms);
         let fields: Vec<&str> = query.group_by.iter().map(|f| f.column()).collect();
         let bucket = match query.step_minutes {
             Some(step) => {
