@@ -102,6 +102,8 @@ fn main() {
             }
         }
         serde_json::json!({
+            "commit": std::env::var("VIGIL_BENCH_COMMIT").unwrap_or_else(|_| "unknown".into()),
+            "date": Utc::now().date_naive().to_string(),
             "events": n,
             "days": DAYS,
             "rounds": rounds,

@@ -58,15 +58,42 @@ struct Source {
     table: &'static str,
     /// The row's time in epoch milliseconds.
     time_ms: &'static str,
+    /// How time bounds are written so the table's partitions and key prune them.
+    index: TimeIndex,
     count: &'static str,
 }
 
-const RAW: Source = Source { table: "events", time_ms: "occurred_ms", count: "count()" };
-const PER_HOUR: Source = Source { table: "events_per_hour", time_ms: "(toUInt64(hour) * 1000)", count: "sum(events)" };
-const PER_MINUTE: Source =
-    Source { table: "events_per_minute", time_ms: "(toUInt64(minute) * 1000)", count: "sum(events)" };
+/// The time column a source's partitions and sorting key are on.
+enum TimeIndex {
+    /// `events`: bounds on `occurred_ms`, and the same bounds on `occurred_at` (whole seconds),
+    /// which the partitions and the key are on.
+    Raw,
+    /// A rollup's `DateTime` column; its bounds fall on the rollup's grain.
+    Column(&'static str),
+    /// The day rollup (small): bounds on `time_ms`.
+    Day,
+}
+
+const RAW: Source = Source { table: "events", time_ms: "occurred_ms", index: TimeIndex::Raw, count: "count()" };
+const PER_HOUR: Source = Source {
+    table: "events_per_hour",
+    time_ms: "(toUInt64(hour) * 1000)",
+    index: TimeIndex::Column("hour"),
+    count: "sum(events)",
+};
+const PER_MINUTE: Source = Source {
+    table: "events_per_minute",
+    time_ms: "(toUInt64(minute) * 1000)",
+    index: TimeIndex::Column("minute"),
+    count: "sum(events)",
+};
 // A Date converts to its day number since the epoch.
-const PER_DAY: Source = Source { table: "events_per_day", time_ms: "(toUInt64(day) * 86400000)", count: "sum(events)" };
+const PER_DAY: Source = Source {
+    table: "events_per_day",
+    time_ms: "(toUInt64(day) * 86400000)",
+    index: TimeIndex::Day,
+    count: "sum(events)",
+};
 
 /// The fields `events_per_minute` keeps.
 const MINUTE_FIELDS: [Field; 4] = [Field::EgressSource, Field::Provider, Field::Kind, Field::BounceClass];
@@ -133,16 +160,42 @@ enum Bound {
 
 /// The WHERE clause of a filter over `time_ms`, with `?` for every value, and the values in
 /// order.
-fn render_filter(filter: &EventFilter, time_ms: &str) -> (String, Vec<Bound>) {
+fn render_filter(filter: &EventFilter, source: &Source) -> (String, Vec<Bound>) {
     let mut conditions = vec!["1".to_owned()];
     let mut values = Vec::new();
-    if let Some(from) = filter.from {
-        conditions.push(format!("{time_ms} >= ?"));
-        values.push(Bound::Number(millis(from)));
+    let time_ms = source.time_ms;
+    if let Some(from) = filter.from.map(millis) {
+        match source.index {
+            TimeIndex::Raw => {
+                conditions.push("occurred_ms >= ? AND occurred_at >= toDateTime(?)".to_owned());
+                values.extend([Bound::Number(from), Bound::Number(from / 1000)]);
+            }
+            TimeIndex::Column(column) => {
+                conditions.push(format!("{column} >= toDateTime(?)"));
+                values.push(Bound::Number(from / 1000));
+            }
+            TimeIndex::Day => {
+                conditions.push(format!("{time_ms} >= ?"));
+                values.push(Bound::Number(from));
+            }
+        }
     }
-    if let Some(to) = filter.to {
-        conditions.push(format!("{time_ms} < ?"));
-        values.push(Bound::Number(millis(to)));
+    if let Some(to) = filter.to.map(millis) {
+        match source.index {
+            TimeIndex::Raw => {
+                // `occurred_at` is `occurred_ms` in whole seconds, so `occurred_ms < to` implies this.
+                conditions.push("occurred_ms < ? AND occurred_at <= toDateTime(?)".to_owned());
+                values.extend([Bound::Number(to), Bound::Number(to.saturating_sub(1) / 1000)]);
+            }
+            TimeIndex::Column(column) => {
+                conditions.push(format!("{column} < toDateTime(?)"));
+                values.push(Bound::Number(to / 1000));
+            }
+            TimeIndex::Day => {
+                conditions.push(format!("{time_ms} < ?"));
+                values.push(Bound::Number(to));
+            }
+        }
     }
     if !filter.kinds.is_empty() {
         conditions.push(format!("kind IN ({})", vec!["?"; filter.kinds.len()].join(", ")));
@@ -207,7 +260,7 @@ impl ClickHouseReader {
         filter: &EventFilter,
         query: &CountQuery,
     ) -> Result<Vec<CountRow>, ClickHouseError> {
-        let (condition, values) = render_filter(filter, source.time_ms);
+        let (condition, values) = render_filter(filter, source);
         let fields: Vec<&str> = query.group_by.iter().map(|f| f.column()).collect();
         let bucket = match query.step_minutes {
             Some(step) => {
@@ -243,7 +296,7 @@ impl ClickHouseReader {
     /// # Errors
     /// When ClickHouse refuses or cannot be reached.
     pub async fn search(&self, query: &SearchQuery) -> Result<Vec<EventRecord>, ClickHouseError> {
-        let (mut condition, mut values) = render_filter(&query.filter, "occurred_ms");
+        let (mut condition, mut values) = render_filter(&query.filter, &RAW);
         if let Some((at, event_id)) = &query.before {
             condition.push_str(" AND (occurred_ms < ? OR (occurred_ms = ? AND event_id < ?))");
             values.extend([Bound::Number(millis(*at)), Bound::Number(millis(*at)), Bound::Text(event_id.clone())]);
