@@ -21,7 +21,7 @@ use vigil_warehouse::Store;
 
 use crate::ApiError;
 use crate::analytics::timeseries::TimeseriesQuery;
-use crate::analytics::{DimensionFilters, Range};
+use crate::analytics::{DimensionFilters, Range, page_size};
 use crate::routes::parse_time;
 
 const SCOPES_HELP: &str =
@@ -261,10 +261,7 @@ async fn timeseries(
     };
     let scope = parse_scope("group_by", params.group_by.as_deref().unwrap_or("provider"))?;
     let step = parse_minutes("step", params.step.as_deref().unwrap_or("5m"))?;
-    let limit = params.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_SERIES {
-        return Err(ApiError::BadRequest(format!("`limit` must be 1 to {MAX_SERIES}")));
-    }
+    let limit = page_size(params.limit, 100, MAX_SERIES)?;
     if params.from.is_some() {
         if params.window.is_some() {
             return Err(ApiError::BadRequest("give either `from` (and `to`) or `window`, not both".into()));
@@ -358,10 +355,7 @@ async fn suppressions(
     State(state): State<SharedState>,
     Query(params): Query<SuppressionParams>,
 ) -> Result<Response, ApiError> {
-    let limit = params.limit.unwrap_or(1000);
-    if limit == 0 || limit > MAX_SUPPRESSION_PAGE {
-        return Err(ApiError::BadRequest(format!("`limit` must be 1 to {MAX_SUPPRESSION_PAGE}")));
-    }
+    let limit = page_size(params.limit, 1000, MAX_SUPPRESSION_PAGE)?;
     let format = params.format.as_deref().unwrap_or("json");
     if !matches!(format, "json" | "csv" | "listmonk") {
         return Err(ApiError::BadRequest(format!("unknown format `{format}`; use json, csv or listmonk")));

@@ -88,10 +88,7 @@ async fn dead_letters(
     State(state): State<ApiState>,
     Query(params): Query<DeadLetterParams>,
 ) -> Result<Json<DeadLetterResponse>, ApiError> {
-    let limit = params.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_DEAD_LETTER_PAGE {
-        return Err(ApiError::BadRequest(format!("`limit` must be 1 to {MAX_DEAD_LETTER_PAGE}")));
-    }
+    let limit = crate::analytics::page_size(params.limit, 100, MAX_DEAD_LETTER_PAGE)?;
     let log = state.log.clone();
     let from = params.from.unwrap_or(0);
     let (total, rows) = tokio::task::spawn_blocking(move || {
