@@ -38,7 +38,8 @@ const DAYS: u32 = 35;
 
 fn app(store: Store) -> Router {
     let state = Arc::new(RwLock::new(DerivedState::new()));
-    vigil_query::analytics::router(store.clone()).merge(vigil_query::live::router(state, Some(store)))
+    vigil_query::analytics::router(store.clone())
+        .merge(vigil_query::live::router(vigil_processor::view::View::new(state), Some(store)))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {

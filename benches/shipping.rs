@@ -2,7 +2,7 @@
 //! side in one run against the same tansu broker on this machine.
 //!
 //! - Anchor, the bare producer: the same KumoMTA lines, unparsed, sent with the producer
-//!   settings Vigil uses (`vigil_ingest::kafka::producer_config`) until all are acknowledged.
+//!   settings Vigil uses (`vigil_log::kafka::producer_config`) until all are acknowledged.
 //!   It is the ceiling of the path: no file reading, parsing, buffer or checkpoints.
 //! - Vigil: `vigil ingest` tailing a directory holding the same lines, from process start until
 //!   the broker acknowledged every event (`vigil_ship_events_total`).
@@ -61,17 +61,17 @@ fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) {
     }
 }
 
-fn config(brokers: &str) -> vigil_ingest::kafka::KafkaConfig {
+fn config(brokers: &str) -> vigil_log::kafka::KafkaConfig {
     toml::from_str(&format!("brokers = \"{brokers}\"\npartitions = 6\n")).unwrap()
 }
 
 async fn bare_producer(brokers: &str, topic: &str, lines: &[String]) -> f64 {
     // The topic exists before the clock starts, as Vigil's does after its first round trip.
     let admin: AdminClient<DefaultClientContext> =
-        vigil_ingest::kafka::producer_config(&config(brokers)).create().unwrap();
+        vigil_log::kafka::producer_config(&config(brokers)).create().unwrap();
     let new_topic = NewTopic::new(topic, 6, TopicReplication::Fixed(1));
     admin.create_topics([&new_topic], &AdminOptions::new()).await.unwrap();
-    let producer: FutureProducer = vigil_ingest::kafka::producer_config(&config(brokers)).create().unwrap();
+    let producer: FutureProducer = vigil_log::kafka::producer_config(&config(brokers)).create().unwrap();
     let start = Instant::now();
     let mut deliveries = Vec::with_capacity(lines.len());
     for line in lines {

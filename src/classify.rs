@@ -27,7 +27,7 @@ struct LineResult<'a> {
 
 pub fn classify(args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
     let mut builder = ClassifierBuilder::new();
-    for file in &args.rules {
+    for file in &crate::cli::bounce_rules(&args.bounce_rules, &args.rules) {
         builder.add_file(file)?;
     }
     let classifier = builder.with_bundled_rules().build()?;

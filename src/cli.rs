@@ -35,6 +35,15 @@ pub enum Command {
     /// Create Vigil's ClickHouse database and tables, or bring them up to this version's schema
     /// (`schemas/clickhouse/`); safe to run again.
     Migrate(MigrateArgs),
+    /// Validate configuration files (the format every role reads) without starting anything.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The files to check (see `examples/vigil.toml`).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -83,7 +92,8 @@ impl ClickHouseLogin {
 
 #[derive(Debug, Args)]
 pub struct ProcessArgs {
-    /// The processor configuration (TOML); see `examples/process.toml`.
+    /// The configuration (TOML, the format of every role); see `examples/vigil.toml` and
+    /// `examples/process.toml`.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
 }
@@ -105,13 +115,17 @@ pub struct ReplayArgs {
     pub action_rules: Option<PathBuf>,
     /// What-if: replay under this action rules file (see `processor/data/rules/default.toml`)
     /// and print the decisions that would differ from those recorded.
-    #[arg(long = "rules", value_name = "FILE")]
+    #[arg(long = "what-if-rules", value_name = "FILE")]
+    pub what_if_rules: Option<PathBuf>,
+    /// Deprecated name of `--what-if-rules`.
+    #[arg(long = "rules", value_name = "FILE", hide = true, conflicts_with = "what_if_rules")]
     pub rules: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
-    /// The ingest configuration (TOML); see `examples/ingest.toml`.
+    /// The configuration (TOML, the format of every role); see `examples/vigil.toml` and
+    /// `examples/ingest.toml`.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
 }
@@ -120,7 +134,10 @@ pub struct IngestArgs {
 pub struct ClassifyArgs {
     /// Extra bounce-classifier rule files (KumoMTA format, TOML or JSON), checked before the
     /// bundled ones. Repeatable; first match wins.
-    #[arg(long = "rules", value_name = "FILE")]
+    #[arg(long = "bounce-rules", value_name = "FILE")]
+    pub bounce_rules: Vec<PathBuf>,
+    /// Deprecated name of `--bounce-rules`.
+    #[arg(long = "rules", value_name = "FILE", hide = true)]
     pub rules: Vec<PathBuf>,
     /// Decode these bounce / complaint / auto-reply emails instead of reading stdin: one JSON
     /// object per reported recipient.
@@ -130,6 +147,10 @@ pub struct ClassifyArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The configuration file (the format of every role, `examples/vigil.toml`); the flags
+    /// below override its keys, and `VIGIL_*` variables sit between the two.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Where the log of record, the warehouse and checkpoints live.
     #[arg(long, env = "VIGIL_DATA_DIR", default_value = "./vigil-data")]
     pub data_dir: PathBuf,
@@ -142,7 +163,10 @@ pub struct RunArgs {
     pub sources: crate::sources::SourcesConfig,
     /// Extra bounce-classifier rule files (KumoMTA format, TOML or JSON), loaded before the
     /// bundled ones so they win. Repeatable; first file wins.
-    #[arg(long = "rules", value_name = "FILE")]
+    #[arg(long = "bounce-rules", value_name = "FILE")]
+    pub bounce_rules: Vec<PathBuf>,
+    /// Deprecated name of `--bounce-rules`.
+    #[arg(long = "rules", value_name = "FILE", hide = true)]
     pub rules: Vec<PathBuf>,
     /// The rules that act (KumoMTA automation rules, rate rules, warm-up plans); default:
     /// the bundled set, `processor/data/rules/default.toml`.
@@ -186,6 +210,91 @@ pub struct RunArgs {
     /// Most ingest requests handled at once; more get a 503 (KumoMTA retries them).
     #[arg(long, default_value_t = DEFAULT_MAX_INGEST_IN_FLIGHT)]
     pub max_ingest_in_flight: usize,
+    /// `[[actuation.webhooks]]` of the configuration file, beside `--webhook-url`.
+    #[arg(skip)]
+    pub webhooks: Vec<vigil_processor::actuation::push::WebhookConfig>,
+    /// `[[api.tokens]]` of the configuration file, beside `--api-tokens`.
+    #[arg(skip)]
+    pub tokens: Vec<vigil_query::auth::TokenConfig>,
+    /// `[processor] snapshot_seconds` of the configuration file.
+    #[arg(skip = 60u64)]
+    pub snapshot_seconds: u64,
+}
+
+/// The deprecated `--rules` of `vigil run` and `vigil classify`: its files, with a warning,
+/// after those of `--bounce-rules`.
+pub fn bounce_rules(bounce_rules: &[PathBuf], deprecated: &[PathBuf]) -> Vec<PathBuf> {
+    if !deprecated.is_empty() {
+        eprintln!("warning: --rules is deprecated here; use --bounce-rules (it means the same)");
+    }
+    bounce_rules.iter().chain(deprecated).cloned().collect()
+}
+
+impl RunArgs {
+    /// Layers the configuration file (`--config`) and `VIGIL_*` variables under the flags:
+    /// a key of the file applies unless its flag was given on the command line or through
+    /// the flag's variable.
+    ///
+    /// # Errors
+    /// When the file is not a valid configuration.
+    pub fn with_config_file(mut self, matches: &clap::ArgMatches) -> anyhow::Result<Self> {
+        use crate::config::{Config, Role};
+        use clap::parser::ValueSource;
+        let given =
+            |id: &str| matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+        self.bounce_rules = bounce_rules(&self.bounce_rules, &self.rules);
+        let config = match &self.config {
+            Some(path) => Config::read(path)?,
+            None => Config::default(),
+        }
+        .with_environment(|v| std::env::var(v).ok())?;
+        if self.config.is_some() {
+            config.note_ignored(Role::Run);
+        }
+        macro_rules! layer {
+            ($id:literal, $target:expr, $value:expr) => {
+                if !given($id) {
+                    $target = $value;
+                }
+            };
+        }
+        layer!("data_dir", self.data_dir, config.data_dir);
+        if let Some(listen) = config.listen {
+            layer!("listen", self.listen, listen);
+        }
+        let sources = config.sources;
+        layer!("kumomta_logs", self.sources.kumomta_logs, sources.kumomta_logs);
+        layer!("postfix_logs", self.sources.postfix_logs, sources.postfix_logs);
+        layer!("exim_logs", self.sources.exim_logs, sources.exim_logs);
+        layer!("powermta_accounting", self.sources.powermta_accounting, sources.powermta_accounting);
+        layer!("syslog_udp", self.sources.syslog_udp, sources.syslog_udp);
+        layer!("syslog_tcp", self.sources.syslog_tcp, sources.syslog_tcp);
+        layer!("syslog_format", self.sources.syslog_format, sources.syslog_format);
+        layer!("max_line_bytes", self.sources.max_line_bytes, sources.max_line_bytes);
+        layer!("tail_interval_ms", self.sources.tail_interval_ms, sources.tail_interval_ms);
+        layer!("time_zone", self.sources.time_zone, sources.time_zone);
+        self.sources.postfix_egress = sources.postfix_egress;
+        if !given("bounce_rules") && !given("rules") {
+            self.bounce_rules = config.classifier.bounce_rules;
+        }
+        layer!("action_rules", self.action_rules, config.actuation.rules);
+        layer!("kumod_url", self.kumod_url, config.actuation.kumod_url);
+        layer!("api_token", self.api_token, config.actuation.api_token);
+        layer!("trusted_hosts", self.trusted_hosts, config.actuation.trusted_hosts);
+        layer!("api_tokens", self.api_tokens, config.api.tokens_file);
+        layer!("max_body_bytes", self.max_body_bytes, config.api.max_body_bytes);
+        layer!("max_ingest_in_flight", self.max_ingest_in_flight, config.api.max_ingest_in_flight);
+        if let Some(clickhouse) = config.clickhouse {
+            layer!("clickhouse_url", self.clickhouse_url, Some(clickhouse.url));
+            layer!("database", self.clickhouse.database, clickhouse.database);
+            layer!("user", self.clickhouse.user, clickhouse.user);
+            layer!("password", self.clickhouse.password, clickhouse.password);
+        }
+        self.webhooks = config.actuation.webhooks;
+        self.tokens = config.api.tokens;
+        self.snapshot_seconds = config.processor.snapshot_seconds;
+        Ok(self)
+    }
 }
 
 /// The HTTP ingest bounds' defaults, for the flags and for `vigil ingest`'s configuration.

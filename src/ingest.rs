@@ -4,66 +4,24 @@
 //! append to an on-disk buffer (the embedded log, bounded) that the Kafka forwarder drains, and
 //! so do file tails while the broker is away. Nothing is lost or dropped.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use axum::routing::get;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use vigil_ingest::direct::DirectShipper;
-use vigil_ingest::kafka::{BUFFER_CONSUMER, BUFFER_DEAD_LETTER_CURSOR, Forwarder, KafkaConfig};
+use vigil_ingest::forward::{BUFFER_CONSUMER, BUFFER_DEAD_LETTER_CURSOR, Forwarder};
 use vigil_log::EventLog;
 
 use crate::cli::IngestArgs;
-use crate::sources::SourcesConfig;
-
-/// The configuration file (TOML).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IngestConfig {
-    /// Where the buffer and the sources' checkpoints live.
-    data_dir: PathBuf,
-    /// The HTTP listener for the KumoMTA log hook, `/metrics` and `/healthz`; none without it.
-    listen: Option<SocketAddr>,
-    #[serde(default = "default_max_body_bytes")]
-    max_body_bytes: usize,
-    #[serde(default = "default_max_in_flight")]
-    max_ingest_in_flight: usize,
-    #[serde(default)]
-    sources: SourcesConfig,
-    kafka: KafkaConfig,
-    #[serde(default)]
-    buffer: BufferConfig,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BufferConfig {
-    /// Events kept on disk while the broker has not acknowledged them; beyond this, tails
-    /// pause and the HTTP hook answers 503.
-    max_events: u64,
-}
-
-impl Default for BufferConfig {
-    fn default() -> Self {
-        Self { max_events: 1_000_000 }
-    }
-}
-
-fn default_max_body_bytes() -> usize {
-    crate::cli::DEFAULT_MAX_BODY_BYTES
-}
-fn default_max_in_flight() -> usize {
-    crate::cli::DEFAULT_MAX_INGEST_IN_FLIGHT
-}
+use crate::config::{Config, Role};
 
 pub fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
-    crate::run::run_with_config(&args.config, serve)
+    crate::run::run_with_config(&args.config, Role::Ingest, serve)
 }
 
-async fn serve(config: IngestConfig) -> anyhow::Result<()> {
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let kafka = config.kafka(Role::Ingest)?.clone();
     let buffer_dir = config.data_dir.join("buffer");
     let log = EventLog::open(&buffer_dir)
         .with_context(|| format!("opening the buffer in {}", buffer_dir.display()))?
@@ -72,9 +30,10 @@ async fn serve(config: IngestConfig) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     if let Some(listen) = config.listen {
-        let app = vigil_ingest::kumomta::router(log.clone(), config.max_body_bytes, config.max_ingest_in_flight)
-            .merge(crate::metrics::router(log.clone(), None))
-            .route("/healthz", get(|| async { "ok\n" }));
+        let app =
+            vigil_ingest::kumomta::router(log.clone(), config.api.max_body_bytes, config.api.max_ingest_in_flight)
+                .merge(crate::metrics::router(log.clone(), None))
+                .route("/healthz", get(|| async { "ok\n" }));
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let bound = listener.local_addr()?;
         if !bound.ip().is_loopback() {
@@ -85,13 +44,13 @@ async fn serve(config: IngestConfig) -> anyhow::Result<()> {
         crate::run::spawn_http(&mut tasks, listener, app, &shutdown);
     }
     tracing::info!(
-        brokers = %config.kafka.brokers,
-        topic = %config.kafka.topic,
+        brokers = %kafka.brokers,
+        topic = %kafka.events_topic,
         buffer = config.buffer.max_events,
         "vigil ingest starting"
     );
-    let direct = Arc::new(DirectShipper::new(log.clone(), config.kafka.clone()).context("Kafka producer")?);
-    let forwarder = Forwarder::new(log.clone(), config.kafka, direct.topics_ready());
+    let direct = Arc::new(DirectShipper::new(log.clone(), kafka.clone()).context("Kafka producer")?);
+    let forwarder = Forwarder::new(log.clone(), kafka, direct.topics_ready());
     {
         let stop = shutdown.clone();
         tasks.spawn(async move { forwarder.run(stop).await.context("Kafka forwarder") });
@@ -107,13 +66,15 @@ async fn serve(config: IngestConfig) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]
     fn the_example_configuration_parses() {
         let text = include_str!("../examples/ingest.toml");
-        let config: IngestConfig = toml::from_str(text).expect("examples/ingest.toml is valid");
-        assert_eq!(config.kafka.topic, "vigil.events");
+        let config = Config::parse(text).expect("examples/ingest.toml is valid");
+        assert_eq!(config.kafka(Role::Ingest).unwrap().events_topic, "vigil.events");
         assert_eq!(config.buffer.max_events, 1_000_000);
         assert_eq!(config.sources.kumomta_logs, [PathBuf::from("/var/log/kumomta")]);
     }
@@ -121,7 +82,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         let text = "data_dir = \"/tmp/x\"\n[kafka]\nbrokers = \"b:9092\"\ntopics = \"typo\"\n";
-        let error = toml::from_str::<IngestConfig>(text).unwrap_err().to_string();
+        let error = Config::parse(text).unwrap_err().to_string();
         assert!(error.contains("topics"), "{error}");
     }
 }

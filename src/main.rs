@@ -2,6 +2,7 @@
 
 mod classify;
 mod cli;
+mod config;
 mod demo;
 mod ingest;
 mod metrics;
@@ -12,7 +13,7 @@ mod replay;
 mod run;
 mod sources;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 /// mimalloc rather than the system allocator: decoding events allocates a string per field,
 /// and glibc's allocator spent a fifth of the processor's time consolidating and unlinking
@@ -21,11 +22,13 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
-    let cli = cli::Cli::parse();
+    let matches = cli::Cli::command().get_matches();
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         cli::Command::Run(args) => {
             init_tracing();
-            run::run(args)?;
+            let run_matches = matches.subcommand_matches("run").expect("the run subcommand matched");
+            run::run(args.with_config_file(run_matches)?)?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         cli::Command::Ingest(args) => {
@@ -46,6 +49,10 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         cli::Command::Migrate(args) => {
             init_tracing();
             migrate::migrate(args)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        cli::Command::CheckConfig(args) => {
+            config::check(&args.files)?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         cli::Command::Parse(args) => parse::parse(&args),

@@ -16,12 +16,8 @@ use crate::cli::ReplayArgs;
 
 #[derive(Debug, Serialize)]
 struct Report {
-    offset: u64,
-    digest: String,
-    actions_digest: String,
-    scopes: usize,
-    suppressions: usize,
-    too_late: u64,
+    #[serde(flatten)]
+    state: vigil_schemas::api::StateResponse,
     provider_map_version: u32,
     seconds: f64,
 }
@@ -40,21 +36,15 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     let until = args.until.unwrap_or_else(|| log.head()).min(log.head());
     let started = std::time::Instant::now();
     let mut state = DerivedState::new();
-    if let Some(rules) = &args.rules {
+    if args.rules.is_some() {
+        eprintln!("warning: `vigil replay --rules` is deprecated; use --what-if-rules (it means the same)");
+    }
+    if let Some(rules) = args.what_if_rules.as_ref().or(args.rules.as_ref()) {
         return what_if(&log, &enricher, rules, &args.data_dir, until);
     }
     let fold = FoldRules::new(crate::run::load_rules(args.action_rules.as_deref())?);
     vigil_processor::pipeline::catch_up(&log, &enricher, &fold, &mut state, until, &mut |_| {})?;
-    let report = Report {
-        offset: state.offset,
-        digest: state.digest(),
-        actions_digest: state.actions_digest(),
-        scopes: state.reputation.scope_count(),
-        suppressions: state.suppressions.len(),
-        too_late: state.reputation.too_late(),
-        provider_map_version,
-        seconds: started.elapsed().as_secs_f64(),
-    };
+    let report = Report { state: state.summary(), provider_map_version, seconds: started.elapsed().as_secs_f64() };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

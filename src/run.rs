@@ -15,6 +15,7 @@ use vigil_log::EventLog;
 use vigil_processor::actuation::RuleSet;
 use vigil_processor::actuation::push::{Outbox, PushConfig, WebhookConfig};
 use vigil_processor::state::FoldRules;
+use vigil_processor::view::View;
 use vigil_processor::{ClassifierBuilder, Enricher, Pipeline, PipelineConfig, ProviderMap};
 use vigil_query::ApiState;
 use vigil_query::auth::{TokenConfig, Tokens};
@@ -37,11 +38,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let log = EventLog::open(&log_dir).with_context(|| format!("opening the log in {}", log_dir.display()))?;
     let writer = ParquetWriter::open(&warehouse_dir)?;
 
-    let classifier = build_classifier(&args.rules)?;
+    let classifier = build_classifier(&args.bounce_rules)?;
     tracing::info!(patterns = classifier.rule_count(), "bounce classifier loaded");
     let enricher = Enricher::new(Arc::new(classifier), Arc::new(ProviderMap::bundled()));
     let config = PipelineConfig {
         state_dir: Some(vigil_processor::pipeline::state_dir(&args.data_dir)),
+        snapshot_interval: Duration::from_secs(args.snapshot_seconds.max(1)),
         ..PipelineConfig::default()
     };
     let state_dir = vigil_processor::pipeline::state_dir(&args.data_dir);
@@ -50,7 +52,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let pipeline = Pipeline::new(log.clone(), writer, enricher.clone(), config)
         .with_rules(FoldRules::new(rules), Some(outbox.clone()));
 
-    let tokens = load_tokens(args.api_tokens.as_deref())?;
+    let tokens = load_tokens(&args.tokens, args.api_tokens.as_deref())?;
     let ready = Arc::new(AtomicBool::new(false));
     let clickhouse = args.clickhouse_url.as_deref().map(|url| args.clickhouse.config(url));
     let store = match &clickhouse {
@@ -63,11 +65,15 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         }
         None => Store::Parquet(Reader::new(&warehouse_dir)),
     };
-    let api =
-        vigil_query::router(ApiState { store, state: pipeline.state(), log: log.clone(), ready: Arc::clone(&ready) });
+    let api = vigil_query::router(ApiState {
+        store,
+        view: View::new(pipeline.state()),
+        log: log.clone(),
+        ready: Arc::clone(&ready),
+    });
     let app = api
         .merge(vigil_query::actions::router(vigil_query::actions::ActionsState {
-            state: pipeline.state(),
+            view: View::new(pipeline.state()),
             outbox: outbox.clone(),
             token: args.api_token.clone(),
             trusted_hosts: args.trusted_hosts.clone(),
@@ -108,9 +114,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         kumod_url: args.kumod_url.clone(),
         webhooks: match (&args.webhook_url, &args.webhook_secret) {
             (Some(url), Some(secret)) => {
-                vec![WebhookConfig { name: "default".into(), url: url.clone(), secret: secret.clone() }]
+                let flag = WebhookConfig { name: "default".into(), url: url.clone(), secret: secret.clone() };
+                args.webhooks.iter().cloned().chain([flag]).collect()
             }
-            _ => Vec::new(),
+            _ => args.webhooks.clone(),
         },
     };
     for pusher in vigil_processor::actuation::push::spawn(&outbox, &push, &shutdown) {
@@ -131,7 +138,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
 
     crate::sources::start(&args.sources, &log, None, &mut tasks, &shutdown).await?;
     #[cfg(unix)]
-    tasks.spawn(reload_on_sighup(args.rules.clone(), enricher, action_rules, shutdown.clone()));
+    tasks.spawn(reload_on_sighup(args.bounce_rules.clone(), enricher, action_rules, shutdown.clone()));
     if args.demo {
         tracing::info!("demo traffic on: synthetic KumoMTA records for 4 egress sources and 5 providers");
         tasks.spawn(crate::demo::run(log.clone(), shutdown.clone()).map_ok());
@@ -226,16 +233,20 @@ async fn reload_on_sighup(
 }
 
 /// The API tokens file (`[[tokens]]`); none: no tokens.
-fn load_tokens(file: Option<&std::path::Path>) -> anyhow::Result<Tokens> {
+/// The API's role tokens: those written in the configuration and those of a tokens file.
+pub(crate) fn load_tokens(inline: &[TokenConfig], file: Option<&std::path::Path>) -> anyhow::Result<Tokens> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct TokensFile {
         tokens: Vec<TokenConfig>,
     }
-    let Some(file) = file else { return Ok(Tokens::default()) };
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let parsed: TokensFile = toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
-    Tokens::new(&parsed.tokens).with_context(|| format!("in {}", file.display()))
+    let mut tokens = inline.to_vec();
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let parsed: TokensFile = toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+        tokens.extend(parsed.tokens);
+    }
+    Tokens::new(&tokens).context("in the API tokens ([api] tokens, tokens_file)")
 }
 
 /// Serves `app` on `listener` as one of `tasks`, until `shutdown`.
@@ -257,16 +268,18 @@ pub(crate) fn spawn_http(
 
 /// Reads and parses a role's TOML configuration, naming the file in every error, then runs
 /// the role on a multi-threaded runtime.
-pub(crate) fn run_with_config<C, F>(path: &std::path::Path, role: impl FnOnce(C) -> F) -> anyhow::Result<()>
+pub(crate) fn run_with_config<F>(
+    path: &std::path::Path,
+    role: crate::config::Role,
+    serve: impl FnOnce(crate::config::Config) -> F,
+) -> anyhow::Result<()>
 where
-    C: serde::de::DeserializeOwned,
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading the configuration {}", path.display()))?;
-    let config: C = toml::from_str(&text).with_context(|| format!("in the configuration {}", path.display()))?;
+    let config = crate::config::Config::read(path)?.with_environment(|v| std::env::var(v).ok())?;
+    config.note_ignored(role);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(role(config))
+    runtime.block_on(serve(config))
 }
 
 /// Lets `()`-returning tasks share a `JoinSet` with fallible ones.

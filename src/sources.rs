@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use vigil_ingest::direct::DirectShipper;
-use vigil_ingest::lines::Format;
+use vigil_ingest::lines::{Format, LineSettings, PostfixEgress, Zone};
 use vigil_ingest::syslog::SyslogIngest;
 use vigil_ingest::tail::{TailConfig, Tailer};
 use vigil_log::EventLog;
@@ -59,6 +59,42 @@ pub struct SourcesConfig {
     #[serde(default = "default_tail_interval_ms")]
     #[arg(long, default_value_t = default_tail_interval_ms())]
     pub tail_interval_ms: u64,
+    /// The time zone of log lines that carry none (RFC 3164 syslog, Postfix, Exim without
+    /// `log_timezone`): an IANA name such as `Europe/Berlin`. Default UTC.
+    #[serde(default)]
+    #[arg(long, value_name = "ZONE")]
+    pub time_zone: Option<Zone>,
+    /// Postfix logs no sending address: `[[sources.postfix_egress]]` entries map a transport
+    /// (`service`), an `instance` or a syslog `host` to an `egress_source` and `sending_ip`.
+    /// Configuration file only.
+    #[serde(default)]
+    #[arg(skip)]
+    pub postfix_egress: Vec<PostfixEgress>,
+}
+
+impl SourcesConfig {
+    /// What the line normalisers need to know of these sources.
+    #[must_use]
+    pub fn line_settings(&self) -> LineSettings {
+        LineSettings { time_zone: self.time_zone, postfix_egress: self.postfix_egress.clone() }
+    }
+
+    /// Refuses egress entries that could match nothing.
+    ///
+    /// # Errors
+    /// Naming the entry.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (i, egress) in self.postfix_egress.iter().enumerate() {
+            if egress.service.is_none() && egress.instance.is_none() && egress.host.is_none() {
+                anyhow::bail!(
+                    "[[sources.postfix_egress]] entry {} ({}) needs a `service`, `instance` or `host` to match",
+                    i + 1,
+                    egress.egress_source
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_max_line_bytes() -> usize {
@@ -80,6 +116,8 @@ impl Default for SourcesConfig {
             syslog_format: SyslogFormat::default(),
             max_line_bytes: default_max_line_bytes(),
             tail_interval_ms: default_tail_interval_ms(),
+            time_zone: None,
+            postfix_egress: Vec::new(),
         }
     }
 }
@@ -96,6 +134,7 @@ pub async fn start(
     tasks: &mut JoinSet<anyhow::Result<()>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    config.check()?;
     let tails = [
         (Format::Kumomta, &config.kumomta_logs),
         (Format::Postfix, &config.postfix_logs),
@@ -107,6 +146,7 @@ pub async fn start(
             let mut tail = TailConfig::new(path.clone(), format);
             tail.poll_interval = Duration::from_millis(config.tail_interval_ms.max(10));
             tail.max_line_bytes = config.max_line_bytes;
+            tail.settings = config.line_settings();
             tracing::info!(path = %path.display(), ?format, "tailing");
             let mut tailer = Tailer::new(tail, log.clone());
             if let Some(direct) = direct {
@@ -120,7 +160,7 @@ pub async fn start(
             SyslogFormat::Postfix => Format::Postfix,
             SyslogFormat::Exim => Format::Exim,
         };
-        let (syslog, normaliser) = SyslogIngest::start(format, log.clone(), shutdown.clone());
+        let (syslog, normaliser) = SyslogIngest::start(format, &config.line_settings(), log.clone(), shutdown.clone());
         tasks.spawn(async move { normaliser.await.context("syslog normaliser") });
         if let Some(addr) = config.syslog_udp {
             let socket =

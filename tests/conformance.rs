@@ -26,7 +26,8 @@ const BATCH: usize = 50_000;
 
 fn app(store: Store) -> Router {
     let state = Arc::new(RwLock::new(DerivedState::new()));
-    vigil_query::analytics::router(store.clone()).merge(vigil_query::live::router(state, Some(store)))
+    vigil_query::analytics::router(store.clone())
+        .merge(vigil_query::live::router(vigil_processor::view::View::new(state), Some(store)))
 }
 
 async fn get(app: &Router, uri: &str) -> (StatusCode, serde_json::Value) {

@@ -46,7 +46,7 @@ impl Process {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\nsnapshot_seconds = 1\n\
+                "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\n[processor]\nsnapshot_seconds = 1\n\
                  [kafka]\nbrokers = \"127.0.0.1:{port}\"\ngroup_id = \"{group}\"\nenriched_topic = \"{enriched}\"\n\
                  partitions = {PARTITIONS}\n\
                  [kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n{extra}",

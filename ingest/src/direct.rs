@@ -31,13 +31,11 @@ use std::time::Duration;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use tokio_util::sync::CancellationToken;
+use vigil_log::kafka::{KafkaConfig, ensure_topics, event_headers, event_key, producer_config};
 use vigil_log::{AppendBatch, EventLog, LogError};
 use vigil_schemas::{DeadLetter, DeliveryEvent};
 
-use crate::kafka::{
-    Acks, BUFFER_CONSUMER, ForwardError, KafkaConfig, ShipContext, ensure_topics, event_headers, event_key,
-    offset_opaque, producer_config,
-};
+use crate::forward::{Acks, BUFFER_CONSUMER, ForwardError, ShipContext, offset_opaque};
 
 /// Events sent and not yet acknowledged, at most; bounds the producer's memory (librdkafka
 /// holds a copy of each).
@@ -205,7 +203,7 @@ impl DirectShipper {
     /// When the buffer fails.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), ForwardError> {
         let shared = &self.shared;
-        let topics = [shared.config.topic.as_str(), shared.config.dead_letter_topic.as_str()];
+        let topics = [shared.config.events_topic.as_str(), shared.config.dead_letter_topic.as_str()];
         let client = producer_config(&shared.config);
         ensure_topics(&client, &topics, shared.config.partitions, shared.config.replication_factor, &shutdown)
             .await
@@ -345,7 +343,7 @@ impl Shared {
             let headers = event_headers(&self.schema_version, event.source.as_str(), &event.event_id);
             let record_key = event_key(event.egress_source.as_deref(), event.recipient_domain.as_deref());
             let sequence = acks.send_next();
-            let mut record = BaseRecord::with_opaque_to(&self.config.topic, offset_opaque(sequence))
+            let mut record = BaseRecord::with_opaque_to(&self.config.events_topic, offset_opaque(sequence))
                 .key(record_key)
                 .payload(&payload[..])
                 .headers(headers);

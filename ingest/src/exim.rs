@@ -25,11 +25,20 @@ struct MessageInfo {
 #[derive(Debug)]
 pub struct EximNormaliser {
     messages: BoundedMap<MessageInfo>,
+    /// The zone of lines without an offset (Exim without `log_timezone`); UTC without one.
+    zone: Option<crate::lines::Zone>,
 }
 
 impl Default for EximNormaliser {
     fn default() -> Self {
-        Self { messages: BoundedMap::new(MAX_MESSAGES) }
+        Self::new(None)
+    }
+}
+
+impl EximNormaliser {
+    #[must_use]
+    pub fn new(zone: Option<crate::lines::Zone>) -> Self {
+        Self { messages: BoundedMap::new(MAX_MESSAGES), zone }
     }
 }
 
@@ -102,11 +111,15 @@ impl LineNormaliser for EximNormaliser {
                 let seconds = (hours * 3600 + minutes * 60) * if zone.starts_with('-') { -1 } else { 1 };
                 (FixedOffset::east_opt(seconds), after)
             }
-            _ => (FixedOffset::east_opt(0), rest),
+            _ => (None, rest),
         };
-        let at = offset
-            .and_then(|o| o.from_local_datetime(&naive).single())
-            .map_or_else(|| Utc.from_utc_datetime(&naive), |t| t.with_timezone(&Utc));
+        let at = match offset {
+            Some(offset) => offset
+                .from_local_datetime(&naive)
+                .single()
+                .map_or_else(|| Utc.from_utc_datetime(&naive), |t| t.with_timezone(&Utc)),
+            None => crate::lines::local_time(&naive, self.zone),
+        };
         let Some((message, rest)) = rest.split_once(' ').filter(|(id, _)| is_message_id(id)) else {
             return Ok(Vec::new()); // queue runs, daemon notices
         };

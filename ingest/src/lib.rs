@@ -17,17 +17,17 @@
 //! - [`postfix`], [`exim`], [`powermta`]: the other MTAs' log normalisers, behind [`lines`].
 //! - [`tail`]: reading log files and directories into the log, with checkpoints.
 //! - [`syslog`]: UDP and TCP syslog receivers for Postfix and Exim lines.
-//! - [`kafka`]: the ingest role's forwarder from the on-disk buffer to Kafka.
+//! - [`forward`]: the ingest role's forwarder from the on-disk buffer to Kafka (the Kafka
+//!   binding itself, configuration and topics, is [`vigil_log::kafka`]).
 //! - [`direct`]: the ingest role's direct path from file tails to Kafka, spilling to the
 //!   buffer while the broker is away.
 //! - [`dsn`]: decoding bounce, complaint and auto-reply mail (RFC 3464, RFC 5965, RFC 3834 and
 //!   common non-standard bounce bodies).
 
-pub mod backoff;
 pub mod direct;
 pub mod dsn;
 pub mod exim;
-pub mod kafka;
+pub mod forward;
 pub mod kumomta;
 pub mod lines;
 pub mod metrics;

@@ -1,7 +1,8 @@
 //! Line-oriented log formats behind one interface, so the tail, syslog receivers and
 //! `vigil parse` share the same normalisers.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde::Deserialize;
 use vigil_schemas::DeliveryEvent;
 
 /// Why a line could not be normalised. The text names what is wrong, for the dead letter.
@@ -30,15 +31,112 @@ pub enum Format {
 }
 
 impl Format {
-    /// A fresh normaliser for this format.
+    /// A fresh normaliser for this format, with the default settings (UTC, no egress map).
     #[must_use]
     pub fn normaliser(self) -> Box<dyn LineNormaliser> {
+        self.normaliser_with(&LineSettings::default())
+    }
+
+    /// A fresh normaliser for this format with the source's `settings`.
+    #[must_use]
+    pub fn normaliser_with(self, settings: &LineSettings) -> Box<dyn LineNormaliser> {
         match self {
             Self::Kumomta => Box::new(KumoLines),
-            Self::Postfix => Box::new(crate::postfix::PostfixNormaliser::default()),
-            Self::Exim => Box::new(crate::exim::EximNormaliser::default()),
+            Self::Postfix => Box::new(crate::postfix::PostfixNormaliser::new(settings.clone())),
+            Self::Exim => Box::new(crate::exim::EximNormaliser::new(settings.time_zone)),
             Self::Powermta => Box::new(crate::powermta::PowermtaNormaliser::default()),
         }
+    }
+}
+
+/// Per-source settings for the gaps in what MTA log lines say (part of `[sources]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LineSettings {
+    /// The zone of times that carry none (RFC 3164 syslog, Postfix files, Exim without
+    /// `log_timezone`): an IANA name such as `Europe/Berlin`. Default UTC.
+    #[serde(default)]
+    pub time_zone: Option<Zone>,
+    /// Postfix logs no sending address: which egress source and IP a line's transport, instance
+    /// or host stands for. First match wins; a line no entry matches keeps the syslog host as
+    /// its egress source, as before.
+    #[serde(default)]
+    pub postfix_egress: Vec<PostfixEgress>,
+}
+
+/// An IANA time zone, named in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Zone(pub chrono_tz::Tz);
+
+impl std::str::FromStr for Zone {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        name.parse::<chrono_tz::Tz>()
+            .map(Zone)
+            .map_err(|_| format!("unknown time zone `{name}`: use an IANA name such as `Europe/Berlin` or `UTC`"))
+    }
+}
+
+impl TryFrom<String> for Zone {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        name.parse()
+    }
+}
+
+/// `naive` read in `zone` (UTC without one). In the hour a clock goes back, the earlier
+/// instant; in the hour it skips, the time as if the clock had not moved yet.
+#[must_use]
+pub fn local_time(naive: &NaiveDateTime, zone: Option<Zone>) -> DateTime<Utc> {
+    let Some(Zone(zone)) = zone else { return Utc.from_utc_datetime(naive) };
+    match zone.from_local_datetime(naive) {
+        chrono::LocalResult::Single(at) | chrono::LocalResult::Ambiguous(at, _) => at.with_timezone(&Utc),
+        chrono::LocalResult::None => {
+            let offset = zone.offset_from_utc_datetime(naive);
+            Utc.from_utc_datetime(&(*naive - chrono::offset::Offset::fix(&offset)))
+        }
+    }
+}
+
+/// One entry of `[[sources.postfix_egress]]`: the keys given must all match a line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostfixEgress {
+    /// The syslog program of the delivery line, as master.cf's transports appear in the log:
+    /// `postfix/smtp-ip1/smtp` (a transport bound with `smtp_bind_address`), or its middle
+    /// part `smtp-ip1`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A multi-instance setup's syslog name, the program's first part (`postfix-out1`).
+    #[serde(default)]
+    pub instance: Option<String>,
+    /// The syslog host that logged the line.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The egress source the line's events are counted under.
+    pub egress_source: String,
+    /// The address that transport sends from.
+    #[serde(default)]
+    pub sending_ip: Option<std::net::IpAddr>,
+}
+
+impl PostfixEgress {
+    /// Whether a line logged by `program` on `host` left through this egress.
+    #[must_use]
+    pub fn matches(&self, program: Option<&str>, host: Option<&str>) -> bool {
+        let program = program.unwrap_or("");
+        let service_ok = self.service.as_deref().is_none_or(|service| {
+            program == service || (service.find('/').is_none() && program.split('/').nth(1) == Some(service))
+        });
+        let instance_ok = self.instance.as_deref().is_none_or(|instance| program.split('/').next() == Some(instance));
+        let host_ok = self.host.as_deref().is_none_or(|h| host.is_some_and(|l| l.eq_ignore_ascii_case(h)));
+        (self.service.is_some() || self.instance.is_some() || self.host.is_some())
+            && service_ok
+            && instance_ok
+            && host_ok
     }
 }
 

@@ -8,13 +8,18 @@
 //! (`3D770111AF50: to=<...>, ...`) when a shipper has already stripped the prefix.
 //!
 //! RFC 3164 has neither year nor zone: the year is the one that puts the line closest before
-//! the ingest time, and the zone is UTC.
+//! the ingest time, and the zone is the source's `time_zone` ([`LineSettings`], UTC by
+//! default).
+//!
+//! Postfix logs no sending address. The source's `postfix_egress` map says which egress source
+//! and IP a transport (`postfix/smtp-ip1/smtp`, bound with `smtp_bind_address`), an instance
+//! or a syslog host stands for; without a match the syslog host is the egress source.
 
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use vigil_schemas::{DeliveryEvent, EventKind, SourceKind};
 
 use crate::kumomta::domain_of;
-use crate::lines::{BoundedMap, LineError, LineNormaliser, line_event_id, split_reply};
+use crate::lines::{BoundedMap, LineError, LineNormaliser, LineSettings, Zone, line_event_id, local_time, split_reply};
 
 /// Queue ids remembered at once; the oldest are forgotten first.
 const MAX_QUEUE_IDS: usize = 100_000;
@@ -33,11 +38,19 @@ struct QueueInfo {
 #[derive(Debug)]
 pub struct PostfixNormaliser {
     queues: BoundedMap<QueueInfo>,
+    settings: LineSettings,
 }
 
 impl Default for PostfixNormaliser {
     fn default() -> Self {
-        Self { queues: BoundedMap::new(MAX_QUEUE_IDS) }
+        Self::new(LineSettings::default())
+    }
+}
+
+impl PostfixNormaliser {
+    #[must_use]
+    pub fn new(settings: LineSettings) -> Self {
+        Self { queues: BoundedMap::new(MAX_QUEUE_IDS), settings }
     }
 }
 
@@ -59,11 +72,17 @@ fn month(name: &str) -> Option<u32> {
 
 /// `Dec  4 10:33:25` with the year that puts it closest before `now` (logs are written before
 /// they are read; a December line read in January belongs to last year).
-fn rfc3164_time(month_name: &str, day: &str, time: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+fn rfc3164_time(
+    month_name: &str,
+    day: &str,
+    time: &str,
+    now: DateTime<Utc>,
+    zone: Option<Zone>,
+) -> Option<DateTime<Utc>> {
     let month = month(month_name)?;
     let day: u32 = day.parse().ok()?;
     let time = chrono::NaiveTime::parse_from_str(time, "%H:%M:%S").ok()?;
-    let at = |year| NaiveDate::from_ymd_opt(year, month, day).map(|d| Utc.from_utc_datetime(&d.and_time(time)));
+    let at = |year| NaiveDate::from_ymd_opt(year, month, day).map(|d| local_time(&d.and_time(time), zone));
     let this_year = at(now.year())?;
     if this_year > now + chrono::TimeDelta::days(1) { at(now.year() - 1) } else { Some(this_year) }
 }
@@ -76,7 +95,7 @@ fn host_program_message(rest: &str) -> Option<(&str, &str, &str)> {
     Some((host, program, message))
 }
 
-fn parse_syslog(line: &str, now: DateTime<Utc>) -> Option<SyslogLine<'_>> {
+fn parse_syslog(line: &str, now: DateTime<Utc>, zone: Option<Zone>) -> Option<SyslogLine<'_>> {
     let line = line.trim_end();
     // RFC 5424: <PRI>1 TIMESTAMP HOST APP PROCID MSGID SD MSG
     if let Some(rest) = line.strip_prefix('<') {
@@ -111,7 +130,7 @@ fn parse_syslog(line: &str, now: DateTime<Utc>) -> Option<SyslogLine<'_>> {
         let rest = line[3..].trim_start();
         let (day, rest) = rest.split_once(' ')?;
         let (time, rest) = rest.split_once(' ')?;
-        let at = rfc3164_time(month_name, day, time, now);
+        let at = rfc3164_time(month_name, day, time, now, zone);
         let (host, program, message) = host_program_message(rest)?;
         return Some(SyslogLine { at, host: Some(host), program: Some(program), message });
     }
@@ -165,7 +184,8 @@ fn relay_parts(relay: &str) -> (Option<String>, Option<String>) {
 
 impl LineNormaliser for PostfixNormaliser {
     fn push_line(&mut self, line: &str, ingested_at: DateTime<Utc>) -> Result<Vec<DeliveryEvent>, LineError> {
-        let parsed = parse_syslog(line, ingested_at).ok_or_else(|| LineError("not a syslog line".into()))?;
+        let parsed = parse_syslog(line, ingested_at, self.settings.time_zone)
+            .ok_or_else(|| LineError("not a syslog line".into()))?;
         if parsed.program.is_some_and(|p| !p.starts_with("postfix")) {
             return Ok(Vec::new()); // another daemon in the same log
         }
@@ -247,9 +267,17 @@ impl PostfixNormaliser {
         event.size_bytes = info.and_then(|i| i.size);
         event.recipient = Some(recipient.to_owned());
         event.recipient_domain = domain_of(recipient);
-        // Postfix does not log the sending address; the sending host stands for it, and a
-        // multi-instance setup's syslog name (postfix-out1/smtp) for the pool.
-        event.egress_source = parsed.host.map(str::to_owned);
+        // Postfix does not log the sending address: the configured egress map says which
+        // source and IP the transport, instance or host stands for; else the sending host
+        // stands for it, and a multi-instance setup's syslog name (postfix-out1/smtp) for
+        // the pool.
+        match self.settings.postfix_egress.iter().find(|e| e.matches(parsed.program, parsed.host)) {
+            Some(egress) => {
+                event.egress_source = Some(egress.egress_source.clone());
+                event.sending_ip = egress.sending_ip.map(|ip| ip.to_string());
+            }
+            None => event.egress_source = parsed.host.map(str::to_owned),
+        }
         event.egress_pool =
             parsed.program.and_then(|p| p.split('/').next()).filter(|p| *p != "postfix").map(str::to_owned);
         let (mx_host, mx_ip) = relay_parts(get("relay").unwrap_or(""));
@@ -284,9 +312,9 @@ mod tests {
 
     #[test]
     fn rfc3164_years_are_inferred_backwards() {
-        let december = rfc3164_time("Dec", "27", "02:38:54", now()).unwrap();
+        let december = rfc3164_time("Dec", "27", "02:38:54", now(), None).unwrap();
         assert_eq!(december.to_rfc3339(), "2025-12-27T02:38:54+00:00");
-        let january = rfc3164_time("Jan", "9", "10:00:00", now()).unwrap();
+        let january = rfc3164_time("Jan", "9", "10:00:00", now(), None).unwrap();
         assert_eq!(january.year(), 2026);
     }
 
@@ -299,10 +327,10 @@ mod tests {
             "ABCDEF: removed",
         ];
         for shape in shapes {
-            let parsed = parse_syslog(shape, now()).unwrap();
+            let parsed = parse_syslog(shape, now(), None).unwrap();
             assert_eq!(parsed.message, "ABCDEF: removed", "{shape}");
         }
-        let parsed = parse_syslog(shapes[1], now()).unwrap();
+        let parsed = parse_syslog(shapes[1], now(), None).unwrap();
         assert_eq!(parsed.at.unwrap().to_rfc3339(), "2026-01-09T09:33:25.123+00:00");
         assert_eq!((parsed.host, parsed.program), (Some("mx"), Some("postfix/smtp")));
     }
@@ -364,5 +392,50 @@ mod tests {
         );
         let weird = "Jan  9 10:00:00 mx postfix/smtp[1]: DDDDD44444: to=<a@b.c>, relay=none, status=teleported (x)";
         assert!(normaliser.push_line(weird, now()).unwrap_err().0.contains("teleported"));
+    }
+
+    #[test]
+    fn rfc3164_lines_land_at_the_instant_of_the_configured_zone() {
+        let zone: Zone = "Europe/Berlin".to_owned().try_into().unwrap();
+        let settings = LineSettings { time_zone: Some(zone), ..LineSettings::default() };
+        let mut normaliser = PostfixNormaliser::new(settings);
+        // 10:00 in Berlin in January (CET, +01:00) is 09:00 UTC; in July (CEST) 08:00 UTC.
+        let winter = "Jan  9 10:00:00 mx postfix/smtp[4]: AAAAA11111: to=<a@gmail.com>, relay=gmail-smtp-in.l.google.com[142.250.1.1]:25, dsn=2.0.0, status=sent (250 ok)";
+        let events = normaliser.push_line(winter, now()).unwrap();
+        assert_eq!(events[0].occurred_at.to_rfc3339(), "2026-01-09T09:00:00+00:00");
+        let summer = "Jul  9 10:00:00 mx postfix/smtp[4]: BBBBB22222: to=<a@gmail.com>, relay=gmail-smtp-in.l.google.com[142.250.1.1]:25, dsn=2.0.0, status=sent (250 ok)";
+        let july = DateTime::parse_from_rfc3339("2026-07-10T00:00:00Z").unwrap().with_timezone(&Utc);
+        let events = normaliser.push_line(summer, july).unwrap();
+        assert_eq!(events[0].occurred_at.to_rfc3339(), "2026-07-09T08:00:00+00:00");
+        assert!(Zone::try_from("Mars/Olympus".to_owned()).unwrap_err().contains("Mars/Olympus"));
+    }
+
+    #[test]
+    fn transports_bound_to_addresses_map_to_their_egress_source_and_ip() {
+        let settings: LineSettings = toml::from_str(
+            r#"
+[[postfix_egress]]
+service = "postfix/smtp-ip1/smtp"
+egress_source = "ip1"
+sending_ip = "192.0.2.11"
+[[postfix_egress]]
+service = "smtp-ip2"
+egress_source = "ip2"
+sending_ip = "192.0.2.12"
+"#,
+        )
+        .unwrap();
+        let mut normaliser = PostfixNormaliser::new(settings);
+        let line = |program: &str, id: &str| {
+            format!(
+                "Jan  9 10:00:00 mx {program}[4]: {id}: to=<a@gmail.com>, relay=gmail-smtp-in.l.google.com[142.250.1.1]:25, dsn=2.0.0, status=sent (250 ok)"
+            )
+        };
+        let one = normaliser.push_line(&line("postfix/smtp-ip1/smtp", "AAAAA11111"), now()).unwrap();
+        let two = normaliser.push_line(&line("postfix/smtp-ip2/smtp", "BBBBB22222"), now()).unwrap();
+        let other = normaliser.push_line(&line("postfix/smtp", "CCCCC33333"), now()).unwrap();
+        assert_eq!((one[0].egress_source.as_deref(), one[0].sending_ip.as_deref()), (Some("ip1"), Some("192.0.2.11")));
+        assert_eq!((two[0].egress_source.as_deref(), two[0].sending_ip.as_deref()), (Some("ip2"), Some("192.0.2.12")));
+        assert_eq!((other[0].egress_source.as_deref(), other[0].sending_ip.as_deref()), (Some("mx"), None));
     }
 }

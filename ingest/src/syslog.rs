@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use vigil_log::{AppendBatch, AppendReceipt, EventLog};
 use vigil_schemas::DeadLetter;
 
-use crate::backoff::Backoff;
 use crate::lines::{Format, push_into_batch};
+use vigil_log::backoff::Backoff;
 
 /// Lines waiting for the normaliser.
 const QUEUE_LINES: usize = 10_000;
@@ -57,9 +57,14 @@ pub struct SyslogIngest {
 impl SyslogIngest {
     /// Starts the normaliser task for `format`, appending to `log` until `shutdown`.
     #[must_use]
-    pub fn start(format: Format, log: EventLog, shutdown: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        format: Format,
+        settings: &crate::lines::LineSettings,
+        log: EventLog,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, lines) = mpsc::channel(QUEUE_LINES);
-        let task = tokio::spawn(normalise(format, lines, log, shutdown));
+        let task = tokio::spawn(normalise(format.normaliser_with(settings), format, lines, log, shutdown));
         (Self { queue, stats: Arc::default() }, task)
     }
 
@@ -169,14 +174,19 @@ impl SyslogIngest {
 }
 
 /// The normaliser task: lines in, batches of events and dead letters out to the log.
-async fn normalise(format: Format, mut lines: mpsc::Receiver<Received>, log: EventLog, shutdown: CancellationToken) {
+async fn normalise(
+    mut normaliser: Box<dyn crate::lines::LineNormaliser>,
+    format: Format,
+    mut lines: mpsc::Receiver<Received>,
+    log: EventLog,
+    shutdown: CancellationToken,
+) {
     let source = match format {
         Format::Postfix => "postfix-syslog",
         Format::Exim => "exim-syslog",
         Format::Kumomta => "kumomta-syslog",
         Format::Powermta => "powermta-syslog",
     };
-    let mut normaliser = format.normaliser();
     let mut batch = AppendBatch::default();
     let mut pending = 0;
     let mut pending_bytes = 0;

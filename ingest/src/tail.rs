@@ -51,6 +51,8 @@ pub struct TailConfig {
     pub max_line_bytes: usize,
     /// Upper bound of one log append, in bytes of input; bounds the tail's memory.
     pub max_batch_bytes: usize,
+    /// What the lines leave out: their time zone, Postfix's egress.
+    pub settings: crate::lines::LineSettings,
 }
 
 impl TailConfig {
@@ -63,6 +65,7 @@ impl TailConfig {
             poll_interval: Duration::from_secs(1),
             max_line_bytes: 1024 * 1024,
             max_batch_bytes: 8 * 1024 * 1024,
+            settings: crate::lines::LineSettings::default(),
         }
     }
 }
@@ -271,7 +274,7 @@ impl Tailer {
         let normaliser = match normalisers.entry(path.to_owned()) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
-                let normaliser = entry.insert(self.config.format.normaliser());
+                let normaliser = entry.insert(self.config.format.normaliser_with(&self.config.settings));
                 // Resuming a PowerMTA file mid-way: its header line names the columns.
                 if self.config.format == Format::Powermta && checkpoint.offset > 0 {
                     let opened = File::open(path)?;

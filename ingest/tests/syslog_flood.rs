@@ -15,7 +15,12 @@ async fn every_received_datagram_is_accounted_for() {
     let dir = tempfile::tempdir().unwrap();
     let log = vigil_log::EventLog::open(dir.path()).unwrap();
     let shutdown = CancellationToken::new();
-    let (ingest, _normaliser) = SyslogIngest::start(Format::Postfix, log.clone(), shutdown.clone());
+    let (ingest, _normaliser) = SyslogIngest::start(
+        Format::Postfix,
+        &vigil_ingest::lines::LineSettings::default(),
+        log.clone(),
+        shutdown.clone(),
+    );
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let stats = ingest.stats.clone();

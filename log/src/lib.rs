@@ -1,5 +1,13 @@
-//! The embedded log of record: Vigil's single-host equivalent of the `vigil.events` and
-//! `vigil.deadletter` topics.
+//! The log of record, in its two bindings (DESIGN.md §2, §5): the embedded log (this module's
+//! [`EventLog`], Vigil's single-host equivalent of the `vigil.events` and `vigil.deadletter`
+//! topics) and the Kafka binding ([`kafka`]: configuration, producer settings, topics, the
+//! librdkafka log context). Ingest and the processor both stand on this crate and never on each
+//! other.
+//!
+//! # Layout
+//! - this module: the embedded log ([`EventLog`]), whose contract follows;
+//! - [`kafka`]: what every role that talks to a Kafka-protocol broker shares;
+//! - [`backoff`]: waiting before a retry, cut short by shutdown.
 //!
 //! # Contract
 //! - In: batches of normalised [`DeliveryEvent`]s, [`DeadLetter`]s and source checkpoints,
@@ -27,6 +35,9 @@
 //! three. Its cost, one fsync per commit, is paid per batch, not per event: receivers append
 //! whole HTTP bodies and tail reads, not single records. Retention and compaction of old
 //! offsets are left to the retention work (events stay until then).
+
+pub mod backoff;
+pub mod kafka;
 
 use std::path::Path;
 use std::sync::Arc;

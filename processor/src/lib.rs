@@ -32,6 +32,7 @@
 //! - [`pipeline`]: the async loop from the log to the warehouse and the state.
 //! - [`stream`]: the same on Kafka (`vigil process`): enrich in a consumer group, fold
 //!   every partition.
+//! - [`view`]: the read model; the API and every other reader use nothing else of this crate.
 
 pub mod actuation;
 pub mod classify;
@@ -44,6 +45,7 @@ pub mod sink;
 pub mod state;
 pub mod stream;
 pub mod suppression;
+pub mod view;
 
 pub use classify::{Classification, Classifier, ClassifierBuilder};
 pub use enrich::Enricher;

@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use vigil_ingest::backoff::Backoff;
 use vigil_log::EventLog;
+use vigil_log::backoff::Backoff;
 use vigil_warehouse::clickhouse::{ClickHouseConfig, ClickHouseSink};
 
 use crate::Enricher;
@@ -147,7 +147,7 @@ struct PartitionSink {
 /// Tells the sink which partitions a rebalance took away, so it drops them before it inserts
 /// again (see [`run_kafka_clickhouse_sink`]).
 struct SinkContext {
-    logs: vigil_ingest::kafka::KafkaLogs,
+    logs: vigil_log::kafka::LoggingContext,
     revoked: std::sync::Mutex<Vec<i32>>,
 }
 
@@ -197,7 +197,7 @@ pub async fn run_kafka_clickhouse_sink(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let group = format!("{}-clickhouse", kafka.group_id);
     while !shutdown.is_cancelled() {
-        let context = SinkContext { logs: vigil_ingest::kafka::KafkaLogs, revoked: std::sync::Mutex::default() };
+        let context = SinkContext { logs: vigil_log::kafka::LoggingContext, revoked: std::sync::Mutex::default() };
         let consumer: StreamConsumer<SinkContext> = match kafka.consumer(&group).create_with_context(context) {
             Ok(consumer) => consumer,
             Err(error) => {

@@ -74,6 +74,19 @@ struct SnapshotHeader {
 }
 
 impl DerivedState {
+    /// Where the state stands: its offset, digests and sizes.
+    #[must_use]
+    pub fn summary(&self) -> vigil_schemas::api::StateResponse {
+        vigil_schemas::api::StateResponse {
+            offset: self.offset,
+            digest: self.digest(),
+            actions_digest: self.actions_digest(),
+            scopes: self.reputation.scope_count(),
+            suppressions: self.suppressions.len(),
+            too_late: self.reputation.too_late(),
+        }
+    }
+
     #[must_use]
     pub fn new() -> Self {
         Self::default()

@@ -35,8 +35,8 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use vigil_ingest::backoff::Backoff;
-use vigil_ingest::kafka::{KafkaConfig, KafkaLogs, ensure_topics, producer_config};
+use vigil_log::backoff::Backoff;
+use vigil_log::kafka::{KafkaConfig, LoggingContext, ensure_topics, producer_config};
 use vigil_schemas::DeliveryEvent;
 
 use crate::actuation::push::Outbox;
@@ -104,91 +104,15 @@ pub fn register_metrics(registry: &mut Registry) {
     );
 }
 
-/// The `[kafka]` section of `vigil process --config`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamConfig {
-    /// `host:port[,host:port...]`.
-    pub brokers: String,
-    /// The consumer group the enrich stage shares with the other instances.
-    #[serde(default = "default_group")]
-    pub group_id: String,
-    #[serde(default = "default_events_topic")]
-    pub events_topic: String,
-    #[serde(default = "default_enriched_topic")]
-    pub enriched_topic: String,
-    /// Where every decision of the rules that act is published, keyed by its action.
-    #[serde(default = "default_decisions_topic")]
-    pub decisions_topic: String,
-    /// Partitions of the topics when Vigil creates them. `vigil.enriched` needs at least as
-    /// many as `vigil.events` (records keep their partition number).
-    #[serde(default = "default_partitions")]
-    pub partitions: i32,
-    #[serde(default = "default_replication")]
-    pub replication_factor: i32,
-    /// Any other librdkafka property, for every client (`security.protocol`, `sasl.*`,
-    /// `session.timeout.ms`, ...). The delivery guarantees cannot be overridden.
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-}
+/// The processor's view of the `[kafka]` section: the one shape every role shares.
+pub type StreamConfig = KafkaConfig;
 
-fn default_group() -> String {
-    "vigil-processor".into()
-}
-fn default_events_topic() -> String {
-    "vigil.events".into()
-}
-fn default_enriched_topic() -> String {
-    "vigil.enriched".into()
-}
-fn default_decisions_topic() -> String {
-    "vigil.decisions".into()
-}
-fn default_partitions() -> i32 {
-    6
-}
-fn default_replication() -> i32 {
-    1
-}
-
-impl StreamConfig {
-    fn client(&self) -> ClientConfig {
-        let mut client = ClientConfig::new();
-        for (key, value) in &self.properties {
-            client.set(key, value);
-        }
-        client.set("bootstrap.servers", &self.brokers);
-        client
-    }
-
-    pub(crate) fn consumer(&self, group: &str) -> ClientConfig {
-        let mut client = self.client();
-        client
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
-        client
-    }
-
-    /// The producer settings of every Vigil producer (idempotent, acks=all, zstd).
-    #[must_use]
-    pub fn producer(&self) -> ClientConfig {
-        let kafka = KafkaConfig {
-            brokers: self.brokers.clone(),
-            topic: self.enriched_topic.clone(),
-            dead_letter_topic: String::new(),
-            partitions: self.partitions,
-            replication_factor: self.replication_factor,
-            compression: "zstd".into(),
-            properties: self.properties.clone(),
-            spill_after_ms: 0,
-        };
-        let mut client = producer_config(&kafka);
-        client.set("client.id", "vigil-process");
-        client
-    }
+/// The producer settings of every Vigil producer (idempotent, acks=all), named for this role.
+#[must_use]
+pub fn producer(config: &KafkaConfig) -> ClientConfig {
+    let mut client = producer_config(config);
+    client.set("client.id", "vigil-process");
+    client
 }
 
 /// Why a stage stopped.
@@ -239,9 +163,10 @@ async fn enrich_until_failure(
     enricher: &Enricher,
     shutdown: &CancellationToken,
 ) -> Result<Option<KafkaError>, StreamError> {
-    let consumer: StreamConsumer<KafkaLogs> = config.consumer(&config.group_id).create_with_context(KafkaLogs)?;
+    let consumer: StreamConsumer<LoggingContext> =
+        config.consumer(&config.group_id).create_with_context(LoggingContext)?;
     consumer.subscribe(&[&config.events_topic])?;
-    let producer: FutureProducer<KafkaLogs> = config.producer().create_with_context(KafkaLogs)?;
+    let producer: FutureProducer<LoggingContext> = producer(config).create_with_context(LoggingContext)?;
     let mut stream = consumer.stream();
     loop {
         // One batch: produce until it is full or has lingered, then await its
@@ -297,7 +222,7 @@ async fn enrich_until_failure(
 fn enrich_one<'a>(
     config: &'a StreamConfig,
     enricher: &Enricher,
-    producer: &FutureProducer<KafkaLogs>,
+    producer: &FutureProducer<LoggingContext>,
     message: &BorrowedMessage<'a>,
 ) -> Result<Option<rdkafka::producer::DeliveryFuture>, KafkaError> {
     let payload = message.payload().unwrap_or_default();
@@ -428,7 +353,8 @@ impl Folder {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), StreamError> {
         // Its own group id, never committed: positions live in the snapshot.
         let group = format!("{}-fold-{}", self.config.group_id, std::process::id());
-        let consumer: StreamConsumer<KafkaLogs> = self.config.consumer(&group).create_with_context(KafkaLogs)?;
+        let consumer: StreamConsumer<LoggingContext> =
+            self.config.consumer(&group).create_with_context(LoggingContext)?;
         let Some(partitions) = self.partitions(&consumer, &shutdown).await else { return Ok(()) };
         let mut assignment = TopicPartitionList::new();
         for partition in 0..partitions {
@@ -472,7 +398,7 @@ impl Folder {
     }
 
     /// The partition count of `vigil.enriched`, waiting for the topic to exist.
-    async fn partitions(&self, consumer: &StreamConsumer<KafkaLogs>, shutdown: &CancellationToken) -> Option<i32> {
+    async fn partitions(&self, consumer: &StreamConsumer<LoggingContext>, shutdown: &CancellationToken) -> Option<i32> {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             let metadata =

@@ -20,17 +20,15 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
 use serde::Deserialize;
-use vigil_processor::SharedState;
-use vigil_processor::actuation::kumomta::{self, SubscriptionItem};
-use vigil_processor::actuation::push::Outbox;
-use vigil_processor::actuation::{Decision, Status};
+use vigil_processor::view::kumomta::{self, SubscriptionItem};
+use vigil_processor::view::{Decision, Outbox, Status, View};
 
 use crate::ApiError;
 
 /// What the action endpoints read.
 #[derive(Clone)]
 pub struct ActionsState {
-    pub state: SharedState,
+    pub view: View,
     pub outbox: Outbox,
     /// Bearer token required by the TSA endpoints and the action API, when set.
     pub token: Option<String>,
@@ -88,8 +86,7 @@ async fn require_token(State(actions): State<ActionsState>, request: Request, ne
 }
 
 fn in_force(actions: &ActionsState) -> Result<Vec<Decision>, ApiError> {
-    let state = actions.state.read().map_err(|_| ApiError::Internal("state lock poisoned".into()))?;
-    Ok(state.actuation.active.in_force(Utc::now()).cloned().collect())
+    Ok(actions.view.in_force(Utc::now())?)
 }
 
 async fn overlay(State(actions): State<ActionsState>) -> Result<Response, ApiError> {
@@ -190,9 +187,8 @@ async fn decisions(
                 && params.domain.as_deref().is_none_or(|p| d.target.domain.as_deref() == Some(p))
         })
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    .await?
+    .map_err(ApiError::internal)?;
     Ok(Json(serde_json::json!({ "decisions": found })))
 }
 
@@ -201,6 +197,5 @@ async fn throttles(State(actions): State<ActionsState>) -> Result<Json<serde_jso
 }
 
 async fn warmup(State(actions): State<ActionsState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let state = actions.state.read().map_err(|_| ApiError::Internal("state lock poisoned".into()))?;
-    Ok(Json(serde_json::json!({ "plans": state.actuation.warmup.progress() })))
+    Ok(Json(serde_json::json!({ "plans": actions.view.warmup()? })))
 }

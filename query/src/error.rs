@@ -1,45 +1,101 @@
-//! API errors: client errors keep their status and reason; server errors are opaque to the
-//! client and logged once, here.
+//! API errors, mapped to HTTP once, here, by whose fault they are:
+//! - the request is wrong: 4xx with the reason, not logged;
+//! - a dependency is down or timing out (ClickHouse, the broker, a full log): 503 with
+//!   `Retry-After` and which dependency, logged as a warning (the operator's problem, not a
+//!   bug);
+//! - a fault of ours: 500, opaque to the client and logged once as an error.
+
+use std::error::Error as StdError;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+
+/// How long a client should wait before retrying a request a dependency refused.
+pub const RETRY_AFTER_SECS: u64 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request is wrong; the message says how.
     #[error("{0}")]
     BadRequest(String),
-    /// Vigil is starting or a dependency is down; retry later.
+    /// A dependency is down or slow; retrying later helps.
+    #[error("{dependency} is unavailable: {reason}")]
+    Unavailable { dependency: &'static str, reason: String },
+    /// Vigil is starting; retry later.
     #[error("{0}")]
-    Unavailable(String),
+    Starting(&'static str),
     /// A fault on our side.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+impl ApiError {
+    /// A fault of ours, keeping its source for the log.
+    pub fn internal(error: impl Into<Box<dyn StdError + Send + Sync>>) -> Self {
+        Self::Internal(error.into())
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, message) = match self {
-            Self::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
-            Self::Unavailable(message) => (StatusCode::SERVICE_UNAVAILABLE, message),
+        let (status, body) = match self {
+            Self::BadRequest(message) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": message })),
+            Self::Unavailable { dependency, reason } => {
+                tracing::warn!(dependency, %reason, "request refused: a dependency is unavailable");
+                let body = serde_json::json!({
+                    "error": format!("{dependency} is unavailable; retry in {RETRY_AFTER_SECS} s: {reason}"),
+                    "dependency": dependency,
+                });
+                let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                return response;
+            }
+            Self::Starting(message) => {
+                let mut response =
+                    (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": message }))).into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                return response;
+            }
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the server log".to_owned())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    serde_json::json!({ "error": "internal error; see the server log" }),
+                )
             }
         };
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        (status, Json(body)).into_response()
     }
 }
 
 impl From<vigil_warehouse::WarehouseError> for ApiError {
     fn from(error: vigil_warehouse::WarehouseError) -> Self {
-        Self::Internal(error.to_string())
+        match error.unavailable() {
+            Some(dependency) => Self::Unavailable { dependency, reason: error.to_string() },
+            None => Self::internal(error),
+        }
     }
 }
 
 impl From<vigil_log::LogError> for ApiError {
     fn from(error: vigil_log::LogError) -> Self {
-        Self::Internal(error.to_string())
+        if error.is_full() {
+            Self::Unavailable { dependency: "log", reason: error.to_string() }
+        } else {
+            Self::internal(error)
+        }
+    }
+}
+
+impl From<vigil_processor::view::ViewError> for ApiError {
+    fn from(error: vigil_processor::view::ViewError) -> Self {
+        Self::internal(error)
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        Self::internal(error)
     }
 }

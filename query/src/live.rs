@@ -11,12 +11,10 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use vigil_processor::reputation::score::{MIN_ATTEMPTS, score};
-use vigil_processor::reputation::store::HORIZON_MINUTES;
-use vigil_processor::reputation::{LabelKind, Metric, Rates, Scope, Score, Window, WindowRow};
-use vigil_processor::suppression::Suppression;
-use vigil_processor::{DerivedState, SharedState};
-
+use vigil_processor::view::{
+    HORIZON_MINUTES, LabelKind, MIN_ATTEMPTS, Metric, Rates, Scope, Score, Suppression, View, Window, WindowRow, score,
+};
+use vigil_schemas::api::StateResponse;
 use vigil_warehouse::Store;
 
 use crate::ApiError;
@@ -31,15 +29,11 @@ fn parse_scope(name: &str, text: &str) -> Result<Scope, ApiError> {
     Scope::parse(text).ok_or_else(|| ApiError::BadRequest(format!("unknown {name} `{text}`; use {SCOPES_HELP}")))
 }
 
-fn read_state(state: &SharedState) -> Result<std::sync::RwLockReadGuard<'_, DerivedState>, ApiError> {
-    state.read().map_err(|_| ApiError::Internal("state lock poisoned".into()))
-}
-
 /// What the live endpoints read: the derived state, and the warehouse for ranged reputation
 /// and time series (`from=`), when the server has one.
 #[derive(Debug, Clone)]
 pub struct LiveState {
-    pub state: SharedState,
+    pub view: View,
     pub store: Option<Store>,
 }
 
@@ -57,8 +51,8 @@ impl LiveState {
 
 /// The endpoints answered from the derived state: what `vigil run` and `vigil process` both
 /// serve. With a store, `reputation` and `timeseries` also answer ranges (`from=`) from it.
-pub fn router(state: SharedState, store: Option<Store>) -> Router {
-    let live = LiveState { state: state.clone(), store };
+pub fn router(view: View, store: Option<Store>) -> Router {
+    let live = LiveState { view: view.clone(), store };
     Router::new()
         .route("/api/v1/reputation", get(reputation))
         .route("/api/v1/timeseries", get(timeseries))
@@ -68,7 +62,7 @@ pub fn router(state: SharedState, store: Option<Store>) -> Router {
                 .route("/api/v1/suppressions", get(suppressions))
                 .route("/api/v1/state", get(derived_state))
                 .route("/api/v1/openapi.json", get(crate::openapi::handler))
-                .with_state(state),
+                .with_state(view),
         )
 }
 
@@ -163,12 +157,11 @@ async fn reputation(
     if params.to.is_some() || !filters.parse()?.is_empty() {
         return Err(ApiError::BadRequest("`to` and dimension filters need `from`: they ask the warehouse".into()));
     }
-    let state = &live.state;
     let window_text = params.window.unwrap_or_else(|| "1h".into());
     let window = Window::parse(&window_text)
         .ok_or_else(|| ApiError::BadRequest(format!("unknown window `{window_text}`; use 5m, 1h or 24h")))?;
     let as_of = parse_time("as_of", params.as_of.as_deref())?.unwrap_or_else(Utc::now);
-    let rows = read_state(state)?.reputation.window(scope, window.minutes(), as_of);
+    let rows = live.view.reputation(scope, window.minutes(), as_of)?;
     let rows = rows.into_iter().map(ReputationRow::of).collect();
     let answer =
         ReputationResponse { scope: scope.as_str(), window: window_text, as_of, min_attempts: MIN_ATTEMPTS, rows };
@@ -279,7 +272,6 @@ async fn timeseries(
     if !filters.parse()?.is_empty() {
         return Err(ApiError::BadRequest("dimension filters need `from`: they ask the warehouse".into()));
     }
-    let state = &live.state;
     let metrics = metric.map_or_else(|| vec![Metric::Delivered, Metric::Deferred, Metric::Bounced], |m| vec![m]);
     let span = parse_minutes("window", params.window.as_deref().unwrap_or("1h"))?;
     if span > HORIZON_MINUTES {
@@ -291,10 +283,9 @@ async fn timeseries(
         )));
     }
     let to = parse_time("to", params.to.as_deref())?.unwrap_or_else(Utc::now);
-    let found = read_state(state)?.reputation.timeseries(scope, &metrics, step, span, to);
+    let found = live.view.timeseries(scope, &metrics, step, span, to)?;
+    let (first, last, found) = (found.first_minute, found.last_minute, found.series);
     let truncated = found.len() > limit;
-    let last = vigil_processor::reputation::store::minute_of(to);
-    let first = vigil_processor::reputation::store::window_start(span, to);
     let minute_time = |m: u32| DateTime::from_timestamp(i64::from(m) * 60, 0).unwrap_or_default();
     let series = found
         .into_iter()
@@ -338,9 +329,9 @@ pub(crate) struct SuppressionParams {
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
-pub struct SuppressionPage<'a> {
+pub struct SuppressionPage {
     total: usize,
-    rows: Vec<&'a Suppression>,
+    rows: Vec<Suppression>,
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     next: Option<String>,
@@ -351,34 +342,30 @@ const MAX_SUPPRESSION_PAGE: usize = 100_000;
 /// Lookup by recipient, listing by domain with a cursor, and CSV export: `format=csv` (one
 /// column per field; Mautic maps columns on import) or `format=listmonk` (listmonk's
 /// `email,name,attributes` import header, the reason in the attributes).
-async fn suppressions(
-    State(state): State<SharedState>,
-    Query(params): Query<SuppressionParams>,
-) -> Result<Response, ApiError> {
+async fn suppressions(State(view): State<View>, Query(params): Query<SuppressionParams>) -> Result<Response, ApiError> {
     let limit = page_size(params.limit, 1000, MAX_SUPPRESSION_PAGE)?;
     let format = params.format.as_deref().unwrap_or("json");
     if !matches!(format, "json" | "csv" | "listmonk") {
         return Err(ApiError::BadRequest(format!("unknown format `{format}`; use json, csv or listmonk")));
     }
-    let guard = read_state(&state)?;
-    let list = &guard.suppressions;
-    let rows: Vec<&Suppression> = match params.recipient.as_deref() {
-        Some(recipient) => list.get(recipient).into_iter().collect(),
-        None => list.list(params.domain.as_deref(), params.after.as_deref(), limit),
+    let page = match params.recipient.as_deref() {
+        Some(recipient) => view.suppression(recipient)?,
+        None => view.suppressions(params.domain.as_deref(), params.after.as_deref(), limit)?,
     };
+    let (total, rows) = (page.total, page.rows);
     match format {
         "json" => {
             let next = (rows.len() == limit).then(|| rows[rows.len() - 1].recipient.clone());
-            Ok(Json(SuppressionPage { total: list.len(), rows, next }).into_response())
+            Ok(Json(SuppressionPage { total, rows, next }).into_response())
         }
         csv_format => {
-            let body = to_csv(&rows, csv_format == "listmonk").map_err(|e| ApiError::Internal(e.to_string()))?;
+            let body = to_csv(&rows, csv_format == "listmonk").map_err(ApiError::internal)?;
             Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
         }
     }
 }
 
-fn to_csv(rows: &[&Suppression], listmonk: bool) -> Result<String, csv::Error> {
+fn to_csv(rows: &[Suppression], listmonk: bool) -> Result<String, csv::Error> {
     let mut out = csv::Writer::from_writer(Vec::new());
     if listmonk {
         out.write_record(["email", "name", "attributes"])?;
@@ -409,29 +396,8 @@ fn to_csv(rows: &[&Suppression], listmonk: bool) -> Result<String, csv::Error> {
     Ok(String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8"))
 }
 
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct StateResponse {
-    /// The next log offset the state will apply: it reflects every event before it.
-    offset: u64,
-    /// `vigil replay` prints the same digest for the same log up to `offset`.
-    digest: String,
-    /// The rules' state and the actions in force; `vigil replay` prints it too.
-    actions_digest: String,
-    scopes: usize,
-    suppressions: usize,
-    too_late: u64,
-}
-
-async fn derived_state(State(state): State<SharedState>) -> Result<Json<StateResponse>, ApiError> {
-    let guard = read_state(&state)?;
-    Ok(Json(StateResponse {
-        offset: guard.offset,
-        digest: guard.digest(),
-        actions_digest: guard.actions_digest(),
-        scopes: guard.reputation.scope_count(),
-        suppressions: guard.suppressions.len(),
-        too_late: guard.reputation.too_late(),
-    }))
+async fn derived_state(State(view): State<View>) -> Result<Json<StateResponse>, ApiError> {
+    Ok(Json(view.summary()?))
 }
 
 #[cfg(test)]

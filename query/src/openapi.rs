@@ -12,7 +12,7 @@ use axum::Json;
 use schemars::generate::{Contract, SchemaSettings};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
-use vigil_schemas::api::SummaryResponse;
+use vigil_schemas::api::{StateResponse, SummaryResponse};
 
 use crate::analytics::DimensionFilters;
 use crate::analytics::bounces::{BouncesParams, BouncesResponse};
@@ -20,8 +20,7 @@ use crate::analytics::events::{EventsPage, EventsParams};
 use crate::analytics::reputation::RangeReputation;
 use crate::analytics::summary::SummaryParams;
 use crate::live::{
-    ReputationParams, ReputationResponse, StateResponse, SuppressionPage, SuppressionParams, TimeseriesParams,
-    TimeseriesResponse,
+    ReputationParams, ReputationResponse, SuppressionPage, SuppressionParams, TimeseriesParams, TimeseriesResponse,
 };
 use crate::routes::{DeadLetterParams, DeadLetterResponse};
 
@@ -82,7 +81,7 @@ const ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/suppressions",
         summary: "Suppressed recipients (JSON, or CSV with `format=csv` or `format=listmonk`)",
         params: &[schema::<SuppressionParams>],
-        answers: &[schema::<SuppressionPage<'static>>],
+        answers: &[schema::<SuppressionPage>],
     },
     Endpoint {
         path: "/api/v1/state",

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use vigil_log::EventLog;
-use vigil_processor::SharedState;
+use vigil_processor::view::View;
 use vigil_schemas::DeadLetter;
 use vigil_warehouse::Store;
 
@@ -22,8 +22,8 @@ use crate::ApiError;
 pub struct ApiState {
     /// The warehouse: Parquet files, or ClickHouse.
     pub store: Store,
-    /// The processor's derived state: reputation windows, suppressions.
-    pub state: SharedState,
+    /// The processor's read model: reputation windows, suppressions.
+    pub view: View,
     pub log: EventLog,
     /// Set once the processor has recovered and rebuilt its state.
     pub ready: Arc<AtomicBool>,
@@ -31,7 +31,7 @@ pub struct ApiState {
 
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
-    let live = crate::live::router(state.state.clone(), Some(state.store.clone()));
+    let live = crate::live::router(state.view.clone(), Some(state.store.clone()));
     let analytics = crate::analytics::router(state.store.clone());
     Router::new()
         .route("/healthz", get(healthz))
@@ -94,8 +94,7 @@ async fn dead_letters(
     let (total, rows) = tokio::task::spawn_blocking(move || {
         Ok::<_, vigil_log::LogError>((log.dead_letter_count()?, log.dead_letters(from, limit)?))
     })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    .await??;
     let rows = rows.into_iter().map(|(seq, letter)| DeadLetterRow { seq, letter }).collect();
     Ok(Json(DeadLetterResponse { total, rows }))
 }

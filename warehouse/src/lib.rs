@@ -58,6 +58,20 @@ pub enum WarehouseError {
 }
 
 impl WarehouseError {
+    /// The dependency that is down when a retry later can fix the failure (ClickHouse cannot
+    /// be reached or timed out); `None` for a failure of the request or of Vigil.
+    #[must_use]
+    pub fn unavailable(&self) -> Option<&'static str> {
+        use ::clickhouse::error::Error;
+        match self {
+            Self::ClickHouse(clickhouse::ClickHouseError::Server {
+                source: Error::Network(_) | Error::TimedOut,
+                ..
+            }) => Some("clickhouse"),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
         move |source| Self::Io { path: path.display().to_string(), source }
     }

@@ -448,7 +448,10 @@ fn evaluate(
                     health.rate,
                     rule.recover_below
                 );
-                if let Some(lifted) = active.lift(&key, as_of, why) {
+                if let Some(mut lifted) = active.lift(&key, as_of, why) {
+                    // A lift's evidence is the health that lifted it, not the failure that
+                    // applied the throttle (which the applied decision already shows).
+                    lifted.evidence.metrics = evidence_metrics(rule, health, 100);
                     out.push(lifted);
                 }
             } else {
@@ -457,6 +460,22 @@ fn evaluate(
             }
         }
     }
+}
+
+/// What a decision of `rule` shows as its evidence: the health it was judged on, the rule's
+/// bounds and the level it sets.
+fn evidence_metrics(rule: &RateRule, health: Health, level: u32) -> BTreeMap<String, f64> {
+    let mut metrics = BTreeMap::new();
+    #[allow(clippy::cast_precision_loss)]
+    {
+        metrics.insert("attempts".into(), health.attempts as f64);
+        metrics.insert(rule.metric.as_str().into(), health.hits as f64);
+    }
+    metrics.insert("rate".into(), health.rate);
+    metrics.insert("threshold".into(), rule.threshold);
+    metrics.insert("recover_below".into(), rule.recover_below);
+    metrics.insert("level_percent".into(), f64::from(level));
+    metrics
 }
 
 fn build(
@@ -475,16 +494,7 @@ fn build(
         }
         RateAction::Suspend => (ActionKind::SuspendReadyQueue, None, None),
     };
-    let mut metrics = BTreeMap::new();
-    #[allow(clippy::cast_precision_loss)]
-    {
-        metrics.insert("attempts".into(), health.attempts as f64);
-        metrics.insert(rule.metric.as_str().into(), health.hits as f64);
-    }
-    metrics.insert("rate".into(), health.rate);
-    metrics.insert("threshold".into(), rule.threshold);
-    metrics.insert("recover_below".into(), rule.recover_below);
-    metrics.insert("level_percent".into(), f64::from(level));
+    let metrics = evidence_metrics(rule, health, level);
     Decision {
         decision_id: String::new(),
         status: if rule.shadow { Status::Shadow } else { Status::Applied },

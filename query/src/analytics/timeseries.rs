@@ -2,7 +2,7 @@
 //! range the warehouse holds. Without `from` the endpoint answers the last 24 h from the live
 //! state instead (see [`crate::live`]); both answers have the same shape.
 //!
-//! Counted as the live fold counts (`vigil_processor::reputation::counters::outcome`): events
+//! Counted as the live fold counts (`vigil_processor::view::outcome`): events
 //! the MTA generated itself are left out, and a scope's series needs the scope's values.
 //! Provider signals are matched on the fly by the fold and not stored, so `signals` is live
 //! only.
@@ -10,8 +10,7 @@
 use std::collections::BTreeMap;
 
 use chrono::DateTime;
-use vigil_processor::reputation::counters::outcome;
-use vigil_processor::reputation::{Metric, Scope};
+use vigil_processor::view::{Metric, Scope, outcome};
 use vigil_schemas::EventKind;
 use vigil_schemas::api::Dimension;
 use vigil_warehouse::Store;

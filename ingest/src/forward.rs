@@ -14,23 +14,24 @@
 //! the offset commit re-sends at most the unacknowledged window, and those copies carry the
 //! same `event_id` (the key and the `vigil-event-id` header), which consumers dedupe on.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryFuture, DeliveryResult, FutureProducer, FutureRecord, ProducerContext, ThreadedProducer,
 };
-use rdkafka::{ClientConfig, ClientContext};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use vigil_log::backoff::Backoff;
+use vigil_log::kafka::{
+    KafkaConfig, LoggingContext, event_headers, event_key, log_client_error, log_librdkafka, producer_config,
+};
 use vigil_log::{EventLog, LogError};
-
-use crate::backoff::Backoff;
 
 /// The consumer name under which the forwarder's position is kept in the buffer.
 pub const BUFFER_CONSUMER: &str = "kafka";
@@ -46,53 +47,6 @@ const COMMIT_EVERY_EVENTS: u64 = 20_000;
 /// How often acknowledged progress is committed (and the buffer trimmed) at the latest.
 const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
-/// The `[kafka]` section of `vigil ingest --config`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// `host:port[,host:port...]`.
-    pub brokers: String,
-    #[serde(default = "default_topic")]
-    pub topic: String,
-    #[serde(default = "default_dead_letter_topic")]
-    pub dead_letter_topic: String,
-    /// Partitions of the topics when Vigil creates them (they are left alone if they exist).
-    #[serde(default = "default_partitions")]
-    pub partitions: i32,
-    #[serde(default = "default_replication")]
-    pub replication_factor: i32,
-    /// `zstd`, `lz4`, `snappy`, `gzip` or `none`.
-    #[serde(default = "default_compression")]
-    pub compression: String,
-    /// Any other librdkafka producer property (`security.protocol`, `sasl.*`, ...). The
-    /// delivery guarantees (`enable.idempotence`, `acks`) cannot be overridden.
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-    /// File tails send straight to the broker; when it has acknowledged nothing for this long,
-    /// they spill to the on-disk buffer instead (see [`crate::direct`]).
-    #[serde(default = "default_spill_after_ms")]
-    pub spill_after_ms: u64,
-}
-
-fn default_topic() -> String {
-    "vigil.events".into()
-}
-fn default_dead_letter_topic() -> String {
-    "vigil.deadletter".into()
-}
-fn default_partitions() -> i32 {
-    6
-}
-fn default_replication() -> i32 {
-    1
-}
-fn default_spill_after_ms() -> u64 {
-    5_000
-}
-fn default_compression() -> String {
-    "zstd".into()
-}
-
 /// Why the forwarder could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -100,41 +54,6 @@ pub enum ForwardError {
     Config(#[source] KafkaError),
     #[error("buffer: {0}")]
     Buffer(#[from] LogError),
-}
-
-/// The producer settings every Vigil producer uses; the bare-producer benchmark uses them
-/// too, so the two are compared like for like.
-#[must_use]
-pub fn producer_config(config: &KafkaConfig) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    for (key, value) in &config.properties {
-        client.set(key, value);
-    }
-    client
-        .set("bootstrap.servers", &config.brokers)
-        .set("client.id", "vigil-ingest")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", &config.compression)
-        // No local expiry: while the broker is away, librdkafka keeps retrying and the
-        // buffer absorbs new input, instead of messages failing after a deadline.
-        .set("message.timeout.ms", "0")
-        .set_if_absent("linger.ms", "5")
-        .set_if_absent("queue.buffering.max.messages", "200000");
-    client
-}
-
-trait SetIfAbsent {
-    fn set_if_absent(&mut self, key: &str, value: &str) -> &mut Self;
-}
-
-impl SetIfAbsent for ClientConfig {
-    fn set_if_absent(&mut self, key: &str, value: &str) -> &mut Self {
-        if self.get(key).is_none() {
-            self.set(key, value);
-        }
-        self
-    }
 }
 
 /// The fields of a stored event the forwarder needs, read without decoding the rest.
@@ -147,21 +66,6 @@ struct Routing<'a> {
     egress_source: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default)]
     recipient_domain: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// The record key of DESIGN §5: the egress source, else the recipient domain (events of one
-/// sending IP stay in order on one partition).
-#[must_use]
-pub fn event_key<'a>(egress_source: Option<&'a str>, recipient_domain: Option<&'a str>) -> &'a str {
-    egress_source.filter(|s| !s.is_empty()).or(recipient_domain).unwrap_or("")
-}
-
-/// The headers of an event's record: schema version, source and `event_id` (for dedupe).
-pub(crate) fn event_headers(schema_version: &str, source: &str, event_id: &str) -> OwnedHeaders {
-    OwnedHeaders::new_with_capacity(3)
-        .insert(Header { key: "vigil-schema-version", value: Some(schema_version) })
-        .insert(Header { key: "vigil-source", value: Some(source) })
-        .insert(Header { key: "vigil-event-id", value: Some(event_id) })
 }
 
 /// Ships the buffer to Kafka until cancelled.
@@ -195,8 +99,8 @@ impl Forwarder {
         }
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         while !shutdown.is_cancelled() {
-            let dead_letters: FutureProducer<KafkaLogs> =
-                producer_config(&self.config).create_with_context(KafkaLogs).map_err(ForwardError::Config)?;
+            let dead_letters: FutureProducer<LoggingContext> =
+                producer_config(&self.config).create_with_context(LoggingContext).map_err(ForwardError::Config)?;
             match self.ship(&dead_letters, &shutdown).await? {
                 Shipped::Stopped => break,
                 Shipped::Failed(error) => {
@@ -217,7 +121,7 @@ impl Forwarder {
     /// in an [`AckWindow`], with no task per message.
     async fn ship(
         &self,
-        dead_letters: &FutureProducer<KafkaLogs>,
+        dead_letters: &FutureProducer<LoggingContext>,
         shutdown: &CancellationToken,
     ) -> Result<Shipped, ForwardError> {
         let mut committed = self.blocking(|log| log.committed_offset(BUFFER_CONSUMER)).await?;
@@ -247,7 +151,7 @@ impl Forwarder {
                         serde_json::from_slice(&bytes).map_err(|source| LogError::Corrupt { offset, source })?;
                     let headers = event_headers(&self.schema_version, routing.source, &routing.event_id);
                     let key = event_key(routing.egress_source.as_deref(), routing.recipient_domain.as_deref());
-                    let mut record = BaseRecord::with_opaque_to(&self.config.topic, offset_opaque(offset))
+                    let mut record = BaseRecord::with_opaque_to(&self.config.events_topic, offset_opaque(offset))
                         .key(key)
                         .payload(&bytes[..])
                         .headers(headers);
@@ -332,7 +236,7 @@ impl Forwarder {
     /// source; they are rare, so this waits for each batch's acknowledgement.
     async fn ship_dead_letters(
         &self,
-        producer: &FutureProducer<KafkaLogs>,
+        producer: &FutureProducer<LoggingContext>,
     ) -> Result<Result<(), String>, ForwardError> {
         let from = self.blocking(|log| log.committed_offset(BUFFER_DEAD_LETTER_CURSOR)).await?;
         let letters = self.blocking(move |log| log.dead_letters(from, READ_BATCH)).await?;
@@ -515,98 +419,6 @@ impl ClientContext for ShipContext {
     }
 }
 
-/// Creates `topics` with `partitions` if they are missing (existing ones are left alone);
-/// while the broker cannot be reached or has not created them yet, retries with backoff
-/// until `shutdown`.
-///
-/// # Errors
-/// When the client configuration is invalid.
-pub async fn ensure_topics(
-    client: &ClientConfig,
-    topics: &[&str],
-    partitions: i32,
-    replication_factor: i32,
-    shutdown: &CancellationToken,
-) -> Result<(), KafkaError> {
-    let admin: AdminClient<KafkaLogs> = client.create_with_context(KafkaLogs)?;
-    let new: Vec<NewTopic<'_>> =
-        topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor))).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        match admin.create_topics(&new, &options).await {
-            Ok(results) => {
-                let mut pending = false;
-                for result in results {
-                    match result {
-                        Ok(topic) => tracing::info!(topic, "Kafka topic created"),
-                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                        Err((topic, code)) => {
-                            tracing::warn!(topic, %code, "Kafka topic not created yet; retrying");
-                            pending = true;
-                        }
-                    }
-                }
-                if !pending {
-                    // Dropping an admin client joins its polling thread, which can take a
-                    // poll interval (100 ms): not on the start-up path.
-                    tokio::task::spawn_blocking(move || drop(admin));
-                    return Ok(());
-                }
-            }
-            Err(error) => tracing::warn!(%error, "Kafka broker unreachable; retrying topic set-up"),
-        }
-        backoff.wait(shutdown).await;
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-    }
-}
-
-/// The context of Vigil's Kafka clients that need nothing but logging (topic set-up, dead
-/// letters, the processor's consumers and producer).
-#[derive(Debug, Clone, Copy)]
-pub struct KafkaLogs;
-
-impl rdkafka::consumer::ConsumerContext for KafkaLogs {}
-
-impl ClientContext for KafkaLogs {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        log_librdkafka(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        log_client_error(&error, reason);
-    }
-}
-
-/// librdkafka's own log lines, through `tracing`. A broker that cannot be reached is expected
-/// (ingest buffers meanwhile), so its connection failures are warnings, not errors.
-fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
-    match level {
-        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
-            tracing::error!(target: "librdkafka", facility, "{message}");
-        }
-        RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning => {
-            tracing::warn!(target: "librdkafka", facility, "{message}");
-        }
-        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", facility, "{message}"),
-        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
-    }
-}
-
-fn log_client_error(error: &KafkaError, reason: &str) {
-    let transport = matches!(
-        error.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
-    );
-    if transport {
-        tracing::warn!(target: "librdkafka", %error, "Kafka broker unreachable; buffering: {reason}");
-    } else {
-        tracing::error!(target: "librdkafka", %error, "Kafka client error: {reason}");
-    }
-}
-
 impl ProducerContext for ShipContext {
     /// The buffer offset of the record (Vigil targets 64-bit platforms, where it fits).
     type DeliveryOpaque = usize;
@@ -633,14 +445,6 @@ async fn settle(delivery: DeliveryFuture) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_key_is_the_egress_source_else_the_recipient_domain() {
-        assert_eq!(event_key(Some("ip-1"), Some("gmail.com")), "ip-1");
-        assert_eq!(event_key(None, Some("gmail.com")), "gmail.com");
-        assert_eq!(event_key(Some(""), Some("gmail.com")), "gmail.com");
-        assert_eq!(event_key(None, None), "");
-    }
 
     #[test]
     fn only_the_contiguous_acknowledged_prefix_counts() {
@@ -676,21 +480,5 @@ mod tests {
         acks.delivered(2, Err("rejected".into()));
         assert!(!acks.wait_for_room(1, Duration::ZERO));
         assert_eq!(acks.acknowledged(), Err("rejected".into()));
-    }
-
-    #[test]
-    fn delivery_guarantees_cannot_be_configured_away() {
-        let config: KafkaConfig = toml_config(
-            "brokers = \"127.0.0.1:9092\"\n[properties]\n\"enable.idempotence\" = \"false\"\nacks = \"1\"\n",
-        );
-        let client = producer_config(&config);
-        assert_eq!(client.get("enable.idempotence"), Some("true"));
-        assert_eq!(client.get("acks"), Some("all"));
-        assert_eq!(client.get("compression.type"), Some("zstd"));
-        assert_eq!(config.topic, "vigil.events");
-    }
-
-    fn toml_config(text: &str) -> KafkaConfig {
-        toml::from_str(text).unwrap()
     }
 }

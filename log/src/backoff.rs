@@ -1,5 +1,5 @@
-//! Waiting before a retry: a capped exponential delay that gives way to shutdown. Used where
-//! ingest waits on something outside it (the broker, a full buffer).
+//! Waiting before a retry: a capped exponential delay that gives way to shutdown. Used
+//! wherever a role waits on something outside it (the broker, a full buffer, ClickHouse).
 
 use std::time::Duration;
 

@@ -1,0 +1,381 @@
+//! One configuration file for every role (`vigil run|ingest|process --config FILE`,
+//! `vigil check-config FILE`); `examples/vigil.toml` shows every key with its default.
+//!
+//! Layers, later ones win: built-in defaults, the file, `VIGIL_*` environment variables
+//! ([`ENVIRONMENT`]), then flags (`vigil run`'s flags are shorthands for keys of the file).
+//! Unknown keys are errors that name the key, the file and the line. A role reads the sections
+//! it runs and says once which present sections it ignores.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+use vigil_log::kafka::KafkaConfig;
+use vigil_processor::actuation::push::WebhookConfig;
+use vigil_query::auth::TokenConfig;
+use vigil_warehouse::clickhouse::ClickHouseConfig;
+
+use crate::sources::SourcesConfig;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the role keeps its state: the log of record, the warehouse and the derived
+    /// state's snapshot (`vigil run`), the shipping buffer and checkpoints (`vigil ingest`),
+    /// the snapshot and its Kafka positions (`vigil process`).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The HTTP listener: ingest hook, API, TSA surface, `/metrics`, `/healthz`. Default
+    /// `127.0.0.1:8008` for `vigil run`, `127.0.0.1:8009` for `vigil process`, none for
+    /// `vigil ingest`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub sources: SourcesConfig,
+    #[serde(default)]
+    pub classifier: ClassifierSection,
+    #[serde(default)]
+    pub processor: ProcessorSection,
+    #[serde(default)]
+    pub actuation: ActuationSection,
+    #[serde(default)]
+    pub api: ApiSection,
+    #[serde(default)]
+    pub buffer: BufferSection,
+    #[serde(default)]
+    pub clickhouse: Option<ClickHouseConfig>,
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            listen: None,
+            sources: SourcesConfig::default(),
+            classifier: ClassifierSection::default(),
+            processor: ProcessorSection::default(),
+            actuation: ActuationSection::default(),
+            api: ApiSection::default(),
+            buffer: BufferSection::default(),
+            clickhouse: None,
+            kafka: None,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./vigil-data")
+}
+
+/// `[classifier]`: the bounce classifier.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifierSection {
+    /// Extra rule files in KumoMTA's format (TOML or JSON), checked before the bundled ones;
+    /// first file wins.
+    #[serde(default)]
+    pub bounce_rules: Vec<PathBuf>,
+}
+
+/// `[processor]`: the fold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorSection {
+    /// Seconds between snapshots of the derived state (a clean stop writes one too).
+    #[serde(default = "default_snapshot_seconds")]
+    pub snapshot_seconds: u64,
+}
+
+impl Default for ProcessorSection {
+    fn default() -> Self {
+        Self { snapshot_seconds: default_snapshot_seconds() }
+    }
+}
+
+fn default_snapshot_seconds() -> u64 {
+    60
+}
+
+/// `[actuation]`: the rules that act and where their decisions go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActuationSection {
+    /// The action rules file (KumoMTA automation rules, rate rules, warm-up plans); default:
+    /// the bundled set.
+    #[serde(default)]
+    pub rules: Option<PathBuf>,
+    /// Bearer token for the TSA endpoints and the actions API.
+    #[serde(default)]
+    pub api_token: Option<String>,
+    /// Client addresses allowed there without the token (kumod's hosts).
+    #[serde(default)]
+    pub trusted_hosts: Vec<std::net::IpAddr>,
+    /// kumod's HTTP listener, to push suspensions and bounces to.
+    #[serde(default)]
+    pub kumod_url: Option<String>,
+    /// Signed webhooks: `[[actuation.webhooks]] name, url, secret`.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// `[api]`: who may use the HTTP API, and the ingest hook's bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// `[[api.tokens]] name, token, role` (viewer, operator, admin). Without tokens the API is
+    /// open and the listener must be on loopback.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// A file of more `[[tokens]]` (`examples/api-tokens.toml`), kept apart from the rest.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+    /// Largest accepted HTTP ingest body, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Most ingest requests handled at once; more get a 503 (KumoMTA retries them).
+    #[serde(default = "default_max_in_flight")]
+    pub max_ingest_in_flight: usize,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            tokens_file: None,
+            max_body_bytes: default_max_body_bytes(),
+            max_ingest_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+fn default_max_body_bytes() -> usize {
+    crate::cli::DEFAULT_MAX_BODY_BYTES
+}
+fn default_max_in_flight() -> usize {
+    crate::cli::DEFAULT_MAX_INGEST_IN_FLIGHT
+}
+
+/// `[buffer]`: `vigil ingest`'s on-disk buffer in front of Kafka.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferSection {
+    /// Events kept on disk while the broker has not acknowledged them; beyond this, tails
+    /// pause and the HTTP hook answers 503.
+    #[serde(default = "default_max_events")]
+    pub max_events: u64,
+}
+
+impl Default for BufferSection {
+    fn default() -> Self {
+        Self { max_events: default_max_events() }
+    }
+}
+
+fn default_max_events() -> u64 {
+    1_000_000
+}
+
+/// The roles that read a configuration file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Run,
+    Ingest,
+    Process,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Run => "vigil run",
+            Self::Ingest => "vigil ingest",
+            Self::Process => "vigil process",
+        }
+    }
+
+    /// The sections this role does not read.
+    fn ignores(self) -> &'static [&'static str] {
+        match self {
+            Self::Run => &["kafka", "buffer"],
+            Self::Ingest => &["classifier", "processor", "actuation", "clickhouse"],
+            Self::Process => &["sources", "buffer"],
+        }
+    }
+}
+
+/// The environment variables every role reads, and the key each sets.
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    ("VIGIL_DATA_DIR", "data_dir"),
+    ("VIGIL_LISTEN", "listen"),
+    ("VIGIL_KAFKA_BROKERS", "kafka.brokers"),
+    ("VIGIL_CLICKHOUSE_URL", "clickhouse.url"),
+    ("VIGIL_CLICKHOUSE_DATABASE", "clickhouse.database"),
+    ("VIGIL_CLICKHOUSE_USER", "clickhouse.user"),
+    ("VIGIL_CLICKHOUSE_PASSWORD", "clickhouse.password"),
+    ("VIGIL_KUMOD_URL", "actuation.kumod_url"),
+    ("VIGIL_API_TOKEN", "actuation.api_token"),
+    ("VIGIL_API_TOKENS", "api.tokens_file"),
+];
+
+impl Config {
+    /// Reads `path`: every error names the file, and a misspelt or misplaced key its line.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is not a valid configuration.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading the configuration {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in the configuration {}", path.display()))
+    }
+
+    /// Parses the text of a configuration file.
+    ///
+    /// # Errors
+    /// When it is not valid TOML or holds a key no section has.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        config.sources.check()?;
+        Ok(config)
+    }
+
+    /// Applies the `VIGIL_*` variables of [`ENVIRONMENT`] that are set.
+    ///
+    /// # Errors
+    /// Naming the variable whose value does not fit its key.
+    pub fn with_environment(self, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let mut config = self;
+        for (variable, key) in ENVIRONMENT {
+            let Some(value) = lookup(variable).filter(|v| !v.is_empty()) else { continue };
+            config.set(key, value).with_context(|| format!("in the environment variable {variable} (sets {key})"))?;
+        }
+        Ok(config)
+    }
+
+    fn set(&mut self, key: &str, value: String) -> anyhow::Result<()> {
+        match key {
+            "data_dir" => self.data_dir = value.into(),
+            "listen" => self.listen = Some(value.parse().context("expected HOST:PORT")?),
+            "kafka.brokers" => match &mut self.kafka {
+                Some(kafka) => kafka.brokers = value,
+                None => self.kafka = Some(KafkaConfig::new(value)),
+            },
+            "clickhouse.url" => match &mut self.clickhouse {
+                Some(clickhouse) => clickhouse.url = value,
+                None => self.clickhouse = Some(ClickHouseConfig::new(value)),
+            },
+            "clickhouse.database" | "clickhouse.user" | "clickhouse.password" => {
+                let clickhouse =
+                    self.clickhouse.as_mut().context("set VIGIL_CLICKHOUSE_URL or [clickhouse] url too")?;
+                match key {
+                    "clickhouse.database" => clickhouse.database = value,
+                    "clickhouse.user" => clickhouse.user = value,
+                    _ => clickhouse.password = value,
+                }
+            }
+            "actuation.kumod_url" => self.actuation.kumod_url = Some(value),
+            "actuation.api_token" => self.actuation.api_token = Some(value),
+            "api.tokens_file" => self.api.tokens_file = Some(value.into()),
+            other => anyhow::bail!("no key {other}"),
+        }
+        Ok(())
+    }
+
+    /// Logs once, at start, the sections `role` does not read but the file sets.
+    pub fn note_ignored(&self, role: Role) {
+        let present = |section: &str| match section {
+            "kafka" => self.kafka.is_some(),
+            "clickhouse" => self.clickhouse.is_some(),
+            "buffer" => self.buffer.max_events != default_max_events(),
+            "classifier" => !self.classifier.bounce_rules.is_empty(),
+            "processor" => self.processor.snapshot_seconds != default_snapshot_seconds(),
+            "actuation" => {
+                self.actuation.rules.is_some()
+                    || self.actuation.kumod_url.is_some()
+                    || !self.actuation.webhooks.is_empty()
+            }
+            "sources" => {
+                let s = &self.sources;
+                !(s.kumomta_logs.is_empty()
+                    && s.postfix_logs.is_empty()
+                    && s.exim_logs.is_empty()
+                    && s.powermta_accounting.is_empty()
+                    && s.syslog_udp.is_none()
+                    && s.syslog_tcp.is_none())
+            }
+            _ => false,
+        };
+        let ignored: Vec<&str> = role.ignores().iter().copied().filter(|s| present(s)).collect();
+        if !ignored.is_empty() {
+            tracing::info!(role = role.name(), sections = ?ignored, "these configuration sections are for other roles; ignored");
+        }
+    }
+
+    /// The `[kafka]` section, which the Kafka roles need.
+    ///
+    /// # Errors
+    /// When it is missing.
+    pub fn kafka(&self, role: Role) -> anyhow::Result<&KafkaConfig> {
+        self.kafka.as_ref().with_context(|| format!("{} needs a [kafka] section with `brokers`", role.name()))
+    }
+}
+
+/// `vigil check-config FILE...`: reads each file as every role would, starts nothing.
+/// A file of API tokens (`[[tokens]]` only, `[api] tokens_file`) is checked as one.
+///
+/// # Errors
+/// The first file that is not valid, with the reason.
+pub fn check(files: &[PathBuf]) -> anyhow::Result<()> {
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading the configuration {}", file.display()))?;
+        let tokens_only = text
+            .parse::<toml::Table>()
+            .is_ok_and(|table| table.len() == 1 && table.get("tokens").is_some_and(toml::Value::is_array));
+        if tokens_only {
+            crate::run::load_tokens(&[], Some(file))?;
+            println!("{}: ok (API tokens)", file.display());
+            continue;
+        }
+        Config::read(file)?.with_environment(|v| std::env::var(v).ok())?;
+        println!("{}: ok", file.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_key_is_refused_with_its_name_and_line() {
+        let text = "data_dir = \"x\"\n\n[kafka]\nbrokers = \"b:9092\"\ngroup = \"typo\"\n";
+        let error = format!("{:#}", Config::parse(text).unwrap_err());
+        assert!(error.contains("group") && error.contains("line 5"), "{error}");
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_file_and_names_itself_when_wrong() {
+        let config = Config::parse("listen = \"127.0.0.1:1\"\n").unwrap();
+        let env = |name: &str| match name {
+            "VIGIL_LISTEN" => Some("127.0.0.1:2".to_owned()),
+            "VIGIL_KAFKA_BROKERS" => Some("k:9092".to_owned()),
+            _ => None,
+        };
+        let config = config.with_environment(env).unwrap();
+        assert_eq!(config.listen, Some("127.0.0.1:2".parse().unwrap()));
+        assert_eq!(config.kafka.unwrap().brokers, "k:9092");
+        let bad = Config::default().with_environment(|n| (n == "VIGIL_LISTEN").then(|| "nowhere".to_owned()));
+        assert!(format!("{:#}", bad.unwrap_err()).contains("VIGIL_LISTEN"));
+    }
+
+    #[test]
+    fn every_example_is_a_valid_configuration() {
+        for file in ["examples/vigil.toml", "examples/ingest.toml", "examples/process.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            Config::read(&path).unwrap();
+        }
+    }
+}
