@@ -5,7 +5,7 @@
 //!   settings Vigil uses (`vigil_log::kafka::producer_config`) until all are acknowledged.
 //!   It is the ceiling of the path: no file reading, parsing, buffer or checkpoints.
 //! - Vigil: `vigil ingest` tailing a directory holding the same lines, from process start until
-//!   the broker acknowledged every event (`vigil_ship_events_total`).
+//!   the broker acknowledged every event (`vigil_ingest_shipped_events_total`).
 //!
 //! Not a criterion bench (one end-to-end run per side is the measurement; both sides are run
 //! twice, alternating, and the better run of each is kept). Run with `scripts/bench`, which
@@ -120,7 +120,7 @@ fn vigil_ingest(brokers: &str, dir: &Path, lines: &[String]) -> f64 {
     let shipped = || -> f64 {
         let body = reqwest::blocking::get(format!("{base}/metrics")).unwrap().text().unwrap();
         body.lines()
-            .find(|l| l.starts_with("vigil_ship_events_total "))
+            .find(|l| l.starts_with("vigil_ingest_shipped_events_total "))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or(0.0)
     };

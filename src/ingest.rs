@@ -32,8 +32,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(listen) = config.listen {
         let app =
             vigil_ingest::kumomta::router(log.clone(), config.api.max_body_bytes, config.api.max_ingest_in_flight)
-                .merge(crate::metrics::router(log.clone(), None))
-                .route("/healthz", get(|| async { "ok\n" }));
+                .merge(crate::metrics::router(log.clone(), None, None))
+                .route("/healthz", get(|| async { "ok\n" }))
+                .layer(axum::middleware::from_fn(vigil_query::metrics::observe));
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let bound = listener.local_addr()?;
         if !bound.ip().is_loopback() {

@@ -71,13 +71,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             token: config.actuation.api_token.clone(),
             trusted_hosts: config.actuation.trusted_hosts.clone(),
         }))
-        .merge(crate::metrics::process_router())
+        .merge(crate::metrics::process_router(outbox.clone()))
         .route("/healthz", get(healthz))
         .layer(axum::middleware::from_fn_with_state(tokens.clone(), vigil_query::auth::require_role))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             crate::run::REQUEST_TIMEOUT,
-        ));
+        ))
+        .layer(axum::middleware::from_fn(vigil_query::metrics::observe));
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     let bound = listener.local_addr()?;
     tokens.check_listener(bound)?;

@@ -79,12 +79,13 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             trusted_hosts: args.trusted_hosts.clone(),
         }))
         .merge(vigil_ingest::kumomta::router(log.clone(), args.max_body_bytes, args.max_ingest_in_flight))
-        .merge(crate::metrics::router(log.clone(), Some(vigil_processor::pipeline::CONSUMER)))
+        .merge(crate::metrics::router(log.clone(), Some(vigil_processor::pipeline::CONSUMER), Some(outbox.clone())))
         .layer(axum::middleware::from_fn_with_state(tokens.clone(), vigil_query::auth::require_role))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
+        .layer(axum::middleware::from_fn(vigil_query::metrics::observe))
         .layer(
             // 5xx are logged where they arise (with the cause); a 503 from /healthz while
             // starting is expected, not an error.

@@ -102,6 +102,54 @@ async fn the_api_answers_from_clickhouse_as_from_parquet_and_a_restart_changes_n
     tokio::task::block_in_place(|| drop(server));
 }
 
+/// ClickHouse stopped under a running Vigil: the analytics endpoints answer 503 with
+/// `Retry-After` and say which dependency is down (not a 500, which would read as a bug in
+/// Vigil); the log hook keeps taking records; once the server is back, the endpoints answer
+/// again by themselves and the records taken meanwhile reach ClickHouse.
+#[tokio::test(flavor = "multi_thread")]
+async fn clickhouse_down_is_a_503_with_retry_after_and_the_api_recovers_by_itself() {
+    let mut server = tokio::task::block_in_place(ClickHouse::start);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let vigil =
+        Vigil::start(&data, &["--clickhouse-url", server.url.as_str(), "--clickhouse-database", "outage"]).await;
+    let records = example_records();
+    let (status, body) = vigil.post("/ingest/kumomta", format!("[{}]", records[..3].join(","))).await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the first events to reach ClickHouse", Duration::from_secs(30), || async {
+        query(&server, "SELECT count() FROM outage.events") == "3\n"
+    })
+    .await;
+    let (status, before) = vigil.get(QUERIES[0]).await;
+    assert_eq!(status, 200, "{before}");
+
+    tokio::task::block_in_place(|| server.stop());
+    for path in [QUERIES[0], QUERIES[2], QUERIES[4]] {
+        let response = vigil.http.get(vigil.url(path)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 503, "{path}");
+        let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        assert!(retry_after.is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n > 0)), "{path}: Retry-After in seconds");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["dependency"], "clickhouse", "{path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("clickhouse is unavailable"), "{path}: {body}");
+    }
+    // Ingest does not depend on ClickHouse: the log takes the records.
+    let (status, body) = vigil.post("/ingest/kumomta", format!("[{}]", records[3..].join(","))).await;
+    assert_eq!(status, 200, "{body}");
+
+    tokio::task::block_in_place(|| server.resume());
+    eventually("the API to answer from ClickHouse again", Duration::from_secs(60), || async {
+        vigil.get(QUERIES[0]).await.0 == 200
+    })
+    .await;
+    eventually("the records taken during the outage to reach ClickHouse", Duration::from_secs(60), || async {
+        query(&server, "SELECT count() FROM outage.events") == "5\n"
+    })
+    .await;
+    vigil.terminate();
+    tokio::task::block_in_place(|| drop(server));
+}
+
 #[test]
 fn an_open_api_refuses_to_listen_beyond_loopback() {
     let dir = tempfile::tempdir().unwrap();

@@ -306,11 +306,12 @@ spill_after_ms = 2000
     });
 
     wait_until("the shipping metrics to count it all", Duration::from_secs(30), || {
-        ingest.metric("vigil_ship_events_total") >= 900.0 && ingest.metric("vigil_ship_dead_letters_total") >= 1.0
+        ingest.metric("vigil_ingest_shipped_events_total") >= 900.0
+            && ingest.metric("vigil_ingest_shipped_dead_letters_total") >= 1.0
     });
 
     // So far the tails sent straight to the broker: nothing went through the on-disk buffer.
-    assert_eq!(ingest.metric("vigil_ship_spills_total"), 0.0);
+    assert_eq!(ingest.metric("vigil_ingest_ship_spills_total"), 0.0);
 
     // 2. The broker goes away for 30 s while lines keep coming. The tails' sends go
     //    unacknowledged, so after `spill_after_ms` they spill: the new lines are read again
@@ -319,7 +320,8 @@ spill_after_ms = 2000
     let stopped = Instant::now();
     files.append(300..600);
     wait_until("ingest to buffer the new lines on disk", Duration::from_secs(60), || {
-        ingest.metric("vigil_ship_spills_total") >= 1.0 && ingest.metric("vigil_ship_buffer_depth") >= 900.0
+        ingest.metric("vigil_ingest_ship_spills_total") >= 1.0
+            && ingest.metric("vigil_ingest_buffer_depth_events") >= 900.0
     });
     std::thread::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed()));
     broker = Broker::start(&broker_dir, port);

@@ -214,9 +214,9 @@ async fn two_instances_one_killed_agree_with_one_instance() {
         assert_eq!(b.get(&query).await, expected, "{query}");
     }
     // The survivor ran throughout: it folded each event once and dropped every re-sent copy.
-    assert_eq!(b.counter("vigil_process_folded").await, EVENTS as u64);
-    assert!(b.counter("vigil_process_copies_by_event_id").await >= RESENT as u64);
-    assert_eq!(b.counter("vigil_process_undecodable").await, 0);
+    assert_eq!(b.counter("vigil_processor_folded_events").await, EVENTS as u64);
+    assert!(b.counter("vigil_processor_copies_by_event_id_events").await >= RESENT as u64);
+    assert_eq!(b.counter("vigil_processor_undecodable_records").await, 0);
     let yahoo = single.get(&format!("/api/v1/reputation?scope=provider&window=24h&as_of={as_of}")).await;
     let row = yahoo["rows"].as_array().unwrap().iter().find(|r| r["provider"] == "yahoo").unwrap().clone();
     assert!(row["signals_by_name"]["yahoo_tss04"].as_u64().unwrap() > 0, "{row}");

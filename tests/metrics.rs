@@ -40,4 +40,39 @@ async fn metrics_count_what_ingest_did() {
     let text = metrics().await;
     assert!(text.contains("# TYPE vigil_ingest_file_lag_bytes gauge"), "{text}");
     assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics text ends with # EOF");
+    assert!(
+        text.contains(
+            "vigil_api_request_duration_seconds_count{route=\"/ingest/kumomta\",method=\"POST\",status=\"200\"} 1"
+        ),
+        "request latency by route, method and status: {text}"
+    );
+    assert!(text.contains("# TYPE vigil_processor_batch_duration_seconds histogram"), "{text}");
+
+    // The classic text format, for clients that ask for it, passes Prometheus's own linter.
+    let classic = vigil
+        .http
+        .get(vigil.url("/metrics"))
+        .header("accept", "text/plain; version=0.0.4")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let promtool = std::env::var("VIGIL_PROMTOOL").unwrap_or_else(|_| "promtool".to_owned());
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{promtool}: {e}; ./scripts/test installs Debian's prometheus"));
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), classic.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{classic}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

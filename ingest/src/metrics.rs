@@ -1,5 +1,6 @@
 //! Ingest metrics, per source (`kumomta-http`, `postfix-file`, `exim-syslog`, ...), in
-//! Prometheus / OpenMetrics form. Names follow `vigil_<stage>_<noun>_<unit>_total`; label
+//! Prometheus / OpenMetrics form. Names follow `vigil_<stage>_<what>_<unit>` (`_total` added to counters), listed in
+//! `docs/metrics.md`; label
 //! values are bounded: the source names above and a fixed set of dead-letter reasons.
 
 use std::sync::LazyLock;
@@ -81,34 +82,38 @@ pub fn register(registry: &mut Registry) {
         "UDP syslog datagrams dropped on a full queue",
         m.syslog_dropped.clone(),
     );
-    registry.register("vigil_ship_events", "Events acknowledged by the Kafka broker", m.shipped_events.clone());
     registry.register(
-        "vigil_ship_dead_letters",
+        "vigil_ingest_shipped_events",
+        "Events acknowledged by the Kafka broker",
+        m.shipped_events.clone(),
+    );
+    registry.register(
+        "vigil_ingest_shipped_dead_letters",
         "Dead letters acknowledged by the Kafka broker",
         m.shipped_dead_letters.clone(),
     );
     registry.register(
-        "vigil_ship_resends",
+        "vigil_ingest_ship_resends",
         "Restarts from the last acknowledged event after a failed delivery",
         m.ship_resends.clone(),
     );
     registry.register(
-        "vigil_ship_buffer_depth",
+        "vigil_ingest_buffer_depth_events",
         "Events in the on-disk buffer not yet acknowledged by the broker",
         m.buffer_depth.clone(),
     );
     registry.register(
-        "vigil_ship_in_flight",
+        "vigil_ingest_ship_in_flight_events",
         "Events sent straight to the broker by file tails and not yet acknowledged",
         m.ship_in_flight.clone(),
     );
     registry.register(
-        "vigil_ship_spills",
+        "vigil_ingest_ship_spills",
         "Times file tails spilled to the on-disk buffer because the broker stopped acknowledging",
         m.ship_spills.clone(),
     );
     registry.register(
-        "vigil_ship_oldest_unacknowledged_seconds",
+        "vigil_ingest_ship_oldest_unacknowledged_seconds",
         "Age of the oldest event not yet acknowledged by the broker",
         m.oldest_unacknowledged_seconds.clone(),
     );

@@ -306,6 +306,13 @@ impl EventLog {
         if receipt.appended > 0 {
             self.head.send_replace(receipt.head);
         }
+        tracing::debug!(
+            appended = receipt.appended,
+            duplicates = receipt.duplicates,
+            dead_lettered = receipt.dead_lettered,
+            head = receipt.head,
+            "log append committed"
+        );
         Ok(receipt)
     }
 

@@ -32,11 +32,13 @@
 //! - [`pipeline`]: the async loop from the log to the warehouse and the state.
 //! - [`stream`]: the same on Kafka (`vigil process`): enrich in a consumer group, fold
 //!   every partition.
+//! - [`metrics`]: batch latency and the pushers' backlogs, for `/metrics`.
 //! - [`view`]: the read model; the API and every other reader use nothing else of this crate.
 
 pub mod actuation;
 pub mod classify;
 pub mod enrich;
+pub mod metrics;
 pub mod pipeline;
 pub mod providers;
 pub mod reputation;

@@ -266,6 +266,7 @@ impl Pipeline {
 
     /// One batch: read, enrich, write, commit, count. Returns the next offset.
     async fn step(&self, offset: u64) -> Result<u64, PipelineError> {
+        let started = std::time::Instant::now();
         let log = self.log.clone();
         let max = self.config.max_batch_events;
         let mut events: Vec<(u64, DeliveryEvent)> =
@@ -281,7 +282,10 @@ impl Pipeline {
             Ok(events)
         })
         .await??;
-        let decisions = self.state.write().expect("state lock poisoned").apply_batch(&events, end, &self.fold.load());
+        let decisions = {
+            let _fold = tracing::debug_span!("fold", from = offset, to = end, events = events.len()).entered();
+            self.state.write().expect("state lock poisoned").apply_batch(&events, end, &self.fold.load())
+        };
         if let (Some(outbox), false) = (&self.outbox, decisions.is_empty()) {
             let outbox = outbox.clone();
             let recorded = tokio::task::spawn_blocking(move || outbox.record(&decisions)).await?;
@@ -291,7 +295,8 @@ impl Pipeline {
                 tracing::error!(%error, "decisions could not be recorded");
             }
         }
-        tracing::debug!(from = offset, to = end, "batch committed to the warehouse");
+        crate::metrics::processor_metrics().batch_seconds.observe(started.elapsed().as_secs_f64());
+        tracing::debug!(from = offset, to = end, "batch committed to the warehouse and folded");
         Ok(end)
     }
 }

@@ -82,23 +82,23 @@ pub fn stream_metrics() -> &'static StreamMetrics {
 pub fn register_metrics(registry: &mut Registry) {
     let m = stream_metrics();
     registry.register(
-        "vigil_process_enriched",
+        "vigil_processor_enriched_events",
         "Events enriched and acknowledged in vigil.enriched",
         m.enriched.clone(),
     );
     registry.register(
-        "vigil_process_undecodable",
+        "vigil_processor_undecodable_records",
         "Records of vigil.events that did not decode",
         m.undecodable.clone(),
     );
-    registry.register("vigil_process_folded", "Events folded into the derived state", m.folded.clone());
+    registry.register("vigil_processor_folded_events", "Events folded into the derived state", m.folded.clone());
     registry.register(
-        "vigil_process_copies_by_position",
+        "vigil_processor_copies_by_position_events",
         "Copies dropped: their vigil.events position was already folded",
         m.copies_by_position.clone(),
     );
     registry.register(
-        "vigil_process_copies_by_event_id",
+        "vigil_processor_copies_by_event_id_events",
         "Copies dropped: their event id was among the last million folded",
         m.copies_by_event_id.clone(),
     );

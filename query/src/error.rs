@@ -22,9 +22,6 @@ pub enum ApiError {
     /// A dependency is down or slow; retrying later helps.
     #[error("{dependency} is unavailable: {reason}")]
     Unavailable { dependency: &'static str, reason: String },
-    /// Vigil is starting; retry later.
-    #[error("{0}")]
-    Starting(&'static str),
     /// A fault on our side.
     #[error("internal error: {0}")]
     Internal(#[source] Box<dyn StdError + Send + Sync>),
@@ -48,12 +45,6 @@ impl IntoResponse for ApiError {
                     "dependency": dependency,
                 });
                 let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-                return response;
-            }
-            Self::Starting(message) => {
-                let mut response =
-                    (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "error": message }))).into_response();
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
                 return response;
             }

@@ -20,12 +20,14 @@
 //! - [`auth`]: bearer tokens with roles for `/api/v1`.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' types.
 //! - [`actions`]: KumoMTA's TSA endpoints and the decisions, throttles and warm-up API.
+//! - [`metrics`]: request latency by route and status.
 
 pub mod actions;
 pub mod analytics;
 pub mod auth;
 pub mod error;
 pub mod live;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 

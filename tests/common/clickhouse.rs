@@ -27,8 +27,8 @@ pub fn clickhouse_server() -> PathBuf {
 
 /// A running ClickHouse; stopped (and its directory removed) when dropped.
 pub struct ClickHouse {
-    _server: Running,
-    _dir: tempfile::TempDir,
+    server: Option<Running>,
+    dir: tempfile::TempDir,
     pub url: String,
 }
 
@@ -62,16 +62,29 @@ impl ClickHouse {
              </default></users>\n  <quotas><default></default></quotas>\n</yandex>\n",
         )
         .unwrap();
+        let mut server = Self { server: None, dir, url: format!("http://127.0.0.1:{http_port}") };
+        server.resume();
+        server
+    }
+
+    /// Stops the server (as a crash would: killed), keeping its data and ports.
+    pub fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
+
+    /// Starts the server again on the same data and ports, and waits until it answers.
+    pub fn resume(&mut self) {
         let child = Command::new(clickhouse_server())
-            .arg(format!("--config-file={}", dir.path().join("config.xml").display()))
-            .current_dir(dir.path())
+            .arg(format!("--config-file={}", self.dir.path().join("config.xml").display()))
+            .current_dir(self.dir.path())
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .stderr(std::fs::File::create(self.dir.path().join("stderr.log")).unwrap())
             .spawn()
             .expect("starting clickhouse-server");
-        let server = Self { _server: Running(child), _dir: dir, url: format!("http://127.0.0.1:{http_port}") };
-        wait_until("ClickHouse to answer", Duration::from_secs(60), || server.try_query("SELECT 1").is_ok());
-        server
+        self.server = Some(Running(child));
+        wait_until("ClickHouse to answer", Duration::from_secs(60), || self.try_query("SELECT 1").is_ok());
     }
 
     fn try_query(&self, sql: &str) -> Result<String, String> {

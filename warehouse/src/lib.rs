@@ -28,6 +28,7 @@
 
 pub mod clickhouse;
 pub mod files;
+pub mod metrics;
 pub mod query;
 pub mod reader;
 pub mod schema;

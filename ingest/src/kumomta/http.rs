@@ -168,7 +168,8 @@ fn split_records(body: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
 
 async fn append(log: &EventLog, batch: AppendBatch) -> Result<AppendReceipt, Response> {
     let log = log.clone();
-    match tokio::task::spawn_blocking(move || log.append(&batch)).await {
+    let span = tracing::debug_span!("ingest", source = "kumomta-http", events = batch.events.len());
+    match tokio::task::spawn_blocking(move || span.in_scope(|| log.append(&batch))).await {
         Ok(Ok(receipt)) => Ok(receipt),
         Ok(Err(err)) if err.is_full() => {
             // Back-pressure from the shipping buffer: KumoMTA keeps the record and retries.

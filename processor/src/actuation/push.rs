@@ -32,12 +32,29 @@ const KUMOD_IDS: TableDefinition<&str, &str> = TableDefinition::new("kumod_ids")
 
 /// The outbox could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("decision outbox: {0}")]
-pub struct OutboxError(String);
-
-fn err(e: impl std::fmt::Display) -> OutboxError {
-    OutboxError(e.to_string())
+pub enum OutboxError {
+    /// The store failed (disk full, I/O error, corruption).
+    #[error("decision outbox storage: {0}")]
+    Storage(#[from] redb::Error),
+    /// Its directory cannot be created.
+    #[error("decision outbox directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// A stored decision does not decode: a bug or a newer writer.
+    #[error("decision outbox record: {0}")]
+    Record(#[from] serde_json::Error),
 }
+
+/// redb's per-operation errors, all kept as the store's error with their source.
+macro_rules! storage_errors {
+    ($($error:ty),*) => {$(
+        impl From<$error> for OutboxError {
+            fn from(error: $error) -> Self {
+                Self::Storage(error.into())
+            }
+        }
+    )*};
+}
+storage_errors!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
 /// The durable decision log. Cheap to clone.
 #[derive(Clone)]
@@ -61,14 +78,14 @@ impl Outbox {
     /// # Errors
     /// When the file cannot be opened.
     pub fn open(dir: &Path) -> Result<Self, OutboxError> {
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let db = Database::create(dir.join("decisions.redb")).map_err(err)?;
-        let tx = db.begin_write().map_err(err)?;
-        tx.open_table(DECISIONS).map_err(err)?;
-        tx.open_table(BY_ID).map_err(err)?;
-        tx.open_table(CURSORS).map_err(err)?;
-        tx.open_table(KUMOD_IDS).map_err(err)?;
-        tx.commit().map_err(err)?;
+        std::fs::create_dir_all(dir)?;
+        let db = Database::create(dir.join("decisions.redb"))?;
+        let tx = db.begin_write()?;
+        tx.open_table(DECISIONS)?;
+        tx.open_table(BY_ID)?;
+        tx.open_table(CURSORS)?;
+        tx.open_table(KUMOD_IDS)?;
+        tx.commit()?;
         Ok(Self { db: Arc::new(db), recorded: Arc::new(Notify::new()), live: broadcast::channel(4096).0 })
     }
 
@@ -81,23 +98,23 @@ impl Outbox {
             return Ok(0);
         }
         let mut fresh = Vec::new();
-        let tx = self.db.begin_write().map_err(err)?;
+        let tx = self.db.begin_write()?;
         {
-            let mut log = tx.open_table(DECISIONS).map_err(err)?;
-            let mut ids = tx.open_table(BY_ID).map_err(err)?;
-            let mut next = log.last().map_err(err)?.map_or(0, |(k, _)| k.value() + 1);
+            let mut log = tx.open_table(DECISIONS)?;
+            let mut ids = tx.open_table(BY_ID)?;
+            let mut next = log.last()?.map_or(0, |(k, _)| k.value() + 1);
             for decision in decisions {
-                if ids.get(decision.decision_id.as_str()).map_err(err)?.is_some() {
+                if ids.get(decision.decision_id.as_str())?.is_some() {
                     continue;
                 }
-                let json = serde_json::to_string(decision).map_err(err)?;
-                log.insert(next, json.as_str()).map_err(err)?;
-                ids.insert(decision.decision_id.as_str(), next).map_err(err)?;
+                let json = serde_json::to_string(decision)?;
+                log.insert(next, json.as_str())?;
+                ids.insert(decision.decision_id.as_str(), next)?;
                 next += 1;
                 fresh.push(decision);
             }
         }
-        tx.commit().map_err(err)?;
+        tx.commit()?;
         for decision in &fresh {
             // Nobody listening is fine: the log has it.
             let _ = self.live.send((*decision).clone());
@@ -119,12 +136,12 @@ impl Outbox {
     /// # Errors
     /// When the file cannot be read.
     pub fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, Decision)>, OutboxError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let log = tx.open_table(DECISIONS).map_err(err)?;
+        let tx = self.db.begin_read()?;
+        let log = tx.open_table(DECISIONS)?;
         let mut out = Vec::new();
-        for row in log.range(from..).map_err(err)?.take(limit) {
-            let (seq, json) = row.map_err(err)?;
-            out.push((seq.value(), serde_json::from_str(json.value()).map_err(err)?));
+        for row in log.range(from..)?.take(limit) {
+            let (seq, json) = row?;
+            out.push((seq.value(), serde_json::from_str(json.value())?));
         }
         Ok(out)
     }
@@ -134,12 +151,12 @@ impl Outbox {
     /// # Errors
     /// When the file cannot be read.
     pub fn newest(&self, limit: usize, keep: impl Fn(&Decision) -> bool) -> Result<Vec<Decision>, OutboxError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let log = tx.open_table(DECISIONS).map_err(err)?;
+        let tx = self.db.begin_read()?;
+        let log = tx.open_table(DECISIONS)?;
         let mut out = Vec::new();
-        for row in log.iter().map_err(err)?.rev() {
-            let (_, json) = row.map_err(err)?;
-            let decision: Decision = serde_json::from_str(json.value()).map_err(err)?;
+        for row in log.iter()?.rev() {
+            let (_, json) = row?;
+            let decision: Decision = serde_json::from_str(json.value())?;
             if keep(&decision) {
                 out.push(decision);
                 if out.len() == limit {
@@ -150,32 +167,77 @@ impl Outbox {
         Ok(out)
     }
 
+    /// Each pusher's backlog: decisions recorded and not yet passed by its cursor, and when
+    /// the oldest of them was decided (none when it is caught up).
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn backlogs(&self) -> Result<Vec<Backlog>, OutboxError> {
+        let tx = self.db.begin_read()?;
+        let log = tx.open_table(DECISIONS)?;
+        let next = log.last()?.map_or(0, |(k, _)| k.value() + 1);
+        let cursors = tx.open_table(CURSORS)?;
+        let mut out = Vec::new();
+        for row in cursors.iter()? {
+            let (name, cursor) = row?;
+            let cursor = cursor.value();
+            let oldest = match log.get(cursor)? {
+                Some(json) => Some(serde_json::from_str::<Decision>(json.value())?.at),
+                None => None,
+            };
+            out.push(Backlog { pusher: name.value().to_owned(), depth: next.saturating_sub(cursor), oldest });
+        }
+        Ok(out)
+    }
+
+    fn ensure_cursor(&self, name: &str) -> Result<(), OutboxError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut cursors = tx.open_table(CURSORS)?;
+            if cursors.get(name)?.is_none() {
+                cursors.insert(name, 0)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn cursor(&self, name: &str) -> Result<u64, OutboxError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(CURSORS).map_err(err)?;
-        Ok(table.get(name).map_err(err)?.map_or(0, |v| v.value()))
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(CURSORS)?;
+        Ok(table.get(name)?.map_or(0, |v| v.value()))
     }
 
     fn set_cursor(&self, name: &str, next: u64, kumod_id: Option<(&str, Option<&str>)>) -> Result<(), OutboxError> {
-        let tx = self.db.begin_write().map_err(err)?;
+        let tx = self.db.begin_write()?;
         {
-            tx.open_table(CURSORS).map_err(err)?.insert(name, next).map_err(err)?;
+            tx.open_table(CURSORS)?.insert(name, next)?;
             if let Some((key, id)) = kumod_id {
-                let mut ids = tx.open_table(KUMOD_IDS).map_err(err)?;
+                let mut ids = tx.open_table(KUMOD_IDS)?;
                 match id {
-                    Some(id) => ids.insert(key, id).map_err(err)?,
-                    None => ids.remove(key).map_err(err)?,
+                    Some(id) => ids.insert(key, id)?,
+                    None => ids.remove(key)?,
                 };
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(OutboxError::from)
     }
 
     fn kumod_id(&self, key: &str) -> Result<Option<String>, OutboxError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(KUMOD_IDS).map_err(err)?;
-        Ok(table.get(key).map_err(err)?.map(|v| v.value().to_owned()))
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(KUMOD_IDS)?;
+        Ok(table.get(key)?.map(|v| v.value().to_owned()))
     }
+}
+
+/// One pusher's place in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    pub pusher: String,
+    /// Decisions recorded and not yet passed.
+    pub depth: u64,
+    /// When the oldest of them was decided.
+    pub oldest: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Where decisions are pushed (`[actuation]` in the config).
@@ -305,6 +367,10 @@ pub fn spawn(outbox: &Outbox, config: &PushConfig, shutdown: &CancellationToken)
 }
 
 async fn run(name: String, pusher: Pusher, outbox: Outbox, client: reqwest::Client, shutdown: CancellationToken) {
+    // A cursor from the start, so the pusher's backlog is reported before its first delivery.
+    if let Err(error) = outbox.ensure_cursor(&name) {
+        tracing::error!(%error, pusher = name, "cannot create the outbox cursor");
+    }
     loop {
         let recorded = outbox.recorded.notified();
         let cursor = match outbox.cursor(&name) {
@@ -338,7 +404,10 @@ async fn run(name: String, pusher: Pusher, outbox: Outbox, client: reqwest::Clie
                     Pusher::Topic { producer, topic } => publish(producer, topic, &decision).await.map(|()| None),
                 };
                 match result {
-                    Ok(id) => break id,
+                    Ok(id) => {
+                        tracing::debug!(pusher = name, seq, decision = decision.decision_id, "decision delivered");
+                        break id;
+                    }
                     Err(error) => {
                         tracing::warn!(%error, pusher = name, decision = decision.decision_id, "delivery failed; retrying");
                         tokio::select! {

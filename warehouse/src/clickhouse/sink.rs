@@ -244,10 +244,13 @@ impl ClickHouseSink {
         let fresh: Vec<(u64, &DeliveryEvent)> =
             unstored.iter().copied().filter(|(offset, _)| !self.present.contains(offset)).collect();
         let skipped = batch.len() - fresh.len();
+        let started = std::time::Instant::now();
         if !fresh.is_empty() {
             self.insert_events(&fresh).await?;
         }
         self.record(first, last, fresh.len()).await?;
+        crate::metrics::insert_seconds().observe(started.elapsed().as_secs_f64());
+        tracing::debug!(partition = self.partition, first, last, inserted = fresh.len(), "batch stored in ClickHouse");
         self.stored_until = last + 1;
         self.present.retain(|offset| *offset > last);
         Ok(Written { inserted: fresh.len(), skipped })

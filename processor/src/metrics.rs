@@ -1,0 +1,90 @@
+//! The processor's metrics, named `vigil_processor_*` and `vigil_push_*` (see
+//! `docs/metrics.md`): batch latency of the embedded pipeline, the Kafka stages' counters
+//! ([`crate::stream::stream_metrics`]), and each pusher's backlog in the outbox.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::actuation::push::Outbox;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PusherLabel {
+    /// `kumod`, a webhook's name, or `topic:<name>`: set by configuration, so bounded.
+    pub pusher: String,
+}
+
+/// The processor's gauges and histograms. One set per process ([`processor_metrics`]).
+#[derive(Debug)]
+pub struct ProcessorMetrics {
+    /// Seconds from reading a batch of the log to its state being folded (embedded pipeline).
+    pub batch_seconds: Histogram,
+    /// Decisions recorded and not yet passed by each pusher.
+    pub outbox_depth: Family<PusherLabel, Gauge>,
+    /// Age of the oldest decision each pusher has not passed yet (0 when caught up).
+    pub outbox_oldest_seconds: Family<PusherLabel, Gauge>,
+}
+
+impl Default for ProcessorMetrics {
+    fn default() -> Self {
+        Self {
+            // 1 ms .. about 16 s.
+            batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            outbox_depth: Family::default(),
+            outbox_oldest_seconds: Family::default(),
+        }
+    }
+}
+
+static METRICS: LazyLock<ProcessorMetrics> = LazyLock::new(ProcessorMetrics::default);
+
+/// This process's processor metrics.
+#[must_use]
+pub fn processor_metrics() -> &'static ProcessorMetrics {
+    &METRICS
+}
+
+/// Registers the embedded pipeline's batch latency.
+pub fn register_pipeline(registry: &mut Registry) {
+    registry.register(
+        "vigil_processor_batch_duration_seconds",
+        "Seconds from reading a batch of the log to its state being folded",
+        processor_metrics().batch_seconds.clone(),
+    );
+}
+
+/// Registers the pushers' backlogs (refreshed by [`refresh_outbox`] before each scrape).
+pub fn register_outbox(registry: &mut Registry) {
+    let m = processor_metrics();
+    registry.register(
+        "vigil_push_outbox_depth_decisions",
+        "Decisions recorded and not yet passed by each pusher",
+        m.outbox_depth.clone(),
+    );
+    registry.register(
+        "vigil_push_oldest_undelivered_seconds",
+        "Age of the oldest decision each pusher has not passed yet (0 when caught up)",
+        m.outbox_oldest_seconds.clone(),
+    );
+}
+
+/// Reads each pusher's backlog from `outbox` into the gauges.
+pub fn refresh_outbox(outbox: &Outbox) {
+    let m = processor_metrics();
+    match outbox.backlogs() {
+        Ok(backlogs) => {
+            let now = chrono::Utc::now();
+            for backlog in backlogs {
+                let label = PusherLabel { pusher: backlog.pusher };
+                m.outbox_depth.get_or_create(&label).set(i64::try_from(backlog.depth).unwrap_or(i64::MAX));
+                let age = backlog.oldest.map_or(0, |at| (now - at).num_seconds().max(0));
+                m.outbox_oldest_seconds.get_or_create(&label).set(age);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot read the outbox backlog for /metrics"),
+    }
+}
