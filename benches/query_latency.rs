@@ -2,7 +2,7 @@
 //!
 //! 10 000 000 generated events (`vigil_warehouse::synthetic`, 35 days) are written to the
 //! embedded Parquet warehouse (`ParquetWriter`, batches of 100 000, then compacted) and
-//! inserted into a real ClickHouse through the sink (`ClickHouseSink`, the same batches), each
+//! inserted into a real ClickHouse through the sink (`ClickHouseWriter`, the same batches), each
 //! timed: the sink's rate is the ClickHouse ingest figure, the Parquet writer's the anchor.
 //! Then `summary` (by egress source and provider), `reputation` (scope egress source x
 //! provider) and `timeseries` (attempts by provider; 5-minute steps over 24 h, hourly over
@@ -28,7 +28,7 @@ use axum::http::Request;
 use chrono::{DateTime, Utc};
 use tower::ServiceExt;
 use vigil_processor::DerivedState;
-use vigil_warehouse::clickhouse::{ClickHouseConfig, ClickHouseReader, ClickHouseSink};
+use vigil_warehouse::clickhouse::{ClickHouseConfig, ClickHouseReader, ClickHouseWriter};
 use vigil_warehouse::{ParquetWriter, Reader, Store};
 
 const EVENTS: usize = 10_000_000;
@@ -125,7 +125,7 @@ fn main() {
 /// Writes the data set to both backends; returns the time each took.
 async fn load(dir: &Path, config: &ClickHouseConfig, n: usize, start: DateTime<Utc>) -> (Duration, Duration) {
     let writer = Arc::new(ParquetWriter::open(dir).unwrap());
-    let mut sink = ClickHouseSink::open(config, 0).await.unwrap();
+    let mut sink = ClickHouseWriter::open(config, 0).await.unwrap();
     let (mut parquet, mut clickhouse) = (Duration::ZERO, Duration::ZERO);
     // Generated on a thread of its own, a chunk ahead, so generating is timed by neither side.
     let (tx, mut rx) = tokio::sync::mpsc::channel(1);

@@ -32,6 +32,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(listen) = config.listen {
         let app =
             vigil_ingest::kumomta::router(log.clone(), config.api.max_body_bytes, config.api.max_ingest_in_flight)
+                // kumod's TSA publisher, pointed at the ingest role: the same receiver.
+                .route(
+                    vigil_query::tsa::publish_log_v1::PATH,
+                    vigil_ingest::kumomta::receiver(
+                        log.clone(),
+                        config.api.max_body_bytes,
+                        config.api.max_ingest_in_flight,
+                    ),
+                )
                 .merge(crate::metrics::router(log.clone(), None, None))
                 .route("/healthz", get(|| async { "ok\n" }))
                 .layer(axum::middleware::from_fn(vigil_query::metrics::observe));

@@ -63,14 +63,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let analytics = store.clone().map(vigil_query::analytics::router).unwrap_or_default();
+    let tsa = vigil_query::tsa::TsaState {
+        view: vigil_processor::view::View::new(Arc::clone(&state)),
+        outbox: outbox.clone(),
+        token: config.actuation.api_token.clone(),
+        trusted_hosts: config.actuation.trusted_hosts.clone(),
+    };
     let app = vigil_query::live::router(vigil_processor::view::View::new(Arc::clone(&state)), store)
         .merge(analytics)
-        .merge(vigil_query::actions::router(vigil_query::actions::ActionsState {
-            view: vigil_processor::view::View::new(Arc::clone(&state)),
-            outbox: outbox.clone(),
-            token: config.actuation.api_token.clone(),
-            trusted_hosts: config.actuation.trusted_hosts.clone(),
-        }))
+        .merge(vigil_query::tsa::router(tsa.clone(), None))
+        .merge(vigil_query::actions::router(tsa))
         .merge(crate::metrics::process_router(outbox.clone()))
         .route("/healthz", get(healthz))
         .layer(axum::middleware::from_fn_with_state(tokens.clone(), vigil_query::auth::require_role))
@@ -122,10 +124,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tasks.spawn(async move { run_enrich(kafka, enricher, stop).await.context("enrich stage") });
     }
     if let Some(clickhouse) = config.clickhouse.clone() {
-        let sink = vigil_processor::sink::run_kafka_clickhouse_sink(
+        let sink = vigil_processor::clickhouse_feed::feed_from_kafka(
             kafka.clone(),
             clickhouse,
-            vigil_processor::sink::SinkBatching::default(),
+            vigil_processor::clickhouse_feed::FeedBatching::default(),
             shutdown.clone(),
         );
         tasks.spawn(sink.map_ok());

@@ -71,13 +71,18 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         log: log.clone(),
         ready: Arc::clone(&ready),
     });
+    let tsa = vigil_query::tsa::TsaState {
+        view: View::new(pipeline.state()),
+        outbox: outbox.clone(),
+        token: args.api_token.clone(),
+        trusted_hosts: args.trusted_hosts.clone(),
+    };
     let app = api
-        .merge(vigil_query::actions::router(vigil_query::actions::ActionsState {
-            view: View::new(pipeline.state()),
-            outbox: outbox.clone(),
-            token: args.api_token.clone(),
-            trusted_hosts: args.trusted_hosts.clone(),
-        }))
+        .merge(vigil_query::tsa::router(
+            tsa.clone(),
+            Some(vigil_ingest::kumomta::receiver(log.clone(), args.max_body_bytes, args.max_ingest_in_flight)),
+        ))
+        .merge(vigil_query::actions::router(tsa))
         .merge(vigil_ingest::kumomta::router(log.clone(), args.max_body_bytes, args.max_ingest_in_flight))
         .merge(crate::metrics::router(log.clone(), Some(vigil_processor::pipeline::CONSUMER), Some(outbox.clone())))
         .layer(axum::middleware::from_fn_with_state(tokens.clone(), vigil_query::auth::require_role))
@@ -125,11 +130,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         tasks.spawn(async move { pusher.await.context("decision pusher") });
     }
     if let Some(config) = clickhouse {
-        let sink = vigil_processor::sink::run_clickhouse_sink(
+        let sink = vigil_processor::clickhouse_feed::feed_from_log(
             log.clone(),
             enricher.clone(),
             config,
-            vigil_processor::sink::SinkBatching::default(),
+            vigil_processor::clickhouse_feed::FeedBatching::default(),
             shutdown.clone(),
         );
         tasks.spawn(sink.map_ok());

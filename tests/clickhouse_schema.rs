@@ -160,7 +160,7 @@ fn answers(server: &ClickHouse, database: &str) -> Vec<String> {
 
 #[test]
 fn a_replay_into_clickhouse_counts_nothing_twice_even_after_a_batch_cut_short() {
-    use vigil_warehouse::clickhouse::{ClickHouseConfig, ClickHouseSink, Written};
+    use vigil_warehouse::clickhouse::{ClickHouseConfig, ClickHouseWriter, Written};
 
     let server = ClickHouse::start();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -173,7 +173,7 @@ fn a_replay_into_clickhouse_counts_nothing_twice_even_after_a_batch_cut_short() 
 
     // The reference: every event written once.
     runtime.block_on(async {
-        let mut sink = ClickHouseSink::open(&config("clean"), 0).await.unwrap();
+        let mut sink = ClickHouseWriter::open(&config("clean"), 0).await.unwrap();
         for batch in logged.chunks(500) {
             assert_eq!(sink.write_batch(batch).await.unwrap(), Written { inserted: batch.len(), skipped: 0 });
         }
@@ -184,11 +184,11 @@ fn a_replay_into_clickhouse_counts_nothing_twice_even_after_a_batch_cut_short() 
 
     runtime.block_on(async {
         // The first 3 000 events, then the whole log replayed from offset 0 by a new sink.
-        let mut sink = ClickHouseSink::open(&config("replayed"), 0).await.unwrap();
+        let mut sink = ClickHouseWriter::open(&config("replayed"), 0).await.unwrap();
         for batch in logged[..3_000].chunks(500) {
             sink.write_batch(batch).await.unwrap();
         }
-        let mut replay = ClickHouseSink::open(&config("replayed"), 0).await.unwrap();
+        let mut replay = ClickHouseWriter::open(&config("replayed"), 0).await.unwrap();
         assert_eq!(replay.stored_until(), 3_000);
         for batch in logged[..3_000].chunks(700) {
             assert_eq!(replay.write_batch(batch).await.unwrap(), Written { inserted: 0, skipped: batch.len() });
@@ -196,11 +196,11 @@ fn a_replay_into_clickhouse_counts_nothing_twice_even_after_a_batch_cut_short() 
         // A crash cuts the next batch short: half its rows are in, the batch is not recorded.
         replay.insert_events(&logged[3_000..3_250]).await.unwrap();
         drop(replay);
-        let mut restarted = ClickHouseSink::open(&config("replayed"), 0).await.unwrap();
+        let mut restarted = ClickHouseWriter::open(&config("replayed"), 0).await.unwrap();
         assert_eq!(restarted.stored_until(), 3_000);
         assert_eq!(restarted.write_batch(&logged[3_000..]).await.unwrap(), Written { inserted: 250, skipped: 250 });
         // And the whole log once more, after everything.
-        let mut again = ClickHouseSink::open(&config("replayed"), 0).await.unwrap();
+        let mut again = ClickHouseWriter::open(&config("replayed"), 0).await.unwrap();
         assert_eq!(again.stored_until(), 3_500);
         assert_eq!(again.write_batch(&logged).await.unwrap(), Written { inserted: 0, skipped: 3_500 });
     });

@@ -19,7 +19,7 @@ use chrono::{DateTime, Duration, Utc};
 use common::clickhouse::ClickHouse;
 use tower::ServiceExt;
 use vigil_processor::DerivedState;
-use vigil_warehouse::clickhouse::{ClickHouseConfig, ClickHouseReader, ClickHouseSink, Written};
+use vigil_warehouse::clickhouse::{ClickHouseConfig, ClickHouseReader, ClickHouseWriter, Written};
 use vigil_warehouse::{ParquetWriter, Reader, Store};
 
 const BATCH: usize = 50_000;
@@ -167,7 +167,7 @@ fn every_endpoint_answers_the_same_from_parquet_and_from_clickhouse() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         vigil_warehouse::clickhouse::migrate(&config).await.unwrap();
-        let mut sink = ClickHouseSink::open(&config, 0).await.unwrap();
+        let mut sink = ClickHouseWriter::open(&config, 0).await.unwrap();
         for batch in logged.chunks(BATCH) {
             assert_eq!(sink.write_batch(batch).await.unwrap().inserted, batch.len());
         }
@@ -193,7 +193,7 @@ fn every_endpoint_answers_the_same_from_parquet_and_from_clickhouse() {
         assert!(with_rows * 10 >= ok * 9, "nearly every successful answer has rows: {with_rows} of {ok}");
 
         // Replay the whole log into ClickHouse again: nothing is inserted, nothing changes.
-        let mut replay = ClickHouseSink::open(&config, 0).await.unwrap();
+        let mut replay = ClickHouseWriter::open(&config, 0).await.unwrap();
         assert_eq!(replay.stored_until(), n as u64);
         for batch in logged.chunks(BATCH) {
             assert_eq!(replay.write_batch(batch).await.unwrap(), Written { inserted: 0, skipped: batch.len() });

@@ -32,18 +32,20 @@
 //! - [`pipeline`]: the async loop from the log to the warehouse and the state.
 //! - [`stream`]: the same on Kafka (`vigil process`): enrich in a consumer group, fold
 //!   every partition.
+//! - [`clickhouse_feed`]: the tasks that feed ClickHouse, from the embedded log or from
+//!   `vigil.enriched`, through the warehouse's writer.
 //! - [`metrics`]: batch latency and the pushers' backlogs, for `/metrics`.
 //! - [`view`]: the read model; the API and every other reader use nothing else of this crate.
 
 pub mod actuation;
 pub mod classify;
+pub mod clickhouse_feed;
 pub mod enrich;
 pub mod metrics;
 pub mod pipeline;
 pub mod providers;
 pub mod reputation;
 pub mod shaping;
-pub mod sink;
 pub mod state;
 pub mod stream;
 pub mod suppression;

@@ -19,7 +19,8 @@
 //!   answer ranges (`from=`) from the warehouse.
 //! - [`auth`]: bearer tokens with roles for `/api/v1`.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' types.
-//! - [`actions`]: KumoMTA's TSA endpoints and the decisions, throttles and warm-up API.
+//! - [`tsa`]: KumoMTA's traffic-shaping surface, one file per endpoint.
+//! - [`actions`]: the decisions, throttles and warm-up API.
 //! - [`metrics`]: request latency by route and status.
 
 pub mod actions;
@@ -30,6 +31,7 @@ pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod tsa;
 
 pub use error::ApiError;
 pub use routes::{ApiState, router};

@@ -22,7 +22,7 @@ use crate::analytics::summary::SummaryParams;
 use crate::live::{
     ReputationParams, ReputationResponse, SuppressionPage, SuppressionParams, TimeseriesParams, TimeseriesResponse,
 };
-use crate::routes::{DeadLetterParams, DeadLetterResponse};
+use vigil_schemas::api::deadletters::{DeadLetterParams, DeadLetterResponse};
 
 type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
 

@@ -8,11 +8,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use vigil_log::EventLog;
 use vigil_processor::view::View;
-use vigil_schemas::DeadLetter;
+use vigil_schemas::api::deadletters::{DeadLetterParams, DeadLetterResponse, DeadLetterRow};
 use vigil_warehouse::Store;
 
 use crate::ApiError;
@@ -58,28 +56,6 @@ pub(crate) fn parse_time(name: &str, value: Option<&str>) -> Result<Option<DateT
             })
         })
         .transpose()
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-pub(crate) struct DeadLetterParams {
-    /// First dead letter (sequence number).
-    from: Option<u64>,
-    /// Rows per page (default 100).
-    #[schemars(range(min = 1, max = 1000))]
-    limit: Option<usize>,
-}
-
-#[derive(Debug, Serialize, JsonSchema)]
-pub(crate) struct DeadLetterRow {
-    seq: u64,
-    #[serde(flatten)]
-    letter: DeadLetter,
-}
-
-#[derive(Debug, Serialize, JsonSchema)]
-pub(crate) struct DeadLetterResponse {
-    total: u64,
-    rows: Vec<DeadLetterRow>,
 }
 
 const MAX_DEAD_LETTER_PAGE: usize = 1000;

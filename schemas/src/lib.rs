@@ -12,13 +12,16 @@
 //! # Layout
 //! - [`event`]: `DeliveryEvent`, `EventKind`, `SourceKind`.
 //! - [`bounce_class`]: `BounceClass`, the 29 KumoMTA labels plus user-defined ones.
-//! - [`api`]: request and response types of the query API (`/api/v1`).
+//! - [`api`]: request and response types of the query API (`/api/v1`) and the log hook, one
+//!   module per endpoint.
+//! - [`tsa`]: the wire types of KumoMTA's traffic-shaping surface.
 //! - [`deadletter`]: `DeadLetter`, input that could not be normalised, with the reason.
 
 pub mod api;
 pub mod bounce_class;
 pub mod deadletter;
 pub mod event;
+pub mod tsa;
 
 pub use bounce_class::BounceClass;
 pub use deadletter::DeadLetter;

@@ -4,7 +4,7 @@
 //!
 //! # Contract
 //! - In: batches of enriched events that cover a log offset range `[start, end)`, written by
-//!   the processor ([`ParquetWriter::write_batch`], [`clickhouse::ClickHouseSink::write_batch`]).
+//!   the processor ([`ParquetWriter::write_batch`], [`clickhouse::ClickHouseWriter::write_batch`]).
 //! - Out: answers to the two primitive queries of [`query`] (counts by groups and time
 //!   buckets, and a page of events), which every API endpoint is composed from; [`Store`]
 //!   is either backend.

@@ -16,8 +16,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use serde::{Deserialize, Serialize};
+use axum::routing::{MethodRouter, post};
 use serde_json::value::RawValue;
 use vigil_log::{AppendBatch, AppendReceipt, EventLog};
 use vigil_schemas::DeadLetter;
@@ -26,28 +25,7 @@ use crate::metrics::BatchObservation;
 
 const SOURCE: &str = "kumomta-http";
 
-/// The JSON body of every answer from the receiver.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct IngestResponse {
-    /// Records normalised and durable in the log (including ones already there).
-    pub accepted: usize,
-    /// Events newly appended (a multi-recipient record gives several).
-    pub events: usize,
-    /// Events that were already in the log (a re-send) and were not counted again.
-    pub duplicates: usize,
-    /// Records rejected and kept as dead letters.
-    pub dead_lettered: usize,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<RecordError>,
-}
-
-/// Why one record of a request was rejected.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct RecordError {
-    /// Index in the array, or 0 for a single record.
-    pub index: usize,
-    pub reason: String,
-}
+pub use vigil_schemas::api::ingest::{IngestResponse, RecordError};
 
 #[derive(Debug, Clone)]
 struct ReceiverState {
@@ -58,18 +36,19 @@ struct ReceiverState {
 /// The receiver's routes, to be merged into the server's router. At most `max_in_flight`
 /// requests are handled at once; more get a 503 at once rather than queueing in memory.
 pub fn router(log: EventLog, max_body_bytes: usize, max_in_flight: usize) -> Router {
+    Router::new().route("/ingest/kumomta", receiver(log, max_body_bytes, max_in_flight))
+}
+
+/// The receiver as a route of its own, for every path that takes KumoMTA log records (the
+/// TSA surface mounts it at `/publish_log_v1`). Each mount has its own `max_in_flight`.
+pub fn receiver(log: EventLog, max_body_bytes: usize, max_in_flight: usize) -> MethodRouter {
     let shed = tower::ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
             error(StatusCode::SERVICE_UNAVAILABLE, "too many ingest requests in flight; retry later")
         }))
         .load_shed()
         .concurrency_limit(max_in_flight);
-    Router::new()
-        .route("/ingest/kumomta", post(ingest).layer(shed.clone()))
-        // KumoMTA's TSA publisher (`shaping:setup_with_automation{publish=...}`) posts one
-        // record per request here; the same receiver takes it.
-        .route("/publish_log_v1", post(ingest).layer(shed))
-        .with_state(ReceiverState { log, max_body_bytes })
+    post(ingest).layer(shed).with_state(ReceiverState { log, max_body_bytes })
 }
 
 fn error(status: StatusCode, reason: impl Into<String>) -> Response {

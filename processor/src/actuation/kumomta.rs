@@ -4,57 +4,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-
 use super::decision::{ActionKind, Decision, Status};
 
-/// A ready-queue suspension (`kumo_api_types::tsa::ReadyQSuspension`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ReadyQSuspension {
-    pub rule_hash: String,
-    pub site_name: String,
-    pub reason: String,
-    pub source: String,
-    pub expires: DateTime<Utc>,
-}
-
-/// A scheduled-queue suspension (`SchedQSuspension`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SchedQSuspension {
-    pub rule_hash: String,
-    pub tenant: String,
-    pub domain: String,
-    pub campaign: Option<String>,
-    pub reason: String,
-    pub expires: DateTime<Utc>,
-}
-
-/// An admin bounce (`SchedQBounce`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SchedQBounce {
-    pub rule_hash: String,
-    pub domain: String,
-    pub tenant: Option<String>,
-    pub campaign: Option<String>,
-    pub reason: String,
-    pub expires: DateTime<Utc>,
-}
-
-/// One frame of `/subscribe_event_v1` (`SubscriptionItem`, externally tagged).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub enum SubscriptionItem {
-    ReadyQSuspension(ReadyQSuspension),
-    SchedQSuspension(SchedQSuspension),
-    SchedQBounce(SchedQBounce),
-}
-
-/// `GET /get_suspension_v1/suspended.json`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Suspensions {
-    pub ready_q: Vec<ReadyQSuspension>,
-    pub sched_q: Vec<SchedQSuspension>,
-}
+pub use vigil_schemas::tsa::{ReadyQSuspension, SchedQBounce, SchedQSuspension, SubscriptionItem, Suspensions};
 
 /// TSA's `rule_hash` of a frame: the action key without Vigil's selector suffix (after a
 /// tab: egress paths contain `|`).

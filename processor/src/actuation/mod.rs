@@ -71,7 +71,7 @@ struct RulesFile {
 
 /// A rules file that cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum RulesError {
+pub enum ActionRulesError {
     #[error("rules file {path}: {message}")]
     File { path: String, message: String },
     #[error(transparent)]
@@ -105,9 +105,9 @@ impl RuleSet {
     /// # Errors
     /// When the file or a shaping file it names cannot be read, or a rule does not load; the
     /// error names the file and the rule.
-    pub fn load(path: &Path, providers: &ProviderMap) -> Result<Self, RulesError> {
+    pub fn load(path: &Path, providers: &ProviderMap) -> Result<Self, ActionRulesError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| RulesError::File { path: path.display().to_string(), message: e.to_string() })?;
+            .map_err(|e| ActionRulesError::File { path: path.display().to_string(), message: e.to_string() })?;
         Self::parse(&path.display().to_string(), &text, path.parent(), providers)
     }
 
@@ -116,12 +116,12 @@ impl RuleSet {
     ///
     /// # Errors
     /// As [`Self::load`].
-    pub fn from_toml(name: &str, text: &str, providers: &ProviderMap) -> Result<Self, RulesError> {
+    pub fn from_toml(name: &str, text: &str, providers: &ProviderMap) -> Result<Self, ActionRulesError> {
         Self::parse(name, text, None, providers)
     }
 
-    fn parse(name: &str, text: &str, base: Option<&Path>, providers: &ProviderMap) -> Result<Self, RulesError> {
-        let fail = |message: String| RulesError::File { path: name.to_owned(), message };
+    fn parse(name: &str, text: &str, base: Option<&Path>, providers: &ProviderMap) -> Result<Self, ActionRulesError> {
+        let fail = |message: String| ActionRulesError::File { path: name.to_owned(), message };
         let file: RulesFile = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
         let mut shaping = ShapingRules::default();
         for entry in &file.shaping_files {

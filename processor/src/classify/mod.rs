@@ -53,7 +53,7 @@ const CACHE_ENTRIES: usize = 65_536;
 
 /// A rule file or pattern that cannot be used. Names the file and the pattern at fault.
 #[derive(Debug, thiserror::Error)]
-pub enum RuleError {
+pub enum BounceRulesError {
     #[error("reading rule file {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("rule file {origin} is not a bounce-classifier file ([rules] Class = [\"regex\", ...]): {reason}")]
@@ -142,9 +142,9 @@ impl ClassifierBuilder {
     ///
     /// # Errors
     /// When the file cannot be read or is not a bounce-classifier file.
-    pub fn add_file(&mut self, path: &Path) -> Result<&mut Self, RuleError> {
+    pub fn add_file(&mut self, path: &Path) -> Result<&mut Self, BounceRulesError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| RuleError::Read { path: path.display().to_string(), source })?;
+            .map_err(|source| BounceRulesError::Read { path: path.display().to_string(), source })?;
         let origin = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
         if path.extension().is_some_and(|e| e == "toml") {
             self.add_toml(&origin, &text)
@@ -157,9 +157,9 @@ impl ClassifierBuilder {
     ///
     /// # Errors
     /// When the text is not a bounce-classifier file or a pattern does not compile.
-    pub fn add_toml(&mut self, origin: &str, text: &str) -> Result<&mut Self, RuleError> {
-        let file: RuleFile =
-            toml::from_str(text).map_err(|e| RuleError::Format { origin: origin.to_owned(), reason: e.to_string() })?;
+    pub fn add_toml(&mut self, origin: &str, text: &str) -> Result<&mut Self, BounceRulesError> {
+        let file: RuleFile = toml::from_str(text)
+            .map_err(|e| BounceRulesError::Format { origin: origin.to_owned(), reason: e.to_string() })?;
         self.add_rules(origin, file)
     }
 
@@ -167,16 +167,16 @@ impl ClassifierBuilder {
     ///
     /// # Errors
     /// When the text is not a bounce-classifier file or a pattern does not compile.
-    pub fn add_json(&mut self, origin: &str, text: &str) -> Result<&mut Self, RuleError> {
+    pub fn add_json(&mut self, origin: &str, text: &str) -> Result<&mut Self, BounceRulesError> {
         // toml's order-preserving map keeps the file's class order, which decides ties.
         let file: RuleFile = serde_json::from_str(text)
-            .map_err(|e| RuleError::Format { origin: origin.to_owned(), reason: e.to_string() })?;
+            .map_err(|e| BounceRulesError::Format { origin: origin.to_owned(), reason: e.to_string() })?;
         self.add_rules(origin, file)
     }
 
-    fn add_rules(&mut self, origin: &str, file: RuleFile) -> Result<&mut Self, RuleError> {
+    fn add_rules(&mut self, origin: &str, file: RuleFile) -> Result<&mut Self, BounceRulesError> {
         for (class, patterns) in file.rules {
-            let format_err = |reason: String| RuleError::Format { origin: origin.to_owned(), reason };
+            let format_err = |reason: String| BounceRulesError::Format { origin: origin.to_owned(), reason };
             let patterns =
                 patterns.as_array().ok_or_else(|| format_err(format!("class {class} must be a list of patterns")))?;
             for (index, pattern) in patterns.iter().enumerate() {
@@ -184,7 +184,7 @@ impl ClassifierBuilder {
                     .as_str()
                     .ok_or_else(|| format_err(format!("class {class}: pattern {index} is not a string")))?;
                 // Compile alone first so the error names the one pattern at fault.
-                regex::Regex::new(pattern).map_err(|e| RuleError::Pattern {
+                regex::Regex::new(pattern).map_err(|e| BounceRulesError::Pattern {
                     origin: origin.to_owned(),
                     class: class.clone(),
                     pattern: pattern.to_owned(),
@@ -204,7 +204,7 @@ impl ClassifierBuilder {
     ///
     /// # Errors
     /// When the combined set exceeds the regex engine's size limits.
-    pub fn build(self) -> Result<Classifier, RuleError> {
+    pub fn build(self) -> Result<Classifier, BounceRulesError> {
         let set = regex::RegexSetBuilder::new(&self.patterns).size_limit(64 << 20).dfa_size_limit(64 << 20).build()?;
         Ok(Classifier {
             set,

@@ -1,5 +1,5 @@
 //! The ClickHouse side of the warehouse: the connection settings, the schema migrations
-//! (`schemas/clickhouse/`, applied by `vigil migrate`) and the [`sink`] that inserts enriched
+//! (`schemas/clickhouse/`, applied by `vigil migrate`) and the [`writer`] that inserts enriched
 //! events so that replays count nothing twice.
 //!
 //! Migrations are SQL files numbered in order and compiled into the binary, so a `vigil` and
@@ -10,13 +10,13 @@
 //! choices keep it portable.
 
 pub mod reader;
-pub mod sink;
+pub mod writer;
 
 use clickhouse::Client;
 use serde::Deserialize;
 
 pub use reader::ClickHouseReader;
-pub use sink::{ClickHouseSink, Written};
+pub use writer::{ClickHouseWriter, Written};
 
 /// One migration: `schemas/clickhouse/<version>_<name>.sql`.
 #[derive(Debug, Clone, Copy)]

@@ -1,11 +1,11 @@
 //! Feeding ClickHouse: from the embedded log (`vigil run --clickhouse-url`,
-//! [`run_clickhouse_sink`]) or from `vigil.enriched` (`vigil process` with `[clickhouse]`,
-//! [`run_kafka_clickhouse_sink`]).
+//! [`feed_from_log`]) or from `vigil.enriched` (`vigil process` with `[clickhouse]`,
+//! [`feed_from_kafka`]).
 //!
 //! The embedded sink follows the log on its own, beside the Parquet pipeline: ClickHouse's
 //! `sink_batches` table is its position of record, so it needs no offset of its own in the log
 //! and a restart (or a second `vigil run` on a copy of the log) resumes exactly where the
-//! database says, counting nothing twice (see [`ClickHouseSink`]). Events are enriched as the
+//! database says, counting nothing twice (see [`ClickHouseWriter`]). Events are enriched as the
 //! pipeline enriches them, and inserted in batches of up to `max_rows`, or whatever has
 //! arrived after `max_wait`; a failed insert is retried with a capped exponential backoff,
 //! and nothing moves on until it succeeds.
@@ -15,20 +15,20 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use vigil_log::EventLog;
 use vigil_log::backoff::Backoff;
-use vigil_warehouse::clickhouse::{ClickHouseConfig, ClickHouseSink};
+use vigil_warehouse::clickhouse::{ClickHouseConfig, ClickHouseWriter};
 
 use crate::Enricher;
 
 /// How the sink batches its inserts.
 #[derive(Debug, Clone, Copy)]
-pub struct SinkBatching {
+pub struct FeedBatching {
     /// Most events per insert. ClickHouse prefers few large inserts (10 k - 100 k rows).
     pub max_rows: usize,
     /// Longest wait for a batch to fill before inserting what there is.
     pub max_wait: Duration,
 }
 
-impl Default for SinkBatching {
+impl Default for FeedBatching {
     fn default() -> Self {
         Self { max_rows: 50_000, max_wait: Duration::from_secs(1) }
     }
@@ -36,17 +36,17 @@ impl Default for SinkBatching {
 
 /// Inserts the log into ClickHouse until `shutdown`. Never returns an error: ClickHouse being
 /// away is waited out (and logged), since the log keeps everything meanwhile.
-pub async fn run_clickhouse_sink(
+pub async fn feed_from_log(
     log: EventLog,
     enricher: Enricher,
     config: ClickHouseConfig,
-    batching: SinkBatching,
+    batching: FeedBatching,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut head = log.subscribe();
     'reopen: while !shutdown.is_cancelled() {
-        let mut sink = match ClickHouseSink::open(&config, 0).await {
+        let mut sink = match ClickHouseWriter::open(&config, 0).await {
             Ok(sink) => sink,
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff.delay(), "ClickHouse sink cannot open; retrying");
@@ -139,13 +139,13 @@ impl RecentIds {
 /// One assigned partition of `vigil.enriched`: its sink, what waits to be inserted, and the
 /// ids it has seen.
 struct PartitionSink {
-    sink: ClickHouseSink,
+    sink: ClickHouseWriter,
     pending: Vec<(u64, vigil_schemas::DeliveryEvent)>,
     recent: RecentIds,
 }
 
 /// Tells the sink which partitions a rebalance took away, so it drops them before it inserts
-/// again (see [`run_kafka_clickhouse_sink`]).
+/// again (see [`feed_from_kafka`]).
 struct SinkContext {
     logs: vigil_log::kafka::LoggingContext,
     revoked: std::sync::Mutex<Vec<i32>>,
@@ -184,10 +184,10 @@ impl rdkafka::consumer::ConsumerContext for SinkContext {
 ///   before inserting again, so a partition's new owner, which reads `stored_until` once the
 ///   rebalance completes, never races an insert of the old one. (An instance stalled past the
 ///   group's session timeout is the exception: it could insert once more.)
-pub async fn run_kafka_clickhouse_sink(
+pub async fn feed_from_kafka(
     kafka: crate::stream::StreamConfig,
     config: ClickHouseConfig,
-    batching: SinkBatching,
+    batching: FeedBatching,
     shutdown: CancellationToken,
 ) {
     use futures::StreamExt;
@@ -292,7 +292,7 @@ async fn open_partition(
     config: &ClickHouseConfig,
     partition: i32,
 ) -> Result<PartitionSink, vigil_warehouse::clickhouse::ClickHouseError> {
-    let sink = ClickHouseSink::open(config, u32::try_from(partition).unwrap_or(0)).await?;
+    let sink = ClickHouseWriter::open(config, u32::try_from(partition).unwrap_or(0)).await?;
     let mut recent = RecentIds::default();
     for id in sink.recent_event_ids(RECENT_IDS as u64).await? {
         recent.seen(&id);

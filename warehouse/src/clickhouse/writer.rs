@@ -122,7 +122,7 @@ struct BatchRow {
     stored_at: u32,
 }
 
-/// What [`ClickHouseSink::write_batch`] did with a batch.
+/// What [`ClickHouseWriter::write_batch`] did with a batch.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
     /// Events inserted now.
@@ -132,7 +132,7 @@ pub struct Written {
 }
 
 /// Inserts enriched events of one log partition into ClickHouse, each log position once.
-pub struct ClickHouseSink {
+pub struct ClickHouseWriter {
     client: Client,
     url: String,
     partition: u32,
@@ -142,9 +142,9 @@ pub struct ClickHouseSink {
     present: HashSet<u64>,
 }
 
-impl std::fmt::Debug for ClickHouseSink {
+impl std::fmt::Debug for ClickHouseWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClickHouseSink")
+        f.debug_struct("ClickHouseWriter")
             .field("url", &self.url)
             .field("partition", &self.partition)
             .field("stored_until", &self.stored_until)
@@ -152,7 +152,7 @@ impl std::fmt::Debug for ClickHouseSink {
     }
 }
 
-impl ClickHouseSink {
+impl ClickHouseWriter {
     /// Opens the sink for `log_partition`: reads how far it has stored (see the module
     /// documentation). The schema must be migrated.
     ///
