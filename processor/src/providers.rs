@@ -31,8 +31,13 @@ struct ProviderEntry {
 
 /// A provider map file that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("provider map: {0}")]
-pub struct ProviderMapError(String);
+pub enum ProviderMapError {
+    #[error("provider map: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// Parses, but says two things about one domain or suffix.
+    #[error("provider map: {0}")]
+    Conflict(String),
+}
 
 /// An immutable provider map.
 #[derive(Debug, Clone)]
@@ -62,7 +67,7 @@ impl ProviderMap {
     /// # Errors
     /// When the TOML does not have the documented shape.
     pub fn from_toml(text: &str) -> Result<Self, ProviderMapError> {
-        let file: ProviderFile = toml::from_str(text).map_err(|e| ProviderMapError(e.to_string()))?;
+        let file: ProviderFile = toml::from_str(text)?;
         let mut by_domain = HashMap::new();
         let mut domain_suffixes = Vec::new();
         let mut mx_suffixes = Vec::new();
@@ -74,7 +79,9 @@ impl ProviderMap {
             for domain in entry.domains {
                 // A domain under two providers would silently belong to whichever came last.
                 if let Some(other) = by_domain.insert(domain.to_ascii_lowercase(), name.clone()) {
-                    return Err(ProviderMapError(format!("domain `{domain}` is listed under `{other}` and `{name}`")));
+                    return Err(ProviderMapError::Conflict(format!(
+                        "domain `{domain}` is listed under `{other}` and `{name}`"
+                    )));
                 }
             }
             domain_suffixes.extend(entry.domain_suffixes.into_iter().map(|s| (normalise_suffix(&s), name.clone())));
@@ -83,7 +90,7 @@ impl ProviderMap {
         for suffixes in [&mut domain_suffixes, &mut mx_suffixes] {
             suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
             if let Some(pair) = suffixes.windows(2).find(|pair| pair[0].0 == pair[1].0) {
-                return Err(ProviderMapError(format!(
+                return Err(ProviderMapError::Conflict(format!(
                     "suffix `{}` is listed under `{}` and `{}`",
                     pair[0].0, pair[0].1, pair[1].1
                 )));

@@ -145,10 +145,37 @@ impl AutomationRule {
 
 /// A shaping file that cannot be used, with where.
 #[derive(Debug, thiserror::Error)]
-#[error("{origin}: {message}")]
+#[error("{origin}: {problem}")]
 pub struct ShapingError {
     pub origin: String,
-    pub message: String,
+    #[source]
+    pub problem: ShapingProblem,
+}
+
+/// What is wrong with a shaping file or rule.
+#[derive(Debug, thiserror::Error)]
+pub enum ShapingProblem {
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    #[error("{0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("pattern `{pattern}`: {source}")]
+    Pattern { pattern: String, source: Box<fancy_regex::Error> },
+    /// A value that parses but means nothing: the text says which and why.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ShapingError {
+    fn at(origin: impl Into<String>, problem: impl Into<ShapingProblem>) -> Self {
+        Self { origin: origin.into(), problem: problem.into() }
+    }
+}
+
+impl From<String> for ShapingProblem {
+    fn from(reason: String) -> Self {
+        Self::Invalid(reason)
+    }
 }
 
 #[derive(Deserialize)]
@@ -240,8 +267,7 @@ impl ShapingRules {
     pub fn load(files: &[&Path]) -> Result<Self, ShapingError> {
         let mut rules = Self::default();
         for file in files {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| ShapingError { origin: file.display().to_string(), message: e.to_string() })?;
+            let text = std::fs::read_to_string(file).map_err(|e| ShapingError::at(file.display().to_string(), e))?;
             rules.add_toml(&file.display().to_string(), &text)?;
         }
         Ok(rules)
@@ -252,12 +278,11 @@ impl ShapingRules {
     /// # Errors
     /// When the TOML does not parse or a rule does not load.
     pub fn add_toml(&mut self, name: &str, text: &str) -> Result<(), ShapingError> {
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| ShapingError { origin: name.into(), message: e.to_string() })?;
+        let table: toml::Table = toml::from_str(text).map_err(|e: toml::de::Error| ShapingError::at(name, e))?;
         for (key, value) in table {
             if key == "provider" {
                 let Some(providers) = value.as_table() else {
-                    return Err(ShapingError { origin: format!("{name}:provider"), message: "must be a table".into() });
+                    return Err(ShapingError::at(format!("{name}:provider"), "must be a table".to_owned()));
                 };
                 for (provider, entry) in providers {
                     let origin = format!("{name}:provider.{provider}");
@@ -265,7 +290,7 @@ impl ShapingRules {
                         Some(list) => list
                             .clone()
                             .try_into()
-                            .map_err(|e| ShapingError { origin: format!("{origin}.match"), message: e.to_string() })?,
+                            .map_err(|e: toml::de::Error| ShapingError::at(format!("{origin}.match"), e))?,
                         None => Vec::new(),
                     };
                     self.provider_matchers.entry(provider.clone()).or_default().extend(matchers.iter().cloned());
@@ -293,28 +318,28 @@ impl ShapingRules {
     ) -> Result<(), ShapingError> {
         let Some(automation) = automation else { return Ok(()) };
         let Some(list) = automation.as_array() else {
-            return Err(ShapingError {
-                origin: origin.into(),
-                message: "`automation` must be an array of tables".into(),
-            });
+            return Err(ShapingError::at(origin, "`automation` must be an array of tables".to_owned()));
         };
         for (n, raw) in list.iter().enumerate() {
             let origin = format!("{origin}#{n}");
-            let fail = |message: String| ShapingError { origin: origin.clone(), message };
-            let raw: RawRule = raw.clone().try_into().map_err(|e: toml::de::Error| fail(e.to_string()))?;
+            let fail = |problem: ShapingProblem| ShapingError { origin: origin.clone(), problem };
+            let raw: RawRule = raw.clone().try_into().map_err(|e: toml::de::Error| fail(e.into()))?;
             let patterns = raw.regex.into_vec();
             let regexes = patterns
                 .iter()
-                .map(|p| fancy_regex::Regex::new(p).map_err(|e| fail(format!("pattern `{p}`: {e}"))))
+                .map(|p| {
+                    fancy_regex::Regex::new(p)
+                        .map_err(|e| fail(ShapingProblem::Pattern { pattern: p.clone(), source: Box::new(e) }))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
-            let duration = parse_duration(&raw.duration).map_err(&fail)?;
+            let duration = parse_duration(&raw.duration).map_err(|e| fail(e.into()))?;
             let trigger = match raw.trigger {
                 None | Some(RawTrigger::Immediate) => Trigger::Immediate,
-                Some(RawTrigger::Threshold(rate)) => parse_threshold(&rate).map_err(&fail)?,
+                Some(RawTrigger::Threshold(rate)) => parse_threshold(&rate).map_err(|e| fail(e.into()))?,
             };
             let actions = raw.action.into_vec();
             if actions.is_empty() {
-                return Err(fail("`action` is empty".into()));
+                return Err(fail(ShapingProblem::Invalid("`action` is empty".into())));
             }
             let hash = {
                 let mut hasher = blake3::Hasher::new();

@@ -72,8 +72,13 @@ struct RulesFile {
 /// A rules file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionRulesError {
-    #[error("rules file {path}: {message}")]
-    File { path: String, message: String },
+    #[error("reading rules file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("rules file {path}: {source}")]
+    Toml { path: String, source: toml::de::Error },
+    /// Parses, but a rule is wrong: the text says which and why.
+    #[error("rules file {path}: {reason}")]
+    Invalid { path: String, reason: String },
     #[error(transparent)]
     Shaping(#[from] ShapingError),
 }
@@ -107,7 +112,7 @@ impl RuleSet {
     /// error names the file and the rule.
     pub fn load(path: &Path, providers: &ProviderMap) -> Result<Self, ActionRulesError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ActionRulesError::File { path: path.display().to_string(), message: e.to_string() })?;
+            .map_err(|source| ActionRulesError::Read { path: path.display().to_string(), source })?;
         Self::parse(&path.display().to_string(), &text, path.parent(), providers)
     }
 
@@ -121,8 +126,9 @@ impl RuleSet {
     }
 
     fn parse(name: &str, text: &str, base: Option<&Path>, providers: &ProviderMap) -> Result<Self, ActionRulesError> {
-        let fail = |message: String| ActionRulesError::File { path: name.to_owned(), message };
-        let file: RulesFile = toml::from_str(text).map_err(|e| fail(e.to_string()))?;
+        let fail = |reason: String| ActionRulesError::Invalid { path: name.to_owned(), reason };
+        let file: RulesFile =
+            toml::from_str(text).map_err(|source| ActionRulesError::Toml { path: name.to_owned(), source })?;
         let mut shaping = ShapingRules::default();
         for entry in &file.shaping_files {
             if let Some((builtin, text)) = BUILTIN_SHAPING.iter().find(|(n, _)| n == entry) {
@@ -133,7 +139,8 @@ impl RuleSet {
                 let path: PathBuf = base.map_or_else(|| PathBuf::from(entry), |b| b.join(entry));
                 shaping.add_toml(
                     &path.display().to_string(),
-                    &std::fs::read_to_string(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?,
+                    &std::fs::read_to_string(&path)
+                        .map_err(|source| ActionRulesError::Read { path: path.display().to_string(), source })?,
                 )?;
             }
         }
