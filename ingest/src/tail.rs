@@ -215,7 +215,10 @@ impl Tailer {
         files.sort();
         // Files gone from the directory take their parser state with them.
         let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
-        self.normalisers.lock().expect("normaliser lock poisoned").retain(|path, _| present.contains(path));
+        self.normalisers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|path, _| present.contains(path));
         self.lock_sent().retain(|path, _| present.contains(path));
         let (mut lines, mut lag) = (0, 0);
         for path in files {
@@ -267,7 +270,7 @@ impl Tailer {
         }
         checkpoint.head_len = u16::try_from(len.min(HEAD_BYTES as u64)).unwrap_or(0);
         checkpoint.head = head_of(&mut file, usize::from(checkpoint.head_len))?;
-        let mut normalisers = self.normalisers.lock().expect("normaliser lock poisoned");
+        let mut normalisers = self.normalisers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if shrunk {
             normalisers.remove(path);
         }

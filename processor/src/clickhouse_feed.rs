@@ -164,7 +164,7 @@ impl rdkafka::ClientContext for SinkContext {
 impl rdkafka::consumer::ConsumerContext for SinkContext {
     fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
         if let rdkafka::consumer::Rebalance::Revoke(list) = rebalance {
-            let mut revoked = self.revoked.lock().expect("revoked lock");
+            let mut revoked = self.revoked.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             revoked
                 .extend(list.elements().iter().map(rdkafka::topic_partition_list::TopicPartitionListElem::partition));
         }
@@ -302,7 +302,7 @@ async fn open_partition(
 }
 
 fn drop_revoked(context: &SinkContext, partitions: &mut std::collections::HashMap<i32, PartitionSink>) {
-    let revoked = std::mem::take(&mut *context.revoked.lock().expect("revoked lock"));
+    let revoked = std::mem::take(&mut *context.revoked.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     for partition in revoked {
         if let Some(dropped) = partitions.remove(&partition) {
             tracing::info!(

@@ -19,7 +19,8 @@
 //! "fault of ours") instead of serving a state no replay would produce; the fold itself stops
 //! (the pipeline panics on the poisoned lock and the role exits, to be restarted from its last
 //! snapshot). Locks that guard only bookkeeping whose invariants hold between statements (the
-//! shippers' acknowledgement windows) are recovered with `PoisonError::into_inner`.
+//! shippers' acknowledgement windows, a tail's normalisers, the partitions a rebalance revoked)
+//! are recovered with `PoisonError::into_inner`.
 
 use std::sync::RwLockReadGuard;
 
