@@ -267,8 +267,10 @@ impl Config {
                 None => self.clickhouse = Some(ClickHouseConfig::new(value)),
             },
             "clickhouse.database" | "clickhouse.user" | "clickhouse.password" => {
-                let clickhouse =
-                    self.clickhouse.as_mut().context("set VIGIL_CLICKHOUSE_URL or [clickhouse] url too")?;
+                // The login of a ClickHouse configured elsewhere (the file, VIGIL_CLICKHOUSE_URL,
+                // or `vigil run --clickhouse-url`, whose flags read the same variables): alone,
+                // it configures nothing.
+                let Some(clickhouse) = self.clickhouse.as_mut() else { return Ok(()) };
                 match key {
                     "clickhouse.database" => clickhouse.database = value,
                     "clickhouse.user" => clickhouse.user = value,
@@ -369,6 +371,19 @@ mod tests {
         assert_eq!(config.kafka.unwrap().brokers, "k:9092");
         let bad = Config::default().with_environment(|n| (n == "VIGIL_LISTEN").then(|| "nowhere".to_owned()));
         assert!(format!("{:#}", bad.unwrap_err()).contains("VIGIL_LISTEN"));
+        // A login without a server configures nothing (and is no error: `vigil run
+        // --clickhouse-url` reads it through its flags).
+        let login_only =
+            Config::default().with_environment(|n| (n == "VIGIL_CLICKHOUSE_PASSWORD").then(|| "x".to_owned())).unwrap();
+        assert!(login_only.clickhouse.is_none());
+        let both = Config::default()
+            .with_environment(|n| match n {
+                "VIGIL_CLICKHOUSE_URL" => Some("http://ch:8123".to_owned()),
+                "VIGIL_CLICKHOUSE_USER" => Some("vigil".to_owned()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(both.clickhouse.unwrap().user, "vigil");
     }
 
     #[test]

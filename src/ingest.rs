@@ -43,6 +43,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 )
                 .merge(crate::metrics::router(log.clone(), None, None))
                 .route("/healthz", get(|| async { "ok\n" }))
+                .layer(axum::middleware::map_response(vigil_query::error::retry_after_on_503))
                 .layer(axum::middleware::from_fn(vigil_query::metrics::observe));
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let bound = listener.local_addr()?;

@@ -90,6 +90,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
+        .layer(axum::middleware::map_response(vigil_query::error::retry_after_on_503))
         .layer(axum::middleware::from_fn(vigil_query::metrics::observe))
         .layer(
             // 5xx are logged where they arise (with the cause); a 503 from /healthz while

@@ -95,8 +95,10 @@ pub fn local_time(naive: &NaiveDateTime, zone: Option<Zone>) -> DateTime<Utc> {
     match zone.from_local_datetime(naive) {
         chrono::LocalResult::Single(at) | chrono::LocalResult::Ambiguous(at, _) => at.with_timezone(&Utc),
         chrono::LocalResult::None => {
-            let offset = zone.offset_from_utc_datetime(naive);
-            Utc.from_utc_datetime(&(*naive - chrono::offset::Offset::fix(&offset)))
+            // The offset in force before the clock moved: a day earlier (zones never change
+            // twice in a day), whichever side of UTC the zone is.
+            let before = zone.offset_from_utc_datetime(&(*naive - chrono::TimeDelta::days(1)));
+            Utc.from_utc_datetime(&(*naive - chrono::offset::Offset::fix(&before)))
         }
     }
 }
@@ -274,6 +276,22 @@ pub fn split_reply(text: &str) -> (Option<u16>, Option<String>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_times_across_daylight_saving_changes() {
+        let berlin: Zone = "Europe/Berlin".parse().unwrap();
+        let new_york: Zone = "America/New_York".parse().unwrap();
+        let at = |text: &str| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").unwrap();
+        let utc = |zone, text: &str| local_time(&at(text), Some(zone)).to_rfc3339();
+        assert_eq!(utc(berlin, "2026-01-09 10:00:00"), "2026-01-09T09:00:00+00:00");
+        // 02:30 does not exist on 2026-03-29 in Berlin: read as if the clock had not moved.
+        assert_eq!(utc(berlin, "2026-03-29 01:59:00"), "2026-03-29T00:59:00+00:00");
+        assert_eq!(utc(berlin, "2026-03-29 02:30:00"), "2026-03-29T01:30:00+00:00");
+        // 02:30 happens twice on 2026-10-25: the earlier one.
+        assert_eq!(utc(berlin, "2026-10-25 02:30:00"), "2026-10-25T00:30:00+00:00");
+        assert_eq!(utc(new_york, "2026-03-08 02:30:00"), "2026-03-08T07:30:00+00:00");
+        assert_eq!(local_time(&at("2026-03-29 02:30:00"), None).to_rfc3339(), "2026-03-29T02:30:00+00:00");
+    }
 
     #[test]
     fn bounded_maps_forget_the_oldest() {

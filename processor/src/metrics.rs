@@ -14,7 +14,7 @@ use crate::actuation::push::Outbox;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PusherLabel {
-    /// `kumod`, a webhook's name, or `topic:<name>`: set by configuration, so bounded.
+    /// `kumod`, `webhook:<name>` or `topic:<name>`: set by configuration, so bounded.
     pub pusher: String,
 }
 

@@ -272,18 +272,24 @@ impl Pipeline {
         let mut events: Vec<(u64, DeliveryEvent)> =
             tokio::task::spawn_blocking(move || log.read_without_raw(offset, max)).await??;
         let Some(end) = events.last().map(|(o, _)| o + 1) else { return Ok(offset) };
-        for (_, event) in &mut events {
-            self.enricher.enrich(event);
-        }
+        let batch = tracing::debug_span!("batch", from = offset, to = end);
+        batch.in_scope(|| {
+            let _enrich = tracing::debug_span!("enrich", events = events.len()).entered();
+            for (_, event) in &mut events {
+                self.enricher.enrich(event);
+            }
+        });
+        let warehouse = tracing::debug_span!(parent: &batch, "warehouse", events = events.len());
         let (writer, log) = (Arc::clone(&self.writer), self.log.clone());
         let events = tokio::task::spawn_blocking(move || -> Result<_, PipelineError> {
+            let _warehouse = warehouse.entered();
             writer.write_batch(offset, end, &events)?;
             log.commit_offset(CONSUMER, end)?;
             Ok(events)
         })
         .await??;
         let decisions = {
-            let _fold = tracing::debug_span!("fold", from = offset, to = end, events = events.len()).entered();
+            let _fold = tracing::debug_span!(parent: &batch, "fold", events = events.len()).entered();
             self.state.write().expect("state lock poisoned").apply_batch(&events, end, &self.fold.load())
         };
         if let (Some(outbox), false) = (&self.outbox, decisions.is_empty()) {

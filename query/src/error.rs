@@ -60,6 +60,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Middleware (`axum::middleware::map_response`): every 503 says when to retry, also those
+/// that do not come from an [`ApiError`] (the request timeout, a full ingest queue, a role
+/// still starting).
+pub async fn retry_after_on_503(mut response: Response) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE && !response.headers().contains_key(header::RETRY_AFTER) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    }
+    response
+}
+
 impl From<vigil_warehouse::WarehouseError> for ApiError {
     fn from(error: vigil_warehouse::WarehouseError) -> Self {
         match error.unavailable() {
@@ -88,5 +98,23 @@ impl From<vigil_processor::view::ViewError> for ApiError {
 impl From<tokio::task::JoinError> for ApiError {
     fn from(error: tokio::task::JoinError) -> Self {
         Self::internal(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_503_says_when_to_retry_and_others_are_left_alone() {
+        let bare = StatusCode::SERVICE_UNAVAILABLE.into_response();
+        let answered = retry_after_on_503(bare).await;
+        assert_eq!(answered.headers()[header::RETRY_AFTER], RETRY_AFTER_SECS.to_string().as_str());
+        let ok = retry_after_on_503(StatusCode::OK.into_response()).await;
+        assert!(!ok.headers().contains_key(header::RETRY_AFTER));
+        let down = ApiError::Unavailable { dependency: "clickhouse", reason: "connection refused".into() };
+        let response = down.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
     }
 }

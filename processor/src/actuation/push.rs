@@ -64,6 +64,9 @@ pub struct Outbox {
     recorded: Arc<Notify>,
     /// Applied and ended decisions as they are recorded, for the TSA subscription.
     live: broadcast::Sender<Decision>,
+    /// The pushers started in this process: the backlogs reported are theirs (a cursor of a
+    /// pusher since removed from the configuration stays in the file, unreported).
+    running: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -86,7 +89,12 @@ impl Outbox {
         tx.open_table(CURSORS)?;
         tx.open_table(KUMOD_IDS)?;
         tx.commit()?;
-        Ok(Self { db: Arc::new(db), recorded: Arc::new(Notify::new()), live: broadcast::channel(4096).0 })
+        Ok(Self {
+            db: Arc::new(db),
+            recorded: Arc::new(Notify::new()),
+            live: broadcast::channel(4096).0,
+            running: Arc::default(),
+        })
     }
 
     /// Records the decisions not recorded yet; returns how many were new.
@@ -167,8 +175,8 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Each pusher's backlog: decisions recorded and not yet passed by its cursor, and when
-    /// the oldest of them was decided (none when it is caught up).
+    /// The backlog of each pusher running in this process: decisions recorded and not yet
+    /// passed by its cursor, and when the oldest of them was decided (none when caught up).
     ///
     /// # Errors
     /// When the file cannot be read.
@@ -178,8 +186,12 @@ impl Outbox {
         let next = log.last()?.map_or(0, |(k, _)| k.value() + 1);
         let cursors = tx.open_table(CURSORS)?;
         let mut out = Vec::new();
+        let running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         for row in cursors.iter()? {
             let (name, cursor) = row?;
+            if !running.contains(name.value()) {
+                continue;
+            }
             let cursor = cursor.value();
             let oldest = match log.get(cursor)? {
                 Some(json) => Some(serde_json::from_str::<Decision>(json.value())?.at),
@@ -191,6 +203,7 @@ impl Outbox {
     }
 
     fn ensure_cursor(&self, name: &str) -> Result<(), OutboxError> {
+        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_owned());
         let tx = self.db.begin_write()?;
         {
             let mut cursors = tx.open_table(CURSORS)?;

@@ -279,7 +279,8 @@ impl ClickHouseReader {
             groups.join(", "),
         );
         let select = bind_all(self.client.query(&sql), values);
-        let records = select.fetch_all::<CountRecord>().await.map_err(ClickHouseError::at(&self.url))?;
+        let records =
+            within_deadline(select.fetch_all::<CountRecord>()).await.map_err(ClickHouseError::at(&self.url))?;
         Ok(records
             .into_iter()
             .filter(|r| r.count > 0)
@@ -308,7 +309,8 @@ impl ClickHouseReader {
             query.limit,
         );
         let select = bind_all(self.client.query(&sql), values);
-        let rows = select.fetch_all::<EventRecordRow>().await.map_err(ClickHouseError::at(&self.url))?;
+        let rows =
+            within_deadline(select.fetch_all::<EventRecordRow>()).await.map_err(ClickHouseError::at(&self.url))?;
         Ok(rows
             .into_iter()
             .map(|r| {
@@ -324,4 +326,16 @@ impl ClickHouseReader {
             })
             .collect())
     }
+}
+
+/// How long a query may take before ClickHouse counts as unavailable: under the API's own
+/// request timeout, so the client hears which dependency was slow and when to retry.
+pub const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `query`, or `TimedOut` once [`QUERY_TIMEOUT`] has passed (the client sets no read timeout
+/// of its own on queries).
+async fn within_deadline<T>(
+    query: impl std::future::Future<Output = Result<T, clickhouse::error::Error>>,
+) -> Result<T, clickhouse::error::Error> {
+    tokio::time::timeout(QUERY_TIMEOUT, query).await.unwrap_or(Err(clickhouse::error::Error::TimedOut))
 }
