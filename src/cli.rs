@@ -182,16 +182,17 @@ pub struct RunArgs {
     pub webhook_url: Option<String>,
     #[arg(long, env = "VIGIL_WEBHOOK_SECRET", value_name = "SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
-    /// Require `Authorization: Bearer TOKEN` on the TSA endpoints and the actions API.
+    /// Require `Authorization: Bearer TOKEN` on the TSA endpoints and the actions API; it also
+    /// admits ingest (kumod already holds it).
     #[arg(long, env = "VIGIL_API_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
-    /// Bearer tokens with roles for `/api/v1` (TOML: `[[tokens]] name, token, role` with role
-    /// viewer, operator or admin; see `examples/api-tokens.toml`). Without them the API is
-    /// open and the listener must be on loopback.
+    /// Bearer tokens with roles (TOML: `[[tokens]] name, token, role` with role ingest, viewer,
+    /// operator or admin; see `examples/api-tokens.toml`). Without them the API is open and the
+    /// listener must be on loopback; `ingest` tokens let an MTA's log hook in.
     #[arg(long, env = "VIGIL_API_TOKENS", value_name = "FILE")]
     pub api_tokens: Option<PathBuf>,
-    /// Client addresses allowed on the TSA endpoints and the actions API without the token
-    /// (kumod's hosts, as tsa-daemon's `trusted_hosts`); comma-separated.
+    /// Client addresses allowed on ingest, the TSA endpoints and the actions API without a
+    /// token (kumod's hosts, as tsa-daemon's `trusted_hosts`); comma-separated.
     #[arg(long, env = "VIGIL_TRUSTED_HOSTS", value_name = "IP,...", value_delimiter = ',')]
     pub trusted_hosts: Vec<std::net::IpAddr>,
     /// Also store the analytics in this ClickHouse (`http://host:8123`) and answer the API
@@ -280,7 +281,7 @@ impl RunArgs {
         layer!("action_rules", self.action_rules, config.actuation.rules);
         layer!("kumod_url", self.kumod_url, config.actuation.kumod_url);
         layer!("api_token", self.api_token, config.actuation.api_token);
-        layer!("trusted_hosts", self.trusted_hosts, config.actuation.trusted_hosts);
+        layer!("trusted_hosts", self.trusted_hosts, config.api.trusted_hosts);
         layer!("api_tokens", self.api_tokens, config.api.tokens_file);
         layer!("max_body_bytes", self.max_body_bytes, config.api.max_body_bytes);
         layer!("max_ingest_in_flight", self.max_ingest_in_flight, config.api.max_ingest_in_flight);

@@ -108,12 +108,9 @@ pub struct ActuationSection {
     /// the bundled set.
     #[serde(default)]
     pub rules: Option<PathBuf>,
-    /// Bearer token for the TSA endpoints and the actions API.
+    /// Bearer token for the TSA endpoints and the actions API (and ingest: kumod holds it).
     #[serde(default)]
     pub api_token: Option<String>,
-    /// Client addresses allowed there without the token (kumod's hosts).
-    #[serde(default)]
-    pub trusted_hosts: Vec<std::net::IpAddr>,
     /// kumod's HTTP listener, to push suspensions and bounces to.
     #[serde(default)]
     pub kumod_url: Option<String>,
@@ -133,6 +130,10 @@ pub struct ApiSection {
     /// A file of more `[[tokens]]` (`examples/api-tokens.toml`), kept apart from the rest.
     #[serde(default)]
     pub tokens_file: Option<PathBuf>,
+    /// Client addresses admitted without a token on ingest routes, the TSA endpoints and the
+    /// actions API (the MTA's hosts, as tsa-daemon's `trusted_hosts`).
+    #[serde(default)]
+    pub trusted_hosts: Vec<std::net::IpAddr>,
     /// Largest accepted HTTP ingest body, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -146,6 +147,7 @@ impl Default for ApiSection {
         Self {
             tokens: Vec::new(),
             tokens_file: None,
+            trusted_hosts: Vec::new(),
             max_body_bytes: default_max_body_bytes(),
             max_ingest_in_flight: default_max_in_flight(),
         }

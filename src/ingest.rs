@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use vigil_ingest::direct::DirectShipper;
 use vigil_ingest::forward::{BUFFER_CONSUMER, BUFFER_DEAD_LETTER_CURSOR, Forwarder};
 use vigil_log::EventLog;
+use vigil_query::auth::{IngestGuard, require_ingest};
 
 use crate::cli::IngestArgs;
 use crate::config::{Config, Role};
@@ -30,26 +31,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     if let Some(listen) = config.listen {
-        let app =
-            vigil_ingest::kumomta::router(log.clone(), config.api.max_body_bytes, config.api.max_ingest_in_flight)
-                // kumod's TSA publisher, pointed at the ingest role: the same receiver.
-                .route(
-                    vigil_query::tsa::publish_log_v1::PATH,
-                    vigil_ingest::kumomta::receiver(
-                        log.clone(),
-                        config.api.max_body_bytes,
-                        config.api.max_ingest_in_flight,
-                    ),
-                )
-                .merge(crate::metrics::router(log.clone(), None, None))
-                .route("/healthz", get(|| async { "ok\n" }))
-                .layer(axum::middleware::map_response(vigil_query::error::retry_after_on_503))
-                .layer(axum::middleware::from_fn(vigil_query::metrics::observe));
+        // This role reads no [actuation], so no TSA token: ingest tokens and trusted hosts.
+        let tokens = crate::run::load_tokens(&config.api.tokens, config.api.tokens_file.as_deref())?;
+        let guard = IngestGuard::new(&tokens, None, &config.api.trusted_hosts);
+        let receiver = || {
+            vigil_ingest::kumomta::receiver(log.clone(), config.api.max_body_bytes, config.api.max_ingest_in_flight)
+                .route_layer(axum::middleware::from_fn_with_state(guard.clone(), require_ingest))
+        };
+        let app = axum::Router::new()
+            .route(vigil_ingest::kumomta::PATH, receiver())
+            // kumod's TSA publisher, pointed at the ingest role: the same receiver.
+            .route(vigil_query::tsa::publish_log_v1::PATH, receiver())
+            .merge(crate::metrics::router(log.clone(), None, None))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .layer(axum::middleware::map_response(vigil_query::error::retry_after_on_503))
+            .layer(axum::middleware::from_fn(vigil_query::metrics::observe));
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let bound = listener.local_addr()?;
-        if !bound.ip().is_loopback() {
-            tracing::warn!(%bound, "listening beyond loopback without authentication: put it behind a firewall");
-        }
+        guard.check_listener(bound)?;
         // Scripts and tests read this line to find the port when `listen` ends in :0.
         println!("vigil ingest listening on http://{bound}");
         crate::run::spawn_http(&mut tasks, listener, app, &shutdown);

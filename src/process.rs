@@ -66,8 +66,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let tsa = vigil_query::tsa::TsaState {
         view: vigil_processor::view::View::new(Arc::clone(&state)),
         outbox: outbox.clone(),
-        token: config.actuation.api_token.clone(),
-        trusted_hosts: config.actuation.trusted_hosts.clone(),
+        token: config.actuation.api_token.as_deref().map(vigil_query::auth::Secret::new),
+        trusted_hosts: config.api.trusted_hosts.clone(),
     };
     let app = vigil_query::live::router(vigil_processor::view::View::new(Arc::clone(&state)), store)
         .merge(analytics)

@@ -18,7 +18,7 @@ use vigil_processor::state::FoldRules;
 use vigil_processor::view::View;
 use vigil_processor::{ClassifierBuilder, Enricher, Pipeline, PipelineConfig, ProviderMap};
 use vigil_query::ApiState;
-use vigil_query::auth::{TokenConfig, Tokens};
+use vigil_query::auth::{IngestGuard, TokenConfig, Tokens, require_ingest};
 use vigil_warehouse::clickhouse::ClickHouseReader;
 use vigil_warehouse::{ParquetWriter, Reader, Store};
 
@@ -74,16 +74,23 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let tsa = vigil_query::tsa::TsaState {
         view: View::new(pipeline.state()),
         outbox: outbox.clone(),
-        token: args.api_token.clone(),
+        token: args.api_token.as_deref().map(vigil_query::auth::Secret::new),
         trusted_hosts: args.trusted_hosts.clone(),
+    };
+    let ingest_guard = IngestGuard::new(&tokens, args.api_token.as_deref(), &args.trusted_hosts);
+    let guarded = |receiver: axum::routing::MethodRouter| {
+        receiver.route_layer(axum::middleware::from_fn_with_state(ingest_guard.clone(), require_ingest))
     };
     let app = api
         .merge(vigil_query::tsa::router(
             tsa.clone(),
-            Some(vigil_ingest::kumomta::receiver(log.clone(), args.max_body_bytes, args.max_ingest_in_flight)),
+            Some(guarded(vigil_ingest::kumomta::receiver(log.clone(), args.max_body_bytes, args.max_ingest_in_flight))),
         ))
         .merge(vigil_query::actions::router(tsa))
-        .merge(vigil_ingest::kumomta::router(log.clone(), args.max_body_bytes, args.max_ingest_in_flight))
+        .route(
+            vigil_ingest::kumomta::PATH,
+            guarded(vigil_ingest::kumomta::receiver(log.clone(), args.max_body_bytes, args.max_ingest_in_flight)),
+        )
         .merge(crate::metrics::router(log.clone(), Some(vigil_processor::pipeline::CONSUMER), Some(outbox.clone())))
         .layer(axum::middleware::from_fn_with_state(tokens.clone(), vigil_query::auth::require_role))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -103,6 +110,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let bound = listener.local_addr()?;
     tokens.check_listener(bound)?;
+    ingest_guard.check_listener(bound)?;
     // Scripts and tests read this line to find the port when --listen ends in :0.
     println!("vigil listening on http://{bound}");
     tracing::info!(%bound, data_dir = %args.data_dir.display(), "vigil run starting");
@@ -239,7 +247,6 @@ async fn reload_on_sighup(
     }
 }
 
-/// The API tokens file (`[[tokens]]`); none: no tokens.
 /// The API's role tokens: those written in the configuration and those of a tokens file.
 pub(crate) fn load_tokens(inline: &[TokenConfig], file: Option<&std::path::Path>) -> anyhow::Result<Tokens> {
     #[derive(serde::Deserialize)]

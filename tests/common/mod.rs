@@ -50,8 +50,13 @@ impl Vigil {
     /// Starts `vigil run` on `data_dir` on a free loopback port and waits until `/healthz`
     /// answers 200.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", data_dir, extra).await
+    }
+
+    /// As [`Vigil::start`], listening on `listen`; a wildcard address is reached over loopback.
+    pub async fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["run", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
@@ -72,7 +77,8 @@ impl Vigil {
             .trim()
             .strip_prefix("vigil listening on ")
             .unwrap_or_else(|| panic!("unexpected first line from vigil: {line:?}"))
-            .to_owned();
+            // Tests talk to loopback only, whatever address the listener is bound to.
+            .replace("//0.0.0.0:", "//127.0.0.1:");
         let vigil = Self { child, base, data_dir: data_dir.to_owned(), http: reqwest::Client::new() };
         let url = vigil.url("/healthz");
         let http = vigil.http.clone();
@@ -107,8 +113,16 @@ impl Vigil {
     }
 
     pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let response =
-            self.http.post(self.url(path)).header("content-type", "application/json").body(body).send().await.unwrap();
+        self.post_as(path, body, None).await
+    }
+
+    /// `POST` with `Authorization: Bearer <bearer>` when given.
+    pub async fn post_as(&self, path: &str, body: impl Into<reqwest::Body>, bearer: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.post(self.url(path)).header("content-type", "application/json").body(body);
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))

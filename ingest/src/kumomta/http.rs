@@ -36,8 +36,11 @@ struct ReceiverState {
 /// The receiver's routes, to be merged into the server's router. At most `max_in_flight`
 /// requests are handled at once; more get a 503 at once rather than queueing in memory.
 pub fn router(log: EventLog, max_body_bytes: usize, max_in_flight: usize) -> Router {
-    Router::new().route("/ingest/kumomta", receiver(log, max_body_bytes, max_in_flight))
+    Router::new().route(PATH, receiver(log, max_body_bytes, max_in_flight))
 }
+
+/// Where KumoMTA's log hook posts.
+pub const PATH: &str = "/ingest/kumomta";
 
 /// The receiver as a route of its own, for every path that takes KumoMTA log records (the
 /// TSA surface mounts it at `/publish_log_v1`). Each mount has its own `max_in_flight`.

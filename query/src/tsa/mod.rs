@@ -30,7 +30,7 @@ pub mod subscribe_event_v1;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
@@ -44,13 +44,13 @@ use crate::ApiError;
 pub struct TsaState {
     pub view: View,
     pub outbox: Outbox,
-    pub token: Option<String>,
+    pub token: Option<crate::auth::Secret>,
     pub trusted_hosts: Vec<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for TsaState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TsaState").field("token", &self.token.as_ref().map(|_| "<redacted>")).finish_non_exhaustive()
+        f.debug_struct("TsaState").field("token", &self.token).finish_non_exhaustive()
     }
 }
 
@@ -79,12 +79,8 @@ pub(crate) async fn require_token(State(state): State<TsaState>, request: Reques
     }
     let peer = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let trusted = peer.is_some_and(|ip| state.trusted_hosts.contains(&ip.to_canonical()));
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let token_ok = state.token.as_deref().is_some_and(|t| presented == Some(t));
+    let token_ok = crate::auth::bearer(&request)
+        .is_some_and(|presented| state.token.as_ref().is_some_and(|t| t.matches(presented)));
     if trusted || token_ok {
         return next.run(request).await;
     }
