@@ -202,6 +202,10 @@ pub struct RunArgs {
     pub clickhouse_url: Option<String>,
     #[command(flatten)]
     pub clickhouse: ClickHouseLogin,
+    /// PEM certificates to trust besides the platform's (which honour `SSL_CERT_FILE`), for
+    /// https targets behind a private CA: kumod, webhooks, ClickHouse.
+    #[arg(long, env = "VIGIL_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Also feed realistic synthetic KumoMTA traffic, so there is something to look at.
     #[arg(long)]
     pub demo: bool,
@@ -285,6 +289,7 @@ impl RunArgs {
         layer!("api_tokens", self.api_tokens, config.api.tokens_file);
         layer!("max_body_bytes", self.max_body_bytes, config.api.max_body_bytes);
         layer!("max_ingest_in_flight", self.max_ingest_in_flight, config.api.max_ingest_in_flight);
+        layer!("ca_file", self.ca_file, config.tls.ca_file);
         if let Some(clickhouse) = config.clickhouse {
             layer!("clickhouse_url", self.clickhouse_url, Some(clickhouse.url));
             layer!("database", self.clickhouse.database, clickhouse.database);

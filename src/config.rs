@@ -45,6 +45,8 @@ pub struct Config {
     #[serde(default)]
     pub buffer: BufferSection,
     #[serde(default)]
+    pub tls: TlsSection,
+    #[serde(default)]
     pub clickhouse: Option<ClickHouseConfig>,
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
@@ -61,6 +63,7 @@ impl Default for Config {
             actuation: ActuationSection::default(),
             api: ApiSection::default(),
             buffer: BufferSection::default(),
+            tls: TlsSection::default(),
             clickhouse: None,
             kafka: None,
         }
@@ -69,6 +72,27 @@ impl Default for Config {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./vigil-data")
+}
+
+/// `[tls]`: how outbound connections (kumod, webhooks, ClickHouse) trust servers. The
+/// platform's roots are always trusted (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured);
+/// Kafka's TLS is set by librdkafka's `ssl.*` properties under `[kafka.properties]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificates to trust besides the platform's: a private CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsSection {
+    /// Builds the process's trust store; call once at start.
+    ///
+    /// # Errors
+    /// When the CA file is unusable.
+    pub fn init(&self) -> anyhow::Result<()> {
+        vigil_log::tls::init(self.ca_file.as_deref()).context("in [tls] ca_file")
+    }
 }
 
 /// `[classifier]`: the bounce classifier.
@@ -220,6 +244,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("VIGIL_KUMOD_URL", "actuation.kumod_url"),
     ("VIGIL_API_TOKEN", "actuation.api_token"),
     ("VIGIL_API_TOKENS", "api.tokens_file"),
+    ("VIGIL_CA_FILE", "tls.ca_file"),
 ];
 
 impl Config {
@@ -282,6 +307,7 @@ impl Config {
             "actuation.kumod_url" => self.actuation.kumod_url = Some(value),
             "actuation.api_token" => self.actuation.api_token = Some(value),
             "api.tokens_file" => self.api.tokens_file = Some(value.into()),
+            "tls.ca_file" => self.tls.ca_file = Some(value.into()),
             other => anyhow::bail!("no key {other}"),
         }
         Ok(())
@@ -343,7 +369,9 @@ pub fn check(files: &[PathBuf]) -> anyhow::Result<()> {
             println!("{}: ok (API tokens)", file.display());
             continue;
         }
-        Config::read(file)?.with_environment(|v| std::env::var(v).ok())?;
+        let config = Config::read(file)?.with_environment(|v| std::env::var(v).ok())?;
+        vigil_log::tls::build(config.tls.ca_file.as_deref())
+            .with_context(|| format!("in the configuration {}: [tls] ca_file", file.display()))?;
         println!("{}: ok", file.display());
     }
     Ok(())

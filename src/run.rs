@@ -33,6 +33,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
+    vigil_log::tls::init(args.ca_file.as_deref()).context("the TLS trust store (--ca-file, [tls] ca_file)")?;
     let log_dir = args.data_dir.join("log");
     let warehouse_dir = args.data_dir.join("warehouse");
     let log = EventLog::open(&log_dir).with_context(|| format!("opening the log in {}", log_dir.display()))?;
@@ -292,6 +293,7 @@ where
 {
     let config = crate::config::Config::read(path)?.with_environment(|v| std::env::var(v).ok())?;
     config.note_ignored(role);
+    config.tls.init()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(config))
 }

@@ -13,48 +13,9 @@ use std::time::Duration;
 
 use axum::extract::State;
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::{Vigil, eventually, recording_kumod};
+use common::{Vigil, deferral, eventually, recording_kumod};
 use futures::StreamExt;
 use serde_json::{Value, json};
-
-/// A KumoMTA `TransientFailure` record.
-#[allow(clippy::too_many_arguments)]
-fn deferral(
-    source: &str,
-    recipient: &str,
-    mx_site: &str,
-    code: u16,
-    enhanced: (u8, u8, u8),
-    text: &str,
-    at: DateTime<Utc>,
-    id: &str,
-) -> String {
-    json!({
-        "type": "TransientFailure",
-        "id": id,
-        "sender": "news@shop.example",
-        "recipient": recipient,
-        "queue": format!("spring:acme@{}", recipient.split('@').nth(1).unwrap()),
-        "site": format!("{source}->{mx_site}@smtp_client"),
-        "size": 2048,
-        "response": {
-            "code": code,
-            "enhanced_code": {"class": enhanced.0, "subject": enhanced.1, "detail": enhanced.2},
-            "content": text,
-            "command": "."
-        },
-        "egress_pool": "pool-1",
-        "egress_source": source,
-        "timestamp": at.timestamp(),
-        "created": at.timestamp() - 5,
-        "num_attempts": 1,
-        "bounce_classification": "Uncategorized",
-        "meta": {},
-        "headers": {},
-        "nodeid": "557f3ad4-2c8c-11ee-976e-782d7e12e173"
-    })
-    .to_string()
-}
 
 fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Secs, true)

@@ -1,13 +1,22 @@
-//! Waiting before a retry: a capped exponential delay that gives way to shutdown. Used
-//! wherever a role waits on something outside it (the broker, a full buffer, ClickHouse).
+//! Waiting before a retry: the one retry delay of the whole project (the broker, a full
+//! buffer, ClickHouse, the pipeline's step, each decision pusher). A capped exponential delay
+//! with jitter, that gives way to shutdown.
+//!
+//! Jitter: each wait sleeps a random time between half the nominal delay and the whole of it
+//! ("equal jitter"), so many retriers that failed together (every pusher when a target
+//! restarts, every tail when the broker comes back) do not come back together, while the wait
+//! never shrinks below half of what the caller asked.
 
 use std::time::Duration;
 
+use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-/// The delay doubles after each wait, up to `max`.
+/// The nominal delay doubles after each wait, up to `max`; each wait sleeps between half of it
+/// and all of it.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
+    first: Duration,
     next: Duration,
     max: Duration,
 }
@@ -15,22 +24,36 @@ pub struct Backoff {
 impl Backoff {
     #[must_use]
     pub fn new(first: Duration, max: Duration) -> Self {
-        Self { next: first, max }
+        Self { first, next: first, max }
     }
 
-    /// The delay the next [`Backoff::wait`] sleeps.
+    /// The nominal delay of the next wait (what it sleeps at most).
     #[must_use]
     pub fn delay(&self) -> Duration {
         self.next
     }
 
-    /// Sleeps the current delay, or less if `shutdown` comes first; then doubles it.
+    /// Takes the next delay, jittered, and doubles the nominal one: for callers that schedule
+    /// the retry themselves (one timer for many pending retries).
+    pub fn next_delay(&mut self) -> Duration {
+        let nominal = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = nominal / 2;
+        half + rand::rng().random_range(Duration::ZERO..=nominal - half)
+    }
+
+    /// Back to the first delay, after a success.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+
+    /// Sleeps the next delay, or less if `shutdown` comes first.
     pub async fn wait(&mut self, shutdown: &CancellationToken) {
+        let delay = self.next_delay();
         tokio::select! {
             () = shutdown.cancelled() => {}
-            () = tokio::time::sleep(self.next) => {}
+            () = tokio::time::sleep(delay) => {}
         }
-        self.next = (self.next * 2).min(self.max);
     }
 }
 
@@ -39,7 +62,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn doubles_up_to_the_cap() {
+    async fn doubles_up_to_the_cap_with_each_wait_between_half_and_all_of_it() {
         let shutdown = CancellationToken::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(300));
         let mut delays = Vec::new();
@@ -48,7 +71,19 @@ mod tests {
             backoff.wait(&shutdown).await;
             delays.push(start.elapsed());
         }
-        assert_eq!(delays, [100, 200, 300, 300].map(Duration::from_millis));
+        for (delay, nominal) in delays.iter().zip([100, 200, 300, 300].map(Duration::from_millis)) {
+            assert!(*delay >= nominal / 2 && *delay <= nominal, "{delay:?} for {nominal:?}");
+        }
+        backoff.reset();
+        assert_eq!(backoff.delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_jitter_spreads_retries() {
+        let delays: std::collections::BTreeSet<_> =
+            (0..50).map(|_| Backoff::new(Duration::from_secs(10), Duration::from_secs(10)).next_delay()).collect();
+        assert!(delays.len() > 40, "fifty retriers that failed together come back apart: {delays:?}");
+        assert!(delays.iter().all(|d| *d >= Duration::from_secs(5) && *d <= Duration::from_secs(10)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,7 +7,9 @@
 //! # Layout
 //! - this module: the embedded log ([`EventLog`]), whose contract follows;
 //! - [`kafka`]: what every role that talks to a Kafka-protocol broker shares;
-//! - [`backoff`]: waiting before a retry, cut short by shutdown.
+//! - [`backoff`]: waiting before a retry (jittered, capped), cut short by shutdown: the one
+//!   retry delay of the project;
+//! - [`tls`]: the trust store of every outbound TLS connection.
 //!
 //! # Contract
 //! - In: batches of normalised [`DeliveryEvent`]s, [`DeadLetter`]s and source checkpoints,
@@ -38,6 +40,7 @@
 
 pub mod backoff;
 pub mod kafka;
+pub mod tls;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -93,7 +93,7 @@ pub async fn feed_from_log(
             let batch: Vec<(u64, &vigil_schemas::DeliveryEvent)> = events.iter().map(|(o, e)| (*o, e)).collect();
             match sink.write_batch(&batch).await {
                 Ok(written) => {
-                    backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+                    backoff.reset();
                     tracing::debug!(inserted = written.inserted, skipped = written.skipped, "ClickHouse batch stored");
                 }
                 Err(error) => {
@@ -275,7 +275,7 @@ pub async fn feed_from_kafka(
             {
                 tracing::warn!(%error, "ClickHouse sink committing offsets");
             }
-            backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+            backoff.reset();
         };
         // Pending events are gone with the consumer: a new one reads from the committed
         // offsets, at or below what ClickHouse holds, and the sinks skip what is stored.

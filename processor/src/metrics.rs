@@ -5,12 +5,20 @@
 use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::actuation::push::Outbox;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub pusher: String,
+    /// `permanent` (the decision is marked failed) or `temporary` (retried).
+    pub kind: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PusherLabel {
@@ -27,6 +35,10 @@ pub struct ProcessorMetrics {
     pub outbox_depth: Family<PusherLabel, Gauge>,
     /// Age of the oldest decision each pusher has not passed yet (0 when caught up).
     pub outbox_oldest_seconds: Family<PusherLabel, Gauge>,
+    /// Failed delivery attempts by pusher and kind.
+    pub push_failures: Family<FailureLabels, Counter>,
+    /// Decisions each pusher is waiting to retry.
+    pub push_retrying: Family<PusherLabel, Gauge>,
 }
 
 impl Default for ProcessorMetrics {
@@ -36,6 +48,8 @@ impl Default for ProcessorMetrics {
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             outbox_depth: Family::default(),
             outbox_oldest_seconds: Family::default(),
+            push_failures: Family::default(),
+            push_retrying: Family::default(),
         }
     }
 }
@@ -70,6 +84,28 @@ pub fn register_outbox(registry: &mut Registry) {
         "Age of the oldest decision each pusher has not passed yet (0 when caught up)",
         m.outbox_oldest_seconds.clone(),
     );
+    registry.register(
+        "vigil_push_failures",
+        "Failed delivery attempts by pusher; kind permanent marks the decision failed, temporary is retried",
+        m.push_failures.clone(),
+    );
+    registry.register(
+        "vigil_push_retrying_decisions",
+        "Decisions each pusher is waiting to retry after a temporary failure",
+        m.push_retrying.clone(),
+    );
+}
+
+/// Counts a failed delivery attempt.
+pub fn delivery_failed(pusher: &str, permanent: bool) {
+    let kind = if permanent { "permanent" } else { "temporary" };
+    processor_metrics().push_failures.get_or_create(&FailureLabels { pusher: pusher.to_owned(), kind }).inc();
+}
+
+/// Sets how many decisions `pusher` is waiting to retry.
+pub fn refresh_pending(pusher: &str, waiting: usize) {
+    let label = PusherLabel { pusher: pusher.to_owned() };
+    processor_metrics().push_retrying.get_or_create(&label).set(i64::try_from(waiting).unwrap_or(i64::MAX));
 }
 
 /// Reads each pusher's backlog from `outbox` into the gauges.

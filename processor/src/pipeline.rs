@@ -48,7 +48,8 @@ pub struct PipelineConfig {
     /// How long to let a small batch fill before writing it: fewer, larger files at the cost
     /// of this much freshness.
     pub linger: Duration,
-    /// Wait before retrying after a failure.
+    /// First wait before retrying after a failure; it doubles (jittered) up to 30 s while
+    /// failures repeat.
     pub retry_backoff: Duration,
     /// How often small warehouse files are merged.
     pub compaction_interval: Duration,
@@ -194,6 +195,7 @@ impl Pipeline {
     pub async fn run(self, mut offset: u64, shutdown: CancellationToken) {
         let mut head = self.log.subscribe();
         let mut next_compaction = tokio::time::Instant::now() + self.config.compaction_interval;
+        let mut retry = vigil_log::backoff::Backoff::new(self.config.retry_backoff, Duration::from_secs(30));
         let mut next_snapshot = tokio::time::Instant::now() + self.config.snapshot_interval;
         let mut snapshot_offset = offset;
         loop {
@@ -228,12 +230,15 @@ impl Pipeline {
                 }
             }
             match self.step(offset).await {
-                Ok(next) => offset = next,
+                Ok(next) => {
+                    offset = next;
+                    retry.reset();
+                }
                 Err(error) => {
-                    tracing::error!(%error, offset, "processing failed; retrying from the committed offset");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(self.config.retry_backoff) => {}
+                    tracing::error!(%error, offset, retry_in = ?retry.delay(), "processing failed; retrying from the committed offset");
+                    retry.wait(&shutdown).await;
+                    if shutdown.is_cancelled() {
+                        return;
                     }
                 }
             }

@@ -53,18 +53,33 @@ async fn decisions(
         }
     };
     let outbox = state.outbox.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        outbox.newest(limit, |d| {
+    let (found, mut failures) = tokio::task::spawn_blocking(move || {
+        let found = outbox.newest(limit, |d| {
             status.is_none_or(|s| d.status == s)
                 && params.rule.as_deref().is_none_or(|r| d.rule == r)
                 && params.egress_source.as_deref().is_none_or(|s| d.target.egress_source.as_deref() == Some(s))
                 && params.provider.as_deref().is_none_or(|p| d.target.provider.as_deref() == Some(p))
                 && params.domain.as_deref().is_none_or(|p| d.target.domain.as_deref() == Some(p))
-        })
+        })?;
+        let failures = outbox.failures(found.iter().map(|d| d.decision_id.as_str()))?;
+        Ok::<_, vigil_processor::view::OutboxError>((found, failures))
     })
     .await?
     .map_err(ApiError::internal)?;
-    Ok(Json(serde_json::json!({ "decisions": found })))
+    // Each decision as recorded, with the deliveries given up (a target's permanent refusal,
+    // with its answer) when there are any.
+    let decisions: Vec<serde_json::Value> = found
+        .into_iter()
+        .map(|decision| {
+            let failed = failures.remove(&decision.decision_id);
+            let mut json = serde_json::to_value(decision).unwrap_or_default();
+            if let (Some(failed), Some(object)) = (failed, json.as_object_mut()) {
+                object.insert("failed_deliveries".into(), serde_json::to_value(failed).unwrap_or_default());
+            }
+            json
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "decisions": decisions })))
 }
 
 async fn throttles(State(state): State<TsaState>) -> Result<Json<serde_json::Value>, ApiError> {

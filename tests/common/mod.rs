@@ -55,10 +55,16 @@ impl Vigil {
 
     /// As [`Vigil::start`], listening on `listen`; a wildcard address is reached over loopback.
     pub async fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(listen, data_dir, extra, &[]).await
+    }
+
+    /// As [`Vigil::start_on`], with these environment variables set for `vigil`.
+    pub async fn start_with_env(listen: &str, data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(["run", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -236,4 +242,43 @@ pub fn run_vigil<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: &[u8]) -> Output 
         json: String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
         stderr: String::from_utf8(out.stderr).unwrap(),
     }
+}
+
+/// A KumoMTA `TransientFailure` record.
+#[allow(clippy::too_many_arguments)]
+pub fn deferral(
+    source: &str,
+    recipient: &str,
+    mx_site: &str,
+    code: u16,
+    enhanced: (u8, u8, u8),
+    text: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    id: &str,
+) -> String {
+    serde_json::json!({
+        "type": "TransientFailure",
+        "id": id,
+        "sender": "news@shop.example",
+        "recipient": recipient,
+        "queue": format!("spring:acme@{}", recipient.split('@').nth(1).unwrap()),
+        "site": format!("{source}->{mx_site}@smtp_client"),
+        "size": 2048,
+        "response": {
+            "code": code,
+            "enhanced_code": {"class": enhanced.0, "subject": enhanced.1, "detail": enhanced.2},
+            "content": text,
+            "command": "."
+        },
+        "egress_pool": "pool-1",
+        "egress_source": source,
+        "timestamp": at.timestamp(),
+        "created": at.timestamp() - 5,
+        "num_attempts": 1,
+        "bounce_classification": "Uncategorized",
+        "meta": {},
+        "headers": {},
+        "nodeid": "557f3ad4-2c8c-11ee-976e-782d7e12e173"
+    })
+    .to_string()
 }

@@ -17,18 +17,25 @@ use std::time::Duration;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
+use vigil_log::backoff::Backoff;
 
 use super::decision::{ActionKind, Decision, Status};
+use crate::metrics;
 
 const DECISIONS: TableDefinition<u64, &str> = TableDefinition::new("decisions");
 const BY_ID: TableDefinition<&str, u64> = TableDefinition::new("decision_ids");
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// action key -> the id kumod gave the suspension or bounce, to lift it early.
 const KUMOD_IDS: TableDefinition<&str, &str> = TableDefinition::new("kumod_ids");
+/// (pusher, seq) of decisions settled past the pusher's cursor (the cursor waits at the oldest
+/// decision still being retried).
+const SETTLED: TableDefinition<(&str, u64), ()> = TableDefinition::new("settled");
+/// decision id -> the deliveries given up, as JSON `[FailedDelivery]`.
+const FAILURES: TableDefinition<&str, &str> = TableDefinition::new("failures");
 
 /// The outbox could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +95,8 @@ impl Outbox {
         tx.open_table(BY_ID)?;
         tx.open_table(CURSORS)?;
         tx.open_table(KUMOD_IDS)?;
+        tx.open_table(SETTLED)?;
+        tx.open_table(FAILURES)?;
         tx.commit()?;
         Ok(Self {
             db: Arc::new(db),
@@ -221,19 +230,84 @@ impl Outbox {
         Ok(table.get(name)?.map_or(0, |v| v.value()))
     }
 
-    fn set_cursor(&self, name: &str, next: u64, kumod_id: Option<(&str, Option<&str>)>) -> Result<(), OutboxError> {
+    /// The decisions at or past `from` that `name` has settled (delivered, skipped, failed,
+    /// superseded) while an older one was still being retried.
+    fn settled(&self, name: &str, from: u64) -> Result<std::collections::BTreeSet<u64>, OutboxError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(SETTLED)?;
+        let mut out = std::collections::BTreeSet::new();
+        for row in table.range((name, from)..=(name, u64::MAX))? {
+            out.insert(row?.0.value().1);
+        }
+        Ok(out)
+    }
+
+    /// Records what `name` settled and moves its cursor to `cursor` (the oldest decision not
+    /// settled), in one transaction: the kumod ids given or forgotten, the failures, and the
+    /// settled decisions past the cursor (those before it are dropped: the cursor covers them).
+    fn settle(
+        &self,
+        name: &str,
+        cursor: u64,
+        settled: &[(u64, KumodIdChange, Option<FailedDelivery>)],
+    ) -> Result<(), OutboxError> {
         let tx = self.db.begin_write()?;
         {
-            tx.open_table(CURSORS)?.insert(name, next)?;
-            if let Some((key, id)) = kumod_id {
-                let mut ids = tx.open_table(KUMOD_IDS)?;
-                match id {
-                    Some(id) => ids.insert(key, id)?,
-                    None => ids.remove(key)?,
-                };
+            tx.open_table(CURSORS)?.insert(name, cursor)?;
+            let mut ahead = tx.open_table(SETTLED)?;
+            let passed: Vec<u64> = ahead
+                .range((name, 0)..(name, cursor))?
+                .map(|row| row.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for seq in passed {
+                ahead.remove((name, seq))?;
+            }
+            let mut ids = tx.open_table(KUMOD_IDS)?;
+            let mut failures = tx.open_table(FAILURES)?;
+            let log = tx.open_table(DECISIONS)?;
+            for (seq, change, failure) in settled {
+                if *seq >= cursor {
+                    ahead.insert((name, *seq), ())?;
+                }
+                if let Some((key, id)) = change {
+                    match id {
+                        Some(id) => ids.insert(key.as_str(), id.as_str())?,
+                        None => ids.remove(key.as_str())?,
+                    };
+                }
+                if let Some(failure) = failure
+                    && let Some(json) = log.get(*seq)?
+                {
+                    let decision: Decision = serde_json::from_str(json.value())?;
+                    let mut all: Vec<FailedDelivery> = match failures.get(decision.decision_id.as_str())? {
+                        Some(json) => serde_json::from_str(json.value())?,
+                        None => Vec::new(),
+                    };
+                    all.push(failure.clone());
+                    failures.insert(decision.decision_id.as_str(), serde_json::to_string(&all)?.as_str())?;
+                }
             }
         }
         tx.commit().map_err(OutboxError::from)
+    }
+
+    /// The deliveries given up for each of `decision_ids` that has any.
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn failures<'a>(
+        &self,
+        decision_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<std::collections::HashMap<String, Vec<FailedDelivery>>, OutboxError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(FAILURES)?;
+        let mut out = std::collections::HashMap::new();
+        for id in decision_ids {
+            if let Some(json) = table.get(id)? {
+                out.insert(id.to_owned(), serde_json::from_str(json.value())?);
+            }
+        }
+        Ok(out)
     }
 
     fn kumod_id(&self, key: &str) -> Result<Option<String>, OutboxError> {
@@ -294,15 +368,52 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     hex
 }
 
-/// Why one delivery failed; retried with backoff.
+/// Why one delivery failed.
 #[derive(Debug, thiserror::Error)]
 enum DeliveryError {
     #[error("publishing to Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("request failed: {0}")]
+    #[error("request failed: {}", chain(.0))]
     Http(#[from] reqwest::Error),
     #[error("{url} answered {status}: {body}")]
     Status { url: String, status: u16, body: String },
+}
+
+/// An error with its causes, `a: b: c`: reqwest's own message hides the certificate verdict or
+/// the refused connection behind "error sending request".
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
+impl DeliveryError {
+    /// An answer that will be the same on every retry: a 4xx other than 408 (timeout) and 429
+    /// (slow down), an invalid URL, a certificate the target's server cannot prove. The
+    /// decision is marked failed and the queue moves on. Everything else (5xx, connection
+    /// refused, a timeout, the broker) is temporary and retried.
+    fn is_permanent(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => (400..500).contains(status) && !matches!(status, 408 | 429),
+            Self::Http(error) => error.is_builder() || vigil_log::tls::is_tls_refusal(error),
+            Self::Kafka(_) => false,
+        }
+    }
+}
+
+/// A delivery given up: the decision, the pusher and the answer, for `/api/v1/decisions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FailedDelivery {
+    /// The pusher (`kumod`, `webhook:<name>`).
+    pub pusher: String,
+    /// What the target answered, or why it could not be reached.
+    pub answer: String,
+    pub at: chrono::DateTime<Utc>,
 }
 
 enum Pusher {
@@ -330,6 +441,35 @@ impl Pusher {
             _ => None,
         }
     }
+
+    /// The topic is the record of every decision, in order: nothing is superseded or skipped
+    /// there, so a failure holds it back. An MTA only needs what is in force per scope.
+    fn in_order(&self) -> bool {
+        matches!(self, Self::Topic { .. })
+    }
+
+    async fn deliver(
+        &self,
+        client: &reqwest::Client,
+        outbox: &Outbox,
+        decision: &Decision,
+    ) -> Result<KumodIdChange, DeliveryError> {
+        match self {
+            Self::Kumod { base } => push_kumod(client, base, outbox, decision).await,
+            Self::Webhook(hook) => push_webhook(client, hook, decision).await.map(|()| None),
+            Self::Topic { producer, topic } => publish(producer, topic, decision).await.map(|()| None),
+        }
+    }
+}
+
+/// The HTTP client of every pusher: TLS from the process's trust store ([`vigil_log::tls`]),
+/// and a timeout well under the loop's pace.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .tls_backend_preconfigured((*vigil_log::tls::client_config()).clone())
+        .build()
+        .expect("a client from a valid TLS configuration builds")
 }
 
 /// Starts the task that publishes every recorded decision to `topic`, keyed by its action,
@@ -344,19 +484,10 @@ pub fn spawn_topic(
     shutdown: &CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, rdkafka::error::KafkaError> {
     let producer = client.create()?;
+    let name = format!("topic:{topic}");
     let pusher = Pusher::Topic { producer, topic: topic.to_owned() };
-    let client = reqwest::Client::new();
     let (outbox, shutdown) = (outbox.clone(), shutdown.clone());
-    Ok(tokio::spawn(
-        async move { run(format!("topic:{}", pusher_topic(&pusher)), pusher, outbox, client, shutdown).await },
-    ))
-}
-
-fn pusher_topic(pusher: &Pusher) -> String {
-    match pusher {
-        Pusher::Topic { topic, .. } => topic.clone(),
-        _ => String::new(),
-    }
+    Ok(tokio::spawn(async move { run(name, pusher, outbox, http_client(), shutdown).await }))
 }
 
 /// Starts one task per configured target; they run until `shutdown`.
@@ -369,7 +500,7 @@ pub fn spawn(outbox: &Outbox, config: &PushConfig, shutdown: &CancellationToken)
     for hook in &config.webhooks {
         pushers.push((format!("webhook:{}", hook.name), Pusher::Webhook(hook.clone())));
     }
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client builds");
+    let client = http_client();
     pushers
         .into_iter()
         .map(|(name, pusher)| {
@@ -379,63 +510,198 @@ pub fn spawn(outbox: &Outbox, config: &PushConfig, shutdown: &CancellationToken)
         .collect()
 }
 
+/// A decision whose delivery failed for a temporary reason, waiting for its retry.
+struct Pending {
+    seq: u64,
+    decision: Decision,
+    backoff: Backoff,
+    due: tokio::time::Instant,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// Delivered, or nothing to deliver (shadow, expired): settled.
+    Settled(KumodIdChange),
+    /// Given up with the answer: settled, and recorded as failed.
+    Failed(String),
+    /// To be retried.
+    Retry(DeliveryError),
+}
+
+/// One pusher's loop. Decisions are read from the outbox in record order and each is tried
+/// once as it comes; one that fails for a temporary reason waits for its own retry
+/// (jittered backoff) while the decisions after it go on, so a target refusing one decision
+/// never holds back the others. A later decision for the same action supersedes one still
+/// waiting (an MTA needs what is in force, not the history). The cursor stays at the oldest
+/// decision not settled, and decisions settled past it are recorded, so a restart retries
+/// exactly the pending ones and sends nothing twice.
 async fn run(name: String, pusher: Pusher, outbox: Outbox, client: reqwest::Client, shutdown: CancellationToken) {
     // A cursor from the start, so the pusher's backlog is reported before its first delivery.
     if let Err(error) = outbox.ensure_cursor(&name) {
         tracing::error!(%error, pusher = name, "cannot create the outbox cursor");
     }
+    let mut read_from = outbox.cursor(&name).unwrap_or_else(|error| {
+        tracing::error!(%error, pusher = name, "cannot read the outbox cursor; starting from the beginning");
+        0
+    });
+    let mut settled_ahead = outbox.settled(&name, read_from).unwrap_or_else(|error| {
+        tracing::error!(%error, pusher = name, "cannot read the settled decisions; they may be re-sent");
+        std::collections::BTreeSet::new()
+    });
+    let mut pending: std::collections::HashMap<String, Pending> = std::collections::HashMap::new();
+    let mut ledger = Ledger {
+        settled: Vec::new(),
+        stored_cursor: read_from,
+        store_failures: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
+    };
     loop {
         let recorded = outbox.recorded.notified();
-        let cursor = match outbox.cursor(&name) {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::error!(%error, pusher = name, "cannot read the outbox cursor");
-                0
-            }
-        };
-        let batch = outbox.read(cursor, 256).unwrap_or_else(|error| {
-            tracing::error!(%error, pusher = name, "cannot read the decision log");
+        let batch = if pusher.in_order() && !pending.is_empty() {
             Vec::new()
-        });
-        if batch.is_empty() {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = recorded => continue,
-                () = tokio::time::sleep(Duration::from_secs(5)) => continue,
+        } else {
+            outbox.read(read_from, 256).unwrap_or_else(|error| {
+                tracing::error!(%error, pusher = name, "cannot read the decision log");
+                Vec::new()
+            })
+        };
+        let full = batch.len() == 256;
+        for (seq, decision) in batch {
+            read_from = seq + 1;
+            if settled_ahead.remove(&seq) {
+                continue;
+            }
+            if !pusher.in_order()
+                && let Some(older) = pending.remove(&decision.action_key)
+            {
+                tracing::info!(
+                    pusher = name,
+                    superseded = older.decision.decision_id,
+                    by = decision.decision_id,
+                    "an undelivered decision is superseded by a later one for the same action"
+                );
+                ledger.settled.push((older.seq, None, None));
+            }
+            let attempt = attempt(&pusher, &client, &outbox, &decision, &name).await;
+            settle_or_wait(attempt, &name, seq, decision, None, &mut pending, &mut ledger.settled);
+            // At once: the next decision may need what this one left (kumod's id to lift).
+            ledger.flush(&outbox, &name, &pending, read_from, &shutdown).await;
+        }
+        let now = tokio::time::Instant::now();
+        let mut due: Vec<String> = pending.iter().filter(|(_, p)| p.due <= now).map(|(k, _)| k.clone()).collect();
+        due.sort_by_key(|key| pending[key].seq);
+        for key in due {
+            let Some(waiting) = pending.remove(&key) else { continue };
+            let attempt = attempt(&pusher, &client, &outbox, &waiting.decision, &name).await;
+            settle_or_wait(
+                attempt,
+                &name,
+                waiting.seq,
+                waiting.decision,
+                Some(waiting.backoff),
+                &mut pending,
+                &mut ledger.settled,
+            );
+            ledger.flush(&outbox, &name, &pending, read_from, &shutdown).await;
+        }
+        // Past decisions settled before a restart, which needed no delivery now.
+        ledger.flush(&outbox, &name, &pending, read_from, &shutdown).await;
+        metrics::refresh_pending(&name, pending.len());
+        if full {
+            continue;
+        }
+        let next_retry = pending.values().map(|p| p.due).min();
+        let idle = tokio::time::Instant::now() + Duration::from_secs(5);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = recorded => {}
+            () = tokio::time::sleep_until(next_retry.map_or(idle, |due| due.min(idle))) => {}
+        }
+    }
+}
+
+/// What a pusher has settled and not yet recorded, and where its recorded cursor stands.
+struct Ledger {
+    settled: Vec<(u64, KumodIdChange, Option<FailedDelivery>)>,
+    stored_cursor: u64,
+    store_failures: Backoff,
+}
+
+impl Ledger {
+    /// Records what was just settled, and moves the cursor to the oldest decision still
+    /// pending (or past everything read).
+    async fn flush(
+        &mut self,
+        outbox: &Outbox,
+        name: &str,
+        pending: &std::collections::HashMap<String, Pending>,
+        read_from: u64,
+        shutdown: &CancellationToken,
+    ) {
+        let cursor = pending.values().map(|p| p.seq).min().unwrap_or(read_from).min(read_from);
+        if self.settled.is_empty() && cursor == self.stored_cursor {
+            return;
+        }
+        match outbox.settle(name, cursor, &self.settled) {
+            Ok(()) => {
+                self.stored_cursor = cursor;
+                self.store_failures.reset();
+            }
+            Err(error) => {
+                // Not settled on disk: a restart re-sends these, which receivers dedupe.
+                tracing::error!(%error, pusher = name, "cannot record the deliveries in the outbox");
+                self.store_failures.wait(shutdown).await;
             }
         }
-        for (seq, decision) in batch {
-            let mut backoff = Duration::from_millis(200);
-            let kumod_id = loop {
-                if let Some(why) = pusher.wants(&decision) {
-                    tracing::debug!(pusher = name, decision = decision.decision_id, why, "not delivered");
-                    break None;
-                }
-                let result = match &pusher {
-                    Pusher::Kumod { base } => push_kumod(&client, base, &outbox, &decision).await,
-                    Pusher::Webhook(hook) => push_webhook(&client, hook, &decision).await.map(|()| None),
-                    Pusher::Topic { producer, topic } => publish(producer, topic, &decision).await.map(|()| None),
-                };
-                match result {
-                    Ok(id) => {
-                        tracing::debug!(pusher = name, seq, decision = decision.decision_id, "decision delivered");
-                        break id;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, pusher = name, decision = decision.decision_id, "delivery failed; retrying");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                }
-            };
-            if let Err(error) =
-                outbox.set_cursor(&name, seq + 1, kumod_id.as_ref().map(|(k, id)| (k.as_str(), id.as_deref())))
-            {
-                tracing::error!(%error, pusher = name, "cannot advance the outbox cursor");
-            }
+        self.settled.clear();
+    }
+}
+
+async fn attempt(
+    pusher: &Pusher,
+    client: &reqwest::Client,
+    outbox: &Outbox,
+    decision: &Decision,
+    name: &str,
+) -> Attempt {
+    if let Some(why) = pusher.wants(decision) {
+        tracing::debug!(pusher = name, decision = decision.decision_id, why, "not delivered");
+        return Attempt::Settled(None);
+    }
+    match pusher.deliver(client, outbox, decision).await {
+        Ok(change) => {
+            tracing::debug!(pusher = name, decision = decision.decision_id, "decision delivered");
+            Attempt::Settled(change)
+        }
+        Err(error) if error.is_permanent() => Attempt::Failed(error.to_string()),
+        Err(error) => Attempt::Retry(error),
+    }
+}
+
+fn settle_or_wait(
+    attempt: Attempt,
+    name: &str,
+    seq: u64,
+    decision: Decision,
+    backoff: Option<Backoff>,
+    pending: &mut std::collections::HashMap<String, Pending>,
+    settled: &mut Vec<(u64, KumodIdChange, Option<FailedDelivery>)>,
+) {
+    match attempt {
+        Attempt::Settled(change) => settled.push((seq, change, None)),
+        Attempt::Failed(answer) => {
+            tracing::warn!(pusher = name, decision = decision.decision_id, %answer, "delivery refused for good; the decision is marked failed");
+            metrics::delivery_failed(name, true);
+            let failure = FailedDelivery { pusher: name.to_owned(), answer, at: Utc::now() };
+            settled.push((seq, None, Some(failure)));
+        }
+        Attempt::Retry(error) => {
+            let mut backoff =
+                backoff.unwrap_or_else(|| Backoff::new(Duration::from_millis(200), Duration::from_secs(30)));
+            let wait = backoff.next_delay();
+            tracing::warn!(%error, pusher = name, decision = decision.decision_id, retry_in = ?wait, "delivery failed; retrying");
+            metrics::delivery_failed(name, false);
+            let key = decision.action_key.clone();
+            pending.insert(key, Pending { seq, decision, backoff, due: tokio::time::Instant::now() + wait });
         }
     }
 }
@@ -635,6 +901,152 @@ mod tests {
         assert_eq!((calls[1].0.as_str(), calls[1].1.as_str()), ("DELETE", "/api/admin/suspend-ready-q/v1"));
         assert_eq!(calls[1].2, serde_json::json!({"id": "kumod-7"}));
         assert_eq!(outbox.cursor("kumod").unwrap(), 3, "the cursor is past all three");
+    }
+
+    /// A webhook target that answers each delivery with `answer(decision id, attempt number)`
+    /// and records (decision id, status answered).
+    type Answered = Arc<Mutex<Vec<(String, u16)>>>;
+
+    async fn scripted_webhook(
+        answer: impl Fn(&str, usize) -> u16 + Clone + Send + Sync + 'static,
+    ) -> (WebhookConfig, Answered) {
+        let answered: Answered = Arc::default();
+        let seen = Arc::clone(&answered);
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let (seen, answer) = (Arc::clone(&seen), answer.clone());
+            async move {
+                let id = headers.get("x-vigil-decision-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let mut seen = seen.lock().unwrap();
+                let attempt = seen.iter().filter(|(d, _)| *d == id).count();
+                let status = answer(&id, attempt);
+                seen.push((id, status));
+                (axum::http::StatusCode::from_u16(status).unwrap(), "scripted answer")
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (WebhookConfig { name: "ops".into(), url, secret: "s".into() }, answered)
+    }
+
+    fn for_source(source: &str) -> Decision {
+        let mut decision = suspension(Status::Applied, TimeDelta::hours(1));
+        decision.target.egress_source = Some(source.into());
+        decision.action_key = format!("rate:r:{source}:");
+        decision.reason = format!("for {source}");
+        decision.with_id()
+    }
+
+    async fn wait_for(what: &str, answered: &Answered, done: impl Fn(&[(String, u16)]) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done(&answered.lock().unwrap()) {
+            assert!(std::time::Instant::now() < deadline, "{what}: {:?}", answered.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_decision_is_marked_failed_and_the_others_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let refused = for_source("ip-refused");
+        let others = [for_source("ip-2"), for_source("ip-3")];
+        let refused_id = refused.decision_id.clone();
+        let target_refuses = refused_id.clone();
+        let (hook, answered) = scripted_webhook(move |id, _| if id == target_refuses { 400 } else { 200 }).await;
+        outbox.record(&[refused.clone(), others[0].clone(), others[1].clone()]).unwrap();
+        let shutdown = CancellationToken::new();
+        let tasks = spawn(&outbox, &PushConfig { kumod_url: None, webhooks: vec![hook] }, &shutdown);
+        wait_for("both other decisions delivered", &answered, |seen| {
+            others.iter().all(|d| seen.iter().any(|(id, status)| *id == d.decision_id && *status == 200))
+        })
+        .await;
+        let failures = outbox.failures([refused_id.as_str()]).unwrap();
+        let failed = &failures[&refused_id];
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].pusher, "webhook:ops");
+        assert!(failed[0].answer.contains("400") && failed[0].answer.contains("scripted answer"), "{failed:?}");
+        // The refused decision was tried once, never again: a 400 will not change on retry.
+        let attempts = answered.lock().unwrap().iter().filter(|(id, _)| *id == refused_id).count();
+        assert_eq!(attempts, 1);
+        shutdown.cancel();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(outbox.cursor("webhook:ops").unwrap(), 3, "everything settled");
+    }
+
+    #[tokio::test]
+    async fn a_temporary_failure_is_retried_once_it_clears_without_holding_back_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        // Every decision's first attempt is answered 503, its second 200.
+        let (hook, answered) = scripted_webhook(|_, attempt| if attempt == 0 { 503 } else { 200 }).await;
+        let decisions = [for_source("ip-1"), for_source("ip-2")];
+        outbox.record(&decisions).unwrap();
+        let shutdown = CancellationToken::new();
+        let tasks = spawn(&outbox, &PushConfig { kumod_url: None, webhooks: vec![hook] }, &shutdown);
+        wait_for("both delivered after their 503", &answered, |seen| {
+            seen.iter().filter(|(_, s)| *s == 200).count() == 2
+        })
+        .await;
+        // Both were first tried before either was retried: the first 503 held nothing back.
+        let order: Vec<u16> = answered.lock().unwrap().iter().map(|(_, s)| *s).collect();
+        assert_eq!(order, [503, 503, 200, 200]);
+        shutdown.cancel();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(outbox.failures(decisions.iter().map(|d| d.decision_id.as_str())).unwrap().is_empty());
+        assert_eq!(outbox.cursor("webhook:ops").unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_later_decision_for_the_same_action_supersedes_one_waiting_for_its_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let (hook, answered) = scripted_webhook(|_, attempt| if attempt == 0 { 503 } else { 200 }).await;
+        let applied = for_source("ip-1");
+        let shutdown = CancellationToken::new();
+        let tasks = spawn(&outbox, &PushConfig { kumod_url: None, webhooks: vec![hook] }, &shutdown);
+        outbox.record(std::slice::from_ref(&applied)).unwrap();
+        wait_for("the first attempt", &answered, |seen| seen.len() == 1).await;
+        let lifted = applied.ended(Status::Lifted, Utc::now(), "recovered".into());
+        outbox.record(std::slice::from_ref(&lifted)).unwrap();
+        wait_for("the lift delivered", &answered, |seen| {
+            seen.iter().any(|(id, s)| *id == lifted.decision_id && *s == 200)
+        })
+        .await;
+        shutdown.cancel();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let tried: Vec<String> = answered.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(tried.iter().filter(|id| **id == applied.decision_id).count(), 1, "never retried: {tried:?}");
+        assert_eq!(outbox.cursor("webhook:ops").unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_restart_retries_what_was_pending_and_resends_nothing_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        // ip-1 is refused for now (503) and ip-2 delivered: the cursor waits at ip-1.
+        let (hook, answered) = scripted_webhook(|_, _| 200).await;
+        let decisions = [for_source("ip-1"), for_source("ip-2")];
+        outbox.record(&decisions).unwrap();
+        outbox.ensure_cursor("webhook:ops").unwrap();
+        outbox.settle("webhook:ops", 0, &[(1, None, None)]).unwrap();
+        let shutdown = CancellationToken::new();
+        let tasks = spawn(&outbox, &PushConfig { kumod_url: None, webhooks: vec![hook] }, &shutdown);
+        wait_for("ip-1 delivered", &answered, |seen| seen.iter().any(|(id, _)| *id == decisions[0].decision_id)).await;
+        shutdown.cancel();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let tried: Vec<String> = answered.lock().unwrap().iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(tried, [decisions[0].decision_id.clone()], "ip-2 was settled before the restart");
+        assert_eq!(outbox.cursor("webhook:ops").unwrap(), 2);
+        assert!(outbox.settled("webhook:ops", 0).unwrap().is_empty(), "nothing left past the cursor");
     }
 
     #[test]

@@ -98,7 +98,11 @@ impl ClickHouseConfig {
     }
 
     fn server(&self) -> Client {
-        let client = Client::default().with_url(&self.url).with_user(&self.user).with_validation(false);
+        // A pool idle time below ClickHouse's own 3 s keep-alive, as the crate's default client.
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .build(connector());
+        let client = Client::with_http_client(http).with_url(&self.url).with_user(&self.user).with_validation(false);
         if self.password.is_empty() { client } else { client.with_password(&self.password) }
     }
 
@@ -186,6 +190,20 @@ pub fn statements(sql: &str) -> Vec<String> {
     let without_comments: String =
         sql.lines().map(|line| line.split_once("--").map_or(line, |(code, _)| code)).collect::<Vec<_>>().join("\n");
     without_comments.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// The connector under the ClickHouse client: http or https, TLS from the process's trust
+/// store ([`vigil_log::tls`], so `SSL_CERT_FILE` and `[tls] ca_file` apply: ClickHouse Cloud,
+/// a private CA), TCP keep-alive as the crate's default client has.
+fn connector() -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    http.enforce_http(false);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*vigil_log::tls::client_config()).clone())
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http)
 }
 
 #[cfg(test)]
