@@ -16,7 +16,9 @@
 //! - [`kumomta`]: the record mirror, the normaliser and the HTTP receiver.
 //! - [`postfix`], [`exim`], [`powermta`]: the other MTAs' log normalisers, behind [`lines`].
 //! - [`tail`]: reading log files and directories into the log, with checkpoints.
-//! - [`syslog`]: UDP and TCP syslog receivers for Postfix and Exim lines.
+//! - [`syslog`]: UDP and TCP syslog receivers for Postfix and Exim lines, and
+//!   [`syslog::header`], the one syslog header parser (RFC 3164 with or without priority, RFC
+//!   5424, rsyslog's and syslog-ng's forms) every line format reads its lines with.
 //! - [`forward`]: the ingest role's forwarder from the on-disk buffer to Kafka (the Kafka
 //!   binding itself, configuration and topics, is [`vigil_log::kafka`]).
 //! - [`direct`]: the ingest role's direct path from file tails to Kafka, spilling to the
