@@ -15,6 +15,11 @@
 //! already-committed bytes are skipped: a cost in CPU, not in correctness. Plain files are
 //! entered by seeking.
 //!
+//! In a directory, logrotate's compressed history (`maillog.2.gz`, `maillog.3.zst`) is read the
+//! same way, told by its first bytes: each line once. Compressions the tail cannot read (bzip2,
+//! xz, lz4, compress) are skipped with one log line, and [`TailConfig::skip_compressed_files`]
+//! skips every file named as a compressed rotation.
+//!
 //! Correlating formats (Postfix, Exim) keep their per-message state in memory per file; after a
 //! restart, lines before the checkpoint are not read again, so a message in flight across the
 //! restart loses the sender and size its earlier lines gave. A PowerMTA file's header line is
@@ -38,6 +43,71 @@ use crate::lines::{Format, LineNormaliser};
 
 /// The first bytes of a zstd frame; how a compressed segment is told from plain JSONL.
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+/// The first bytes of a gzip member (logrotate's default `compress`).
+pub const GZIP_MAGIC: [u8; 2] = [0x1F, 0x8B];
+
+/// The names logrotate and its `compresscmd`s give compressed rotations.
+const COMPRESSED_SUFFIXES: [&str; 6] = [".gz", ".zst", ".bz2", ".xz", ".lz4", ".Z"];
+
+/// How a file's bytes are stored, told by its first bytes: kumod's segments have no
+/// extension, and a name can lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Plain,
+    Zstd,
+    Gzip,
+    /// A compression the tail cannot read (named): the file is skipped, not dead-lettered
+    /// line by line as binary garbage.
+    Unreadable(&'static str),
+}
+
+impl Encoding {
+    fn of(file: &mut File) -> io::Result<Self> {
+        let mut magic = [0u8; 6];
+        let mut filled = 0;
+        while filled < magic.len() {
+            match file.read(&mut magic[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        file.seek(SeekFrom::Start(0))?;
+        let magic = &magic[..filled];
+        Ok(if magic.starts_with(&ZSTD_MAGIC) {
+            Self::Zstd
+        } else if magic.starts_with(&GZIP_MAGIC) {
+            Self::Gzip
+        } else if magic.starts_with(b"BZh") {
+            Self::Unreadable("bzip2")
+        } else if magic.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0x00]) {
+            Self::Unreadable("xz")
+        } else if magic.starts_with(&[0x04, 0x22, 0x4D, 0x18]) {
+            Self::Unreadable("lz4")
+        } else if magic.starts_with(&[0x1F, 0x9D]) {
+            Self::Unreadable("compress")
+        } else {
+            Self::Plain
+        })
+    }
+
+    /// Compressed streams cannot be entered in the middle: they are decompressed from their
+    /// start and the committed bytes skipped.
+    fn is_compressed(self) -> bool {
+        self != Self::Plain
+    }
+
+    /// A reader of the decompressed lines of `file` (positioned at its start).
+    fn reader(self, file: File) -> io::Result<Box<dyn BufRead>> {
+        Ok(match self {
+            Self::Zstd => Box::new(BufReader::new(zstd::stream::read::Decoder::new(file)?)),
+            // logrotate's gzip writes one member; `cat a.gz b.gz` style files have several.
+            Self::Gzip => Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file))),
+            Self::Plain | Self::Unreadable(_) => Box::new(BufReader::new(file)),
+        })
+    }
+}
 
 /// How the tail reads a file or a directory.
 #[derive(Debug, Clone)]
@@ -53,6 +123,11 @@ pub struct TailConfig {
     pub max_batch_bytes: usize,
     /// What the lines leave out: their time zone, Postfix's egress.
     pub settings: crate::lines::LineSettings,
+    /// In a directory, skip files named as compressed rotations (`.gz`, `.zst`, `.bz2`, `.xz`,
+    /// `.lz4`, `.Z`) with one log line each, instead of reading the `.gz` and `.zst` ones: for a
+    /// logrotate history whose lines are already in the log. KumoMTA's zstd segments carry no
+    /// such name and are read either way.
+    pub skip_compressed_files: bool,
 }
 
 impl TailConfig {
@@ -66,6 +141,7 @@ impl TailConfig {
             max_line_bytes: 1024 * 1024,
             max_batch_bytes: 8 * 1024 * 1024,
             settings: crate::lines::LineSettings::default(),
+            skip_compressed_files: false,
         }
     }
 }
@@ -126,6 +202,8 @@ pub struct Tailer {
     /// Per file, how far direct sends got and in which epoch: ahead of the stored checkpoint,
     /// which only moves once the broker acknowledged. Good only in that epoch.
     sent: std::sync::Mutex<std::collections::HashMap<PathBuf, (u64, Checkpoint)>>,
+    /// Files skipped (by name or as unreadable), so each is reported once, not every scan.
+    skipped: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl std::fmt::Debug for Tailer {
@@ -143,6 +221,7 @@ impl Tailer {
             normalisers: std::sync::Mutex::new(std::collections::HashMap::new()),
             direct: None,
             sent: std::sync::Mutex::new(std::collections::HashMap::new()),
+            skipped: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -201,7 +280,8 @@ impl Tailer {
             move |source| TailError::Io { path, source }
         };
         let root = &self.config.path;
-        let mut files: Vec<PathBuf> = if std::fs::metadata(root).map_err(io_err(root))?.is_file() {
+        let one_file = std::fs::metadata(root).map_err(io_err(root))?.is_file();
+        let mut files: Vec<PathBuf> = if one_file {
             vec![root.clone()]
         } else {
             std::fs::read_dir(root)
@@ -213,8 +293,19 @@ impl Tailer {
                 .collect()
         };
         files.sort();
+        if !one_file && self.config.skip_compressed_files {
+            files.retain(|path| {
+                let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                let compressed = COMPRESSED_SUFFIXES.iter().any(|suffix| name.ends_with(suffix));
+                if compressed {
+                    self.skip_once(path, "named as a compressed rotation (skip_compressed_files)");
+                }
+                !compressed
+            });
+        }
         // Files gone from the directory take their parser state with them.
         let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
+        self.lock_skipped().retain(|path| path.exists());
         self.normalisers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -260,9 +351,12 @@ impl Tailer {
         if len == checkpoint.seen_len && !replaced {
             return Ok((0, 0));
         }
-        let mut magic = [0u8; 4];
-        let compressed = file.read_exact(&mut magic).is_ok() && magic == ZSTD_MAGIC;
-        file.seek(SeekFrom::Start(0))?;
+        let encoding = Encoding::of(&mut file)?;
+        if let Encoding::Unreadable(compression) = encoding {
+            self.skip_once(path, compression);
+            return Ok((0, 0));
+        }
+        let compressed = encoding.is_compressed();
         let shrunk = replaced || if compressed { len < checkpoint.seen_len } else { len < checkpoint.offset };
         if shrunk {
             tracing::warn!(file = %path.display(), "file was truncated or replaced since it was last read; reading it again from the start");
@@ -280,12 +374,7 @@ impl Tailer {
                 let normaliser = entry.insert(self.config.format.normaliser_with(&self.config.settings));
                 // Resuming a PowerMTA file mid-way: its header line names the columns.
                 if self.config.format == Format::Powermta && checkpoint.offset > 0 {
-                    let opened = File::open(path)?;
-                    let mut first: Box<dyn BufRead> = if compressed {
-                        Box::new(BufReader::new(zstd::stream::read::Decoder::new(opened)?))
-                    } else {
-                        Box::new(BufReader::new(opened))
-                    };
+                    let mut first = encoding.reader(File::open(path)?)?;
                     let mut header = Vec::new();
                     if let Ok(Line::Complete { .. }) =
                         read_bounded_line(&mut first, self.config.max_line_bytes, &mut header)
@@ -298,12 +387,12 @@ impl Tailer {
         };
 
         let mut reader: Box<dyn BufRead> = if compressed {
-            let mut decoder = BufReader::new(zstd::stream::read::Decoder::new(file)?);
+            let mut decoder = encoding.reader(file)?;
             let skipped = io::copy(&mut (&mut decoder).take(checkpoint.offset), &mut io::sink())?;
             if skipped < checkpoint.offset {
                 return Ok((0, 0)); // Fewer bytes than before: the next growth will tell.
             }
-            Box::new(decoder)
+            decoder
         } else {
             file.seek(SeekFrom::Start(checkpoint.offset))?;
             Box::new(BufReader::new(file))
@@ -321,7 +410,8 @@ impl Tailer {
         loop {
             let line = match read_bounded_line(&mut reader, self.config.max_line_bytes, &mut buf) {
                 Ok(line) => line,
-                // A zstd segment still being written ends mid-frame; what came before is whole.
+                // A zstd segment still being written ends mid-frame (a .gz being written, mid
+                // member); what came before is whole.
                 Err(error) if compressed => {
                     tracing::debug!(%error, file = %path.display(), "segment ends in an incomplete frame");
                     break;
@@ -369,6 +459,17 @@ impl Tailer {
         let behind = if compressed { 0 } else { len.saturating_sub(checkpoint.offset) };
         committed += self.commit(path, &key, &mut pending, checkpoint, &mut epoch)?;
         Ok((committed, behind))
+    }
+
+    /// Logs once that `path` is not read, and why.
+    fn skip_once(&self, path: &Path, why: &str) {
+        if self.lock_skipped().insert(path.to_owned()) {
+            tracing::info!(file = %path.display(), why, "not reading this file");
+        }
+    }
+
+    fn lock_skipped(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
+        self.skipped.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_sent(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, (u64, Checkpoint)>> {
