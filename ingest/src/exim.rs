@@ -3,7 +3,13 @@
 //!
 //! Line shape: `2002-10-31 08:57:53 [+0100] 16ZCW1-0005MB-00 <flag> <recipient> [<original>]
 //! R=router T=transport H=host [ip]:port I=[local ip]:port C="250 OK" ...[: error text]`.
-//! Times without an offset (`log_timezone` unset) are taken as UTC.
+//! Times without an offset (`log_timezone` unset) are in the source's `time_zone` (UTC without
+//! one).
+//!
+//! Over syslog (`log_file_path = syslog`, or a file a syslog daemon wrote) the same line comes
+//! after a syslog header, read by [`crate::syslog::header`]; with `syslog_timestamp = false`
+//! Exim leaves its own time out and the header's time is the line's. Plain main-log lines, with
+//! no header, are read as they are.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use vigil_schemas::{DeliveryEvent, EventKind, SourceKind};
@@ -94,31 +100,52 @@ fn reply_of(text: &str) -> Option<&str> {
     })
 }
 
+/// Whether `text` starts with Exim's `YYYY-MM-DD` date.
+fn starts_with_date(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() >= 10 && bytes[4] == b'-' && bytes[7] == b'-' && bytes[..4].iter().all(u8::is_ascii_digit)
+}
+
+/// The main log's `YYYY-MM-DD HH:MM:SS [+zone]` and what follows it. Without an offset
+/// (`log_timezone` unset) the time is in `zone`.
+fn leading_time(line: &str, zone: Option<crate::lines::Zone>) -> Result<(DateTime<Utc>, &str), LineError> {
+    let mut tokens = line.splitn(3, ' ');
+    let (Some(date), Some(time), Some(rest)) = (tokens.next(), tokens.next(), tokens.next()) else {
+        return Err(LineError("not an Exim log line: too short".into()));
+    };
+    let naive = NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%Y-%m-%d %H:%M:%S")
+        .map_err(|e| LineError(format!("not an Exim log line: bad time `{date} {time}`: {e}")))?;
+    // An optional zone offset (log_timezone = true), then the message id.
+    let (offset, rest) = match rest.split_once(' ') {
+        Some((zone, after)) if zone.len() == 5 && (zone.starts_with('+') || zone.starts_with('-')) => {
+            let hours: i32 = zone[1..3].parse().unwrap_or(0);
+            let minutes: i32 = zone[3..5].parse().unwrap_or(0);
+            let seconds = (hours * 3600 + minutes * 60) * if zone.starts_with('-') { -1 } else { 1 };
+            (FixedOffset::east_opt(seconds), after)
+        }
+        _ => (None, rest),
+    };
+    let at = match offset {
+        Some(offset) => offset
+            .from_local_datetime(&naive)
+            .single()
+            .map_or_else(|| Utc.from_utc_datetime(&naive), |t| t.with_timezone(&Utc)),
+        None => crate::lines::local_time(&naive, zone),
+    };
+    Ok((at, rest))
+}
+
 impl LineNormaliser for EximNormaliser {
     fn push_line(&mut self, line: &str, ingested_at: DateTime<Utc>) -> Result<Vec<DeliveryEvent>, LineError> {
         let line = line.trim_end();
-        let mut tokens = line.splitn(3, ' ');
-        let (Some(date), Some(time), Some(rest)) = (tokens.next(), tokens.next(), tokens.next()) else {
-            return Err(LineError("not an Exim log line: too short".into()));
-        };
-        let naive = NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%Y-%m-%d %H:%M:%S")
-            .map_err(|e| LineError(format!("not an Exim log line: bad time `{date} {time}`: {e}")))?;
-        // An optional zone offset (log_timezone = true), then the message id.
-        let (offset, rest) = match rest.split_once(' ') {
-            Some((zone, after)) if zone.len() == 5 && (zone.starts_with('+') || zone.starts_with('-')) => {
-                let hours: i32 = zone[1..3].parse().unwrap_or(0);
-                let minutes: i32 = zone[3..5].parse().unwrap_or(0);
-                let seconds = (hours * 3600 + minutes * 60) * if zone.starts_with('-') { -1 } else { 1 };
-                (FixedOffset::east_opt(seconds), after)
-            }
-            _ => (None, rest),
-        };
-        let at = match offset {
-            Some(offset) => offset
-                .from_local_datetime(&naive)
-                .single()
-                .map_or_else(|| Utc.from_utc_datetime(&naive), |t| t.with_timezone(&Utc)),
-            None => crate::lines::local_time(&naive, self.zone),
+        // Over syslog, or in a file a syslog daemon wrote, the main-log line is the message
+        // after a syslog header; with `syslog_timestamp = false` it has no time of its own and
+        // the header's stands for it.
+        let header = crate::syslog::header::parse(line, ingested_at, self.zone);
+        let (at, rest) = match header {
+            Some(header) if !starts_with_date(header.message) => (header.at.unwrap_or(ingested_at), header.message),
+            Some(header) => leading_time(header.message, self.zone)?,
+            None => leading_time(line, self.zone)?,
         };
         let Some((message, rest)) = rest.split_once(' ').filter(|(id, _)| is_message_id(id)) else {
             return Ok(Vec::new()); // queue runs, daemon notices
@@ -240,6 +267,35 @@ mod tests {
         assert_eq!(bounced.smtp_command.as_deref(), Some("RCPT TO"));
         assert_eq!(events[2].response_text.as_deref(), Some("Connection refused"));
         assert_eq!(n.messages.len(), 0, "Completed forgets the message");
+    }
+
+    /// Issue 31: Exim lines over syslog kept their header and were rejected as "bad time".
+    #[test]
+    fn syslog_headers_are_stripped_and_plain_lines_still_read() {
+        let ingested = DateTime::parse_from_rfc3339("2026-01-10T00:00:00Z").unwrap().with_timezone(&Utc);
+        let plain = "2026-01-09 10:00:00 1abcde-000000-AB == a@b.example R=r T=t defer (-44): 451 later";
+        let lines = [
+            plain.to_owned(),
+            format!("<22>Jan  9 10:00:00 mx1 exim[1234]: {plain}"),
+            format!("Jan  9 10:00:00 mx1 exim[1234]: {plain}"),
+            format!("<22>1 2026-01-09T10:00:00Z mx1 exim 1234 - - {plain}"),
+            // `syslog_timestamp = false`: the header's time is the line's.
+            "<22>Jan  9 10:00:00 mx1 exim[1234]: 1abcde-000000-AB == a@b.example R=r T=t defer (-44): 451 later"
+                .to_owned(),
+        ];
+        for line in &lines {
+            let mut n = EximNormaliser::default();
+            let events = n.push_line(line, ingested).unwrap();
+            assert_eq!(events.len(), 1, "{line}");
+            assert_eq!(
+                (events[0].kind, events[0].recipient.as_deref(), events[0].occurred_at.to_rfc3339()),
+                (EventKind::Deferred, Some("a@b.example"), "2026-01-09T10:00:00+00:00".to_owned()),
+                "{line}"
+            );
+            assert_eq!(events[0].smtp_code, Some(451), "{line}");
+        }
+        let mut n = EximNormaliser::default();
+        assert!(n.push_line("<22>Jan  9 10:00:00 mx1 sshd[1]: Accepted key", ingested).unwrap().is_empty());
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //!
 //! # Contract
 //! - In: KumoMTA JSON log records, by HTTP log hook (`POST /ingest/kumomta`, one object or an
-//!   array) or by tailing a KumoMTA log directory (plain JSONL and zstd segments).
+//!   array) or by tailing a KumoMTA log directory (plain JSONL and zstd segments); Postfix,
+//!   Exim and PowerMTA log lines by tailing a file or a directory (with logrotate's `.gz` and
+//!   `.zst` history), and Postfix or Exim lines over syslog (UDP and TCP, every header
+//!   [`syslog::header`] reads).
 //! - Out: [`vigil_schemas::DeliveryEvent`]s appended to the [`vigil_log::EventLog`], one per
 //!   (record, recipient); records that cannot be normalised become
 //!   [`vigil_schemas::DeadLetter`]s with the reason.
@@ -11,12 +14,18 @@
 //!   stable `event_id`. HTTP answers 2xx only after the log has fsync'd the batch; a file's
 //!   checkpoint commits in the same transaction as the events it covers. Bad input never
 //!   crashes a receiver and never disappears: it gets a 4xx with a reason or a dead letter.
+//!   A tailed file is read once across its rotations; a file in a compression the tail
+//!   cannot read (bzip2, xz, lz4) is skipped with a log line rather than dead-lettered.
 //!
 //! # Layout
 //! - [`kumomta`]: the record mirror, the normaliser and the HTTP receiver.
 //! - [`postfix`], [`exim`], [`powermta`]: the other MTAs' log normalisers, behind [`lines`].
-//! - [`tail`]: reading log files and directories into the log, with checkpoints.
-//! - [`syslog`]: UDP and TCP syslog receivers for Postfix and Exim lines.
+//! - [`tail`]: reading log files and directories into the log, with checkpoints; a one-file
+//!   tail follows its file through rotations (rename or copytruncate) by device and inode,
+//!   and a directory's `.gz` and `.zst` rotations are read once.
+//! - [`syslog`]: UDP and TCP syslog receivers for Postfix and Exim lines, and
+//!   [`syslog::header`], the one syslog header parser (RFC 3164 with or without priority, RFC
+//!   5424, rsyslog's and syslog-ng's forms) every line format reads its lines with.
 //! - [`forward`]: the ingest role's forwarder from the on-disk buffer to Kafka (the Kafka
 //!   binding itself, configuration and topics, is [`vigil_log::kafka`]).
 //! - [`direct`]: the ingest role's direct path from file tails to Kafka, spilling to the

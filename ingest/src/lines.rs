@@ -1,5 +1,9 @@
 //! Line-oriented log formats behind one interface, so the tail, syslog receivers and
 //! `vigil parse` share the same normalisers.
+//!
+//! Every format reads a line's syslog header, when it has one, with the one parser in
+//! [`crate::syslog::header`]: Postfix and Exim take their time, host and program from it,
+//! KumoMTA and PowerMTA records that were shipped over syslog are the message after it.
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde::Deserialize;
@@ -148,7 +152,9 @@ struct KumoLines;
 
 impl LineNormaliser for KumoLines {
     fn push_line(&mut self, line: &str, ingested_at: DateTime<Utc>) -> Result<Vec<DeliveryEvent>, LineError> {
-        crate::kumomta::normalise_record(line, ingested_at).map_err(|e| LineError(e.to_string()))
+        // Records shipped over syslog arrive behind a header; the record is the message.
+        let record = crate::syslog::header::parse(line, ingested_at, None).map_or(line, |header| header.message);
+        crate::kumomta::normalise_record(record, ingested_at).map_err(|e| LineError(e.to_string()))
     }
 }
 

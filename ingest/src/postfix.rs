@@ -2,10 +2,11 @@
 //! bounced|expired`), with the sender, size and Message-ID that other daemons logged for the
 //! same queue id (`qmgr`'s `from=`, `cleanup`'s `message-id=`) correlated in.
 //!
-//! Accepted line shapes: RFC 3164 syslog (`Dec  4 10:33:25 host postfix/smtp[123]: ...`), an
-//! ISO 8601 timestamp prefix (rsyslog's high-precision format), RFC 5424
-//! (`<22>1 2026-03-11T10:00:00Z host postfix/smtp 123 - - ...`), and the bare message part
-//! (`3D770111AF50: to=<...>, ...`) when a shipper has already stripped the prefix.
+//! Accepted line shapes: every syslog header [`crate::syslog::header`] reads (RFC 3164 with
+//! or without its priority, `<22>Dec  4 10:33:25 host postfix/smtp[123]: ...`; rsyslog's
+//! high-precision ISO timestamps; RFC 5424,
+//! `<22>1 2026-03-11T10:00:00Z host postfix/smtp 123 - - ...`), and the bare message part
+//! (`3D770111AF50: to=<...>, ...`) when a shipper has already stripped the header.
 //!
 //! RFC 3164 has neither year nor zone: the year is the one that puts the line closest before
 //! the ingest time, and the zone is the source's `time_zone` ([`LineSettings`], UTC by
@@ -15,11 +16,12 @@
 //! and IP a transport (`postfix/smtp-ip1/smtp`, bound with `smtp_bind_address`), an instance
 //! or a syslog host stands for; without a match the syslog host is the egress source.
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use vigil_schemas::{DeliveryEvent, EventKind, SourceKind};
 
 use crate::kumomta::domain_of;
-use crate::lines::{BoundedMap, LineError, LineNormaliser, LineSettings, Zone, line_event_id, local_time, split_reply};
+use crate::lines::{BoundedMap, LineError, LineNormaliser, LineSettings, Zone, line_event_id, split_reply};
+use crate::syslog::header::Header;
 
 /// Queue ids remembered at once; the oldest are forgotten first.
 const MAX_QUEUE_IDS: usize = 100_000;
@@ -63,78 +65,14 @@ struct SyslogLine<'a> {
     message: &'a str,
 }
 
-fn month(name: &str) -> Option<u32> {
-    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| *m == name)
-        .map(|i| i as u32 + 1)
-}
-
-/// `Dec  4 10:33:25` with the year that puts it closest before `now` (logs are written before
-/// they are read; a December line read in January belongs to last year).
-fn rfc3164_time(
-    month_name: &str,
-    day: &str,
-    time: &str,
-    now: DateTime<Utc>,
-    zone: Option<Zone>,
-) -> Option<DateTime<Utc>> {
-    let month = month(month_name)?;
-    let day: u32 = day.parse().ok()?;
-    let time = chrono::NaiveTime::parse_from_str(time, "%H:%M:%S").ok()?;
-    let at = |year| NaiveDate::from_ymd_opt(year, month, day).map(|d| local_time(&d.and_time(time), zone));
-    let this_year = at(now.year())?;
-    if this_year > now + chrono::TimeDelta::days(1) { at(now.year() - 1) } else { Some(this_year) }
-}
-
-/// `host program[pid]: message` -> (host, program, message).
-fn host_program_message(rest: &str) -> Option<(&str, &str, &str)> {
-    let (host, rest) = rest.split_once(' ')?;
-    let (tag, message) = rest.split_once(": ")?;
-    let program = tag.split('[').next().unwrap_or(tag);
-    Some((host, program, message))
-}
-
+/// The syslog header's parts, or the bare message part (`QUEUEID: ...`) as a shipper that
+/// strips the header leaves it.
 fn parse_syslog(line: &str, now: DateTime<Utc>, zone: Option<Zone>) -> Option<SyslogLine<'_>> {
     let line = line.trim_end();
-    // RFC 5424: <PRI>1 TIMESTAMP HOST APP PROCID MSGID SD MSG
-    if let Some(rest) = line.strip_prefix('<') {
-        let (_, rest) = rest.split_once('>')?;
-        let mut fields = rest.splitn(7, ' ');
-        let _version = fields.next()?;
-        let at = DateTime::parse_from_rfc3339(fields.next()?).ok()?.with_timezone(&Utc);
-        let host = fields.next()?;
-        let program = fields.next()?;
-        let _pid = fields.next()?;
-        let _msgid = fields.next()?;
-        let rest = fields.next().unwrap_or("");
-        let message = if let Some(after) = rest.strip_prefix("- ") {
-            after
-        } else if rest.starts_with('[') {
-            rest.split_once("] ").map_or("", |(_, m)| m)
-        } else {
-            rest
-        };
-        return Some(SyslogLine { at: Some(at), host: Some(host), program: Some(program), message });
+    if let Some(header) = crate::syslog::header::parse(line, now, zone) {
+        let Header { at, host, program, message, .. } = header;
+        return Some(SyslogLine { at, host, program, message });
     }
-    // ISO 8601 prefix.
-    if line.as_bytes().first().is_some_and(u8::is_ascii_digit) && line.as_bytes().get(4) == Some(&b'-') {
-        let (stamp, rest) = line.split_once(' ')?;
-        let at = DateTime::parse_from_rfc3339(stamp).ok()?.with_timezone(&Utc);
-        let (host, program, message) = host_program_message(rest)?;
-        return Some(SyslogLine { at: Some(at), host: Some(host), program: Some(program), message });
-    }
-    // RFC 3164: "Mmm dd hh:mm:ss host program[pid]: message"
-    if line.len() > 16 && month(&line[..3]).is_some() {
-        let month_name = &line[..3];
-        let rest = line[3..].trim_start();
-        let (day, rest) = rest.split_once(' ')?;
-        let (time, rest) = rest.split_once(' ')?;
-        let at = rfc3164_time(month_name, day, time, now, zone);
-        let (host, program, message) = host_program_message(rest)?;
-        return Some(SyslogLine { at, host: Some(host), program: Some(program), message });
-    }
-    // The bare message part, as a shipper that strips the prefix leaves it: `QUEUEID: ...`.
     queue_id_of(line).map(|_| SyslogLine { at: None, host: None, program: None, message: line })
 }
 
@@ -311,19 +249,13 @@ mod tests {
     }
 
     #[test]
-    fn rfc3164_years_are_inferred_backwards() {
-        let december = rfc3164_time("Dec", "27", "02:38:54", now(), None).unwrap();
-        assert_eq!(december.to_rfc3339(), "2025-12-27T02:38:54+00:00");
-        let january = rfc3164_time("Jan", "9", "10:00:00", now(), None).unwrap();
-        assert_eq!(january.year(), 2026);
-    }
-
-    #[test]
     fn every_syslog_shape_is_read() {
         let shapes = [
             "Dec  4 10:33:25 mx postfix/smtp[14678]: ABCDEF: removed",
             "2026-01-09T10:33:25.123+01:00 mx postfix/smtp[14678]: ABCDEF: removed",
             "<22>1 2026-01-09T10:33:25Z mx postfix/smtp 14678 - - ABCDEF: removed",
+            // RFC 3164 with its priority: rsyslog's and syslog-ng's default network forwarding.
+            "<22>Jan  9 10:33:25 mx postfix/smtp[14678]: ABCDEF: removed",
             "ABCDEF: removed",
         ];
         for shape in shapes {

@@ -40,6 +40,9 @@ fn csv_fields(line: &str) -> Result<Vec<String>, LineError> {
 
 impl LineNormaliser for PowermtaNormaliser {
     fn push_line(&mut self, line: &str, ingested_at: DateTime<Utc>) -> Result<Vec<DeliveryEvent>, LineError> {
+        // Records shipped over syslog arrive behind a header; the record is the message (the
+        // event id then matches the same record read from the accounting file).
+        let line = crate::syslog::header::parse(line, ingested_at, None).map_or(line, |header| header.message);
         let trimmed = line.trim_start_matches('#');
         let fields = csv_fields(trimmed)?;
         // A header line (the first, or a new one after rotation) sets the column map.

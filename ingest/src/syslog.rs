@@ -7,6 +7,9 @@
 //! TCP); UDP has no backpressure, so datagrams that find the queue full are counted as dropped
 //! and reported in the log, never silently. TCP accepts newline-delimited and octet-counted
 //! (RFC 6587) framing.
+//!
+//! The receivers pass each message on whole; the line formats read its syslog header with
+//! [`header`], the one parser shared by every format and by the file tails.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +26,8 @@ use vigil_schemas::DeadLetter;
 
 use crate::lines::{Format, push_into_batch};
 use vigil_log::backoff::Backoff;
+
+pub mod header;
 
 /// Lines waiting for the normaliser.
 const QUEUE_LINES: usize = 10_000;

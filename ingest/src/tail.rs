@@ -15,16 +15,45 @@
 //! already-committed bytes are skipped: a cost in CPU, not in correctness. Plain files are
 //! entered by seeking.
 //!
+//! In a directory, logrotate's compressed history (`maillog.2.gz`, `maillog.3.zst`) is read the
+//! same way, told by its first bytes: each line once. Compressions the tail cannot read (bzip2,
+//! xz, lz4, compress) are skipped with one log line, and [`TailConfig::skip_compressed_files`]
+//! skips every file named as a compressed rotation.
+//!
 //! Correlating formats (Postfix, Exim) keep their per-message state in memory per file; after a
 //! restart, lines before the checkpoint are not read again, so a message in flight across the
 //! restart loses the sender and size its earlier lines gave. A PowerMTA file's header line is
 //! read again on restart so its columns are known.
+//!
+//! # Rotation of a one-file tail
+//! A configured file is followed by device and inode, which its checkpoint stores, and every
+//! line of it is counted once across rotations:
+//! - Renamed (logrotate's `create`, a syslog daemon's own rotation): the old file is found
+//!   among the siblings by its inode (`maillog.1`, `maillog-20261207`, whatever the name) and
+//!   read from the checkpoint to its end, then the new file from 0. The writer keeps writing
+//!   to the renamed file until it is told to reopen, so the old file is followed (the
+//!   checkpoint lists it, with its offset) until the new file has lines: a writer writes its
+//!   files in order, so from then on the old one is complete.
+//! - Copied, then truncated in place (`copytruncate`): the file shrank below the checkpoint or
+//!   starts differently. The rest of what was ours is read from the copy, the newest sibling
+//!   named like a rotation that starts as the file did, then the new content from 0. A scan
+//!   reads only what the file held when it began and checks, before it commits, that the file
+//!   was not truncated under it; if it was, the batch is dropped and read again from the
+//!   copy. Lines written between logrotate's copy and its truncation are in neither file:
+//!   logrotate loses them, as its manual says.
+//! - Two rotations between scans: the generations written after the one the checkpoint knew
+//!   (newer modification time, named like a rotation) are read whole, oldest first.
+//!
+//! Not followed: a rotated file compressed (`compress` without `delaycompress`) or moved to
+//! another directory (`olddir`) before the tail read its end; the tail logs it. In a
+//! directory, each file is tailed by its name (rotations there are new names, read again and
+//! deduplicated by the log's event ids).
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -38,6 +67,71 @@ use crate::lines::{Format, LineNormaliser};
 
 /// The first bytes of a zstd frame; how a compressed segment is told from plain JSONL.
 pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+/// The first bytes of a gzip member (logrotate's default `compress`).
+pub const GZIP_MAGIC: [u8; 2] = [0x1F, 0x8B];
+
+/// The names logrotate and its `compresscmd`s give compressed rotations.
+const COMPRESSED_SUFFIXES: [&str; 6] = [".gz", ".zst", ".bz2", ".xz", ".lz4", ".Z"];
+
+/// How a file's bytes are stored, told by its first bytes: kumod's segments have no
+/// extension, and a name can lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Plain,
+    Zstd,
+    Gzip,
+    /// A compression the tail cannot read (named): the file is skipped, not dead-lettered
+    /// line by line as binary garbage.
+    Unreadable(&'static str),
+}
+
+impl Encoding {
+    fn of(file: &mut File) -> io::Result<Self> {
+        let mut magic = [0u8; 6];
+        let mut filled = 0;
+        while filled < magic.len() {
+            match file.read(&mut magic[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        file.seek(SeekFrom::Start(0))?;
+        let magic = &magic[..filled];
+        Ok(if magic.starts_with(&ZSTD_MAGIC) {
+            Self::Zstd
+        } else if magic.starts_with(&GZIP_MAGIC) {
+            Self::Gzip
+        } else if magic.starts_with(b"BZh") {
+            Self::Unreadable("bzip2")
+        } else if magic.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0x00]) {
+            Self::Unreadable("xz")
+        } else if magic.starts_with(&[0x04, 0x22, 0x4D, 0x18]) {
+            Self::Unreadable("lz4")
+        } else if magic.starts_with(&[0x1F, 0x9D]) {
+            Self::Unreadable("compress")
+        } else {
+            Self::Plain
+        })
+    }
+
+    /// Compressed streams cannot be entered in the middle: they are decompressed from their
+    /// start and the committed bytes skipped.
+    fn is_compressed(self) -> bool {
+        self != Self::Plain
+    }
+
+    /// A reader of the decompressed lines of `file` (positioned at its start).
+    fn reader(self, file: File) -> io::Result<Box<dyn BufRead>> {
+        Ok(match self {
+            Self::Zstd => Box::new(BufReader::new(zstd::stream::read::Decoder::new(file)?)),
+            // logrotate's gzip writes one member; `cat a.gz b.gz` style files have several.
+            Self::Gzip => Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(file))),
+            Self::Plain | Self::Unreadable(_) => Box::new(BufReader::new(file)),
+        })
+    }
+}
 
 /// How the tail reads a file or a directory.
 #[derive(Debug, Clone)]
@@ -53,6 +147,11 @@ pub struct TailConfig {
     pub max_batch_bytes: usize,
     /// What the lines leave out: their time zone, Postfix's egress.
     pub settings: crate::lines::LineSettings,
+    /// In a directory, skip files named as compressed rotations (`.gz`, `.zst`, `.bz2`, `.xz`,
+    /// `.lz4`, `.Z`) with one log line each, instead of reading the `.gz` and `.zst` ones: for a
+    /// logrotate history whose lines are already in the log. KumoMTA's zstd segments carry no
+    /// such name and are read either way.
+    pub skip_compressed_files: bool,
 }
 
 impl TailConfig {
@@ -66,6 +165,7 @@ impl TailConfig {
             max_line_bytes: 1024 * 1024,
             max_batch_bytes: 8 * 1024 * 1024,
             settings: crate::lines::LineSettings::default(),
+            skip_compressed_files: false,
         }
     }
 }
@@ -82,7 +182,10 @@ pub enum TailError {
 }
 
 /// Per-file progress, stored in the log next to the events it covers.
-#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+///
+/// Checkpoints written before rotation following (issue 31) have no `file`, `rotated` or
+/// `emptied_at`: they read as the file now at the path, as they always meant.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct Checkpoint {
     /// Bytes of the (decompressed) stream whose lines are in the log.
     offset: u64,
@@ -95,6 +198,105 @@ struct Checkpoint {
     head: Option<u128>,
     #[serde(default)]
     head_len: u16,
+    /// The file `offset` counts in, by device and inode: a rename keeps it, so a one-file tail
+    /// finds its file again among the siblings after a rotation renamed it away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<FileId>,
+    /// Earlier generations of a one-file tail's path still being read to their end, oldest
+    /// first: rotated away (renamed, or copied before a truncation) while lines of theirs were
+    /// unread, or still being written by a writer not yet told to reopen the path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rotated: Vec<Rotated>,
+    /// When the file was last seen empty (its modification time then): a copy made of it
+    /// after that, before any of its lines were read, holds lines that are nowhere else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    emptied_at: Option<SystemTime>,
+}
+
+/// A file's identity on its filesystem: kept by a rename, not by a copy.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    #[cfg(unix)]
+    #[allow(clippy::unnecessary_wraps)] // `None` where there are no inodes
+    fn of(metadata: &std::fs::Metadata) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        Some(Self { dev: metadata.dev(), ino: metadata.ino() })
+    }
+
+    /// Without inodes a rename cannot be followed: the tail behaves as before issue 31.
+    #[cfg(not(unix))]
+    fn of(_: &std::fs::Metadata) -> Option<Self> {
+        None
+    }
+}
+
+/// An earlier generation of the path and how far into it the log stands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+struct Rotated {
+    file: FileId,
+    offset: u64,
+}
+
+/// Where a read advances the checkpoint: the path's file, or a rotated generation.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Current,
+    Rotated(usize),
+}
+
+impl Checkpoint {
+    fn offset_mut(&mut self, slot: Slot) -> &mut u64 {
+        match slot {
+            Slot::Current => &mut self.offset,
+            Slot::Rotated(i) => &mut self.rotated[i].offset,
+        }
+    }
+
+    fn is_rotated(&self, id: FileId) -> bool {
+        self.rotated.iter().any(|r| r.file == id)
+    }
+}
+
+/// Another regular file in the directory of a one-file tail's path.
+#[derive(Debug)]
+struct Sibling {
+    path: PathBuf,
+    id: FileId,
+    len: u64,
+    modified: SystemTime,
+    /// Named as a rotation of the path (`maillog.1`, `maillog-20261207`) and not compressed:
+    /// a candidate for a copy or a generation nobody has read yet.
+    rotation: bool,
+}
+
+/// The regular files beside `path` (not `path` itself). Bounded by the directory.
+fn siblings(path: &Path) -> io::Result<Vec<Sibling>> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Some(name) = path.file_name() else { return Ok(Vec::new()) };
+    let name = name.to_string_lossy();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        if entry_name == name {
+            continue;
+        }
+        // Follows symbolic links, as opening the path does.
+        let Ok(metadata) = std::fs::metadata(entry.path()) else { continue };
+        let (Some(id), Ok(modified)) = (FileId::of(&metadata), metadata.modified()) else { continue };
+        if !metadata.is_file() {
+            continue;
+        }
+        let rotation = entry_name.starts_with(name.as_ref())
+            && !COMPRESSED_SUFFIXES.iter().any(|suffix| entry_name.ends_with(suffix));
+        found.push(Sibling { path: entry.path(), id, len: metadata.len(), modified, rotation });
+    }
+    Ok(found)
 }
 
 /// How many leading bytes identify a file.
@@ -106,9 +308,56 @@ fn head_of(file: &mut File, len: usize) -> io::Result<Option<u128>> {
     file.seek(SeekFrom::Start(0))?;
     let complete = file.read_exact(&mut head).is_ok();
     file.seek(SeekFrom::Start(0))?;
-    let hash = blake3::hash(&head);
+    Ok(complete.then(|| hash_head(&head)))
+}
+
+/// Up to `len` bytes of the file's start (fewer when it is shorter).
+fn first_bytes(file: &mut File, len: usize) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(len);
+    file.seek(SeekFrom::Start(0))?;
+    (&mut *file).take(len as u64).read_to_end(&mut bytes)?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(bytes)
+}
+
+fn hash_head(head: &[u8]) -> u128 {
+    let hash = blake3::hash(head);
     let first: [u8; 16] = hash.as_bytes()[..16].try_into().expect("16 of 32 bytes");
-    Ok(complete.then(|| u128::from_le_bytes(first)))
+    u128::from_le_bytes(first)
+}
+
+/// Whether the path's file still holds what a scan read from it. copytruncate truncates the
+/// file in place and the writer refills it from 0, also while a scan reads: bytes read after
+/// that belong to the next generation, not at the offsets the scan counts. A scan reads only
+/// what the file held when it began (its length then), and before committing checks that the
+/// file still starts as it did then (its head) and is no shorter than what was read.
+#[derive(Debug)]
+struct Unchanged {
+    file: File,
+    head: Option<u128>,
+    head_len: u16,
+}
+
+impl Unchanged {
+    #[cfg(unix)]
+    fn holds(&self, offset: u64) -> io::Result<bool> {
+        use std::os::unix::fs::FileExt as _;
+        if self.file.metadata()?.len() < offset {
+            return Ok(false);
+        }
+        let mut head = vec![0u8; usize::from(self.head_len)];
+        // Read at a position: the scan's reader shares this handle's offset.
+        if self.file.read_exact_at(&mut head, 0).is_err() {
+            return Ok(false);
+        }
+        Ok(self.head == Some(hash_head(&head)))
+    }
+
+    /// Without positioned reads the check would move the reader: only the length is checked.
+    #[cfg(not(unix))]
+    fn holds(&self, offset: u64) -> io::Result<bool> {
+        Ok(self.file.metadata()?.len() >= offset)
+    }
 }
 
 /// Input bytes per batch sent straight to Kafka: small, so sending starts while the rest of a
@@ -126,6 +375,8 @@ pub struct Tailer {
     /// Per file, how far direct sends got and in which epoch: ahead of the stored checkpoint,
     /// which only moves once the broker acknowledged. Good only in that epoch.
     sent: std::sync::Mutex<std::collections::HashMap<PathBuf, (u64, Checkpoint)>>,
+    /// Files skipped (by name or as unreadable), so each is reported once, not every scan.
+    skipped: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl std::fmt::Debug for Tailer {
@@ -143,6 +394,7 @@ impl Tailer {
             normalisers: std::sync::Mutex::new(std::collections::HashMap::new()),
             direct: None,
             sent: std::sync::Mutex::new(std::collections::HashMap::new()),
+            skipped: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -201,7 +453,12 @@ impl Tailer {
             move |source| TailError::Io { path, source }
         };
         let root = &self.config.path;
-        let mut files: Vec<PathBuf> = if std::fs::metadata(root).map_err(io_err(root))?.is_file() {
+        let one_file = match std::fs::metadata(root) {
+            Ok(metadata) => metadata.is_file(),
+            Err(error) if error.kind() == io::ErrorKind::NotFound && self.was_one_file(root)? => true,
+            Err(error) => return Err(io_err(root)(error)),
+        };
+        let mut files: Vec<PathBuf> = if one_file {
             vec![root.clone()]
         } else {
             std::fs::read_dir(root)
@@ -213,8 +470,19 @@ impl Tailer {
                 .collect()
         };
         files.sort();
+        if !one_file && self.config.skip_compressed_files {
+            files.retain(|path| {
+                let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                let compressed = COMPRESSED_SUFFIXES.iter().any(|suffix| name.ends_with(suffix));
+                if compressed {
+                    self.skip_once(path, "named as a compressed rotation (skip_compressed_files)");
+                }
+                !compressed
+            });
+        }
         // Files gone from the directory take their parser state with them.
         let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
+        self.lock_skipped().retain(|path| path.exists());
         self.normalisers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -222,7 +490,7 @@ impl Tailer {
         self.lock_sent().retain(|path, _| present.contains(path));
         let (mut lines, mut lag) = (0, 0);
         for path in files {
-            let (read, behind) = self.scan_file(&path).map_err(|e| match e {
+            let (read, behind) = self.scan_file(&path, one_file).map_err(|e| match e {
                 FileError::Io(source) => io_err(&path)(source),
                 FileError::Log(log) => TailError::Log(log),
                 FileError::Spilled(spilled) => TailError::Spilled(spilled),
@@ -238,137 +506,355 @@ impl Tailer {
         Ok(lines)
     }
 
-    /// Reads one file from its checkpoint. Returns the lines committed and the bytes still
-    /// unread (0 for compressed segments, whose compressed size says nothing about lines).
-    fn scan_file(&self, path: &Path) -> Result<(usize, u64), FileError> {
-        let source = self.source();
-        let key = format!("{source}:{}", path.display());
+    /// The checkpoint key of `path`.
+    fn key(&self, path: &Path) -> String {
+        format!("{}:{}", self.source(), path.display())
+    }
+
+    /// Whether `path` was tailed as one file before: it is then one file still while a
+    /// rotation has renamed it away and not yet created it again.
+    fn was_one_file(&self, path: &Path) -> Result<bool, LogError> {
+        Ok(self.lock_sent().contains_key(path) || self.log.checkpoint(&self.key(path))?.is_some())
+    }
+
+    /// Reads one file from its checkpoint; with `follow` (a one-file tail) also what rotations
+    /// took from the path: the rest of a renamed or copied-away generation first, then the new
+    /// file from its start. Returns the lines committed and the bytes still unread (0 for
+    /// compressed segments, whose compressed size says nothing about lines).
+    fn scan_file(&self, path: &Path, follow: bool) -> Result<(usize, u64), FileError> {
+        let key = self.key(path);
         // Where direct sends of the current epoch got, else where the log (buffer) stands.
         let live = self.direct.as_ref().map(|d| d.epoch());
-        let sent = self.lock_sent().get(path).copied().filter(|(epoch, _)| Some(*epoch) == live);
-        let mut epoch = sent.map(|(epoch, _)| epoch);
+        let sent = self.lock_sent().get(path).cloned().filter(|(epoch, _)| Some(*epoch) == live);
+        let epoch = sent.as_ref().map(|(epoch, _)| *epoch);
         let mut checkpoint: Checkpoint = match sent {
             Some((_, checkpoint)) => checkpoint,
             None => {
                 self.log.checkpoint(&key)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default()
             }
         };
-        let mut file = File::open(path)?;
-        let len = file.metadata()?.len();
-        let replaced =
-            checkpoint.head.is_some() && checkpoint.head != head_of(&mut file, usize::from(checkpoint.head_len))?;
-        if len == checkpoint.seen_len && !replaced {
+        let mut current = match File::open(path) {
+            Ok(file) => Some(file),
+            // Between a rotation's rename and the new file's creation: the renamed one may
+            // still have lines to read.
+            Err(error) if follow && error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error.into()),
+        };
+        if current.is_none() && checkpoint.file.is_none() && checkpoint.rotated.is_empty() {
             return Ok((0, 0));
         }
-        let mut magic = [0u8; 4];
-        let compressed = file.read_exact(&mut magic).is_ok() && magic == ZSTD_MAGIC;
-        file.seek(SeekFrom::Start(0))?;
-        let shrunk = replaced || if compressed { len < checkpoint.seen_len } else { len < checkpoint.offset };
-        if shrunk {
+        // The path's file as it stands before anything is read. A writer writes its files in
+        // order, so once it has written to this one it is done with the rotated ones.
+        let (id, len, modified) = match &current {
+            Some(file) => {
+                let metadata = file.metadata()?;
+                (FileId::of(&metadata), metadata.len(), metadata.modified().ok())
+            }
+            None => (None, 0, None),
+        };
+        let encoding = match current.as_mut() {
+            Some(file) => Encoding::of(file)?,
+            None => Encoding::Plain,
+        };
+        if let Encoding::Unreadable(compression) = encoding {
+            self.skip_once(path, compression);
+            return Ok((0, 0));
+        }
+        let compressed = encoding.is_compressed();
+        let follow = follow && !compressed;
+        // One read of the file's start gives both the head the checkpoint is compared with and
+        // the one this scan stores and checks its reads against, so a truncation can only
+        // fall before both (and be seen now) or after both (and be seen by `Unchanged`).
+        let prefix = match current.as_mut() {
+            Some(file) => first_bytes(file, HEAD_BYTES)?,
+            None => Vec::new(),
+        };
+        let head_over = |len: u16| prefix.get(..usize::from(len)).map(hash_head);
+        let head_now = head_over(checkpoint.head_len);
+        let head_len = u16::try_from(len.min(HEAD_BYTES as u64)).unwrap_or(0);
+        let head = head_over(head_len);
+        let moved = current.is_none() || (checkpoint.file.is_some() && id != checkpoint.file);
+        let rewritten = checkpoint.head.is_some() && checkpoint.head != head_now;
+        let shrunk = if compressed { len < checkpoint.seen_len } else { len < checkpoint.offset };
+        if !moved && !rewritten && !shrunk && len == checkpoint.seen_len && checkpoint.rotated.is_empty() {
+            return Ok((0, 0));
+        }
+
+        let mut listed: Option<Vec<Sibling>> = None;
+        let mut lost_predecessor = false;
+        if follow && (moved || rewritten || shrunk) {
+            let mut siblings = listed.insert(siblings(path)?);
+            // A directory listed while logrotate renames in it may miss the renamed entry:
+            // one more look before taking a file for gone.
+            if moved && checkpoint.file.is_some_and(|old| !siblings.iter().any(|s| s.id == old)) {
+                siblings = listed.insert(self::siblings(path)?);
+            }
+            let predecessor = if moved {
+                // Renamed away (logrotate's `create`, syslog's own rotation): by its inode.
+                checkpoint.file.and_then(|old| siblings.iter().find(|s| s.id == old))
+            } else {
+                // Copied, then truncated in place (`copytruncate`); or renamed, in a
+                // checkpoint from before file ids: by how it starts.
+                copy_of(&checkpoint, id, siblings)?
+            };
+            match predecessor {
+                Some(predecessor) => {
+                    tracing::info!(
+                        file = %path.display(),
+                        rotated = %predecessor.path.display(),
+                        "file rotated: reading the rest of the rotated file, then the new one from its start"
+                    );
+                    if !checkpoint.is_rotated(predecessor.id) {
+                        checkpoint.rotated.push(Rotated { file: predecessor.id, offset: checkpoint.offset });
+                    }
+                    push_newer_generations(&mut checkpoint, siblings, id, predecessor.modified, false);
+                }
+                None => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "file was replaced or truncated and what it was is not beside it (deleted, compressed or moved away): reading the new file from its start; lines written to the old one since the last scan are lost"
+                    );
+                    lost_predecessor = true;
+                }
+            }
+            checkpoint =
+                Checkpoint { file: id, rotated: std::mem::take(&mut checkpoint.rotated), ..Checkpoint::default() };
+        } else if follow
+            && checkpoint.head_len == 0
+            && len > 0
+            && let Some(emptied_at) = checkpoint.emptied_at
+        {
+            // Seen empty, now written: nothing of it was read, so a copy made of it meanwhile
+            // (copytruncate twice between two scans) holds lines that are nowhere else.
+            let siblings = listed.insert(siblings(path)?);
+            push_newer_generations(&mut checkpoint, siblings, id, emptied_at, true);
+        } else if moved || rewritten || shrunk {
             tracing::warn!(file = %path.display(), "file was truncated or replaced since it was last read; reading it again from the start");
             checkpoint = Checkpoint::default();
+            lost_predecessor = true;
         }
-        checkpoint.head_len = u16::try_from(len.min(HEAD_BYTES as u64)).unwrap_or(0);
-        checkpoint.head = head_of(&mut file, usize::from(checkpoint.head_len))?;
+
         let mut normalisers = self.normalisers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if shrunk {
+        if lost_predecessor {
             normalisers.remove(path);
         }
-        let normaliser = match normalisers.entry(path.to_owned()) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                let normaliser = entry.insert(self.config.format.normaliser_with(&self.config.settings));
-                // Resuming a PowerMTA file mid-way: its header line names the columns.
-                if self.config.format == Format::Powermta && checkpoint.offset > 0 {
-                    let opened = File::open(path)?;
-                    let mut first: Box<dyn BufRead> = if compressed {
-                        Box::new(BufReader::new(zstd::stream::read::Decoder::new(opened)?))
-                    } else {
-                        Box::new(BufReader::new(opened))
-                    };
-                    let mut header = Vec::new();
-                    if let Ok(Line::Complete { .. }) =
-                        read_bounded_line(&mut first, self.config.max_line_bytes, &mut header)
-                    {
-                        let _ = normaliser.push_line(&String::from_utf8_lossy(&header), Utc::now());
-                    }
-                }
-                normaliser
-            }
-        };
-
-        let mut reader: Box<dyn BufRead> = if compressed {
-            let mut decoder = BufReader::new(zstd::stream::read::Decoder::new(file)?);
-            let skipped = io::copy(&mut (&mut decoder).take(checkpoint.offset), &mut io::sink())?;
-            if skipped < checkpoint.offset {
-                return Ok((0, 0)); // Fewer bytes than before: the next growth will tell.
-            }
-            Box::new(decoder)
-        } else {
-            file.seek(SeekFrom::Start(checkpoint.offset))?;
-            Box::new(BufReader::new(file))
-        };
-
-        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        // A fresh normaliser entering a PowerMTA file mid-way needs its header line.
+        let mut fresh = !normalisers.contains_key(path);
+        let normaliser = normalisers
+            .entry(path.to_owned())
+            .or_insert_with(|| self.config.format.normaliser_with(&self.config.settings));
         let batch_bytes = if self.direct.is_some() {
             self.config.max_batch_bytes.min(DIRECT_BATCH_BYTES)
         } else {
             self.config.max_batch_bytes
         };
-        let mut pending = PendingBatch::default();
-        let mut committed = 0;
+        let mut scan =
+            Scan { path, key, checkpoint, pending: PendingBatch::default(), committed: 0, epoch, batch_bytes };
+        let mut behind = 0;
+
+        if !scan.checkpoint.rotated.is_empty() {
+            let mut siblings = match listed {
+                Some(listed) => listed,
+                None => siblings(path)?,
+            };
+            if scan.checkpoint.rotated.iter().any(|r| !siblings.iter().any(|s| s.id == r.file)) {
+                siblings = self::siblings(path)?; // one more look, as above
+            }
+            scan.checkpoint.rotated.retain(|rotated| {
+                let found = siblings.iter().any(|s| s.id == rotated.file);
+                if !found {
+                    tracing::info!(file = %path.display(), ?rotated, "a rotated generation is gone (deleted or compressed); no longer following it");
+                }
+                found
+            });
+            // Generations not read this time (renamed again since the listing): followed on,
+            // found at the next scan by their inode.
+            let mut unread = vec![false; scan.checkpoint.rotated.len()];
+            for (i, unread) in unread.iter_mut().enumerate() {
+                let Rotated { file: rotated, offset } = scan.checkpoint.rotated[i];
+                let opened = siblings
+                    .iter()
+                    .find(|s| s.id == rotated)
+                    .and_then(|sibling| Some((sibling, File::open(&sibling.path).ok()?)));
+                let Some((sibling, mut file)) = opened else {
+                    *unread = true;
+                    continue;
+                };
+                let metadata = file.metadata()?;
+                if FileId::of(&metadata) != Some(rotated) {
+                    *unread = true;
+                    continue;
+                }
+                if std::mem::take(&mut fresh) && offset > 0 {
+                    self.read_header(normaliser.as_mut(), &sibling.path, Encoding::Plain);
+                }
+                file.seek(SeekFrom::Start(offset))?;
+                let name = file_name(&sibling.path);
+                let input = Input {
+                    reader: &mut BufReader::new(file),
+                    compressed: false,
+                    slot: Slot::Rotated(i),
+                    name: &name,
+                    // A renamed generation is only appended to; a copy is never written again.
+                    limit: u64::MAX,
+                    unchanged: None,
+                };
+                self.read_lines(&mut scan, normaliser.as_mut(), input)?;
+                behind += metadata.len().saturating_sub(scan.checkpoint.rotated[i].offset);
+            }
+            if len > 0 {
+                let mut unread = unread.into_iter();
+                scan.checkpoint.rotated.retain(|_| unread.next().unwrap_or(false));
+            }
+        }
+
+        if let Some(mut file) = current {
+            scan.checkpoint.file = id;
+            scan.checkpoint.head_len = head_len;
+            scan.checkpoint.head = head;
+            let unchanged = if compressed {
+                None
+            } else {
+                let (head, head_len) = (scan.checkpoint.head, scan.checkpoint.head_len);
+                Some(Unchanged { file: file.try_clone()?, head, head_len })
+            };
+            let offset = scan.checkpoint.offset;
+            if std::mem::take(&mut fresh) && offset > 0 {
+                self.read_header(normaliser.as_mut(), path, encoding);
+            }
+            let reader: Option<Box<dyn BufRead>> = if compressed {
+                let mut decoder = encoding.reader(file)?;
+                let skipped = io::copy(&mut (&mut decoder).take(offset), &mut io::sink())?;
+                // Fewer bytes than before: the next growth will tell.
+                (skipped == offset).then_some(decoder)
+            } else {
+                file.seek(SeekFrom::Start(offset))?;
+                Some(Box::new(BufReader::new(file)))
+            };
+            if let Some(mut reader) = reader {
+                let input = Input {
+                    reader: reader.as_mut(),
+                    compressed,
+                    slot: Slot::Current,
+                    name: &file_name(path),
+                    // A segment is never rewritten; a plain file can be, by copytruncate.
+                    limit: if compressed { u64::MAX } else { len },
+                    unchanged: unchanged.as_ref(),
+                };
+                let read = self.read_lines(&mut scan, normaliser.as_mut(), input)?;
+                let still = match &unchanged {
+                    Some(unchanged) => unchanged.holds(scan.checkpoint.offset)?,
+                    None => true,
+                };
+                if !read || !still {
+                    tracing::debug!(file = %path.display(), "file rewritten while it was read; reading again from the checkpoint");
+                    return Ok((scan.committed, behind));
+                }
+                scan.checkpoint.seen_len = len;
+                scan.checkpoint.emptied_at = if len == 0 { modified } else { None };
+                if !compressed {
+                    behind += len.saturating_sub(scan.checkpoint.offset);
+                }
+            }
+        }
+        let checkpoint = scan.checkpoint.clone();
+        scan.committed += self.commit(path, &scan.key, &mut scan.pending, checkpoint, &mut scan.epoch)?;
+        Ok((scan.committed, behind))
+    }
+
+    /// Reads the complete lines of `input` into the scan's batch, advancing the checkpoint at
+    /// its slot, and commits whenever the batch is full. Returns `false` when the file was
+    /// rewritten under the read (see [`Unchanged`]): the batch is then dropped, not committed,
+    /// and the next scan starts again from the last checkpoint.
+    fn read_lines(
+        &self,
+        scan: &mut Scan<'_>,
+        normaliser: &mut dyn LineNormaliser,
+        input: Input<'_>,
+    ) -> Result<bool, FileError> {
+        let Input { reader, compressed, slot, name, limit, unchanged } = input;
+        let source = self.source();
         let mut buf = Vec::new();
-        loop {
-            let line = match read_bounded_line(&mut reader, self.config.max_line_bytes, &mut buf) {
+        while *scan.checkpoint.offset_mut(slot) < limit {
+            let line = match read_bounded_line(reader, self.config.max_line_bytes, &mut buf) {
                 Ok(line) => line,
-                // A zstd segment still being written ends mid-frame; what came before is whole.
+                // A zstd segment still being written ends mid-frame (a .gz being written, mid
+                // member); what came before is whole.
                 Err(error) if compressed => {
-                    tracing::debug!(%error, file = %path.display(), "segment ends in an incomplete frame");
+                    tracing::debug!(%error, file = %scan.path.display(), "segment ends in an incomplete frame");
                     break;
                 }
                 Err(error) => return Err(error.into()),
             };
-            let start = checkpoint.offset;
+            let offset = scan.checkpoint.offset_mut(slot);
+            let start = *offset;
             match line {
                 Line::End => break,
                 Line::Complete { consumed } => {
-                    checkpoint.offset += consumed;
+                    *offset += consumed;
                     let record = buf.trim_ascii();
                     if !record.is_empty() {
-                        pending.bytes += record.len();
+                        scan.pending.bytes += record.len();
                         let location = format!("{name}:{start}");
-                        // A rejected line is kept as a dead letter, in line order.
-                        // A rejected line is in the batch as a dead letter; nothing more to do.
+                        // A rejected line is in the batch as a dead letter, in line order.
                         let _ = crate::lines::push_into_batch(
-                            &mut pending.batch,
-                            normaliser.as_mut(),
+                            &mut scan.pending.batch,
+                            normaliser,
                             source,
                             location,
                             record,
                             Utc::now(),
                         );
-                        pending.lines += 1;
+                        scan.pending.lines += 1;
                     }
                 }
                 Line::TooLong { consumed } => {
-                    checkpoint.offset += consumed;
+                    *offset += consumed;
                     let reason =
                         format!("line of {consumed} bytes exceeds the limit of {} bytes", self.config.max_line_bytes);
                     let mut letter = DeadLetter::new(source, Some(format!("{name}:{start}")), reason, &buf);
                     letter.raw_len = consumed;
-                    pending.batch.dead_letters.push(letter);
-                    pending.lines += 1;
+                    scan.pending.batch.dead_letters.push(letter);
+                    scan.pending.lines += 1;
                 }
             }
-            if pending.bytes >= batch_bytes {
-                committed +=
-                    self.commit(path, &key, &mut pending, Checkpoint { seen_len: 0, ..checkpoint }, &mut epoch)?;
+            if scan.pending.bytes >= scan.batch_bytes {
+                if let Some(unchanged) = unchanged
+                    && !unchanged.holds(*scan.checkpoint.offset_mut(slot))?
+                {
+                    return Ok(false);
+                }
+                // Not read to the end: the next scan must not take an unchanged length for
+                // "nothing new".
+                let checkpoint = Checkpoint { seen_len: 0, ..scan.checkpoint.clone() };
+                scan.committed += self.commit(scan.path, &scan.key, &mut scan.pending, checkpoint, &mut scan.epoch)?;
             }
         }
-        checkpoint.seen_len = len;
-        let behind = if compressed { 0 } else { len.saturating_sub(checkpoint.offset) };
-        committed += self.commit(path, &key, &mut pending, checkpoint, &mut epoch)?;
-        Ok((committed, behind))
+        Ok(true)
+    }
+
+    /// A PowerMTA file entered mid-way: its header line names the columns. Best effort: a
+    /// file that cannot be read here fails the read that follows, with its error.
+    fn read_header(&self, normaliser: &mut dyn LineNormaliser, path: &Path, encoding: Encoding) {
+        if self.config.format != Format::Powermta {
+            return;
+        }
+        let Ok(mut first) = File::open(path).and_then(|file| encoding.reader(file)) else { return };
+        let mut header = Vec::new();
+        if let Ok(Line::Complete { .. }) = read_bounded_line(first.as_mut(), self.config.max_line_bytes, &mut header) {
+            let _ = normaliser.push_line(&String::from_utf8_lossy(&header), Utc::now());
+        }
+    }
+
+    /// Logs once that `path` is not read, and why.
+    fn skip_once(&self, path: &Path, why: &str) {
+        if self.lock_skipped().insert(path.to_owned()) {
+            tracing::info!(file = %path.display(), why, "not reading this file");
+        }
+    }
+
+    fn lock_skipped(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
+        self.skipped.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_sent(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PathBuf, (u64, Checkpoint)>> {
@@ -416,6 +902,83 @@ impl Tailer {
         }
         Ok(lines)
     }
+}
+
+/// What [`Tailer::read_lines`] reads: one file (or a rotated generation of it) from its offset.
+struct Input<'r> {
+    reader: &'r mut dyn BufRead,
+    /// A compressed stream ends mid-frame while it is being written: not an error.
+    compressed: bool,
+    slot: Slot,
+    /// The file's name, for dead letters' locations.
+    name: &'r str,
+    /// Read no line that starts at or after this offset: what the file held when the scan
+    /// began.
+    limit: u64,
+    unchanged: Option<&'r Unchanged>,
+}
+
+/// One file's scan in progress: where it stands and what is read but not yet committed.
+struct Scan<'a> {
+    path: &'a Path,
+    key: String,
+    checkpoint: Checkpoint,
+    pending: PendingBatch,
+    committed: usize,
+    /// The direct epoch this scan's batches went to, if any (see [`Tailer::commit`]).
+    epoch: Option<u64>,
+    batch_bytes: usize,
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// The newest rotation-named sibling that starts as the path's file did when last read: the
+/// copy copytruncate made of it (or, for a checkpoint from before file ids, the file renamed
+/// away). `None` when nothing was read of it (an empty start matches every file).
+fn copy_of<'s>(
+    checkpoint: &Checkpoint,
+    current: Option<FileId>,
+    siblings: &'s [Sibling],
+) -> io::Result<Option<&'s Sibling>> {
+    let (Some(head), len) = (checkpoint.head, checkpoint.head_len) else { return Ok(None) };
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut newest: Option<&Sibling> = None;
+    let candidates = siblings
+        .iter()
+        .filter(|s| s.rotation && Some(s.id) != current && !checkpoint.is_rotated(s.id) && s.len >= u64::from(len));
+    for sibling in candidates {
+        if newest.is_some_and(|n| n.modified >= sibling.modified) {
+            continue;
+        }
+        let Ok(mut file) = File::open(&sibling.path) else { continue };
+        if head_of(&mut file, usize::from(len))? == Some(head) {
+            newest = Some(sibling);
+        }
+    }
+    Ok(newest)
+}
+
+/// Adds the rotation-named generations written after `after` (at or after, with `inclusive`)
+/// that are neither the path's file nor followed already, oldest first, to be read whole: two
+/// rotations between scans leave one that was never the path's file when a scan looked.
+fn push_newer_generations(
+    checkpoint: &mut Checkpoint,
+    siblings: &[Sibling],
+    current: Option<FileId>,
+    after: SystemTime,
+    inclusive: bool,
+) {
+    let mut newer: Vec<&Sibling> = siblings
+        .iter()
+        .filter(|s| s.rotation && Some(s.id) != current && !checkpoint.is_rotated(s.id))
+        .filter(|s| s.modified > after || (inclusive && s.modified == after))
+        .collect();
+    newer.sort_by_key(|s| s.modified);
+    checkpoint.rotated.extend(newer.into_iter().map(|s| Rotated { file: s.id, offset: 0 }));
 }
 
 /// Lines read but not yet committed, already normalised.
@@ -499,6 +1062,22 @@ mod tests {
                 return out;
             }
         }
+    }
+
+    #[test]
+    fn checkpoints_from_before_file_ids_still_read() {
+        let old: Checkpoint = serde_json::from_str(r#"{"offset":10,"seen_len":12,"head":5,"head_len":3}"#).unwrap();
+        assert_eq!(old, Checkpoint { offset: 10, seen_len: 12, head: Some(5), head_len: 3, ..Checkpoint::default() });
+        let new = Checkpoint {
+            file: Some(FileId { dev: 1, ino: 2 }),
+            rotated: vec![Rotated { file: FileId { dev: 1, ino: 3 }, offset: 7 }],
+            emptied_at: Some(SystemTime::UNIX_EPOCH),
+            ..old.clone()
+        };
+        let stored = serde_json::to_vec(&new).unwrap();
+        assert_eq!(serde_json::from_slice::<Checkpoint>(&stored).unwrap(), new);
+        // A checkpoint without rotation state stores as before.
+        assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"offset":10,"seen_len":12,"head":5,"head_len":3}"#);
     }
 
     #[test]
