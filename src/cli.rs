@@ -278,6 +278,7 @@ impl RunArgs {
         layer!("max_line_bytes", self.sources.max_line_bytes, sources.max_line_bytes);
         layer!("tail_interval_ms", self.sources.tail_interval_ms, sources.tail_interval_ms);
         layer!("time_zone", self.sources.time_zone, sources.time_zone);
+        layer!("skip_compressed_files", self.sources.skip_compressed_files, sources.skip_compressed_files);
         self.sources.postfix_egress = sources.postfix_egress;
         if !given("bounce_rules") && !given("rules") {
             self.bounce_rules = config.classifier.bounce_rules;

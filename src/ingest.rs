@@ -69,7 +69,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     // With the broker up, tails go direct from their first batch.
     direct.wait_ready().await;
-    crate::sources::start(&config.sources, &log, Some(&direct), &mut tasks, &shutdown).await?;
+    crate::sources::start(&config.sources, &log, Some(&direct), &config.api.trusted_hosts, &mut tasks, &shutdown)
+        .await?;
 
     crate::run::supervise(tasks, shutdown).await
 }

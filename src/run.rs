@@ -152,7 +152,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     ready.store(true, Ordering::Release);
     tracing::info!(committed, "processor ready");
 
-    crate::sources::start(&args.sources, &log, None, &mut tasks, &shutdown).await?;
+    crate::sources::start(&args.sources, &log, None, &args.trusted_hosts, &mut tasks, &shutdown).await?;
     #[cfg(unix)]
     tasks.spawn(reload_on_sighup(args.bounce_rules.clone(), enricher, action_rules, shutdown.clone()));
     if args.demo {

@@ -64,6 +64,11 @@ pub struct SourcesConfig {
     #[serde(default)]
     #[arg(long, value_name = "ZONE")]
     pub time_zone: Option<Zone>,
+    /// Read rotated, compressed files (`.gz`, `.zst`) in tailed directories? When set they are
+    /// skipped by name, each with one log line.
+    #[serde(default)]
+    #[arg(long)]
+    pub skip_compressed_files: bool,
     /// Postfix logs no sending address: `[[sources.postfix_egress]]` entries map a transport
     /// (`service`), an `instance` or a syslog `host` to an `egress_source` and `sending_ip`.
     /// Configuration file only.
@@ -117,6 +122,7 @@ impl Default for SourcesConfig {
             max_line_bytes: default_max_line_bytes(),
             tail_interval_ms: default_tail_interval_ms(),
             time_zone: None,
+            skip_compressed_files: false,
             postfix_egress: Vec::new(),
         }
     }
@@ -131,6 +137,7 @@ pub async fn start(
     config: &SourcesConfig,
     log: &EventLog,
     direct: Option<&Arc<DirectShipper>>,
+    trusted_hosts: &[std::net::IpAddr],
     tasks: &mut JoinSet<anyhow::Result<()>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -147,6 +154,7 @@ pub async fn start(
             tail.poll_interval = Duration::from_millis(config.tail_interval_ms.max(10));
             tail.max_line_bytes = config.max_line_bytes;
             tail.settings = config.line_settings();
+            tail.skip_compressed_files = config.skip_compressed_files;
             tracing::info!(path = %path.display(), ?format, "tailing");
             let mut tailer = Tailer::new(tail, log.clone());
             if let Some(direct) = direct {
@@ -161,6 +169,7 @@ pub async fn start(
             SyslogFormat::Exim => Format::Exim,
         };
         let (syslog, normaliser) = SyslogIngest::start(format, &config.line_settings(), log.clone(), shutdown.clone());
+        let syslog = guard_syslog(syslog, [config.syslog_udp, config.syslog_tcp].into_iter().flatten(), trusted_hosts)?;
         tasks.spawn(async move { normaliser.await.context("syslog normaliser") });
         if let Some(addr) = config.syslog_udp {
             let socket =
@@ -176,4 +185,45 @@ pub async fn start(
         }
     }
     Ok(())
+}
+
+/// A syslog receiver beyond loopback hears only the trusted hosts, and without any refuses to
+/// start: a forged Postfix line suppresses a recipient as a forged hook record does. On
+/// loopback every local sender is heard.
+fn guard_syslog(
+    syslog: SyslogIngest,
+    mut bound: impl Iterator<Item = std::net::SocketAddr>,
+    trusted_hosts: &[std::net::IpAddr],
+) -> anyhow::Result<SyslogIngest> {
+    let Some(public) = bound.find(|addr| !addr.ip().is_loopback()) else { return Ok(syslog) };
+    if trusted_hosts.is_empty() {
+        anyhow::bail!(
+            "the syslog receiver on {public} would hear anyone who reaches it; list the hosts that forward \
+             to it in --trusted-hosts ([api] trusted_hosts), or bind it to 127.0.0.1"
+        );
+    }
+    Ok(syslog.with_allowed_peers(trusted_hosts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_syslog_receiver_beyond_loopback_needs_trusted_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        let (syslog, _task) = SyslogIngest::start(
+            Format::Postfix,
+            &vigil_ingest::lines::LineSettings::default(),
+            log,
+            CancellationToken::new(),
+        );
+        let public: std::net::SocketAddr = "0.0.0.0:5514".parse().unwrap();
+        let local: std::net::SocketAddr = "127.0.0.1:5514".parse().unwrap();
+        let error = guard_syslog(syslog.clone(), [public].into_iter(), &[]).unwrap_err().to_string();
+        assert!(error.contains("0.0.0.0:5514") && error.contains("--trusted-hosts"), "{error}");
+        assert!(guard_syslog(syslog.clone(), [public].into_iter(), &["10.0.0.5".parse().unwrap()]).is_ok());
+        assert!(guard_syslog(syslog, [local].into_iter(), &[]).is_ok(), "loopback hears every local sender");
+    }
 }

@@ -43,6 +43,8 @@ pub struct SyslogStats {
     pub received: AtomicU64,
     /// UDP datagrams that found the queue full.
     pub dropped: AtomicU64,
+    /// Datagrams and connections from peers not allowed.
+    pub refused: AtomicU64,
 }
 
 /// One line from a receiver, with where it came from.
@@ -57,6 +59,9 @@ struct Received {
 pub struct SyslogIngest {
     queue: mpsc::Sender<Received>,
     pub stats: Arc<SyslogStats>,
+    /// When set, only these peers are heard (a receiver beyond loopback: a forged line steers
+    /// the MTA as a forged hook record does); others are counted in `refused` and dropped.
+    allowed: Option<Arc<[std::net::IpAddr]>>,
 }
 
 impl SyslogIngest {
@@ -70,7 +75,26 @@ impl SyslogIngest {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, lines) = mpsc::channel(QUEUE_LINES);
         let task = tokio::spawn(normalise(format.normaliser_with(settings), format, lines, log, shutdown));
-        (Self { queue, stats: Arc::default() }, task)
+        (Self { queue, stats: Arc::default(), allowed: None }, task)
+    }
+
+    /// Hears only `peers` (compared canonically, so IPv4-mapped IPv6 matches its IPv4).
+    #[must_use]
+    pub fn with_allowed_peers(mut self, peers: &[std::net::IpAddr]) -> Self {
+        self.allowed = Some(peers.iter().map(std::net::IpAddr::to_canonical).collect());
+        self
+    }
+
+    fn hears(&self, peer: SocketAddr) -> bool {
+        let heard = self.allowed.as_ref().is_none_or(|allowed| allowed.contains(&peer.ip().to_canonical()));
+        if !heard {
+            let refused = self.stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            // Powers of two: visible, without a log line per forged datagram.
+            if refused.is_power_of_two() {
+                tracing::warn!(%peer, refused, "syslog from a host not in trusted_hosts: dropped");
+            }
+        }
+        heard
     }
 
     /// Receives datagrams on `socket` until `shutdown`; one datagram is one message.
@@ -85,6 +109,9 @@ impl SyslogIngest {
                     Err(error) => { tracing::warn!(%error, "syslog UDP receive failed"); continue; }
                 },
             };
+            if !self.hears(peer) {
+                continue;
+            }
             self.stats.received.fetch_add(1, Ordering::Relaxed);
             let line = if n > MAX_MESSAGE_BYTES {
                 Err(format!("syslog datagram exceeds {MAX_MESSAGE_BYTES} bytes"))
@@ -113,6 +140,9 @@ impl SyslogIngest {
                     Err(error) => { tracing::warn!(%error, "syslog TCP accept failed"); continue; }
                 },
             };
+            if !self.hears(peer) {
+                continue;
+            }
             let ingest = self.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -254,5 +284,35 @@ async fn append_when_room(
             Ok(Err(error)) => return Err(error.to_string()),
             Err(error) => return Err(format!("append task failed: {error}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_receiver_with_allowed_peers_drops_everyone_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        let shutdown = CancellationToken::new();
+        let (syslog, _task) =
+            SyslogIngest::start(Format::Postfix, &crate::lines::LineSettings::default(), log, shutdown.clone());
+        // Only 10.9.9.9 is heard; this test sends from loopback.
+        let syslog = syslog.with_allowed_peers(&["10.9.9.9".parse().unwrap()]);
+        let stats = Arc::clone(&syslog.stats);
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(syslog.run_udp(socket, shutdown.clone()));
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let line = "<22>Dec  6 19:00:01 mx1 postfix/smtp[1234]: 3F2A1: to=<victim@gmail.com>, status=bounced (550 5.1.1 no such user)";
+        sender.send_to(line.as_bytes(), addr).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stats.refused.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the datagram was never refused");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stats.received.load(Ordering::Relaxed), 0, "nothing from an untrusted peer is received");
+        shutdown.cancel();
     }
 }
