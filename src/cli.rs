@@ -212,7 +212,8 @@ pub struct RunArgs {
     /// Largest accepted HTTP ingest body, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
-    /// Most ingest requests handled at once; more get a 503 (KumoMTA retries them).
+    /// Most ingest requests handled at once; more wait for a turn (up to 20 s, under kumod's
+    /// 60 s HTTP timeout) and are answered 503 only after that.
     #[arg(long, default_value_t = DEFAULT_MAX_INGEST_IN_FLIGHT)]
     pub max_ingest_in_flight: usize,
     /// `[[actuation.webhooks]]` of the configuration file, beside `--webhook-url`.

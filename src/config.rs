@@ -161,7 +161,8 @@ pub struct ApiSection {
     /// Largest accepted HTTP ingest body, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
-    /// Most ingest requests handled at once; more get a 503 (KumoMTA retries them).
+    /// Most ingest requests handled at once; more wait for a turn (up to 20 s) and are
+    /// answered 503 only after that.
     #[serde(default = "default_max_in_flight")]
     pub max_ingest_in_flight: usize,
 }

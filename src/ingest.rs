@@ -34,8 +34,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         // This role reads no [actuation], so no TSA token: ingest tokens and trusted hosts.
         let tokens = crate::run::load_tokens(&config.api.tokens, config.api.tokens_file.as_deref())?;
         let guard = IngestGuard::new(&tokens, None, &config.api.trusted_hosts);
+        let admission = vigil_ingest::kumomta::Admission::new(config.api.max_ingest_in_flight);
         let receiver = || {
-            vigil_ingest::kumomta::receiver(log.clone(), config.api.max_body_bytes, config.api.max_ingest_in_flight)
+            vigil_ingest::kumomta::receiver(log.clone(), config.api.max_body_bytes, admission.clone())
                 .route_layer(axum::middleware::from_fn_with_state(guard.clone(), require_ingest))
         };
         let app = axum::Router::new()

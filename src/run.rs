@@ -79,19 +79,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         trusted_hosts: args.trusted_hosts.clone(),
     };
     let ingest_guard = IngestGuard::new(&tokens, args.api_token.as_deref(), &args.trusted_hosts);
-    let guarded = |receiver: axum::routing::MethodRouter| {
-        receiver.route_layer(axum::middleware::from_fn_with_state(ingest_guard.clone(), require_ingest))
+    // One admission for every route that takes hook records: they share the limit.
+    let admission = vigil_ingest::kumomta::Admission::new(args.max_ingest_in_flight);
+    let receiver = || {
+        vigil_ingest::kumomta::receiver(log.clone(), args.max_body_bytes, admission.clone())
+            .route_layer(axum::middleware::from_fn_with_state(ingest_guard.clone(), require_ingest))
     };
     let app = api
-        .merge(vigil_query::tsa::router(
-            tsa.clone(),
-            Some(guarded(vigil_ingest::kumomta::receiver(log.clone(), args.max_body_bytes, args.max_ingest_in_flight))),
-        ))
+        .merge(vigil_query::tsa::router(tsa.clone(), Some(receiver())))
         .merge(vigil_query::actions::router(tsa))
-        .route(
-            vigil_ingest::kumomta::PATH,
-            guarded(vigil_ingest::kumomta::receiver(log.clone(), args.max_body_bytes, args.max_ingest_in_flight)),
-        )
+        .route(vigil_ingest::kumomta::PATH, receiver())
         .merge(crate::metrics::router(log.clone(), Some(vigil_processor::pipeline::CONSUMER), Some(outbox.clone())))
         .layer(axum::middleware::from_fn_with_state(tokens.clone(), vigil_query::auth::require_role))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

@@ -18,6 +18,14 @@ pub struct SourceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub source: String,
+    /// `wait` (no turn within the wait), `queue` (too many already waiting), `full` (no room
+    /// in the log within the wait), `log` (the log failed).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeadLetterLabels {
     pub source: String,
     pub reason: &'static str,
@@ -35,6 +43,10 @@ pub struct IngestMetrics {
     pub file_lag_bytes: Family<SourceLabel, Gauge>,
     /// UDP syslog datagrams dropped because the queue was full.
     pub syslog_dropped: Counter,
+    /// HTTP ingest requests refused after waiting for a turn or for room in the log.
+    pub refused: Family<RefusalLabels, Counter>,
+    /// HTTP ingest requests waiting for a turn.
+    pub waiting: Gauge,
     /// Events the Kafka broker acknowledged (ingest role).
     pub shipped_events: Counter,
     /// Dead letters the Kafka broker acknowledged (ingest role).
@@ -82,6 +94,12 @@ pub fn register(registry: &mut Registry) {
         "UDP syslog datagrams dropped on a full queue",
         m.syslog_dropped.clone(),
     );
+    registry.register(
+        "vigil_ingest_refused_requests",
+        "HTTP ingest requests answered 503 (the sender must retry): no turn or no room in the log within the wait",
+        m.refused.clone(),
+    );
+    registry.register("vigil_ingest_waiting_requests", "HTTP ingest requests waiting for a turn", m.waiting.clone());
     registry.register(
         "vigil_ingest_shipped_events",
         "Events acknowledged by the Kafka broker",

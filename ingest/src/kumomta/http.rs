@@ -6,18 +6,31 @@
 //!   `errors`); retrying would not help.
 //! - 400 / 422: the body (or every record in it) is unusable; it was dead-lettered with the
 //!   reason. 413: the body is larger than the configured limit.
-//! - 503: the log could not store the batch, or too many requests are in flight; nothing was
-//!   kept, so retry. Bodies in flight are bounded by `max_in_flight x max_body_bytes`.
+//! - 503 with `Retry-After`: nothing was kept, retry. The last resort of back-pressure, counted
+//!   (`vigil_ingest_refused_requests_total`) and logged.
+//!
+//! Back-pressure, not refusal ([`Admission`]): KumoMTA's stock `log_hooks:new_json` treats any
+//! non-2xx as final (it rejects with 500 and kumod bounces the record; only a connection
+//! error or a 4xx rejection is retried), so a 503 loses the record. A request over the
+//! in-flight limit therefore waits for a turn, and an append that finds the shipping buffer
+//! full waits for room, both within [`MAX_WAIT`], well under kumod's 60 s HTTP client timeout;
+//! only then is it refused. Waiting requests hold their connection, not their body (it is read
+//! after the turn), so memory stays at `max_in_flight x max_body_bytes`; at most
+//! [`MAX_WAITING`] wait. One admission is shared by every route that takes hook records.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
 use serde_json::value::RawValue;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use vigil_log::{AppendBatch, AppendReceipt, EventLog};
 use vigil_schemas::DeadLetter;
 
@@ -31,34 +44,99 @@ pub use vigil_schemas::api::ingest::{IngestResponse, RecordError};
 struct ReceiverState {
     log: EventLog,
     max_body_bytes: usize,
+    admission: Admission,
 }
 
-/// The receiver's routes, to be merged into the server's router. At most `max_in_flight`
-/// requests are handled at once; more get a 503 at once rather than queueing in memory.
+/// How long a hook request may wait for a turn or for room in the log before it is refused:
+/// under kumod's 60 s HTTP client timeout (`kumo.http.build_client`'s default), with room for
+/// the append itself.
+pub const MAX_WAIT: Duration = Duration::from_secs(20);
+/// Most hook requests waiting for a turn at once; beyond, refused at once.
+pub const MAX_WAITING: usize = 4096;
+
+/// Who may be handled now: at most `max_in_flight` requests at once, the others wait their
+/// turn (in arrival order) for up to [`MAX_WAIT`]. Cheap to clone; clones share the limit.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    turns: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    max_wait: Duration,
+}
+
+impl Admission {
+    #[must_use]
+    pub fn new(max_in_flight: usize) -> Self {
+        Self::with_wait(max_in_flight, MAX_WAIT)
+    }
+
+    #[must_use]
+    pub fn with_wait(max_in_flight: usize, max_wait: Duration) -> Self {
+        Self { turns: Arc::new(Semaphore::new(max_in_flight)), waiting: Arc::default(), max_wait }
+    }
+
+    /// Waits for a turn; `Err` with the refusal's reason when none came in time.
+    async fn turn(&self) -> Result<OwnedSemaphorePermit, &'static str> {
+        if let Ok(permit) = Arc::clone(&self.turns).try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err("queue");
+        }
+        let gauge = &crate::metrics::ingest_metrics().waiting;
+        gauge.inc();
+        let turn = tokio::time::timeout(self.max_wait, Arc::clone(&self.turns).acquire_owned()).await;
+        gauge.dec();
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        match turn {
+            Ok(Ok(permit)) => Ok(permit),
+            // Timed out, or the semaphore closed (never: it is not closed).
+            _ => Err("wait"),
+        }
+    }
+}
+
+/// The receiver's routes, to be merged into the server's router, with an admission of its own.
 pub fn router(log: EventLog, max_body_bytes: usize, max_in_flight: usize) -> Router {
-    Router::new().route(PATH, receiver(log, max_body_bytes, max_in_flight))
+    Router::new().route(PATH, receiver(log, max_body_bytes, Admission::new(max_in_flight)))
 }
 
 /// Where KumoMTA's log hook posts.
 pub const PATH: &str = "/ingest/kumomta";
 
 /// The receiver as a route of its own, for every path that takes KumoMTA log records (the
-/// TSA surface mounts it at `/publish_log_v1`). Each mount has its own `max_in_flight`.
-pub fn receiver(log: EventLog, max_body_bytes: usize, max_in_flight: usize) -> MethodRouter {
-    let shed = tower::ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-            error(StatusCode::SERVICE_UNAVAILABLE, "too many ingest requests in flight; retry later")
-        }))
-        .load_shed()
-        .concurrency_limit(max_in_flight);
-    post(ingest).layer(shed).with_state(ReceiverState { log, max_body_bytes })
+/// TSA surface mounts it at `/publish_log_v1`); give every mount the same `admission`.
+pub fn receiver(log: EventLog, max_body_bytes: usize, admission: Admission) -> MethodRouter {
+    post(ingest).with_state(ReceiverState { log, max_body_bytes, admission })
 }
 
 fn error(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": reason.into() }))).into_response()
 }
 
+/// The last resort: a 503 the sender must retry, counted and logged.
+fn refuse(reason: &'static str, why: impl Into<String>) -> Response {
+    let why = why.into();
+    let refused = crate::metrics::ingest_metrics();
+    let counter = refused.refused.get_or_create(&crate::metrics::RefusalLabels { source: SOURCE.into(), reason });
+    counter.inc();
+    // Powers of two: visible under a flood without a line per request.
+    if counter.get().is_power_of_two() {
+        tracing::warn!(reason, refused = counter.get(), %why, "ingest request refused with 503; the sender must retry it");
+    }
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, why);
+    response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+    response
+}
+
 async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
+    let deadline = tokio::time::Instant::now() + state.admission.max_wait;
+    let _turn = match state.admission.turn().await {
+        Ok(turn) => turn,
+        Err(reason) => {
+            return refuse(reason, "too many ingest requests in flight for too long; retry later");
+        }
+    };
     let body = match read_body(body, state.max_body_bytes).await {
         Ok(body) => body,
         Err(BodyError::TooLarge) => {
@@ -76,7 +154,7 @@ async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
             let letter = DeadLetter::new(SOURCE, Some("body".into()), reason.clone(), &body);
             let batch = AppendBatch { dead_letters: vec![letter], ..AppendBatch::default() };
             let observation = BatchObservation::of(&batch);
-            return match append(&state.log, batch).await {
+            return match append(&state.log, batch, deadline).await {
                 Ok(receipt) => {
                     observation.committed(SOURCE, 1, body.len() as u64, &receipt);
                     error(StatusCode::BAD_REQUEST, reason)
@@ -91,7 +169,7 @@ async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
         records.iter().enumerate().map(|(i, raw)| (format!("index {i}"), raw.get().as_bytes())),
     );
     let observation = BatchObservation::of(&batch);
-    let receipt = match append(&state.log, batch).await {
+    let receipt = match append(&state.log, batch, deadline).await {
         Ok(receipt) => receipt,
         Err(response) => return response,
     };
@@ -148,25 +226,30 @@ fn split_records(body: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
     }
 }
 
-async fn append(log: &EventLog, batch: AppendBatch) -> Result<AppendReceipt, Response> {
-    let log = log.clone();
-    let span = tracing::debug_span!("ingest", source = "kumomta-http", events = batch.events.len());
-    match tokio::task::spawn_blocking(move || span.in_scope(|| log.append(&batch))).await {
-        Ok(Ok(receipt)) => Ok(receipt),
-        Ok(Err(err)) if err.is_full() => {
-            // Back-pressure from the shipping buffer: KumoMTA keeps the record and retries.
-            tracing::warn!(error = %err, "ingest buffer full; answering 503 so the sender retries");
-            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, err.to_string());
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
-            Err(response)
-        }
-        Ok(Err(err)) => {
-            tracing::error!(error = %err, "log append failed; answering 503 so the sender retries");
-            Err(error(StatusCode::SERVICE_UNAVAILABLE, "the log of record is unavailable; retry later"))
-        }
-        Err(join) => {
-            tracing::error!(error = %join, "log append task failed");
-            Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+/// Appends `batch`; while the shipping buffer is full, waits for room (with backoff) until
+/// `deadline`, so the sender is slowed rather than refused.
+async fn append(log: &EventLog, batch: AppendBatch, deadline: tokio::time::Instant) -> Result<AppendReceipt, Response> {
+    let batch = Arc::new(batch);
+    let mut room = vigil_log::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        let (log, batch) = (log.clone(), Arc::clone(&batch));
+        let span = tracing::debug_span!("ingest", source = "kumomta-http", events = batch.events.len());
+        match tokio::task::spawn_blocking(move || span.in_scope(|| log.append(&batch))).await {
+            Ok(Ok(receipt)) => return Ok(receipt),
+            Ok(Err(err)) if err.is_full() => {
+                if tokio::time::Instant::now() + room.delay() >= deadline {
+                    return Err(refuse("full", err.to_string()));
+                }
+                tokio::time::sleep(room.next_delay()).await;
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "log append failed");
+                return Err(refuse("log", "the log of record is unavailable; retry later"));
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "log append task failed");
+                return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"));
+            }
         }
     }
 }
@@ -179,16 +262,29 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_full_receiver_answers_503_with_a_reason() {
+    #[tokio::test(start_paused = true)]
+    async fn a_request_over_the_limit_waits_for_a_turn_and_is_refused_only_after_the_wait() {
         let dir = tempfile::tempdir().unwrap();
         let log = EventLog::open(dir.path()).unwrap();
         let request = || Request::post("/ingest/kumomta").body(Body::from("[]")).unwrap();
-        let ok = router(log.clone(), 1024, 1).oneshot(request()).await.unwrap();
-        assert_eq!(ok.status(), StatusCode::OK);
-        let full = router(log, 1024, 0).oneshot(request()).await.unwrap();
-        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let body = to_bytes(full.into_body(), 1024).await.unwrap();
+        let admission = Admission::with_wait(1, Duration::from_secs(20));
+        let app = Router::new().route(PATH, receiver(log, 1024, admission.clone()));
+        assert_eq!(app.clone().oneshot(request()).await.unwrap().status(), StatusCode::OK);
+
+        // The only turn is taken: the next request waits, and is answered once it is free.
+        let held = admission.turn().await.unwrap();
+        let waiting = tokio::spawn(app.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!waiting.is_finished(), "it waits instead of being refused");
+        drop(held);
+        assert_eq!(waiting.await.unwrap().unwrap().status(), StatusCode::OK);
+
+        // Held past the wait: refused, with Retry-After and the reason.
+        let _held = admission.turn().await.unwrap();
+        let refused = app.oneshot(request()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(refused.headers().contains_key(axum::http::header::RETRY_AFTER));
+        let body = to_bytes(refused.into_body(), 1024).await.unwrap();
         assert!(String::from_utf8_lossy(&body).contains("too many ingest requests"));
     }
 }

@@ -5,7 +5,7 @@ mod normalise;
 mod record;
 
 pub use crate::tail::ZSTD_MAGIC;
-pub use http::{IngestResponse, PATH, RecordError, receiver, router};
+pub use http::{Admission, IngestResponse, MAX_WAIT, PATH, RecordError, receiver, router};
 pub use normalise::{KUMOMTA_INTERNAL_PREFIX, NormaliseError, domain_of, normalise_record};
 
 use chrono::Utc;
