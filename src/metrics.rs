@@ -191,6 +191,8 @@ mod tests {
         let pusher = vigil_processor::metrics::PusherLabel { pusher: "kumod".into() };
         vigil_processor::metrics::processor_metrics().outbox_depth.get_or_create(&pusher).set(0);
         vigil_processor::metrics::processor_metrics().outbox_oldest_seconds.get_or_create(&pusher).set(0);
+        vigil_processor::metrics::processor_metrics().push_retrying.get_or_create(&pusher).set(0);
+        vigil_processor::metrics::delivery_failed("kumod", true);
         vigil_query::metrics::record("/api/v1/summary", "GET", 200, 0.001);
     }
 
