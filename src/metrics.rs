@@ -193,6 +193,10 @@ mod tests {
         vigil_processor::metrics::processor_metrics().outbox_oldest_seconds.get_or_create(&pusher).set(0);
         vigil_processor::metrics::processor_metrics().push_retrying.get_or_create(&pusher).set(0);
         vigil_processor::metrics::delivery_failed("kumod", true);
+        ingest
+            .refused
+            .get_or_create(&vigil_ingest::metrics::RefusalLabels { source: "kumomta-http".into(), reason: "wait" })
+            .inc();
         vigil_query::metrics::record("/api/v1/summary", "GET", 200, 0.001);
     }
 
