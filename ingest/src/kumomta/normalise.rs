@@ -64,6 +64,17 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
     if recipients.iter().all(|r| r.trim().is_empty()) {
         return Err(NormaliseError::NoRecipient);
     }
+    // A complaint is about the person who complained, not the feedback mailbox the report
+    // was addressed to: never suppress or count the mailbox.
+    let trace = record.feedback_report.as_ref().and_then(|f| f.supplemental_trace.as_ref());
+    let recipients = match (&kind, &record.feedback_report) {
+        (EventKind::Complaint, Some(report)) => complainers(report),
+        (EventKind::Complaint, None) => Vec::new(),
+        _ => recipients,
+    };
+    // Unattributable (no complainer named): still one event, counted, without a recipient.
+    let recipients: Vec<Option<String>> =
+        if recipients.is_empty() { vec![None] } else { recipients.into_iter().map(Some).collect() };
 
     let response = record.response.as_ref();
     let content = response.map(|r| single_line(&r.content));
@@ -71,14 +82,16 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
         response.and_then(|r| r.enhanced_code.as_ref()).map(|e| format!("{}.{}.{}", e.class, e.subject, e.detail));
     let internal = matches!(&*record.kind, "AdminBounce" | "Expiration")
         || content.as_deref().is_some_and(|c| c.starts_with(KUMOMTA_INTERNAL_PREFIX));
-    // For inbound records `peer_address` is the client's EHLO name, not an MX.
-    let outbound = !matches!(kind, EventKind::Reception | EventKind::Rejected);
+    // For inbound records `peer_address` is the client's EHLO name, not an MX; for a complaint
+    // it is the reporting host, not where the complained-of mail went.
+    let outbound = !matches!(kind, EventKind::Reception | EventKind::Rejected | EventKind::Complaint);
     let (queue_campaign, queue_tenant) = parse_queue(&record.queue);
     let site = Some(record.site.as_ref()).filter(|s| !s.is_empty() && *s != "localhost").map(str::to_owned);
     let egress_source = record
         .egress_source
         .clone()
-        .or_else(|| site.as_deref().and_then(|s| s.split_once("->")).map(|(source, _)| source.to_owned()));
+        .or_else(|| site.as_deref().and_then(|s| s.split_once("->")).map(|(source, _)| source.to_owned()))
+        .or_else(|| trace.and_then(|t| t.egress_source.clone()));
     let provider_class = if kind.is_bounce_classifiable() {
         match kind {
             EventKind::Complaint => record.feedback_report.as_ref().and_then(|f| f.feedback_type.clone()),
@@ -90,11 +103,11 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
 
     let occurred_nanos = occurred_at.timestamp_nanos_opt().unwrap_or(occurred_at.timestamp());
     let mut events = Vec::with_capacity(recipients.len());
-    for recipient in recipients.into_iter().filter(|r| !r.trim().is_empty()) {
+    for recipient in recipients.into_iter().filter(|r| r.as_ref().is_none_or(|r| !r.trim().is_empty())) {
         let event_id = event_id(&[
             &record.kind,
             &record.id,
-            &recipient,
+            recipient.as_deref().unwrap_or(""),
             &occurred_nanos.to_string(),
             &record.num_attempts.unwrap_or(0).to_string(),
             &response.map_or(0, |r| r.code).to_string(),
@@ -106,13 +119,23 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
         event.message_id = Some(record.id.to_string());
         event.sender = Some(record.sender.to_string()).filter(|s| !s.is_empty());
         event.sender_domain = domain_of(&record.sender);
-        event.recipient_domain = domain_of(&recipient);
-        event.recipient = Some(recipient);
-        event.tenant = record.meta.tenant.clone().or_else(|| queue_tenant.clone());
-        event.campaign = record.meta.campaign.clone().or_else(|| queue_campaign.clone());
+        event.recipient_domain = recipient.as_deref().and_then(domain_of);
+        event.recipient = recipient;
+        event.tenant = record
+            .meta
+            .tenant
+            .clone()
+            .or_else(|| trace.and_then(|t| t.tenant.clone()))
+            .or_else(|| queue_tenant.clone());
+        event.campaign = record
+            .meta
+            .campaign
+            .clone()
+            .or_else(|| trace.and_then(|t| t.campaign.clone()))
+            .or_else(|| queue_campaign.clone());
         event.size_bytes = record.size;
         event.attempt = record.num_attempts;
-        event.egress_pool = record.egress_pool.clone();
+        event.egress_pool = record.egress_pool.clone().or_else(|| trace.and_then(|t| t.egress_pool.clone()));
         event.egress_source = egress_source.clone();
         event.sending_ip = record.source_address.as_ref().map(|a| strip_port(&a.address));
         if outbound {
@@ -135,6 +158,37 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
         events.push(event);
     }
     Ok(events)
+}
+
+/// Who complained: `Original-Rcpt-To`, else the recipient of the `X-KumoRef` trace, else the
+/// `To:` of the returned message. Empty when the report names nobody (redacted reports).
+fn complainers(report: &super::record::FeedbackReport) -> Vec<String> {
+    let clean = |address: &str| {
+        let address = address.trim().trim_start_matches('<').trim_end_matches('>').trim();
+        address.contains('@').then(|| address.to_ascii_lowercase())
+    };
+    let named: Vec<String> = report.original_rcpto_to.iter().filter_map(|a| clean(a)).collect();
+    if !named.is_empty() {
+        return named;
+    }
+    if let Some(recipient) = report.supplemental_trace.as_ref().and_then(|t| t.recipient.as_ref()) {
+        let traced: Vec<String> = match recipient {
+            super::record::OneOrMany::One(one) => clean(one).into_iter().collect(),
+            super::record::OneOrMany::Many(many) => many.iter().filter_map(|a| clean(a)).collect(),
+        };
+        if !traced.is_empty() {
+            return traced;
+        }
+    }
+    let to = report.original_message.as_deref().and_then(|message| {
+        message
+            .lines()
+            .take_while(|line| !line.trim().is_empty())
+            .find_map(|line| line.strip_prefix("To:").or_else(|| line.strip_prefix("to:")))
+            .map(|value| value.rsplit_once('<').map_or(value, |(_, angle)| angle))
+            .and_then(clean)
+    });
+    to.into_iter().collect()
 }
 
 /// A stable 128-bit id (hex) over the identity fields, separated so that field boundaries
@@ -195,6 +249,72 @@ fn parse_queue(queue: &str) -> (Option<String>, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `Feedback` record as kumod writes it for an ARF report: addressed to the feedback
+    /// mailbox, from the reporting host, with `report` as its `feedback_report`.
+    fn feedback(report: serde_json::Value, reporter: &str) -> String {
+        serde_json::json!({
+            "type": "Feedback", "id": "5f0a3c1e2b7d11f1a4c250ebf67f93bd",
+            "sender": "fbl-reports@reporter.example", "recipient": "fbl@fbl.sender.example",
+            "queue": "fbl.sender.example", "site": "", "size": 2911,
+            "response": {"code": 250, "enhanced_code": null, "content": "", "command": null},
+            "peer_address": {"name": reporter, "addr": "198.51.100.25"},
+            "timestamp": 1_796_479_392, "num_attempts": 0, "bounce_classification": "Uncategorized",
+            "egress_pool": null, "egress_source": null, "source_address": null,
+            "feedback_report": report, "meta": {}, "headers": {}
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn a_complaint_is_about_the_complainer_never_the_feedback_mailbox() {
+        let at = Utc::now();
+        // Yahoo's CFL: Original-Rcpt-To, and the X-KumoRef trace with tenant and campaign.
+        let yahoo = feedback(
+            serde_json::json!({
+                "feedback_type": "abuse", "user_agent": "Yahoo!-Mail-Feedback/2.0", "version": "1",
+                "arrival_date": "2026-12-02T13:59:58Z", "original_rcpto_to": ["alice@yahoo.com"],
+                "supplemental_trace": {"recipient": "alice@yahoo.com", "tenant": "acme", "campaign": "spring", "egress_source": "ip-1"}
+            }),
+            "mta1.feedback.yahoo.com",
+        );
+        let events = normalise_record(&yahoo, at).unwrap();
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(e.kind, EventKind::Complaint);
+        assert_eq!(e.recipient.as_deref(), Some("alice@yahoo.com"));
+        assert_eq!(e.recipient_domain.as_deref(), Some("yahoo.com"));
+        assert_eq!((e.tenant.as_deref(), e.campaign.as_deref()), (Some("acme"), Some("spring")));
+        assert_eq!(e.egress_source.as_deref(), Some("ip-1"), "the trace's meta names the stream");
+        assert_eq!(e.mx_host, None, "the reporting host is not an MX");
+        assert_eq!(e.occurred_at.timestamp(), 1_796_479_392, "when the report arrived, not the original send");
+
+        // Microsoft's JMRP redacts Original-Rcpt-To; the trace still names the recipient.
+        let jmrp = feedback(
+            serde_json::json!({"feedback_type": "abuse", "user_agent": "Microsoft JMRP", "version": "1",
+                               "supplemental_trace": {"recipient": "bob@outlook.com", "tenant": null}}),
+            "mail.outlook.com",
+        );
+        assert_eq!(normalise_record(&jmrp, at).unwrap()[0].recipient.as_deref(), Some("bob@outlook.com"));
+
+        // AOL (Yahoo's platform): only the returned headers name the complainer.
+        let aol = feedback(
+            serde_json::json!({"feedback_type": "abuse", "user_agent": "Yahoo!-Mail-Feedback/2.0", "version": "1",
+                               "original_message": "From: news@shop.example\nTo: Carol <Carol@AOL.com>\nSubject: Sale\n\nbody"}),
+            "mta2.feedback.aol.com",
+        );
+        let carol = normalise_record(&aol, at).unwrap();
+        assert_eq!(carol[0].recipient.as_deref(), Some("carol@aol.com"));
+
+        // A report that names nobody: still one complaint, with no recipient (never the mailbox).
+        let redacted = feedback(
+            serde_json::json!({"feedback_type": "abuse", "user_agent": "x", "version": "1", "original_rcpto_to": ["redacted"]}),
+            "fbl.example.net",
+        );
+        let events = normalise_record(&redacted, at).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].recipient, None);
+    }
 
     #[test]
     fn every_kumomta_record_type_has_a_kind() {

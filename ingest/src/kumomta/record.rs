@@ -152,9 +152,38 @@ fn string_or_none<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<O
     })
 }
 
-/// The part of KumoMTA's ARF report the event keeps.
+/// The part of KumoMTA's ARF report (`feedback_report`, `kumo-log-types/src/rfc5965.rs`) the
+/// event uses. A `Feedback` record is the *reception of the report*: its `recipient` is the
+/// feedback-loop mailbox and its `peer_address` the reporting host; the person who complained
+/// is in the report.
 #[derive(Debug, Deserialize)]
 pub(crate) struct FeedbackReport {
     #[serde(default)]
     pub feedback_type: Option<String>,
+    /// `Original-Rcpt-To`, bare addresses (the key is spelt so by KumoMTA).
+    #[serde(default)]
+    pub original_rcpto_to: Vec<String>,
+    /// The decoded `X-KumoRef` header of the returned message: the recipient and the meta
+    /// names listed in kumod's `trace_headers.include_meta_names`.
+    #[serde(default)]
+    pub supplemental_trace: Option<SupplementalTrace>,
+    /// The returned message or its headers, for its `To:` when nothing else names the
+    /// complainer.
+    #[serde(default)]
+    pub original_message: Option<String>,
+}
+
+/// `X-KumoRef`'s payload. Meta names the policy chose to carry; unset ones arrive as `null`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct SupplementalTrace {
+    #[serde(default)]
+    pub recipient: Option<OneOrMany>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub tenant: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub campaign: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub egress_source: Option<String>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub egress_pool: Option<String>,
 }
