@@ -10,27 +10,34 @@ use std::time::Duration;
 use common::{Vigil, eventually};
 use serde_json::{Value, json};
 
+/// kumod's `Feedback` record for Yahoo's report about `complainer`, whose X-KumoRef trace
+/// carries the egress source (kumod's `include_meta_names` with an `egress_source` meta).
+fn yahoo_complaint(id: &str, complainer: &str, egress_source: Option<&str>, at: i64) -> Value {
+    json!({
+        "type": "Feedback", "id": id,
+        "sender": "fbl-reports@yahoo.com", "recipient": "fbl@fbl.sender-example.com",
+        "queue": "fbl.sender-example.com", "site": "", "size": 2911,
+        "response": {"code": 250, "enhanced_code": null, "content": "", "command": null},
+        "peer_address": {"name": "mta1.feedback.yahoo.com", "addr": "98.136.0.1"},
+        "timestamp": at, "num_attempts": 0,
+        "bounce_classification": "Uncategorized", "egress_pool": null, "egress_source": null,
+        "source_address": null, "meta": {}, "headers": {},
+        "feedback_report": {
+            "feedback_type": "abuse", "user_agent": "Yahoo!-Mail-Feedback/2.0", "version": "1",
+            "original_rcpto_to": [complainer],
+            "supplemental_trace": {"recipient": complainer, "egress_source": egress_source}
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complaint_suppresses_the_complainer_and_counts_for_their_provider() {
     let data = tempfile::tempdir().unwrap();
     let vigil = Vigil::start(data.path(), &[]).await;
     // As kumod writes it on receiving Yahoo's ARF report (log_arf): the record's recipient is
     // the feedback mailbox and its peer the reporting host.
-    let record = json!({
-        "type": "Feedback", "id": "5f0a3c1e2b7d11f1a4c250ebf67f93bd",
-        "sender": "fbl-reports@yahoo.com", "recipient": "fbl@fbl.sender-example.com",
-        "queue": "fbl.sender-example.com", "site": "", "size": 2911,
-        "response": {"code": 250, "enhanced_code": null, "content": "", "command": null},
-        "peer_address": {"name": "mta1.feedback.yahoo.com", "addr": "98.136.0.1"},
-        "timestamp": chrono::Utc::now().timestamp(), "num_attempts": 0,
-        "bounce_classification": "Uncategorized", "egress_pool": null, "egress_source": null,
-        "source_address": null, "meta": {}, "headers": {},
-        "feedback_report": {
-            "feedback_type": "abuse", "user_agent": "Yahoo!-Mail-Feedback/2.0", "version": "1",
-            "original_rcpto_to": ["alice@yahoo.com"],
-            "supplemental_trace": {"recipient": "alice@yahoo.com"}
-        }
-    });
+    let record =
+        yahoo_complaint("5f0a3c1e2b7d11f1a4c250ebf67f93bd", "alice@yahoo.com", None, chrono::Utc::now().timestamp());
     assert_eq!(vigil.post("/ingest/kumomta", record.to_string()).await.0, 200);
     eventually("the complainer suppressed", Duration::from_secs(30), || async {
         let (_, page) = vigil.get("/api/v1/suppressions?recipient=alice@yahoo.com").await;
@@ -43,5 +50,61 @@ async fn a_complaint_suppresses_the_complainer_and_counts_for_their_provider() {
     let yahoo: Vec<&Value> = rows.as_array().unwrap().iter().filter(|r| r["provider"] == "yahoo").collect();
     assert_eq!(yahoo.len(), 1, "{rows}");
     assert_eq!(yahoo[0]["complaints"], 1, "{rows}");
+    vigil.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complaint_rate_rule_throttles_the_source_the_complaints_are_traced_to() {
+    let data = tempfile::tempdir().unwrap();
+    let rules = data.path().join("rules.toml");
+    // Yahoo's published ceiling: 0.3 % of delivered mail over a day.
+    std::fs::write(
+        &rules,
+        "[[rate]]\nname = \"yahoo-complaints\"\nmetric = \"complaints\"\nscope = \"egress_source,provider\"\n\
+         window = \"24h\"\nthreshold = 0.003\nmin_volume = 500\nrecover_below = 0.001\nhealthy_for = \"1h\"\n\
+         action = \"throttle\"\nsetting = \"max_message_rate\"\nbaseline = \"1000/h\"\nreduce_to = 50\nfloor = \"10/h\"\n\
+         step_up = 25\nlift_after = \"6h\"\nmax_duration = \"24h\"\n",
+    )
+    .unwrap();
+    let vigil = Vigil::start(&data.path().join("data"), &["--action-rules", rules.to_str().unwrap()]).await;
+    let now = chrono::Utc::now().timestamp();
+    let then = now - 120;
+    let delivery = |n: usize, at: i64, source: &str| {
+        json!({
+            "type": "Delivery", "id": format!("d{n}"), "sender": "news@shop.example",
+            "recipient": format!("r{n}@yahoo.com"), "queue": "yahoo.com",
+            "site": format!("{source}->(mta5|mta6|mta7).am0.yahoodns.net@smtp_client"), "size": 1024, "num_attempts": 0,
+            "response": {"code": 250, "enhanced_code": {"class": 2, "subject": 0, "detail": 0}, "content": "ok", "command": "."},
+            "peer_address": {"name": "mta5.am0.yahoodns.net", "addr": "67.195.204.72"},
+            "timestamp": at, "egress_pool": "pool-1", "egress_source": source,
+            "bounce_classification": "Uncategorized", "meta": {}, "headers": {}
+        })
+    };
+    let deliveries: Vec<Value> = (0..1000).map(|n| delivery(n, then, "ip-1")).collect();
+    assert_eq!(vigil.post("/ingest/kumomta", Value::Array(deliveries).to_string()).await.0, 200);
+    // Four complaints traced to ip-1 (0.4 % of 1 000 delivered), one to nobody in particular.
+    let mut complaints: Vec<Value> =
+        (0..4).map(|n| yahoo_complaint(&format!("c{n}"), &format!("r{n}@yahoo.com"), Some("ip-1"), then)).collect();
+    complaints.push(yahoo_complaint("c-untraced", "r9@yahoo.com", None, then));
+    assert_eq!(vigil.post("/ingest/kumomta", Value::Array(complaints).to_string()).await.0, 200);
+    // Rate rules judge each minute once the clock (the newest ingestion time) has left it:
+    // keep a trickle of traffic going until the wall clock turns the minute, from another
+    // source so that it does not dilute ip-1's rate.
+    let trickle = std::sync::atomic::AtomicUsize::new(1000);
+    eventually("the complaint rule throttles ip-1 at Yahoo", Duration::from_secs(90), || async {
+        let n = trickle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(vigil.post("/ingest/kumomta", delivery(n, now, "ip-2").to_string()).await.0, 200);
+        let (_, decisions) = vigil.get("/api/v1/decisions?status=applied&rule=yahoo-complaints").await;
+        decisions["decisions"].as_array().is_some_and(|d| {
+            d.iter().any(|d| {
+                d["target"]["egress_source"] == "ip-1" && d["action_key"] == "rate:yahoo-complaints:ip-1:yahoo"
+            })
+        })
+    })
+    .await;
+    // All five count for Yahoo, traced or not.
+    let rows = vigil.summary("group_by=provider").await;
+    let yahoo = rows.as_array().unwrap().iter().find(|r| r["provider"] == "yahoo").unwrap();
+    assert_eq!(yahoo["complaints"], 5, "{rows}");
     vigil.terminate();
 }
