@@ -73,8 +73,7 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
         _ => recipients,
     };
     // Unattributable (no complainer named): still one event, counted, without a recipient.
-    let recipients: Vec<Option<String>> =
-        if recipients.is_empty() { vec![None] } else { recipients.into_iter().map(Some).collect() };
+    let unnamed = recipients.is_empty();
 
     let response = record.response.as_ref();
     let content = response.map(|r| single_line(&r.content));
@@ -102,8 +101,13 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
     };
 
     let occurred_nanos = occurred_at.timestamp_nanos_opt().unwrap_or(occurred_at.timestamp());
-    let mut events = Vec::with_capacity(recipients.len());
-    for recipient in recipients.into_iter().filter(|r| r.as_ref().is_none_or(|r| !r.trim().is_empty())) {
+    // Per record, not per recipient: the message's stream, as the record or its trace says.
+    let tenant = record.meta.tenant.clone().or_else(|| trace.and_then(|t| t.tenant.clone())).or(queue_tenant);
+    let campaign = record.meta.campaign.clone().or_else(|| trace.and_then(|t| t.campaign.clone())).or(queue_campaign);
+    let egress_pool = record.egress_pool.clone().or_else(|| trace.and_then(|t| t.egress_pool.clone()));
+    let mut events = Vec::with_capacity(recipients.len().max(1));
+    let recipients = recipients.into_iter().filter(|r| !r.trim().is_empty()).map(Some).chain(unnamed.then_some(None));
+    for recipient in recipients {
         let event_id = event_id(&[
             &record.kind,
             &record.id,
@@ -121,21 +125,11 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
         event.sender_domain = domain_of(&record.sender);
         event.recipient_domain = recipient.as_deref().and_then(domain_of);
         event.recipient = recipient;
-        event.tenant = record
-            .meta
-            .tenant
-            .clone()
-            .or_else(|| trace.and_then(|t| t.tenant.clone()))
-            .or_else(|| queue_tenant.clone());
-        event.campaign = record
-            .meta
-            .campaign
-            .clone()
-            .or_else(|| trace.and_then(|t| t.campaign.clone()))
-            .or_else(|| queue_campaign.clone());
+        event.tenant = tenant.clone();
+        event.campaign = campaign.clone();
         event.size_bytes = record.size;
         event.attempt = record.num_attempts;
-        event.egress_pool = record.egress_pool.clone().or_else(|| trace.and_then(|t| t.egress_pool.clone()));
+        event.egress_pool = egress_pool.clone();
         event.egress_source = egress_source.clone();
         event.sending_ip = record.source_address.as_ref().map(|a| strip_port(&a.address));
         if outbound {
