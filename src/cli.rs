@@ -225,6 +225,9 @@ pub struct RunArgs {
     /// `[processor] snapshot_seconds` of the configuration file.
     #[arg(skip = 60u64)]
     pub snapshot_seconds: u64,
+    /// `[processor.complaint_join]` of the configuration file.
+    #[arg(skip)]
+    pub complaint_join: vigil_processor::complaints::JoinSettings,
 }
 
 /// The deprecated `--rules` of `vigil run` and `vigil classify`: its files, with a warning,
@@ -301,6 +304,7 @@ impl RunArgs {
         self.webhooks = config.actuation.webhooks;
         self.tokens = config.api.tokens;
         self.snapshot_seconds = config.processor.snapshot_seconds;
+        self.complaint_join = config.processor.complaint_join;
         Ok(self)
     }
 }

@@ -112,11 +112,15 @@ pub struct ProcessorSection {
     /// Seconds between snapshots of the derived state (a clean stop writes one too).
     #[serde(default = "default_snapshot_seconds")]
     pub snapshot_seconds: u64,
+    /// `[processor.complaint_join]`: how far back a complaint without a trace is joined to
+    /// the latest delivery to its complainer, and how many recipients are remembered.
+    #[serde(default)]
+    pub complaint_join: vigil_processor::complaints::JoinSettings,
 }
 
 impl Default for ProcessorSection {
     fn default() -> Self {
-        Self { snapshot_seconds: default_snapshot_seconds() }
+        Self { snapshot_seconds: default_snapshot_seconds(), complaint_join: Default::default() }
     }
 }
 
@@ -321,7 +325,10 @@ impl Config {
             "clickhouse" => self.clickhouse.is_some(),
             "buffer" => self.buffer.max_events != default_max_events(),
             "classifier" => !self.classifier.bounce_rules.is_empty(),
-            "processor" => self.processor.snapshot_seconds != default_snapshot_seconds(),
+            "processor" => {
+                self.processor.snapshot_seconds != default_snapshot_seconds()
+                    || self.processor.complaint_join != vigil_processor::complaints::JoinSettings::default()
+            }
             "actuation" => {
                 self.actuation.rules.is_some()
                     || self.actuation.kumod_url.is_some()

@@ -168,12 +168,32 @@ impl Message<'_> {
         record.to_string()
     }
 
+    /// A complaint as kumod logs an ARF report: addressed to the feedback mailbox, from the
+    /// provider's reporting host, naming the complainer and the `X-KumoRef` trace (tenant and
+    /// campaign; kumod cannot carry the egress source, which Vigil joins from the delivery).
     fn feedback(&self) -> String {
         let mut record = self.base("Feedback");
+        let complainer = record["recipient"].clone();
+        record["recipient"] = json!(format!("fbl@fbl.{}.example.net", self.tenant));
+        record["sender"] = json!(format!("feedback@{}", self.domain));
+        record["queue"] = json!(format!("fbl.{}.example.net", self.tenant));
         record["site"] = json!("");
-        record["response"] = json!({ "code": 200, "enhanced_code": null, "content": "", "command": null });
-        record["feedback_report"] =
-            json!({ "feedback_type": "abuse", "user_agent": "Yahoo!-Mail-Feedback/2.0", "version": 1 });
+        record["egress_pool"] = Value::Null;
+        record["egress_source"] = Value::Null;
+        record["source_address"] = Value::Null;
+        record["num_attempts"] = json!(0);
+        record["response"] = json!({ "code": 250, "enhanced_code": null, "content": "", "command": null });
+        record["peer_address"] = json!({ "name": format!("feedback.{}", self.domain), "addr": "192.0.2.80" });
+        let user_agent = match self.domain {
+            "outlook.com" | "hotmail.com" => "Microsoft JMRP",
+            _ => "Yahoo!-Mail-Feedback/2.0",
+        };
+        record["feedback_report"] = json!({
+            "feedback_type": "abuse", "user_agent": user_agent, "version": "1",
+            "arrival_date": self.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "original_rcpto_to": [complainer],
+            "supplemental_trace": { "recipient": complainer, "tenant": self.tenant, "campaign": self.campaign },
+        });
         // A complaint arrives later than the delivery it reports.
         record["timestamp"] = json!(self.at.timestamp() + 1);
         record["event_time"] =

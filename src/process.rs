@@ -99,7 +99,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Duration::from_secs(config.processor.snapshot_seconds),
         )
     })
-    .with_rules(FoldRules::new(rules), Some(outbox.clone()));
+    .with_rules(FoldRules::new(rules).with_complaint_join(config.processor.complaint_join), Some(outbox.clone()));
     ready.store(true, Ordering::Release);
     tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, "vigil process starting");
     ensure_stream_topics(&kafka, &shutdown).await?;
@@ -122,7 +122,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     {
         let stop = shutdown.clone();
         let kafka = kafka.clone();
-        tasks.spawn(async move { run_enrich(kafka, enricher, stop).await.context("enrich stage") });
+        let join = config.processor.complaint_join;
+        tasks.spawn(async move { run_enrich(kafka, enricher, join, stop).await.context("enrich stage") });
     }
     if let Some(clickhouse) = config.clickhouse.clone() {
         let sink = vigil_processor::clickhouse_feed::feed_from_kafka(

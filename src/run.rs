@@ -51,7 +51,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let outbox = Outbox::open(&state_dir)?;
     let rules = load_rules(args.action_rules.as_deref())?;
     let pipeline = Pipeline::new(log.clone(), writer, enricher.clone(), config)
-        .with_rules(FoldRules::new(rules), Some(outbox.clone()));
+        .with_rules(FoldRules::new(rules).with_complaint_join(args.complaint_join), Some(outbox.clone()));
 
     let tokens = load_tokens(&args.tokens, args.api_tokens.as_deref())?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -236,7 +236,10 @@ async fn reload_on_sighup(
         if let Some((file, handle)) = &action_rules {
             let file = file.clone();
             match tokio::task::spawn_blocking(move || load_rules(Some(&file))).await? {
-                Ok(rules) => handle.store(Arc::new(FoldRules::new(rules))),
+                Ok(rules) => {
+                    let join = handle.load().complaint_join;
+                    handle.store(Arc::new(FoldRules::new(rules).with_complaint_join(join)));
+                }
                 Err(error) => {
                     tracing::error!(error = %format!("{error:#}"), "action rules reload failed; the running rules stay")
                 }

@@ -34,16 +34,16 @@ fn migrate_applies_the_schema_once_and_its_tables_behave() {
         stdout,
         format!(
             "applied 0001 events to {url}/vigil_test\napplied 0002 hourly to {url}/vigil_test\n\
-             ClickHouse schema of vigil_test is at version 0002\n",
+             applied 0003 complaints to {url}/vigil_test\nClickHouse schema of vigil_test is at version 0003\n",
             url = server.url
         )
     );
     let (ok, stdout, stderr) = migrate(&server.url, "vigil_test");
     assert!(ok, "{stderr}");
-    assert_eq!(stdout, "ClickHouse schema of vigil_test is at version 0002\n", "a second run applies nothing");
+    assert_eq!(stdout, "ClickHouse schema of vigil_test is at version 0003\n", "a second run applies nothing");
     assert_eq!(
         server.query("SELECT version, name FROM vigil_test.schema_migrations ORDER BY version FORMAT TSV"),
-        "1\tevents\n2\thourly\n"
+        "1\tevents\n2\thourly\n3\tcomplaints\n"
     );
     assert_eq!(
         server.query("SELECT name FROM system.tables WHERE database = 'vigil_test' ORDER BY name FORMAT TSV"),
@@ -108,6 +108,38 @@ fn migrate_applies_the_schema_once_and_its_tables_behave() {
     server.query_in("vigil_test", &backfill);
     server.query_in("vigil_test", &backfill);
     assert_eq!(server.query_in("vigil_test", hourly), stored, "the backfill counts each stored row once");
+}
+
+/// A migration cut short before it was recorded is applied again: the complaint columns'
+/// migration (ADD COLUMN, which ClickHouse 18.16 cannot guard with IF NOT EXISTS) skips the
+/// columns that are there and adds the rest.
+#[test]
+fn a_migration_cut_short_is_applied_again() {
+    let server = ClickHouse::start();
+    let (ok, _, stderr) = migrate(&server.url, "vigil_cut");
+    assert!(ok, "{stderr}");
+    // As if the process died after the first two columns of 0003: the last two and every
+    // record are gone (dropping the record table is the synchronous way to forget them).
+    server.query("ALTER TABLE vigil_cut.events DROP COLUMN attribution");
+    server.query("ALTER TABLE vigil_cut.events DROP COLUMN original_sent_ms");
+    server.query("DROP TABLE vigil_cut.schema_migrations");
+    let (ok, stdout, stderr) = migrate(&server.url, "vigil_cut");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.ends_with(
+            "applied 0003 complaints to {}/vigil_cut\nClickHouse schema of vigil_cut is at version 0003\n"
+                .replace("{}", &server.url)
+                .as_str()
+        ),
+        "{stdout}"
+    );
+    assert_eq!(
+        server.query(
+            "SELECT name, type FROM system.columns WHERE database = 'vigil_cut' AND table = 'events' \
+             AND name IN ('report_recipient', 'feedback_loop', 'original_sent_ms', 'attribution') ORDER BY name FORMAT TSV"
+        ),
+        "attribution\tString\nfeedback_loop\tString\noriginal_sent_ms\tNullable(UInt64)\nreport_recipient\tString\n"
+    );
 }
 
 #[test]

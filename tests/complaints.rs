@@ -1,5 +1,7 @@
 //! A spam complaint suppresses the person who complained, never the feedback mailbox the
-//! report was addressed to, and counts for the complainer's provider (issue 32, first part).
+//! report was addressed to, counts for the complainer's provider and, through the report's
+//! trace or the latest delivery to the complainer, for the egress source that sent the mail
+//! (issue 32).
 
 #![allow(clippy::unwrap_used)]
 
@@ -82,10 +84,11 @@ async fn a_complaint_rate_rule_throttles_the_source_the_complaints_are_traced_to
     };
     let deliveries: Vec<Value> = (0..1000).map(|n| delivery(n, then, "ip-1")).collect();
     assert_eq!(vigil.post("/ingest/kumomta", Value::Array(deliveries).to_string()).await.0, 200);
-    // Four complaints traced to ip-1 (0.4 % of 1 000 delivered), one to nobody in particular.
+    // Four complaints traced to ip-1 (0.4 % of 1 000 delivered), one about someone Vigil saw
+    // no delivery to (unattributed).
     let mut complaints: Vec<Value> =
         (0..4).map(|n| yahoo_complaint(&format!("c{n}"), &format!("r{n}@yahoo.com"), Some("ip-1"), then)).collect();
-    complaints.push(yahoo_complaint("c-untraced", "r9@yahoo.com", None, then));
+    complaints.push(yahoo_complaint("c-untraced", "stranger@yahoo.com", None, then));
     assert_eq!(vigil.post("/ingest/kumomta", Value::Array(complaints).to_string()).await.0, 200);
     // Rate rules judge each minute once the clock (the newest ingestion time) has left it:
     // keep a trickle of traffic going until the wall clock turns the minute, from another
@@ -102,9 +105,97 @@ async fn a_complaint_rate_rule_throttles_the_source_the_complaints_are_traced_to
         })
     })
     .await;
-    // All five count for Yahoo, traced or not.
+    // All five count for Yahoo, attributed or not.
     let rows = vigil.summary("group_by=provider").await;
     let yahoo = rows.as_array().unwrap().iter().find(|r| r["provider"] == "yahoo").unwrap();
     assert_eq!(yahoo["complaints"], 5, "{rows}");
+    vigil.terminate();
+}
+
+fn delivery_to(id: &str, recipient: &str, source: &str, at: i64) -> Value {
+    json!({
+        "type": "Delivery", "id": id, "sender": "news@shop.example", "recipient": recipient,
+        "queue": "spring:acme@yahoo.com",
+        "site": format!("{source}->(mta5|mta6|mta7).am0.yahoodns.net@smtp_client"), "size": 1024, "num_attempts": 0,
+        "response": {"code": 250, "enhanced_code": {"class": 2, "subject": 0, "detail": 0}, "content": "ok", "command": "."},
+        "peer_address": {"name": "mta5.am0.yahoodns.net", "addr": "67.195.204.72"},
+        "timestamp": at, "egress_pool": "pool-1", "egress_source": source,
+        "source_address": {"address": "192.0.2.1:41000"},
+        "bounce_classification": "Uncategorized", "meta": {}, "headers": {}
+    })
+}
+
+/// The complaint as the real kumod writes it by default: its trace has no egress source
+/// (kumod cannot carry one), so Vigil joins it to the latest delivery to the complainer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complaint_today_about_mail_sent_three_days_ago_is_joined_to_its_delivery_and_counts_today() {
+    let data = tempfile::tempdir().unwrap();
+    let vigil = Vigil::start(data.path(), &[]).await;
+    let now = chrono::Utc::now();
+    let sent = now - chrono::TimeDelta::days(3);
+    // alice got mail from ip-1 three days ago and from ip-2 a week before that (the older
+    // one must not win); nobody ever sent to carol.
+    let deliveries = json!([
+        delivery_to("d-old", "alice@yahoo.com", "ip-2", (sent - chrono::TimeDelta::days(7)).timestamp()),
+        delivery_to("d-alice", "Alice@Yahoo.com", "ip-1", sent.timestamp()),
+    ]);
+    assert_eq!(vigil.post("/ingest/kumomta", deliveries.to_string()).await.0, 200);
+    let mut alice = yahoo_complaint("c-alice", "alice@yahoo.com", None, now.timestamp());
+    alice["feedback_report"]["arrival_date"] = json!(sent.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let mut carol = yahoo_complaint("c-carol", "carol@aol.com", None, now.timestamp());
+    carol["peer_address"]["name"] = json!("mta2.feedback.aol.com");
+    assert_eq!(vigil.post("/ingest/kumomta", json!([alice, carol]).to_string()).await.0, 200);
+
+    let today =
+        now.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let by_source = format!("group_by=provider,egress_source&kind=complaint&from={}", today.replace('+', "%2B"));
+    // AOL is Yahoo's platform: the provider map counts aol.com as yahoo.
+    let expected = json!([
+        {"provider": "yahoo", "egress_source": null, "complaints": 1},
+        {"provider": "yahoo", "egress_source": "ip-1", "complaints": 1},
+    ]);
+    eventually("both complaints in today's window, alice's for ip-1", Duration::from_secs(30), || async {
+        let rows = vigil.summary(&by_source).await;
+        let seen: Vec<Value> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| json!({"provider": r["provider"], "egress_source": r["egress_source"], "complaints": r["complaints"]}))
+            .collect();
+        Value::Array(seen) == expected
+    })
+    .await;
+
+    let (_, page) = vigil.get("/api/v1/events?kind=complaint").await;
+    let rows = page["rows"].as_array().unwrap();
+    let alice = rows.iter().find(|r| r["recipient"] == "alice@yahoo.com").unwrap();
+    assert_eq!(alice["attribution"], "joined", "{alice}");
+    assert_eq!(alice["egress_source"], "ip-1", "{alice}");
+    assert_eq!((&alice["campaign"], &alice["tenant"]), (&json!("spring"), &json!("acme")), "{alice}");
+    assert_eq!(alice["report_recipient"], "fbl@fbl.sender-example.com", "{alice}");
+    assert_eq!(alice["feedback_loop"], "yahoo_cfl", "{alice}");
+    let original = chrono::DateTime::parse_from_rfc3339(alice["original_sent_at"].as_str().unwrap()).unwrap();
+    assert_eq!(original.timestamp(), sent.timestamp(), "{alice}");
+    let occurred = chrono::DateTime::parse_from_rfc3339(alice["occurred_at"].as_str().unwrap()).unwrap();
+    assert_eq!(occurred.timestamp(), now.timestamp(), "dated when the report arrived");
+    let carol = rows.iter().find(|r| r["recipient"] == "carol@aol.com").unwrap();
+    assert_eq!((&carol["attribution"], &carol["provider"]), (&json!("unattributed"), &json!("yahoo")), "{carol}");
+    assert_eq!(carol["feedback_loop"], "aol", "{carol}");
+    let (_, unattributed) =
+        vigil.get("/api/v1/summary?kind=complaint&attribution=unattributed&group_by=provider").await;
+    let rows = unattributed["rows"].as_array().unwrap();
+    assert_eq!(
+        (rows.len(), &rows[0]["provider"], &rows[0]["complaints"]),
+        (1, &json!("yahoo"), &json!(1)),
+        "{unattributed}"
+    );
+
+    let (_, metrics) = vigil.get_text("/metrics").await;
+    for (attribution, count) in [("trace", 0), ("joined", 1), ("unattributed", 1)] {
+        let line = format!("vigil_complaints_total{{attribution=\"{attribution}\"}} {count}");
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    let (_, suppressed) = vigil.get("/api/v1/suppressions?recipient=alice@yahoo.com").await;
+    assert_eq!(suppressed["rows"][0]["reason"], "complaint", "{suppressed}");
     vigil.terminate();
 }

@@ -184,7 +184,7 @@ impl Topic {
                     .map(|v| String::from_utf8(v.to_vec()).unwrap())
                     .unwrap_or_else(|| panic!("header {name} missing"))
             };
-            assert_eq!(header("vigil-schema-version"), "1");
+            assert_eq!(header("vigil-schema-version"), vigil_schemas::SCHEMA_VERSION.to_string());
             let payload = message.payload().unwrap().to_vec();
             let event: Value = serde_json::from_slice(&payload).unwrap();
             assert_eq!(header("vigil-source"), event["source"].as_str().unwrap());

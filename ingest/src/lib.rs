@@ -30,12 +30,15 @@
 //!   binding itself, configuration and topics, is [`vigil_log::kafka`]).
 //! - [`direct`]: the ingest role's direct path from file tails to Kafka, spilling to the
 //!   buffer while the broker is away.
+//! - [`feedback_loop`]: which feedback loop (Yahoo CFL, Microsoft JMRP, AOL, ...) sent a
+//!   complaint report.
 //! - [`dsn`]: decoding bounce, complaint and auto-reply mail (RFC 3464, RFC 5965, RFC 3834 and
 //!   common non-standard bounce bodies).
 
 pub mod direct;
 pub mod dsn;
 pub mod exim;
+pub mod feedback_loop;
 pub mod forward;
 pub mod kumomta;
 pub mod lines;

@@ -25,6 +25,8 @@
 //! - [`enrich`]: the pure per-event step combining the two.
 //! - [`reputation`]: window counts, rates, score, provider signals.
 //! - [`suppression`]: hard bounces, complaints and unsubscribes by recipient.
+//! - [`complaints`]: each complaint tied to the stream that sent the mail complained about
+//!   (the report's trace, else a bounded join to the latest delivery to the complainer).
 //! - [`shaping`]: KumoMTA traffic-shaping automation rules, loaded from `shaping.toml` files.
 //! - [`actuation`]: rules that act (automation, rate rules, warm-up) folded into decisions,
 //!   and the pushers that deliver them.
@@ -40,6 +42,7 @@
 pub mod actuation;
 pub mod classify;
 pub mod clickhouse_feed;
+pub mod complaints;
 pub mod enrich;
 pub mod metrics;
 pub mod pipeline;

@@ -39,6 +39,14 @@ pub struct ProcessorMetrics {
     pub push_failures: Family<FailureLabels, Counter>,
     /// Decisions each pusher is waiting to retry.
     pub push_retrying: Family<PusherLabel, Gauge>,
+    /// Complaints by how they were attributed to a stream.
+    pub complaints: Family<AttributionLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttributionLabel {
+    /// `trace`, `joined` or `unattributed`.
+    pub attribution: &'static str,
 }
 
 impl Default for ProcessorMetrics {
@@ -50,6 +58,7 @@ impl Default for ProcessorMetrics {
             outbox_oldest_seconds: Family::default(),
             push_failures: Family::default(),
             push_retrying: Family::default(),
+            complaints: Family::default(),
         }
     }
 }
@@ -69,6 +78,36 @@ pub fn register_pipeline(registry: &mut Registry) {
         "Seconds from reading a batch of the log to its state being folded",
         processor_metrics().batch_seconds.clone(),
     );
+}
+
+/// Registers the complaints counter (the embedded pipeline and the Kafka enrich stage).
+pub fn register_complaints(registry: &mut Registry) {
+    let complaints = &processor_metrics().complaints;
+    // Every attribution is listed from the start, at 0, so a rule on the unattributed share
+    // has a series before the first complaint.
+    for attribution in ATTRIBUTIONS {
+        let _ = complaints.get_or_create(&AttributionLabel { attribution: attribution.as_str() });
+    }
+    registry.register(
+        "vigil_complaints",
+        "Complaints by how they were attributed to an egress source: trace (the report says), joined (the latest delivery to the complainer), unattributed (counted for the provider only)",
+        complaints.clone(),
+    );
+}
+
+const ATTRIBUTIONS: [vigil_schemas::Attribution; 3] =
+    [vigil_schemas::Attribution::Trace, vigil_schemas::Attribution::Joined, vigil_schemas::Attribution::Unattributed];
+
+/// Counts a batch's complaints per attribution ([`crate::complaints::AttributionCounts`]).
+pub fn complaints_attributed(counts: crate::complaints::AttributionCounts) {
+    for (attribution, count) in ATTRIBUTIONS.iter().zip(counts) {
+        if count > 0 {
+            processor_metrics()
+                .complaints
+                .get_or_create(&AttributionLabel { attribution: attribution.as_str() })
+                .inc_by(count);
+        }
+    }
 }
 
 /// Registers the pushers' backlogs (refreshed by [`refresh_outbox`] before each scrape).

@@ -93,6 +93,7 @@ pub fn catch_up(
         for (_, event) in &mut chunk {
             enricher.enrich(event);
         }
+        state.attribute(&mut chunk, fold);
         let decisions = state.apply_batch(&chunk, next, fold);
         if !decisions.is_empty() {
             on_decisions(decisions);
@@ -283,6 +284,8 @@ impl Pipeline {
             for (_, event) in &mut events {
                 self.enricher.enrich(event);
             }
+            let attributed = self.state.write().expect("state lock poisoned").attribute(&mut events, &self.fold.load());
+            crate::metrics::complaints_attributed(attributed);
         });
         let warehouse = tracing::debug_span!(parent: &batch, "warehouse", events = events.len());
         let (writer, log) = (Arc::clone(&self.writer), self.log.clone());

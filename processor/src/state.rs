@@ -20,24 +20,38 @@ use serde::{Deserialize, Serialize};
 use vigil_schemas::DeliveryEvent;
 
 use crate::actuation::{ActuationState, Decision, RuleSet};
+use crate::complaints::{AttributionCounts, ComplaintJoin, JoinSettings};
 use crate::reputation::{ReputationStore, SignalMatcher};
 use crate::suppression::Suppressions;
 
 /// Bumped whenever the snapshot's shape changes; older snapshots are ignored.
-const SNAPSHOT_FORMAT: u32 = 2;
+const SNAPSHOT_FORMAT: u32 = 3;
 
-/// What the fold reads besides the events: provider signal patterns and the rules in force.
-/// Folding the same log with the same `FoldRules` gives the same state and decisions.
+/// What the fold reads besides the events: provider signal patterns, the rules in force and
+/// how far complaints are joined to deliveries. Folding the same log with the same
+/// `FoldRules` gives the same state and decisions.
 #[derive(Debug, Clone)]
 pub struct FoldRules {
     pub signals: SignalMatcher,
     pub rules: std::sync::Arc<RuleSet>,
+    pub complaint_join: JoinSettings,
 }
 
 impl FoldRules {
     #[must_use]
     pub fn new(rules: RuleSet) -> Self {
-        Self { signals: SignalMatcher::new(), rules: std::sync::Arc::new(rules) }
+        Self {
+            signals: SignalMatcher::new(),
+            rules: std::sync::Arc::new(rules),
+            complaint_join: JoinSettings::default(),
+        }
+    }
+
+    /// The same, joining complaints to deliveries within `settings`.
+    #[must_use]
+    pub fn with_complaint_join(mut self, settings: JoinSettings) -> Self {
+        self.complaint_join = settings;
+        self
     }
 
     /// The bundled rules (`processor/data/rules/default.toml`).
@@ -57,6 +71,8 @@ pub struct DerivedState {
     pub suppressions: Suppressions,
     /// Rule state and the actions in force.
     pub actuation: ActuationState,
+    /// The most recent delivery per recipient, to attribute complaints.
+    pub complaints: ComplaintJoin,
 }
 
 /// Why a snapshot could not be written.
@@ -111,6 +127,14 @@ impl DerivedState {
         self.suppressions.record(event);
         self.actuation.apply(&fold.rules, event, &self.reputation, decisions);
         self.offset = offset + 1;
+    }
+
+    /// Attributes the batch's complaints to the deliveries before them (see
+    /// [`crate::complaints`]), in log order, before the batch is stored or folded. Returns
+    /// the complaints per attribution.
+    pub fn attribute(&mut self, events: &mut [(u64, DeliveryEvent)], fold: &FoldRules) -> AttributionCounts {
+        self.complaints.configure(fold.complaint_join);
+        self.complaints.observe_all(events.iter_mut().map(|(_, event)| event))
     }
 
     /// Folds a batch of enriched events read from the log, marks offsets up to `end` as

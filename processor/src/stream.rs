@@ -40,6 +40,7 @@ use vigil_log::kafka::{KafkaConfig, LoggingContext, ensure_topics, producer_conf
 use vigil_schemas::DeliveryEvent;
 
 use crate::actuation::push::Outbox;
+use crate::complaints::{ComplaintJoin, JoinSettings};
 use crate::enrich::Enricher;
 use crate::pipeline::SharedState;
 use crate::state::{DerivedState, FoldRules, SnapshotError, load_snapshot, save_snapshot};
@@ -137,16 +138,22 @@ pub async fn ensure_stream_topics(config: &StreamConfig, shutdown: &Cancellation
 /// Stage 1: `vigil.events` -> enrich -> `vigil.enriched`, until `shutdown`. Delivery
 /// failures restart the stage from the committed offsets.
 ///
+/// Complaints are attributed here ([`crate::complaints`]) against the deliveries this
+/// instance has enriched since it started: the join is in memory, not in a snapshot, and an
+/// instance sees only the partitions assigned to it (ARCHITECTURE.md, known limits).
+///
 /// # Errors
 /// When the clients cannot be configured.
 pub async fn run_enrich(
     config: StreamConfig,
     enricher: Enricher,
+    join: JoinSettings,
     shutdown: CancellationToken,
 ) -> Result<(), StreamError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut complaints = ComplaintJoin::new(join);
     while !shutdown.is_cancelled() {
-        match enrich_until_failure(&config, &enricher, &shutdown).await? {
+        match enrich_until_failure(&config, &enricher, &mut complaints, &shutdown).await? {
             None => return Ok(()),
             Some(error) => {
                 tracing::warn!(%error, "enriched records not acknowledged; resuming from the committed offsets");
@@ -161,6 +168,7 @@ pub async fn run_enrich(
 async fn enrich_until_failure(
     config: &StreamConfig,
     enricher: &Enricher,
+    complaints: &mut ComplaintJoin,
     shutdown: &CancellationToken,
 ) -> Result<Option<KafkaError>, StreamError> {
     let consumer: StreamConsumer<LoggingContext> =
@@ -181,7 +189,7 @@ async fn enrich_until_failure(
                 () = &mut deadline, if !pending.is_empty() => break,
                 message = stream.next() => match message {
                     Some(Ok(message)) => {
-                        match enrich_one(config, enricher, &producer, &message) {
+                        match enrich_one(config, enricher, complaints, &producer, &message) {
                             Ok(Some(delivery)) => pending.push(delivery),
                             Ok(None) => {}
                             // Nothing of this batch is committed: it is enriched again.
@@ -222,6 +230,7 @@ async fn enrich_until_failure(
 fn enrich_one<'a>(
     config: &'a StreamConfig,
     enricher: &Enricher,
+    complaints: &mut ComplaintJoin,
     producer: &FutureProducer<LoggingContext>,
     message: &BorrowedMessage<'a>,
 ) -> Result<Option<rdkafka::producer::DeliveryFuture>, KafkaError> {
@@ -236,6 +245,8 @@ fn enrich_one<'a>(
         }
     };
     enricher.enrich(&mut event);
+    let attributed = complaints.observe_all([&mut event]);
+    crate::metrics::complaints_attributed(attributed);
     let body = serde_json::to_vec(&event).expect("DeliveryEvent always serialises");
     let input = format!("{}:{}", message.partition(), message.offset());
     let headers = OwnedHeaders::new_with_capacity(2)

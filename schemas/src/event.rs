@@ -143,6 +143,30 @@ impl SourceKind {
     }
 }
 
+/// How a complaint was tied to the mail stream that sent the message complained about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribution {
+    /// The report itself says (KumoMTA's `X-KumoRef` trace meta, a relay's event fields).
+    Trace,
+    /// Joined to the most recent delivery to the complainer within the configured horizon.
+    Joined,
+    /// Neither: counted for its provider, but for no egress source.
+    Unattributed,
+}
+
+impl Attribution {
+    /// The snake_case name used in JSON, Parquet, ClickHouse and metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Joined => "joined",
+            Self::Unattributed => "unattributed",
+        }
+    }
+}
+
 /// One (message, recipient, outcome), normalised from any source.
 ///
 /// Field groups follow DESIGN.md §4. Everything past identity, time and kind is optional
@@ -243,6 +267,22 @@ pub struct DeliveryEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classifier_rule: Option<String>,
 
+    // complaint (schema version 2): for a complaint, `recipient` is the person who complained
+    /// The mailbox a feedback report was addressed to (your feedback-loop address). Never the
+    /// recipient, so never suppressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_recipient: Option<String>,
+    /// The feedback loop that sent the report (`yahoo_cfl`, `microsoft_jmrp`, `aol`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback_loop: Option<String>,
+    /// When the message complained about was sent (the report's `Arrival-Date`, else the
+    /// joined delivery's time). `occurred_at` is when the report arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_sent_at: Option<DateTime<Utc>>,
+    /// How a complaint's egress source, pool, campaign and tenant were found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<Attribution>,
+
     /// The source record as received, so any event can be normalised again.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "raw_record::deserialize")]
     #[schemars(with = "Option<String>")]
@@ -293,6 +333,10 @@ impl DeliveryEvent {
             bounce_class: None,
             provider_class: None,
             classifier_rule: None,
+            report_recipient: None,
+            feedback_loop: None,
+            original_sent_at: None,
+            attribution: None,
             raw: None,
         }
     }

@@ -25,12 +25,14 @@ pub mod tsa;
 
 pub use bounce_class::BounceClass;
 pub use deadletter::DeadLetter;
-pub use event::{DeliveryEvent, EventKind, SourceKind};
+pub use event::{Attribution, DeliveryEvent, EventKind, SourceKind};
 
 /// Version of the canonical event written into every [`DeliveryEvent::schema_version`].
 ///
 /// Bump it when a field is added; readers accept every version up to their own.
-pub const SCHEMA_VERSION: u16 = 1;
+/// Version 2 added the complaint fields (`report_recipient`, `feedback_loop`,
+/// `original_sent_at`, `attribution`).
+pub const SCHEMA_VERSION: u16 = 2;
 
 /// The JSON Schema of [`DeliveryEvent`], as checked in under `schemas/json/`.
 #[must_use]

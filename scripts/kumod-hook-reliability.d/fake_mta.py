@@ -2,7 +2,7 @@
 """Tiny fake receiving MTA (asyncio, stdlib only).
 
 Provenance: copied from Vigil's shared kumod harness, /work/shared/tools/kumod/fake_mta.py,
-for scripts/kumod-hook-reliability; the only change is --quiet (below). Apache-2.0.
+for scripts/kumod-hook-reliability; the changes are --quiet and --save (below). Apache-2.0.
 
 Accepts every recipient except those whose local part starts with "defer": those get
 Yahoo's TSS04 deferral (421, then the connection is closed, as Yahoo does).
@@ -10,7 +10,10 @@ Each accepted message is counted; one JSON line per SMTP event goes to stdout. W
 only a stats line every 5 s: at thousands of messages a second the per-message lines would
 cost the sink more CPU than the SMTP itself.
 
-usage: fake_mta.py [--listen HOST] [--port PORT] [--quiet]
+With --save DIR, each accepted message is also written to DIR/<n>.eml as received
+(scripts/kumod-feedback-fixture returns one in a feedback report).
+
+usage: fake_mta.py [--listen HOST] [--port PORT] [--quiet] [--save DIR]
 """
 import argparse, asyncio, json, sys, time
 
@@ -19,6 +22,7 @@ TSS04 = ("421 4.7.0 [TSS04] Messages from {peer} temporarily deferred due to une
 
 STATS = {"connections": 0, "accepted_rcpt": 0, "deferred_rcpt": 0, "messages": 0}
 QUIET = False
+SAVE = None
 
 
 def log(**kw):
@@ -66,12 +70,18 @@ async def handle(reader, writer):
                     continue
                 await send("354 Go ahead")
                 size = 0
+                body = [] if SAVE else None
                 while True:
                     d = await reader.readline()
                     if not d or d in (b".\r\n", b".\n"):
                         break
                     size += len(d)
+                    if body is not None:
+                        body.append(d[1:] if d.startswith(b"..") else d)
                 STATS["messages"] += 1
+                if body is not None:
+                    with open(f"{SAVE}/{STATS['messages']}.eml", "wb") as f:
+                        f.write(b"".join(body))
                 if not QUIET:
                     log(event="message_accepted", rcpts=rcpts, size=size, peer=peer, stats=STATS)
                 await send("250 2.0.0 OK accepted")
@@ -102,13 +112,15 @@ async def report_stats():
 
 
 async def main():
-    global QUIET
+    global QUIET, SAVE
     ap = argparse.ArgumentParser()
     ap.add_argument("--listen", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=2525)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--save")
     a = ap.parse_args()
     QUIET = a.quiet
+    SAVE = a.save
     srv = await asyncio.start_server(handle, a.listen, a.port)
     log(event="listening", addr=f"{a.listen}:{a.port}")
     # Keep a reference: the event loop holds tasks only weakly.

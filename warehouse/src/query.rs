@@ -33,6 +33,7 @@ pub enum Field {
     Recipient,
     MessageId,
     ResponseText,
+    Attribution,
 }
 
 impl Field {
@@ -52,6 +53,7 @@ impl Field {
             Self::Recipient => "recipient",
             Self::MessageId => "message_id",
             Self::ResponseText => "response_text",
+            Self::Attribution => "attribution",
         }
     }
 }
@@ -68,6 +70,7 @@ impl From<Dimension> for Field {
             Dimension::BounceClass => Self::BounceClass,
             Dimension::Kind => Self::Kind,
             Dimension::SendingDomain => Self::SenderDomain,
+            Dimension::Attribution => Self::Attribution,
         }
     }
 }
@@ -204,12 +207,25 @@ pub(crate) fn event_record(
     event_id: String,
     occurred_at: DateTime<Utc>,
     kind: String,
-    text: [Option<String>; 9],
+    text: [Option<String>; EventRecord::TEXT_COLUMNS.len()],
     smtp_code: Option<u16>,
     enhanced_status: Option<String>,
     response_text: Option<String>,
 ) -> EventRecord {
-    let [recipient, message_id, sender, tenant, campaign, egress_pool, egress_source, provider, bounce_class] = text;
+    let [
+        recipient,
+        message_id,
+        sender,
+        tenant,
+        campaign,
+        egress_pool,
+        egress_source,
+        provider,
+        bounce_class,
+        report_recipient,
+        feedback_loop,
+        attribution,
+    ] = text;
     EventRecord {
         event_id,
         occurred_at,
@@ -226,6 +242,10 @@ pub(crate) fn event_record(
         smtp_code,
         enhanced_status,
         response_text,
+        report_recipient,
+        feedback_loop,
+        attribution,
+        original_sent_at: None,
     }
 }
 

@@ -186,7 +186,7 @@ impl Reader {
         }
         let mut columns = vec![col("event_id"), col("occurred_at"), col("kind")];
         columns.extend(EventRecord::TEXT_COLUMNS.iter().map(|c| col(*c)));
-        columns.extend([col("smtp_code"), col("enhanced_status"), col("response_text")]);
+        columns.extend([col("smtp_code"), col("enhanced_status"), col("response_text"), col("original_sent_at")]);
         let batches = df
             .select(columns)?
             .sort(vec![col("occurred_at").sort(false, false), col("event_id").sort(false, false)])?
@@ -201,11 +201,13 @@ impl Reader {
             let kinds = text("kind")?;
             let times = cast_array(column("occurred_at"), &DataType::Int64)?;
             let codes = cast_array(column("smtp_code"), &DataType::Int64)?;
+            let sent = cast_array(column("original_sent_at"), &DataType::Int64)?;
+            let sent = sent.as_primitive::<Int64Type>();
             let others = EventRecord::TEXT_COLUMNS.iter().map(|c| text(c)).collect::<Result<Vec<_>, _>>()?;
             let (status, response) = (text("enhanced_status")?, text("response_text")?);
             for i in 0..batch.num_rows() {
                 let codes = codes.as_primitive::<Int64Type>();
-                records.push(event_record(
+                let mut record = event_record(
                     text_at(&ids, i).unwrap_or_default(),
                     DateTime::from_timestamp_millis(times.as_primitive::<Int64Type>().value(i)).unwrap_or_default(),
                     text_at(&kinds, i).unwrap_or_default(),
@@ -213,7 +215,10 @@ impl Reader {
                     codes.is_valid(i).then(|| u16::try_from(codes.value(i)).unwrap_or(0)),
                     text_at(&status, i),
                     text_at(&response, i),
-                ));
+                );
+                record.original_sent_at =
+                    sent.is_valid(i).then(|| DateTime::from_timestamp_millis(sent.value(i))).flatten();
+                records.push(record);
             }
         }
         Ok(records)

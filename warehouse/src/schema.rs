@@ -53,6 +53,11 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         text("bounce_class"),
         text("provider_class"),
         text("classifier_rule"),
+        // schema version 2; files written before it read these as null
+        text("report_recipient"),
+        text("feedback_loop"),
+        Field::new("original_sent_at", timestamp(), true),
+        text("attribution"),
     ]))
 });
 
@@ -108,6 +113,16 @@ pub fn to_record_batch(events: &[(u64, &DeliveryEvent)]) -> Result<RecordBatch, 
         text(events, |e| e.bounce_class.as_ref().map(|c| c.as_str())),
         text(events, |e| e.provider_class.as_deref()),
         text(events, |e| e.classifier_rule.as_deref()),
+        text(events, |e| e.report_recipient.as_deref()),
+        text(events, |e| e.feedback_loop.as_deref()),
+        Arc::new(
+            events
+                .iter()
+                .map(|(_, e)| e.original_sent_at.map(|at| at.timestamp_millis()))
+                .collect::<TimestampMillisecondArray>()
+                .with_timezone("UTC"),
+        ),
+        text(events, |e| e.attribution.map(|a| a.as_str())),
     ];
     RecordBatch::try_new(event_schema(), columns)
 }

@@ -5,9 +5,13 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::NaiveDate;
+use datafusion::arrow::array::{RecordBatch, new_null_array};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
@@ -160,11 +164,11 @@ impl ParquetWriter {
             Table::Events => event_schema(),
             Table::Hourly => hourly_schema(),
         };
-        let mut writer = ArrowWriter::try_new(&mut file, schema, Some(self.props.clone()))?;
+        let mut writer = ArrowWriter::try_new(&mut file, Arc::clone(&schema), Some(self.props.clone()))?;
         for part in parts {
             let input = File::open(&part.path).map_err(WarehouseError::io(&part.path))?;
             for batch in ParquetRecordBatchReaderBuilder::try_new(input)?.build()? {
-                writer.write(&batch?)?;
+                writer.write(&conform(&batch?, &schema)?)?;
             }
         }
         writer.close()?;
@@ -211,6 +215,23 @@ impl ParquetWriter {
         }
         Ok(written)
     }
+}
+
+/// `batch` in `schema`: a file written by an older Vigil lacks the columns added since (they
+/// are all nullable) and gets them as nulls, so old and new files merge into one.
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch.clone());
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) => Arc::clone(column),
+            None => new_null_array(field.data_type(), batch.num_rows()),
+        })
+        .collect();
+    RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
 #[cfg(test)]
@@ -298,6 +319,41 @@ mod tests {
         assert_eq!(files::list_parts(dir.path(), Table::Hourly).unwrap().len(), 1);
         assert_eq!(by_provider_and_kind(&reader, &grouped()).await, before);
         assert_eq!(writer.compact().unwrap(), CompactionReport::default(), "nothing left to merge");
+    }
+
+    /// Files written before schema version 2 lack the complaint columns: they are read, and
+    /// merged with newer files, with those columns null.
+    #[tokio::test]
+    async fn files_of_an_older_schema_are_read_and_merged_with_nulls_for_the_new_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = ParquetWriter::open(dir.path()).unwrap();
+        for offset in 0..(COMPACTION_RUN as u64) {
+            writer
+                .write_batch(offset, offset + 1, &[(offset, event(EventKind::Delivered, offset as i64, "google"))])
+                .unwrap();
+        }
+        // Rewrite the first file as version 1 wrote it: without the last four columns.
+        let first = files::list_parts(dir.path(), Table::Events).unwrap().remove(0);
+        let batch = {
+            let input = File::open(&first.path).unwrap();
+            ParquetRecordBatchReaderBuilder::try_new(input).unwrap().build().unwrap().next().unwrap().unwrap()
+        };
+        let keep = batch.num_columns() - 4;
+        assert_eq!(batch.schema().field(keep).name(), "report_recipient");
+        let old = batch.project(&(0..keep).collect::<Vec<_>>()).unwrap();
+        let mut out = File::create(&first.path).unwrap();
+        let mut old_writer = ArrowWriter::try_new(&mut out, old.schema(), None).unwrap();
+        old_writer.write(&old).unwrap();
+        old_writer.close().unwrap();
+
+        let reader = Reader::new(dir.path());
+        let search = crate::query::SearchQuery { filter: EventFilter::default(), before: None, limit: 100 };
+        let before = reader.search(&search).await.unwrap();
+        assert_eq!(before.len(), COMPACTION_RUN);
+        assert!(before.iter().all(|r| r.attribution.is_none() && r.original_sent_at.is_none()));
+        let report = writer.compact().unwrap();
+        assert_eq!(report.merged, 2, "events and rollup merged, old file included");
+        assert_eq!(reader.search(&search).await.unwrap(), before);
     }
 
     #[test]

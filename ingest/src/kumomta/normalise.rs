@@ -67,6 +67,13 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
     // A complaint is about the person who complained, not the feedback mailbox the report
     // was addressed to: never suppress or count the mailbox.
     let trace = record.feedback_report.as_ref().and_then(|f| f.supplemental_trace.as_ref());
+    let complaint = match (&kind, &record.feedback_report) {
+        (EventKind::Complaint, report) => {
+            let reporting_host = record.peer_address.as_ref().and_then(|p| p.name.as_deref());
+            Some(complaint_of(reporting_host, &record.sender, &recipients, report.as_ref()))
+        }
+        _ => None,
+    };
     let recipients = match (&kind, &record.feedback_report) {
         (EventKind::Complaint, Some(report)) => complainers(report),
         (EventKind::Complaint, None) => Vec::new(),
@@ -148,10 +155,44 @@ pub fn normalise_record(raw: &str, ingested_at: DateTime<Utc>) -> Result<Vec<Del
             response.and_then(|r| r.command.as_deref()).map(|c| c.trim_end_matches(['\r', '\n']).to_owned());
         event.internal = internal;
         event.provider_class = provider_class.clone();
+        if let Some(complaint) = &complaint {
+            event.report_recipient.clone_from(&complaint.report_recipient);
+            event.feedback_loop = complaint.feedback_loop.map(str::to_owned);
+            event.original_sent_at = complaint.original_sent_at;
+            // The report named the stream; else the processor joins it to a delivery.
+            event.attribution = event.egress_source.is_some().then_some(vigil_schemas::Attribution::Trace);
+        }
         event.raw = Some(raw.to_owned());
         events.push(event);
     }
     Ok(events)
+}
+
+/// What a `Feedback` record says about the report itself, beside the complainer.
+struct ComplaintReport {
+    report_recipient: Option<String>,
+    feedback_loop: Option<&'static str>,
+    original_sent_at: Option<DateTime<Utc>>,
+}
+
+/// `reporting_host` is the client that delivered the report, `sender` its envelope sender,
+/// `mailboxes` its envelope recipients (the feedback-loop mailbox).
+fn complaint_of(
+    reporting_host: Option<&str>,
+    sender: &str,
+    mailboxes: &[String],
+    report: Option<&super::record::FeedbackReport>,
+) -> ComplaintReport {
+    let reporting_mta = report.and_then(|r| r.reporting_mta.as_ref()).and_then(|m| m.name.as_deref());
+    let names = [reporting_mta, reporting_host, Some(sender)].into_iter().flatten();
+    ComplaintReport {
+        report_recipient: mailboxes.iter().map(|m| m.trim()).find(|m| !m.is_empty()).map(str::to_ascii_lowercase),
+        feedback_loop: crate::feedback_loop::recognise(report.and_then(|r| r.user_agent.as_deref()), names),
+        original_sent_at: report
+            .and_then(|r| r.arrival_date.as_deref())
+            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+            .map(|at| vigil_schemas::event::truncate_to_millis(at.with_timezone(&Utc))),
+    }
 }
 
 /// Who complained: `Original-Rcpt-To`, else the recipient of the `X-KumoRef` trace, else the
@@ -282,6 +323,10 @@ mod tests {
         assert_eq!(e.egress_source.as_deref(), Some("ip-1"), "the trace's meta names the stream");
         assert_eq!(e.mx_host, None, "the reporting host is not an MX");
         assert_eq!(e.occurred_at.timestamp(), 1_796_479_392, "when the report arrived, not the original send");
+        assert_eq!(e.original_sent_at.map(|t| t.to_rfc3339()).as_deref(), Some("2026-12-02T13:59:58+00:00"));
+        assert_eq!(e.report_recipient.as_deref(), Some("fbl@fbl.sender.example"), "kept, as its own field");
+        assert_eq!(e.feedback_loop.as_deref(), Some("yahoo_cfl"));
+        assert_eq!(e.attribution, Some(vigil_schemas::Attribution::Trace));
 
         // Microsoft's JMRP redacts Original-Rcpt-To; the trace still names the recipient.
         let jmrp = feedback(
@@ -289,7 +334,10 @@ mod tests {
                                "supplemental_trace": {"recipient": "bob@outlook.com", "tenant": null}}),
             "mail.outlook.com",
         );
-        assert_eq!(normalise_record(&jmrp, at).unwrap()[0].recipient.as_deref(), Some("bob@outlook.com"));
+        let bob = &normalise_record(&jmrp, at).unwrap()[0];
+        assert_eq!(bob.recipient.as_deref(), Some("bob@outlook.com"));
+        assert_eq!(bob.feedback_loop.as_deref(), Some("microsoft_jmrp"));
+        assert_eq!((bob.attribution, bob.original_sent_at), (None, None), "left to the processor's join");
 
         // AOL (Yahoo's platform): only the returned headers name the complainer.
         let aol = feedback(
@@ -299,6 +347,7 @@ mod tests {
         );
         let carol = normalise_record(&aol, at).unwrap();
         assert_eq!(carol[0].recipient.as_deref(), Some("carol@aol.com"));
+        assert_eq!(carol[0].feedback_loop.as_deref(), Some("aol"));
 
         // A report that names nobody: still one complaint, with no recipient (never the mailbox).
         let redacted = feedback(

@@ -160,6 +160,15 @@ fn string_or_none<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<O
 pub(crate) struct FeedbackReport {
     #[serde(default)]
     pub feedback_type: Option<String>,
+    /// Names the feedback loop's software (`Yahoo!-Mail-Feedback/2.0`, `Microsoft JMRP`).
+    #[serde(default)]
+    pub user_agent: Option<String>,
+    /// When the original message reached the reporter: RFC 3339, or null when kumod could
+    /// not parse the report's `Arrival-Date`.
+    #[serde(default)]
+    pub arrival_date: Option<String>,
+    #[serde(default)]
+    pub reporting_mta: Option<ReportingMta>,
     /// `Original-Rcpt-To`, bare addresses (the key is spelt so by KumoMTA).
     #[serde(default)]
     pub original_rcpto_to: Vec<String>,
@@ -171,6 +180,13 @@ pub(crate) struct FeedbackReport {
     /// complainer.
     #[serde(default)]
     pub original_message: Option<String>,
+}
+
+/// `Reporting-MTA: dns; <name>`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReportingMta {
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 /// `X-KumoRef`'s payload. Meta names the policy chose to carry; unset ones arrive as `null`.

@@ -93,6 +93,8 @@ pub struct DimensionFilters {
     bounce_class: Option<String>,
     kind: Option<String>,
     sending_domain: Option<String>,
+    /// Complaints attributed this way: `trace`, `joined` or `unattributed`.
+    attribution: Option<String>,
 }
 
 impl DimensionFilters {
@@ -111,6 +113,7 @@ impl DimensionFilters {
             (Dimension::BounceClass, &self.bounce_class),
             (Dimension::Kind, &self.kind),
             (Dimension::SendingDomain, &self.sending_domain),
+            (Dimension::Attribution, &self.attribution),
         ];
         let mut filters = Vec::new();
         for (dimension, value) in given {

@@ -23,11 +23,25 @@ pub struct EventRecord {
     pub smtp_code: Option<u16>,
     pub enhanced_status: Option<String>,
     pub response_text: Option<String>,
+    /// For a complaint: the feedback mailbox the report came to.
+    #[serde(default)]
+    pub report_recipient: Option<String>,
+    /// For a complaint: the feedback loop that sent it (`yahoo_cfl`, `microsoft_jmrp`, ...).
+    #[serde(default)]
+    pub feedback_loop: Option<String>,
+    /// For a complaint: `trace`, `joined` or `unattributed` (how its egress source was found).
+    #[serde(default)]
+    pub attribution: Option<String>,
+    /// For a complaint: when the message complained about was sent (`occurred_at` is when
+    /// the report arrived).
+    #[serde(default)]
+    pub original_sent_at: Option<DateTime<Utc>>,
 }
 
 impl EventRecord {
-    /// The text columns after `kind`, in field order: what both warehouse backends select.
-    pub const TEXT_COLUMNS: [&'static str; 9] = [
+    /// The text columns after `kind`, in field order (the complaint ones after the response):
+    /// what both warehouse backends select.
+    pub const TEXT_COLUMNS: [&'static str; 12] = [
         "recipient",
         "message_id",
         "sender",
@@ -37,5 +51,8 @@ impl EventRecord {
         "egress_source",
         "provider",
         "bounce_class",
+        "report_recipient",
+        "feedback_loop",
+        "attribution",
     ];
 }

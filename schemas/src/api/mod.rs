@@ -33,10 +33,12 @@ pub enum Dimension {
     Kind,
     /// The sender's domain (column `sender_domain`), as reputation's `sending_domain` scope.
     SendingDomain,
+    /// How a complaint was attributed (`trace`, `joined`, `unattributed`); absent for others.
+    Attribution,
 }
 
 impl Dimension {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::EgressSource,
         Self::EgressPool,
         Self::Provider,
@@ -46,6 +48,7 @@ impl Dimension {
         Self::BounceClass,
         Self::Kind,
         Self::SendingDomain,
+        Self::Attribution,
     ];
 
     /// The API name.
@@ -61,6 +64,7 @@ impl Dimension {
             Self::BounceClass => "bounce_class",
             Self::Kind => "kind",
             Self::SendingDomain => "sending_domain",
+            Self::Attribution => "attribution",
         }
     }
 

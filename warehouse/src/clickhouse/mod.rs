@@ -4,8 +4,9 @@
 //!
 //! Migrations are SQL files numbered in order and compiled into the binary, so a `vigil` and
 //! the schema it expects always travel together. Each one is applied once per database and
-//! recorded in `schema_migrations`; every statement is `IF NOT EXISTS`, so a migration cut
-//! short (the recording comes last) is simply applied again. The DDL runs on ClickHouse 18.16
+//! recorded in `schema_migrations`; every statement is `IF NOT EXISTS` (or an `ADD COLUMN`,
+//! skipped when the column exists: ClickHouse 18.16 cannot say `IF NOT EXISTS` there), so a
+//! migration cut short (the recording comes last) is simply applied again. The DDL runs on ClickHouse 18.16
 //! (Debian, used in CI) and on current releases; `schemas/clickhouse/0001_events.sql` says which
 //! choices keep it portable.
 
@@ -30,6 +31,7 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "events", sql: include_str!("../../../schemas/clickhouse/0001_events.sql") },
     Migration { version: 2, name: "hourly", sql: include_str!("../../../schemas/clickhouse/0002_hourly.sql") },
+    Migration { version: 3, name: "complaints", sql: include_str!("../../../schemas/clickhouse/0003_complaints.sql") },
 ];
 
 /// Where ClickHouse is and which database Vigil owns there.
@@ -163,6 +165,11 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<Applied>, ClickHou
     let mut applied = Vec::new();
     for migration in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
         for (index, statement) in statements(migration.sql).iter().enumerate() {
+            if let Some((table, column)) = added_column(statement)
+                && has_column(&client, database, table, column).await.map_err(ClickHouseError::at(&config.url))?
+            {
+                continue;
+            }
             client.query(statement).execute().await.map_err(|source| ClickHouseError::Migration {
                 version: migration.version,
                 name: migration.name,
@@ -181,6 +188,33 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<Applied>, ClickHou
         applied.push(Applied { version: migration.version, name: migration.name });
     }
     Ok(applied)
+}
+
+/// `(table, column)` of an `ALTER TABLE <table> ADD COLUMN <column> ...` statement.
+fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let words: Vec<&str> = statement.split_whitespace().take(6).collect();
+    match words.as_slice() {
+        [alter, table_word, table, add, column_word, column]
+            if alter.eq_ignore_ascii_case("ALTER")
+                && table_word.eq_ignore_ascii_case("TABLE")
+                && add.eq_ignore_ascii_case("ADD")
+                && column_word.eq_ignore_ascii_case("COLUMN") =>
+        {
+            Some((table, column))
+        }
+        _ => None,
+    }
+}
+
+async fn has_column(client: &Client, database: &str, table: &str, column: &str) -> clickhouse::error::Result<bool> {
+    let count: u64 = client
+        .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+        .bind(database)
+        .bind(table)
+        .bind(column)
+        .fetch_one()
+        .await?;
+    Ok(count > 0)
 }
 
 /// The statements of a migration file: `--` comments dropped, split on `;`. The files are
@@ -217,6 +251,18 @@ mod tests {
         let events = statements(MIGRATIONS[0].sql);
         assert!(events.iter().all(|s| !s.contains("--")));
         assert!(events.iter().all(|s| s.contains("IF NOT EXISTS")), "every statement can run twice");
+        // From 0003 on (0002 backfills its rollups once, guarded by its record).
+        for migration in MIGRATIONS.iter().filter(|m| m.version >= 3) {
+            for statement in statements(migration.sql) {
+                assert!(
+                    statement.contains("IF NOT EXISTS") || added_column(&statement).is_some(),
+                    "migration {} cannot run twice: {statement}",
+                    migration.version
+                );
+            }
+        }
+        assert_eq!(added_column("ALTER TABLE events ADD COLUMN x String"), Some(("events", "x")));
+        assert_eq!(added_column("ALTER TABLE events DROP COLUMN x"), None);
     }
 
     #[test]

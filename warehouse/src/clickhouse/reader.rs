@@ -51,6 +51,7 @@ struct EventRecordRow {
     smtp_code: Option<u16>,
     enhanced_status: String,
     response_text: String,
+    original_sent_ms: Option<u64>,
 }
 
 /// Where a count is read from.
@@ -303,7 +304,8 @@ impl ClickHouseReader {
             values.extend([Bound::Number(millis(*at)), Bound::Number(millis(*at)), Bound::Text(event_id.clone())]);
         }
         let sql = format!(
-            "SELECT event_id, occurred_ms, kind, [{}] AS text, smtp_code, enhanced_status, response_text \
+            "SELECT event_id, occurred_ms, kind, [{}] AS text, smtp_code, enhanced_status, response_text, \
+             original_sent_ms \
              FROM events FINAL WHERE {condition} ORDER BY occurred_ms DESC, event_id DESC LIMIT {}",
             EventRecord::TEXT_COLUMNS.join(", "),
             query.limit,
@@ -314,7 +316,7 @@ impl ClickHouseReader {
         Ok(rows
             .into_iter()
             .map(|r| {
-                event_record(
+                let mut record = event_record(
                     r.event_id,
                     time_of(r.occurred_ms).unwrap_or_default(),
                     r.kind,
@@ -322,7 +324,9 @@ impl ClickHouseReader {
                     r.smtp_code,
                     present(Some(&r.enhanced_status)),
                     present(Some(&r.response_text)),
-                )
+                );
+                record.original_sent_at = r.original_sent_ms.and_then(time_of);
+                record
             })
             .collect())
     }

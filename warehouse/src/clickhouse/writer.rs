@@ -64,6 +64,10 @@ struct EventRow<'a> {
     bounce_class: &'a str,
     provider_class: &'a str,
     classifier_rule: &'a str,
+    report_recipient: &'a str,
+    feedback_loop: &'a str,
+    original_sent_ms: Option<u64>,
+    attribution: &'a str,
 }
 
 fn millis(time: chrono::DateTime<chrono::Utc>) -> u64 {
@@ -109,6 +113,10 @@ impl<'a> EventRow<'a> {
             bounce_class: e.bounce_class.as_ref().map_or("", |c| c.as_str()),
             provider_class: text(&e.provider_class),
             classifier_rule: text(&e.classifier_rule),
+            report_recipient: text(&e.report_recipient),
+            feedback_loop: text(&e.feedback_loop),
+            original_sent_ms: e.original_sent_at.map(millis),
+            attribution: e.attribution.map_or("", |a| a.as_str()),
         }
     }
 }
