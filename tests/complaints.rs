@@ -199,3 +199,52 @@ async fn a_complaint_today_about_mail_sent_three_days_ago_is_joined_to_its_deliv
     assert_eq!(suppressed["rows"][0]["reason"], "complaint", "{suppressed}");
     vigil.terminate();
 }
+
+/// The records a real kumod wrote (testdata/kumomta/kumod/, see PROVENANCE.md there): the
+/// delivery to alice@yahoo.com from ip-1, then Yahoo's report about it, addressed to the
+/// feedback mailbox, whose X-KumoRef trace has tenant and campaign but no egress source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_kumod_feedback_record_is_joined_to_its_delivery() {
+    let data = tempfile::tempdir().unwrap();
+    let vigil = Vigil::start(data.path(), &[]).await;
+    let fixture = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/kumomta/kumod/feedback-yahoo.jsonl"),
+    )
+    .unwrap();
+    let records: Vec<Value> = fixture.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        records.iter().map(|r| r["type"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["Reception", "Delivery", "Feedback"]
+    );
+    assert_eq!(vigil.post("/ingest/kumomta", Value::Array(records).to_string()).await.0, 200);
+
+    eventually("the complaint in the events", Duration::from_secs(30), || async {
+        let (_, page) = vigil.get("/api/v1/events?kind=complaint").await;
+        page["rows"].as_array().is_some_and(|rows| rows.len() == 1)
+    })
+    .await;
+    let (_, page) = vigil.get("/api/v1/events?kind=complaint").await;
+    let complaint = &page["rows"][0];
+    for (field, expected) in [
+        ("recipient", json!("alice@yahoo.com")),
+        ("report_recipient", json!("fbl@fbl.sender.example")),
+        ("provider", json!("yahoo")),
+        ("feedback_loop", json!("yahoo_cfl")),
+        ("attribution", json!("joined")),
+        ("egress_source", json!("ip-1")),
+        ("egress_pool", json!("pool-1")),
+        ("tenant", json!("acme")),
+        ("campaign", json!("spring-sale")),
+    ] {
+        assert_eq!(complaint[field], expected, "{field} in {complaint}");
+    }
+    assert!(complaint["original_sent_at"].is_string(), "{complaint}");
+    let (_, alice) = vigil.get("/api/v1/suppressions?recipient=alice@yahoo.com").await;
+    assert_eq!(alice["rows"][0]["reason"], "complaint", "{alice}");
+    let (_, mailbox) = vigil.get("/api/v1/suppressions?recipient=fbl@fbl.sender.example").await;
+    assert_eq!(mailbox["rows"], json!([]), "{mailbox}");
+    let rows = vigil.summary("group_by=egress_source,provider&kind=complaint").await;
+    assert_eq!(rows[0]["egress_source"], "ip-1", "{rows}");
+    assert_eq!(rows[0]["complaints"], 1, "{rows}");
+    vigil.terminate();
+}
