@@ -296,10 +296,15 @@ impl Pipeline {
             Ok(events)
         })
         .await??;
-        let decisions = {
+        let (decisions, announced) = {
             let _fold = tracing::debug_span!(parent: &batch, "fold", events = events.len()).entered();
-            self.state.write().expect("state lock poisoned").apply_batch(&events, end, &self.fold.load())
+            let mut state = self.state.write().expect("state lock poisoned");
+            let decisions = state.apply_batch(&events, end, &self.fold.load());
+            (decisions, state.take_announced())
         };
+        if let Some(outbox) = &self.outbox {
+            outbox.announce(announced);
+        }
         if let (Some(outbox), false) = (&self.outbox, decisions.is_empty()) {
             let outbox = outbox.clone();
             let recorded = tokio::task::spawn_blocking(move || outbox.record(&decisions)).await?;

@@ -25,7 +25,7 @@ use crate::reputation::{ReputationStore, SignalMatcher};
 use crate::suppression::Suppressions;
 
 /// Bumped whenever the snapshot's shape changes; older snapshots are ignored.
-const SNAPSHOT_FORMAT: u32 = 3;
+const SNAPSHOT_FORMAT: u32 = 4;
 
 /// What the fold reads besides the events: provider signal patterns, the rules in force and
 /// how far complaints are joined to deliveries. Folding the same log with the same
@@ -139,7 +139,11 @@ impl DerivedState {
 
     /// Folds a batch of enriched events read from the log, marks offsets up to `end` as
     /// applied, and frees what no window can reach any more. Returns the batch's decisions.
+    ///
+    /// Quiet extensions of actions in force are kept for [`Self::take_announced`] until the
+    /// next batch.
     pub fn apply_batch(&mut self, events: &[(u64, DeliveryEvent)], end: u64, fold: &FoldRules) -> Vec<Decision> {
+        self.actuation.active.take_announced();
         let mut decisions = Vec::new();
         for (offset, event) in events {
             self.apply(*offset, event, fold, &mut decisions);
@@ -148,6 +152,12 @@ impl DerivedState {
         self.reputation.evict();
         self.actuation.evict(&fold.rules);
         decisions
+    }
+
+    /// The last batch's quiet extensions of actions in force (each entry as it now stands), for
+    /// live subscribers: they are not decisions, so they are neither recorded nor pushed.
+    pub fn take_announced(&mut self) -> Vec<Decision> {
+        self.actuation.active.take_announced()
     }
 
     /// Marks offsets up to `next` as applied (events past the end of a batch that the log

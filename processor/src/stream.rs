@@ -457,7 +457,7 @@ impl Folder {
         }
         stream_metrics().folded.inc();
         let mut decisions = Vec::new();
-        {
+        let announced = {
             let mut state = self.state.write().expect("state lock poisoned");
             let next = state.offset;
             state.apply(next, &event, &self.fold, &mut decisions);
@@ -465,11 +465,15 @@ impl Folder {
                 state.reputation.evict();
                 state.actuation.evict(&self.fold.rules);
             }
-        }
-        if let (Some(outbox), false) = (&self.outbox, decisions.is_empty())
-            && let Err(error) = tokio::task::block_in_place(|| outbox.record(&decisions))
-        {
-            tracing::error!(%error, "decisions could not be recorded");
+            state.actuation.active.take_announced()
+        };
+        if let Some(outbox) = &self.outbox {
+            if !decisions.is_empty()
+                && let Err(error) = tokio::task::block_in_place(|| outbox.record(&decisions))
+            {
+                tracing::error!(%error, "decisions could not be recorded");
+            }
+            outbox.announce(announced);
         }
     }
 

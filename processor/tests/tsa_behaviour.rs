@@ -82,7 +82,8 @@ fn every_action_type_acts_as_tsa_does() {
             json!({"ReadyQSuspension": {"site_name": "ip-1->mx.example.com@smtp_client", "reason": "automation rule: you said 450-go-away", "source": "ip-1", "expires": expires}}),
             json!({"SchedQSuspension": {"tenant": "acme", "domain": "example.com", "campaign": "spring", "reason": "automation rule: you said 450-suspend-campaign tenant=acme domain=example.com campaign=spring", "expires": expires}}),
             json!({"SchedQSuspension": {"tenant": "acme", "domain": "example.com", "campaign": null, "reason": "automation rule: you said 450-suspend-tenant tenant=acme domain=example.com", "expires": expires}}),
-            json!({"SchedQBounce": {"domain": "example.com", "tenant": null, "campaign": null, "reason": "automation rule: you said 550-go-away domain=example.com", "expires": expires}}),
+            // A plain Bounce keeps the queue's tenant (tsa-daemon's `http_server.rs`), not its campaign.
+            json!({"SchedQBounce": {"domain": "example.com", "tenant": "acme", "campaign": null, "reason": "automation rule: you said 550-go-away domain=example.com tenant=acme", "expires": expires}}),
             json!({"SchedQBounce": {"domain": "example.com", "tenant": "acme", "campaign": "spring", "reason": "automation rule: you said 550-bounce-campaign domain=example.com tenant=acme campaign=spring", "expires": expires}}),
             json!({"SchedQBounce": {"domain": "example.com", "tenant": "acme", "campaign": null, "reason": "automation rule: you said 550-bounce-tenant domain=example.com tenant=acme", "expires": expires}}),
         ]
@@ -184,12 +185,67 @@ fn a_threshold_counts_within_the_rule_duration_per_egress_path_and_repeats_exten
     assert_eq!(decisions.len(), 1);
     assert_eq!(decisions[0].evidence.count, Some(3));
     assert_eq!(decisions[0].expires, at() + TimeDelta::minutes(63));
-    // A repeat a minute later extends it by a minute: kept quiet (less than a tenth of the
-    // duration, and at least a minute); four minutes later it is said again.
+    // A repeat a minute later moves the expiry to its own + 30 min, as tsa-daemon does, but
+    // quietly: no decision (less than a tenth of the duration, and at least a minute past the
+    // expiry last said), only an announcement for live subscribers.
+    let key = decisions[0].action_key.clone();
+    state.take_announced();
     play(34, "ip-1", &mut state, &mut decisions);
     assert_eq!(decisions.len(), 1);
+    assert_eq!(state.actuation.active.get(&key).unwrap().expires, at() + TimeDelta::minutes(64), "in force longer");
+    let announced = state.take_announced();
+    assert_eq!(announced.len(), 1);
+    assert_eq!(
+        (announced[0].expires, &announced[0].decision_id),
+        (at() + TimeDelta::minutes(64), &decisions[0].decision_id)
+    );
+    // Quiet extensions do not add up to a said one until the expiry last said is a tenth of
+    // the duration behind: at minute 35 it is two minutes behind, still quiet ...
+    play(35, "ip-1", &mut state, &mut decisions);
+    assert_eq!(decisions.len(), 1);
+    // ... and at 37 (four minutes past the expiry said), said again.
     play(37, "ip-1", &mut state, &mut decisions);
     assert_eq!(decisions.len(), 2);
     assert_eq!(decisions[1].expires, at() + TimeDelta::minutes(67));
-    assert_eq!(decisions[1].action_key, decisions[0].action_key);
+    assert_eq!(decisions[1].action_key, key);
+}
+
+/// The record: three TSS04 deferrals for one source at 07:38:35, 07:41:47 and
+/// 07:44:59. tsa-daemon keeps the source suspended until two hours after the *last* and its
+/// overrides until 90 minutes after it; so does Vigil.
+#[test]
+fn every_repeat_moves_the_expiry_to_the_last_match_as_tsa_daemon_does() {
+    let fold_rules = FoldRules::new(
+        RuleSet::from_toml(
+            "t",
+            "shaping_files = [\"builtin:kumomta-shipped\", \"builtin:kumomta-community\"]\n",
+            &ProviderMap::bundled(),
+        )
+        .unwrap(),
+    );
+    let mut state = DerivedState::new();
+    let mut decisions = Vec::new();
+    let base: DateTime<Utc> = DateTime::parse_from_rfc3339("2026-12-05T07:38:35Z").unwrap().into();
+    for (offset, seconds) in [0_i64, 192, 384].into_iter().enumerate() {
+        let when = base + TimeDelta::seconds(seconds);
+        let mut e = DeliveryEvent::new(format!("t{offset}"), SourceKind::Kumomta, EventKind::Deferred, when, when);
+        e.recipient_domain = Some("yahoo.com".into());
+        e.recipient = Some(format!("user{offset}@yahoo.com"));
+        e.egress_source = Some("ip-1".into());
+        e.site = Some("ip-1->(mta5|mta6|mta7).am0.yahoodns.net@smtp_client".into());
+        e.mx_host = Some("mta5.am0.yahoodns.net".into());
+        e.provider = Some("yahoo".into());
+        e.smtp_code = Some(421);
+        e.enhanced_status = Some("4.7.0".into());
+        e.response_text = Some("[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes".into());
+        state.apply(offset as u64, &e, &fold_rules, &mut decisions);
+    }
+    let last = base + TimeDelta::seconds(384);
+    let in_force: Vec<&Decision> = state.actuation.active.in_force(base).collect();
+    let suspensions: Vec<&&Decision> = in_force.iter().filter(|d| d.setting.is_none()).collect();
+    let overrides: Vec<&&Decision> = in_force.iter().filter(|d| d.setting.is_some()).collect();
+    assert_eq!(suspensions.len(), 2, "{in_force:#?}");
+    assert!(suspensions.iter().all(|d| d.expires == last + TimeDelta::hours(2)), "{suspensions:#?}");
+    assert!(!overrides.is_empty());
+    assert!(overrides.iter().all(|d| d.expires == last + TimeDelta::minutes(90)), "{overrides:#?}");
 }

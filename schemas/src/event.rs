@@ -143,6 +143,10 @@ impl SourceKind {
     }
 }
 
+/// Prefix of responses kumod generates itself (KUMOMTA.md §1.2); they say nothing about how a
+/// receiver sees us.
+pub const KUMOMTA_INTERNAL_PREFIX: &str = "KumoMTA internal:";
+
 /// How a complaint was tied to the mail stream that sent the message complained about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

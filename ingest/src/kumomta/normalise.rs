@@ -5,9 +5,7 @@ use vigil_schemas::{DeliveryEvent, EventKind, SourceKind};
 
 use super::record::KumoRecord;
 
-/// Prefix of responses kumod generates itself (KUMOMTA.md §1.2); they say nothing about how a
-/// receiver sees us.
-pub const KUMOMTA_INTERNAL_PREFIX: &str = "KumoMTA internal:";
+pub use vigil_schemas::event::KUMOMTA_INTERNAL_PREFIX;
 
 /// Why a record could not be normalised. The message is what the dead letter and the HTTP error
 /// say, so it names the field or value at fault.

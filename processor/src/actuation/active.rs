@@ -8,10 +8,24 @@ use serde::{Deserialize, Serialize};
 use super::decision::{Decision, Status};
 
 /// Every action in force, keyed by [`Decision::action_key`]. Each entry is the decision that
-/// put it in force (or last extended it).
+/// put it in force (or last extended it), with `expires` moved to the latest trigger's.
+///
+/// As KumoMTA's tsa-daemon, every later trigger of an action in force moves its expiry to
+/// that trigger's: a provider that keeps deferring keeps the source suspended until the rule's
+/// duration after the *last* match. Only extensions of at least the caller's `min_extension`
+/// are *said* (a new decision, recorded and pushed); smaller ones change the table quietly and
+/// are *announced* (see [`Self::take_announced`]) so that live subscribers hear every new expiry
+/// without a decision, an admin call or a webhook per matching response.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ActiveActions {
     by_key: BTreeMap<String, Decision>,
+    /// The expiry each entry last had when it was said, where a quiet extension has moved it
+    /// since: the next said extension is measured from here.
+    #[serde(default)]
+    said_expires: BTreeMap<String, DateTime<Utc>>,
+    /// Quiet extensions since the last [`Self::take_announced`], as the entry now stands.
+    #[serde(skip)]
+    announced: Vec<Decision>,
     /// (expires, key) of every entry put in force, soonest first, so that checking for
     /// expiries on every event costs nothing until one is due. Entries replaced or lifted since
     /// are left in and skipped when they come up. Rebuilt from `by_key` after a load.
@@ -22,32 +36,48 @@ pub struct ActiveActions {
 }
 
 impl ActiveActions {
-    /// Puts `decision` in force. A repeat of an action in force only extends it, and is only
-    /// said (returned) when it moves `expires` by at least `min_extension` or changes the
-    /// value: a threshold rule triggering on every matching response would otherwise send a
-    /// frame and an admin call per response.
+    /// Puts `decision` in force; returns it when it is said (see the type's documentation): a
+    /// new action, a changed value or status, or an extension by at least `min_extension` past
+    /// the expiry last said. A repeat that moves the expiry by less extends the entry quietly
+    /// and is announced; one that does not move it (an older trigger) changes nothing.
     pub fn upsert(&mut self, decision: Decision, min_extension: TimeDelta) -> Option<Decision> {
-        if let Some(current) = self.by_key.get(&decision.action_key)
+        let key = decision.action_key.clone();
+        if let Some(current) = self.by_key.get_mut(&key)
             && current.status == decision.status
             && current.value == decision.value
-            && decision.expires < current.expires + min_extension
         {
-            return None;
+            if decision.expires <= current.expires {
+                return None;
+            }
+            let said = *self.said_expires.get(&key).unwrap_or(&current.expires);
+            if decision.expires < said + min_extension {
+                self.said_expires.insert(key.clone(), said);
+                current.expires = decision.expires;
+                self.announced.push(current.clone());
+                self.build_due();
+                self.due.push(std::cmp::Reverse((decision.expires, key)));
+                return None;
+            }
         }
+        self.said_expires.remove(&key);
         self.build_due();
-        self.due.push(std::cmp::Reverse((decision.expires, decision.action_key.clone())));
-        self.by_key.insert(decision.action_key.clone(), decision.clone());
+        self.due.push(std::cmp::Reverse((decision.expires, key.clone())));
+        self.by_key.insert(key, decision.clone());
         Some(decision)
     }
 
-    /// Whether putting an action in force under `key` with `status` until `expires` would only
-    /// be a quiet extension (see [`Self::upsert`]), for a decision whose value is fixed by its
-    /// key.
+    /// Whether putting an action in force under `key` with `status` until `expires` would
+    /// change nothing (in force already, at least that long), for a decision whose value is
+    /// fixed by its key: the caller need not build one.
     #[must_use]
-    pub fn is_quiet_repeat(&self, key: &str, status: Status, expires: DateTime<Utc>, min_extension: TimeDelta) -> bool {
-        self.by_key
-            .get(key)
-            .is_some_and(|current| current.status == status && expires < current.expires + min_extension)
+    pub fn is_covered(&self, key: &str, status: Status, expires: DateTime<Utc>) -> bool {
+        self.by_key.get(key).is_some_and(|current| current.status == status && expires <= current.expires)
+    }
+
+    /// The quiet extensions since the last call (each entry as it now stands), for live
+    /// subscribers; the fold clears them at each batch.
+    pub fn take_announced(&mut self) -> Vec<Decision> {
+        std::mem::take(&mut self.announced)
     }
 
     /// Ends every action whose `expires` is at or before `now`, in key order.
@@ -67,6 +97,7 @@ impl ActiveActions {
         due.sort();
         due.dedup();
         for key in due {
+            self.said_expires.remove(&key);
             if let Some(decision) = self.by_key.remove(&key) {
                 let expired_at = decision.expires;
                 out.push(decision.ended(Status::Expired, expired_at, format!("expired: {}", decision.reason)));
@@ -83,6 +114,7 @@ impl ActiveActions {
 
     /// Takes an action back before it expires.
     pub fn lift(&mut self, key: &str, at: DateTime<Utc>, reason: String) -> Option<Decision> {
+        self.said_expires.remove(key);
         let decision = self.by_key.remove(key)?;
         Some(decision.ended(Status::Lifted, at, reason))
     }

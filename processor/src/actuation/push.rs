@@ -142,7 +142,16 @@ impl Outbox {
         Ok(fresh.len())
     }
 
-    /// Decisions as they are recorded (TSA subscribers).
+    /// Tells live subscribers about actions in force whose expiry moved quietly (see
+    /// [`super::ActiveActions`]): sent as they stand, recorded nowhere.
+    pub fn announce(&self, extended: Vec<Decision>) {
+        for decision in extended {
+            // Nobody listening is fine: the table in force has it.
+            let _ = self.live.send(decision);
+        }
+    }
+
+    /// Decisions as they are recorded, and quiet extensions as they happen (TSA subscribers).
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<Decision> {
         self.live.subscribe()

@@ -81,7 +81,15 @@ impl<'a> Attempt<'a> {
             site_name,
             mx_host: event.mx_host.as_deref(),
             line,
-            internal: event.internal,
+            // As tsa-daemon: only a response KumoMTA generated itself ("KumoMTA internal:
+            // ..."); its administrative bounces and expiries are matched like any other.
+            internal: match event.source {
+                vigil_schemas::SourceKind::Kumomta => event
+                    .response_text
+                    .as_deref()
+                    .is_some_and(|text| text.starts_with(vigil_schemas::event::KUMOMTA_INTERNAL_PREFIX)),
+                _ => event.internal,
+            },
         })
     }
 }
@@ -235,8 +243,8 @@ impl TsaState {
             let status = if rule.shadow { Status::Shadow } else { Status::Applied };
             for (index, action) in rule.actions.iter().enumerate() {
                 let Some(key) = action_key(rule.action_hash_at(index), action, &attempt, event) else { continue };
-                // Most repeats of a triggered rule are quiet: find out before building one.
-                if active.is_quiet_repeat(&key, status, expires, min_extension) {
+                // Most repeats of a triggered rule change nothing: find out before building one.
+                if active.is_covered(&key, status, expires) {
                     continue;
                 }
                 let decision = decide(rule, action, key, &attempt, event, expires, count);
@@ -260,7 +268,8 @@ fn action_key(action_hash: &str, action: &Action, attempt: &Attempt<'_>, event: 
             let tenant = event.tenant.as_deref()?;
             format!("{path}-{action_hash}\t{domain}\t{tenant}\t{}", campaign(matches!(action, Action::SuspendCampaign)))
         }
-        Action::Bounce => format!("{path}-{action_hash}\t{domain}\t\t"),
+        // A plain bounce keeps the queue's tenant when it has one, as tsa-daemon does.
+        Action::Bounce => format!("{path}-{action_hash}\t{domain}\t{}\t", event.tenant.as_deref().unwrap_or("")),
         Action::BounceTenant | Action::BounceCampaign => {
             let tenant = event.tenant.as_deref()?;
             format!("{path}-{action_hash}\t{domain}\t{tenant}\t{}", campaign(matches!(action, Action::BounceCampaign)))
@@ -305,10 +314,7 @@ fn decide(
             (ActionKind::SuspendScheduled, reason, None, None, false)
         }
         Action::Bounce | Action::BounceTenant | Action::BounceCampaign => {
-            let tenant = match action {
-                Action::Bounce => None,
-                _ => tenant,
-            };
+            // A plain bounce keeps the queue's tenant too (tsa-daemon), only not its campaign.
             let campaign = campaign.filter(|_| matches!(action, Action::BounceCampaign));
             let mut reason = format!("automation rule: {pattern} domain={domain}");
             if let Some(tenant) = &tenant {
