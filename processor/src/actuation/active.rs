@@ -52,10 +52,15 @@ impl ActiveActions {
             let said = *self.said_expires.get(&key).unwrap_or(&current.expires);
             if decision.expires < said + min_extension {
                 self.said_expires.insert(key.clone(), said);
-                current.expires = decision.expires;
+                // The entry now stands as this trigger says (tsa-daemon overwrites it: an
+                // override keyed by egress path follows the latest recipient domain), under
+                // the id of the decision last said.
+                let said_id = std::mem::take(&mut current.decision_id);
+                *current = Decision { decision_id: said_id, ..decision };
                 self.announced.push(current.clone());
+                let expires = current.expires;
                 self.build_due();
-                self.due.push(std::cmp::Reverse((decision.expires, key)));
+                self.due.push(std::cmp::Reverse((expires, key)));
                 return None;
             }
         }
