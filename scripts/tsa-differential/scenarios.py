@@ -38,6 +38,13 @@ ZONES = {
     "example.com": ["mx.example.com"],
     "example.net": ["mx.example.com"],
     "example.org": ["mx.example.org"],
+    "web.de": ["mx-ha03.web.de"],
+    "icloud.com": ["mx01.mail.icloud.com"],
+    "orange.fr": ["smtp-in.orange.fr"],
+    "mimecast-customer.example": ["us-smtp-inbound-1.mimecast.com"],
+    "qq.com": ["mx3.qq.com"],
+    "163.com": ["163mx01.mxmail.netease.com"],
+    "yahoo.co.jp": ["mx1.mail.yahoo.co.jp"],
 }
 SITES = {
     "yahoo.com": "(mta5|mta6|mta7).am0.yahoodns.net",
@@ -49,6 +56,13 @@ SITES = {
     "example.com": "mx.example.com",
     "example.net": "mx.example.com",
     "example.org": "mx.example.org",
+    "web.de": "mx-ha03.web.de",
+    "icloud.com": "mx01.mail.icloud.com",
+    "orange.fr": "smtp-in.orange.fr",
+    "mimecast-customer.example": "us-smtp-inbound-1.mimecast.com",
+    "qq.com": "mx3.qq.com",
+    "163.com": "163mx01.mxmail.netease.com",
+    "yahoo.co.jp": "mx1.mail.yahoo.co.jp",
 }
 
 TSS04 = (421, (4, 7, 0), "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user "
@@ -241,6 +255,54 @@ scenario("expiration-record", [own("internal")],
          "an Expiration record is matched like any other")
 scenario("provider-scope", [own("provider")], [record(0, "example.com", text("PROVIDER SAYS NO"))],
          "a provider rule matched by MX suffix")
+
+
+# --- every rule of the shipped and community files that tsa-daemon can fire ---------------------
+# One scenario per rule: as many matching responses as its threshold asks, a minute apart, at
+# a domain of its provider or block. Left out: the community `gmail` rules (no provider `match`
+# for `gmail` in either file: they never fire in tsa-daemon), the `netvigator`, `barracuda` and
+# `kpn` providers (MX suffixes written with a trailing dot never match in tsa-daemon), and
+# Apple's `\\[HCM1\\]` (its regex asks for a literal backslash).
+RULE_DOMAINS = {"yahoo": "yahoo.com", "gmx.net_web.de": "web.de", "outlook": "outlook.com", "apple": "icloud.com",
+                "orange": "orange.fr", "mimecast": "mimecast-customer.example", "qq.com": "qq.com",
+                "163.com": "163.com", "yahoo.co.jp": "yahoo.co.jp", "default": "example.org",
+                "comcast.net": "comcast.net"}
+
+
+def example(regex):
+    """A response matching `regex` (the plain phrases these files use), as (code, enhanced, text)."""
+    import re
+    text = regex.replace("^(?!.*KumoMTA internal).*", "").replace(".*", " x ").replace("\\d+", "1")
+    text = text.replace("\\.", ".").replace("\\[", "[").replace("\\]", "]").replace("?", "").rstrip("*")
+    m = re.match(r"(\d{3}) (?:(\d)\.(\d+)\.(\d+) )?(.*)", text)
+    if m:
+        enhanced = None if m.group(2) is None else (int(m.group(2)), int(m.group(3)), int(m.group(4)))
+        return (int(m.group(1)), enhanced, m.group(5) + " and more")
+    return (451, (4, 7, 1), "please note: " + text + " today")
+
+
+def rule_scenarios():
+    import tomllib
+    for path in KUMO:
+        data = tomllib.load(open(os.path.join(REPO, path), "rb"))
+        blocks = [(f"provider.{p}", p, b) for p, b in data.get("provider", {}).items()]
+        blocks += [(k, k, v) for k, v in data.items() if k != "provider" and isinstance(v, dict)]
+        for scope, name, block in blocks:
+            for index, rule in enumerate(block.get("automation", [])):
+                if name not in RULE_DOMAINS or "HCM1" in str(rule["regex"]):
+                    continue
+                regexes = rule["regex"] if isinstance(rule["regex"], list) else [rule["regex"]]
+                trigger = rule.get("trigger", "Immediate")
+                count = 1 if trigger == "Immediate" else int(trigger["Threshold"].split("/")[0])
+                tag = "shipped" if path == SHIPPED else "community"
+                for r, regex in enumerate(regexes):
+                    queue = "news:acme@" + RULE_DOMAINS[name] if "Tenant" in str(rule["action"]) else None
+                    scenario(f"rule-{tag}-{name}-{index}-{r}", KUMO,
+                             many(count, 0, 60, domain=RULE_DOMAINS[name], response=example(regex), queue=queue),
+                             f"{tag} {scope} rule {index} ({regex}), {count} response(s)")
+
+
+rule_scenarios()
 
 
 def main():
