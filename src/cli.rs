@@ -222,6 +222,9 @@ pub struct RunArgs {
     /// `[[api.tokens]]` of the configuration file, beside `--api-tokens`.
     #[arg(skip)]
     pub tokens: Vec<vigil_query::auth::TokenConfig>,
+    /// `[relays.<name>]` of the configuration file: relay webhook receivers.
+    #[arg(skip)]
+    pub relays: vigil_ingest::relay::http::RelaysConfig,
     /// `[processor] snapshot_seconds` of the configuration file.
     #[arg(skip = 60u64)]
     pub snapshot_seconds: u64,
@@ -284,6 +287,7 @@ impl RunArgs {
         layer!("time_zone", self.sources.time_zone, sources.time_zone);
         layer!("skip_compressed_files", self.sources.skip_compressed_files, sources.skip_compressed_files);
         self.sources.postfix_egress = sources.postfix_egress;
+        self.sources.verp = sources.verp;
         if !given("bounce_rules") && !given("rules") {
             self.bounce_rules = config.classifier.bounce_rules;
         }
@@ -302,6 +306,7 @@ impl RunArgs {
             layer!("password", self.clickhouse.password, clickhouse.password);
         }
         self.webhooks = config.actuation.webhooks;
+        self.relays = config.relays;
         self.tokens = config.api.tokens;
         self.snapshot_seconds = config.processor.snapshot_seconds;
         self.complaint_join = config.processor.complaint_join;
@@ -321,7 +326,7 @@ pub enum SyslogFormat {
     Exim,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum InputFormat {
     /// KumoMTA JSONL log records.
     Kumomta,
@@ -331,6 +336,50 @@ pub enum InputFormat {
     Exim,
     /// PowerMTA accounting CSV (header line first).
     Powermta,
+    /// Amazon SES: an SNS notification, an EventBridge event or a bare SES record.
+    Ses,
+    /// SendGrid Event Webhook: a JSON array of events.
+    Sendgrid,
+    /// Mailgun webhook (JSON): `signature` and `event-data`.
+    Mailgun,
+    /// Postmark webhook: one record.
+    Postmark,
+    /// SparkPost webhook: a JSON array of `msys` events.
+    Sparkpost,
+    /// Brevo transactional webhook: one event or an array.
+    Brevo,
+    /// Mailjet event API: one event or an array.
+    Mailjet,
+    /// Postal webhook: `event`, `timestamp`, `uuid`, `payload`.
+    Postal,
+    /// Elastic Email notifications: one query string (or URL) per line.
+    Elasticemail,
+    /// A bounce email (RFC 3464 DSN or a non-standard bounce), or an mbox of them.
+    Dsn,
+    /// A feedback report email (RFC 5965 ARF), or an mbox of them.
+    Arf,
+    /// A DMARC aggregate report: XML, gzip or zip; prints the report.
+    Dmarc,
+}
+
+impl InputFormat {
+    /// The relay whose webhook this format is, if it is one.
+    #[must_use]
+    pub fn relay(self) -> Option<vigil_ingest::relay::Provider> {
+        use vigil_ingest::relay::Provider;
+        Some(match self {
+            Self::Ses => Provider::Ses,
+            Self::Sendgrid => Provider::Sendgrid,
+            Self::Mailgun => Provider::Mailgun,
+            Self::Postmark => Provider::Postmark,
+            Self::Sparkpost => Provider::Sparkpost,
+            Self::Brevo => Provider::Brevo,
+            Self::Mailjet => Provider::Mailjet,
+            Self::Postal => Provider::Postal,
+            Self::Elasticemail => Provider::Elasticemail,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -338,7 +387,8 @@ pub struct ParseArgs {
     /// The input format.
     #[arg(long = "from", value_enum)]
     pub format: InputFormat,
-    /// A file (plain or zstd-compressed JSONL), or `-` for stdin.
+    /// A file (a log: plain or zstd-compressed; a webhook body, as saved or as the whole HTTP
+    /// request; an email or mbox; a DMARC report), or `-` for stdin.
     pub input: PathBuf,
     /// Include the raw source record in each event.
     #[arg(long)]

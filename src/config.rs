@@ -50,6 +50,10 @@ pub struct Config {
     pub clickhouse: Option<ClickHouseConfig>,
     #[serde(default)]
     pub kafka: Option<KafkaConfig>,
+    /// `[relays.<name>]`: relay webhook receivers (ses, sendgrid, mailgun, postmark,
+    /// sparkpost, brevo, mailjet, postal, elasticemail), each with its key or credential.
+    #[serde(default)]
+    pub relays: vigil_ingest::relay::http::RelaysConfig,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             tls: TlsSection::default(),
             clickhouse: None,
             kafka: None,
+            relays: vigil_ingest::relay::http::RelaysConfig::default(),
         }
     }
 }

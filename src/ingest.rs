@@ -39,8 +39,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             vigil_ingest::kumomta::receiver(log.clone(), config.api.max_body_bytes, admission.clone())
                 .route_layer(axum::middleware::from_fn_with_state(guard.clone(), require_ingest))
         };
+        let relays = vigil_ingest::relay::http::router(&log, config.api.max_body_bytes, &admission, &config.relays)
+            .map_err(anyhow::Error::msg)?;
+        let uploads = vigil_ingest::upload::router(
+            log.clone(),
+            config.api.max_body_bytes,
+            admission.clone(),
+            vigil_ingest::mail::Verp::new(&config.sources.verp).map_err(anyhow::Error::msg)?,
+        )
+        .route_layer(axum::middleware::from_fn_with_state(guard.clone(), require_ingest));
         let app = axum::Router::new()
             .route(vigil_ingest::kumomta::PATH, receiver())
+            .merge(relays)
+            .merge(uploads)
             // kumod's TSA publisher, pointed at the ingest role: the same receiver.
             .route(vigil_query::tsa::publish_log_v1::PATH, receiver())
             .merge(crate::metrics::router(log.clone(), None, None))

@@ -85,10 +85,22 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         vigil_ingest::kumomta::receiver(log.clone(), args.max_body_bytes, admission.clone())
             .route_layer(axum::middleware::from_fn_with_state(ingest_guard.clone(), require_ingest))
     };
+    // Relays prove themselves with their own signatures and credentials, not ingest tokens.
+    let relays = vigil_ingest::relay::http::router(&log, args.max_body_bytes, &admission, &args.relays)
+        .map_err(anyhow::Error::msg)?;
+    let uploads = vigil_ingest::upload::router(
+        log.clone(),
+        args.max_body_bytes,
+        admission.clone(),
+        vigil_ingest::mail::Verp::new(&args.sources.verp).map_err(anyhow::Error::msg)?,
+    )
+    .route_layer(axum::middleware::from_fn_with_state(ingest_guard.clone(), require_ingest));
     let app = api
         .merge(vigil_query::tsa::router(tsa.clone(), Some(receiver())))
         .merge(vigil_query::actions::router(tsa))
         .route(vigil_ingest::kumomta::PATH, receiver())
+        .merge(relays)
+        .merge(uploads)
         .merge(crate::metrics::router(log.clone(), Some(vigil_processor::pipeline::CONSUMER), Some(outbox.clone())))
         .layer(axum::middleware::from_fn_with_state(tokens.clone(), vigil_query::auth::require_role))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

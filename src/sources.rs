@@ -75,6 +75,12 @@ pub struct SourcesConfig {
     #[serde(default)]
     #[arg(skip)]
     pub postfix_egress: Vec<PostfixEgress>,
+    /// VERP return-path patterns (regular expressions with a `recipient` group, or `local`
+    /// and `domain`), tried before the default `bounces+alice=example.com@...`, for bounce
+    /// mail from mailboxes and uploads. Configuration file only.
+    #[serde(default)]
+    #[arg(skip)]
+    pub verp: Vec<String>,
 }
 
 impl SourcesConfig {
@@ -124,6 +130,7 @@ impl Default for SourcesConfig {
             time_zone: None,
             skip_compressed_files: false,
             postfix_egress: Vec::new(),
+            verp: Vec::new(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! record.
 //!
 //! # Contract
-//! - In: KumoMTA JSON log records, by HTTP log hook (`POST /ingest/kumomta`, one object or an
+//! - In: relay webhooks (`POST /ingest/<relay>`, verified before they are read); KumoMTA JSON log records, by HTTP log hook (`POST /ingest/kumomta`, one object or an
 //!   array) or by tailing a KumoMTA log directory (plain JSONL and zstd segments); Postfix,
 //!   Exim and PowerMTA log lines by tailing a file or a directory (with logrotate's `.gz` and
 //!   `.zst` history), and Postfix or Exim lines over syslog (UDP and TCP, every header
@@ -32,18 +32,28 @@
 //!   buffer while the broker is away.
 //! - [`feedback_loop`]: which feedback loop (Yahoo CFL, Microsoft JMRP, AOL, ...) sent a
 //!   complaint report.
+//! - [`relay`]: relay webhooks (SES through SNS, SendGrid, Mailgun, Postmark, SparkPost, Brevo,
+//!   Mailjet, Postal, Elastic Email): normalisers, signature and credential checks, receivers.
+//! - [`mail`]: bounce, complaint and auto-reply mail as events, joined to the original send by
+//!   Message-ID and VERP.
+//! - [`upload`]: `POST /ingest/dsn` and `POST /ingest/dmarc`.
+//! - [`dmarc`]: DMARC aggregate reports (XML, gzip, zip) and their rows as events.
 //! - [`dsn`]: decoding bounce, complaint and auto-reply mail (RFC 3464, RFC 5965, RFC 3834 and
 //!   common non-standard bounce bodies).
 
 pub mod direct;
+pub mod dmarc;
 pub mod dsn;
 pub mod exim;
 pub mod feedback_loop;
 pub mod forward;
 pub mod kumomta;
 pub mod lines;
+pub mod mail;
 pub mod metrics;
 pub mod postfix;
 pub mod powermta;
+pub mod relay;
 pub mod syslog;
 pub mod tail;
+pub mod upload;

@@ -47,6 +47,8 @@ pub struct IngestMetrics {
     pub refused: Family<RefusalLabels, Counter>,
     /// HTTP ingest requests waiting for a turn.
     pub waiting: Gauge,
+    /// Webhook requests refused because their signature or credential did not verify.
+    pub unverified: Family<SourceLabel, Counter>,
     /// Events the Kafka broker acknowledged (ingest role).
     pub shipped_events: Counter,
     /// Dead letters the Kafka broker acknowledged (ingest role).
@@ -100,6 +102,11 @@ pub fn register(registry: &mut Registry) {
         m.refused.clone(),
     );
     registry.register("vigil_ingest_waiting_requests", "HTTP ingest requests waiting for a turn", m.waiting.clone());
+    registry.register(
+        "vigil_ingest_unverified_requests",
+        "Webhook requests answered 401: signature or credential not verified, or a stale timestamp",
+        m.unverified.clone(),
+    );
     registry.register(
         "vigil_ingest_shipped_events",
         "Events acknowledged by the Kafka broker",

@@ -18,6 +18,10 @@ fn relay_of(source: SourceKind) -> Option<crate::classify::relay::Relay> {
         SourceKind::Postmark => Relay::Postmark,
         SourceKind::Sparkpost => Relay::Sparkpost,
         SourceKind::Powermta => Relay::Powermta,
+        SourceKind::Brevo => Relay::Brevo,
+        SourceKind::Mailjet => Relay::Mailjet,
+        SourceKind::Postal => Relay::Postal,
+        SourceKind::Elasticemail => Relay::Elasticemail,
         _ => return None,
     })
 }

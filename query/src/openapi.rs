@@ -78,6 +78,12 @@ const ENDPOINTS: &[Endpoint] = &[
         answers: &[schema::<EventsPage>],
     },
     Endpoint {
+        path: "/api/v1/dmarc",
+        summary: "DMARC aggregate report rows in messages, by sending domain, source IP, reporter, disposition; unknown source IPs marked (analytics store)",
+        params: &[schema::<crate::analytics::dmarc::DmarcParams>],
+        answers: &[schema::<vigil_schemas::api::dmarc::DmarcResponse>],
+    },
+    Endpoint {
         path: "/api/v1/suppressions",
         summary: "Suppressed recipients (JSON, or CSV with `format=csv` or `format=listmonk`)",
         params: &[schema::<SuppressionParams>],

@@ -113,6 +113,8 @@ pub enum SourceKind {
     Mailgun,
     Postmark,
     Sparkpost,
+    Brevo,
+    Mailjet,
     Postal,
     Elasticemail,
     Dsn,
@@ -134,6 +136,8 @@ impl SourceKind {
             Self::Mailgun => "mailgun",
             Self::Postmark => "postmark",
             Self::Sparkpost => "sparkpost",
+            Self::Brevo => "brevo",
+            Self::Mailjet => "mailjet",
             Self::Postal => "postal",
             Self::Elasticemail => "elasticemail",
             Self::Dsn => "dsn",
@@ -287,6 +291,25 @@ pub struct DeliveryEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attribution: Option<Attribution>,
 
+    // DMARC (schema version 3): a `dmarc_report` event is one row of an aggregate report;
+    // `sending_ip` is the row's source IP, `sender_domain` its header From domain, `source_node`
+    // the reporting organisation and `occurred_at` the end of the report's period.
+    /// How many messages the event stands for (a DMARC row's count); absent means one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_count: Option<u64>,
+    /// What the DMARC evaluator did with them: `none`, `quarantine`, `reject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc_disposition: Option<String>,
+    /// The DMARC DKIM verdict: `pass` (passed and aligned) or `fail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc_dkim: Option<String>,
+    /// The DMARC SPF verdict: `pass` (passed and aligned) or `fail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc_spf: Option<String>,
+    /// The id of the report the event came from (a DMARC aggregate report's `report_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_id: Option<String>,
+
     /// The source record as received, so any event can be normalised again.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "raw_record::deserialize")]
     #[schemars(with = "Option<String>")]
@@ -341,6 +364,11 @@ impl DeliveryEvent {
             feedback_loop: None,
             original_sent_at: None,
             attribution: None,
+            message_count: None,
+            dmarc_disposition: None,
+            dmarc_dkim: None,
+            dmarc_spf: None,
+            report_id: None,
             raw: None,
         }
     }

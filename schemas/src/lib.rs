@@ -31,8 +31,9 @@ pub use event::{Attribution, DeliveryEvent, EventKind, SourceKind};
 ///
 /// Bump it when a field is added; readers accept every version up to their own.
 /// Version 2 added the complaint fields (`report_recipient`, `feedback_loop`,
-/// `original_sent_at`, `attribution`).
-pub const SCHEMA_VERSION: u16 = 2;
+/// `original_sent_at`, `attribution`); version 3 the DMARC row fields (`message_count`,
+/// `dmarc_disposition`, `dmarc_dkim`, `dmarc_spf`, `report_id`).
+pub const SCHEMA_VERSION: u16 = 3;
 
 /// The JSON Schema of [`DeliveryEvent`], as checked in under `schemas/json/`.
 #[must_use]

@@ -34,6 +34,13 @@ pub enum Field {
     MessageId,
     ResponseText,
     Attribution,
+    SendingIp,
+    /// Who reported the event (a DMARC report's organisation).
+    SourceNode,
+    DmarcDisposition,
+    DmarcDkim,
+    DmarcSpf,
+    ReportId,
 }
 
 impl Field {
@@ -54,6 +61,12 @@ impl Field {
             Self::MessageId => "message_id",
             Self::ResponseText => "response_text",
             Self::Attribution => "attribution",
+            Self::SendingIp => "sending_ip",
+            Self::SourceNode => "source_node",
+            Self::DmarcDisposition => "dmarc_disposition",
+            Self::DmarcDkim => "dmarc_dkim",
+            Self::DmarcSpf => "dmarc_spf",
+            Self::ReportId => "report_id",
         }
     }
 }
@@ -116,6 +129,9 @@ pub struct CountQuery {
     pub group_by: Vec<Field>,
     /// Bucket width in minutes; buckets start at multiples of it since the Unix epoch.
     pub step_minutes: Option<u32>,
+    /// Count the messages events stand for (`message_count`, one when absent) instead of
+    /// events: a DMARC row is many messages. Read from the events themselves, never a rollup.
+    pub weighted: bool,
 }
 
 /// One group of a [`CountQuery`]. Backends return groups in no particular order.

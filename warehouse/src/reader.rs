@@ -10,6 +10,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::cast as cast_array;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::dataframe::DataFrame;
+use datafusion::functions::expr_fn::coalesce;
 use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::{Expr, ParquetReadOptions, SessionContext, cast, col, lit};
 use datafusion::scalar::ScalarValue;
@@ -114,7 +115,7 @@ impl Reader {
         let filter = &query.filter;
         let whole = vec![(Table::Events, filter.clone())];
         let kept = query.group_by.iter().copied().chain(filter.fields()).all(|f| HOURLY_FIELDS.contains(&f));
-        if !kept || query.step_minutes.is_some_and(|s| s % 60 != 0) {
+        if !kept || query.weighted || query.step_minutes.is_some_and(|s| s % 60 != 0) {
             return Ok(whole);
         }
         let Some((inner, edges)) = split_for_rollup(filter, 3_600_000) else { return Ok(whole) };
@@ -139,6 +140,7 @@ impl Reader {
     ) -> Result<(), WarehouseError> {
         let Some(df) = self.filtered(table, filter).await? else { return Ok(()) };
         let (time, counted) = match table {
+            Table::Events if query.weighted => ("occurred_at", sum(coalesce(vec![col("message_count"), lit(1_u64)]))),
             Table::Events => ("occurred_at", count(lit(1_i64))),
             Table::Hourly => ("hour", sum(col("events"))),
         };

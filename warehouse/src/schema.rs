@@ -58,6 +58,12 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         text("feedback_loop"),
         Field::new("original_sent_at", timestamp(), true),
         text("attribution"),
+        // schema version 3 (DMARC rows); files written before it read these as null
+        Field::new("message_count", DataType::UInt64, true),
+        text("dmarc_disposition"),
+        text("dmarc_dkim"),
+        text("dmarc_spf"),
+        text("report_id"),
     ]))
 });
 
@@ -123,6 +129,11 @@ pub fn to_record_batch(events: &[(u64, &DeliveryEvent)]) -> Result<RecordBatch, 
                 .with_timezone("UTC"),
         ),
         text(events, |e| e.attribution.map(|a| a.as_str())),
+        Arc::new(events.iter().map(|(_, e)| e.message_count).collect::<UInt64Array>()),
+        text(events, |e| e.dmarc_disposition.as_deref()),
+        text(events, |e| e.dmarc_dkim.as_deref()),
+        text(events, |e| e.dmarc_spf.as_deref()),
+        text(events, |e| e.report_id.as_deref()),
     ];
     RecordBatch::try_new(event_schema(), columns)
 }

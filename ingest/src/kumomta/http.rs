@@ -60,7 +60,7 @@ pub const MAX_WAITING: usize = 4096;
 pub struct Admission {
     turns: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
-    max_wait: Duration,
+    pub(crate) max_wait: Duration,
 }
 
 impl Admission {
@@ -75,7 +75,7 @@ impl Admission {
     }
 
     /// Waits for a turn; `Err` with the refusal's reason when none came in time.
-    async fn turn(&self) -> Result<OwnedSemaphorePermit, &'static str> {
+    pub(crate) async fn turn(&self) -> Result<OwnedSemaphorePermit, &'static str> {
         if let Ok(permit) = Arc::clone(&self.turns).try_acquire_owned() {
             return Ok(permit);
         }
@@ -110,19 +110,19 @@ pub fn receiver(log: EventLog, max_body_bytes: usize, admission: Admission) -> M
     post(ingest).with_state(ReceiverState { log, max_body_bytes, admission })
 }
 
-fn error(status: StatusCode, reason: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": reason.into() }))).into_response()
 }
 
 /// The last resort: a 503 the sender must retry, counted and logged.
-fn refuse(reason: &'static str, why: impl Into<String>) -> Response {
+pub(crate) fn refuse(source: &str, reason: &'static str, why: impl Into<String>) -> Response {
     let why = why.into();
     let refused = crate::metrics::ingest_metrics();
-    let counter = refused.refused.get_or_create(&crate::metrics::RefusalLabels { source: SOURCE.into(), reason });
+    let counter = refused.refused.get_or_create(&crate::metrics::RefusalLabels { source: source.into(), reason });
     counter.inc();
     // Powers of two: visible under a flood without a line per request.
     if counter.get().is_power_of_two() {
-        tracing::warn!(reason, refused = counter.get(), %why, "ingest request refused with 503; the sender must retry it");
+        tracing::warn!(source, reason, refused = counter.get(), %why, "ingest request refused with 503; the sender must retry it");
     }
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, why);
     response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
@@ -131,21 +131,9 @@ fn refuse(reason: &'static str, why: impl Into<String>) -> Response {
 
 async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
     let deadline = tokio::time::Instant::now() + state.admission.max_wait;
-    let _turn = match state.admission.turn().await {
-        Ok(turn) => turn,
-        Err(reason) => {
-            return refuse(reason, "too many ingest requests in flight for too long; retry later");
-        }
-    };
-    let body = match read_body(body, state.max_body_bytes).await {
-        Ok(body) => body,
-        Err(BodyError::TooLarge) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body exceeds {} bytes; send smaller batches", state.max_body_bytes),
-            );
-        }
-        Err(BodyError::Read(reason)) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {reason}")),
+    let (_turn, body) = match admit(SOURCE, &state.admission, body, state.max_body_bytes).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
     };
     let records = match split_records(&body) {
         Ok(records) => records,
@@ -154,7 +142,7 @@ async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
             let letter = DeadLetter::new(SOURCE, Some("body".into()), reason.clone(), &body);
             let batch = AppendBatch { dead_letters: vec![letter], ..AppendBatch::default() };
             let observation = BatchObservation::of(&batch);
-            return match append(&state.log, batch, deadline).await {
+            return match append(SOURCE, &state.log, batch, deadline).await {
                 Ok(receipt) => {
                     observation.committed(SOURCE, 1, body.len() as u64, &receipt);
                     error(StatusCode::BAD_REQUEST, reason)
@@ -169,7 +157,7 @@ async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
         records.iter().enumerate().map(|(i, raw)| (format!("index {i}"), raw.get().as_bytes())),
     );
     let observation = BatchObservation::of(&batch);
-    let receipt = match append(&state.log, batch, deadline).await {
+    let receipt = match append(SOURCE, &state.log, batch, deadline).await {
         Ok(receipt) => receipt,
         Err(response) => return response,
     };
@@ -184,6 +172,28 @@ async fn ingest(State(state): State<ReceiverState>, body: Body) -> Response {
         errors,
     };
     (status, Json(body)).into_response()
+}
+
+/// A turn and the body, or the response that refuses them: what every ingest route does first.
+/// The turn is held while the request is handled; the body is read only once it is granted.
+pub(crate) async fn admit(
+    source: &'static str,
+    admission: &Admission,
+    body: Body,
+    limit: usize,
+) -> Result<(OwnedSemaphorePermit, bytes::Bytes), Response> {
+    let turn = admission
+        .turn()
+        .await
+        .map_err(|reason| refuse(source, reason, "too many ingest requests in flight for too long; retry later"))?;
+    match read_body(body, limit).await {
+        Ok(body) => Ok((turn, body)),
+        Err(BodyError::TooLarge) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds {limit} bytes; send smaller batches"),
+        )),
+        Err(BodyError::Read(reason)) => Err(error(StatusCode::BAD_REQUEST, format!("reading the body: {reason}"))),
+    }
 }
 
 #[derive(Debug)]
@@ -228,23 +238,28 @@ fn split_records(body: &[u8]) -> Result<Vec<Box<RawValue>>, String> {
 
 /// Appends `batch`; while the shipping buffer is full, waits for room (with backoff) until
 /// `deadline`, so the sender is slowed rather than refused.
-async fn append(log: &EventLog, batch: AppendBatch, deadline: tokio::time::Instant) -> Result<AppendReceipt, Response> {
+pub(crate) async fn append(
+    source: &'static str,
+    log: &EventLog,
+    batch: AppendBatch,
+    deadline: tokio::time::Instant,
+) -> Result<AppendReceipt, Response> {
     let batch = Arc::new(batch);
     let mut room = vigil_log::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let (log, batch) = (log.clone(), Arc::clone(&batch));
-        let span = tracing::debug_span!("ingest", source = "kumomta-http", events = batch.events.len());
+        let span = tracing::debug_span!("ingest", source, events = batch.events.len());
         match tokio::task::spawn_blocking(move || span.in_scope(|| log.append(&batch))).await {
             Ok(Ok(receipt)) => return Ok(receipt),
             Ok(Err(err)) if err.is_full() => {
                 if tokio::time::Instant::now() + room.delay() >= deadline {
-                    return Err(refuse("full", err.to_string()));
+                    return Err(refuse(source, "full", err.to_string()));
                 }
                 tokio::time::sleep(room.next_delay()).await;
             }
             Ok(Err(err)) => {
                 tracing::error!(error = %err, "log append failed");
-                return Err(refuse("log", "the log of record is unavailable; retry later"));
+                return Err(refuse(source, "log", "the log of record is unavailable; retry later"));
             }
             Err(join) => {
                 tracing::error!(error = %join, "log append task failed");

@@ -6,6 +6,7 @@ mod record;
 
 pub use crate::tail::ZSTD_MAGIC;
 pub use http::{Admission, IngestResponse, MAX_WAIT, PATH, RecordError, receiver, router};
+pub(crate) use http::{admit, append, error};
 pub use normalise::{KUMOMTA_INTERNAL_PREFIX, NormaliseError, domain_of, normalise_record};
 
 use chrono::Utc;

@@ -1,11 +1,10 @@
-//! Relay and MTA bounce taxonomies mapped to Vigil's classes (`rules/relays.toml`), and the
-//! labels read from each relay's payload.
+//! Relay and MTA bounce taxonomies mapped to Vigil's classes (`rules/relays.toml`). The relay
+//! receivers (`vigil_ingest::relay`) put each relay's label in the event's `provider_class`.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use serde::Deserialize;
-use serde_json::Value;
 use vigil_schemas::BounceClass;
 
 /// The relays and MTAs whose own bounce taxonomy Vigil maps.
@@ -17,11 +16,25 @@ pub enum Relay {
     Postmark,
     Sparkpost,
     Powermta,
+    Brevo,
+    Mailjet,
+    Postal,
+    Elasticemail,
 }
 
 impl Relay {
-    pub const ALL: [Self; 6] =
-        [Self::Ses, Self::Sendgrid, Self::Mailgun, Self::Postmark, Self::Sparkpost, Self::Powermta];
+    pub const ALL: [Self; 10] = [
+        Self::Ses,
+        Self::Sendgrid,
+        Self::Mailgun,
+        Self::Postmark,
+        Self::Sparkpost,
+        Self::Powermta,
+        Self::Brevo,
+        Self::Mailjet,
+        Self::Postal,
+        Self::Elasticemail,
+    ];
 
     /// The section name in `relays.toml`, also the event `source` name.
     #[must_use]
@@ -33,6 +46,10 @@ impl Relay {
             Self::Postmark => "postmark",
             Self::Sparkpost => "sparkpost",
             Self::Powermta => "powermta",
+            Self::Brevo => "brevo",
+            Self::Mailjet => "mailjet",
+            Self::Postal => "postal",
+            Self::Elasticemail => "elasticemail",
         }
     }
 }
@@ -71,70 +88,6 @@ pub fn classify_relay(relay: Relay, label: &str) -> Option<RelayClassification> 
         permanent: entry.permanent,
         rule: format!("relay:{}:{}", relay.as_str(), label.trim()),
     })
-}
-
-fn text<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
-    value.get(key).and_then(Value::as_str)
-}
-
-/// The taxonomy labels a relay payload carries, one per failure event in it (SendGrid and
-/// SparkPost batch events; SES wraps in SNS). Events that are not failures give none.
-#[must_use]
-pub fn labels_from_payload(relay: Relay, payload: &Value) -> Vec<String> {
-    let events: Vec<&Value> = match payload {
-        Value::Array(items) => items.iter().collect(),
-        other => vec![other],
-    };
-    let mut labels = Vec::new();
-    for event in events {
-        match relay {
-            Relay::Ses => {
-                // SNS wraps the SES notification as a JSON string in `Message`.
-                let inner: Value =
-                    text(event, "Message").and_then(|m| serde_json::from_str(m).ok()).unwrap_or_else(|| event.clone());
-                if let Some(bounce) = inner.get("bounce") {
-                    let kind = text(bounce, "bounceType").unwrap_or("Undetermined");
-                    let sub = text(bounce, "bounceSubType").unwrap_or("Undetermined");
-                    labels.push(format!("{kind}/{sub}"));
-                }
-            }
-            Relay::Sendgrid => match text(event, "event") {
-                Some("bounce") => {
-                    let label =
-                        text(event, "bounce_classification").or_else(|| text(event, "type")).unwrap_or("bounce");
-                    labels.push(format!("bounce/{label}"));
-                }
-                Some("dropped") => labels.push(format!("dropped/{}", text(event, "reason").unwrap_or(""))),
-                Some("deferred") => labels.push("deferred".to_owned()),
-                _ => {}
-            },
-            Relay::Mailgun => {
-                let data = event.get("event-data").unwrap_or(event);
-                let failed = text(data, "event").is_none_or(|e| e == "failed");
-                if failed && let Some(severity) = text(data, "severity") {
-                    labels.push(format!("{severity}/{}", text(data, "reason").unwrap_or("generic")));
-                }
-            }
-            Relay::Postmark => {
-                if matches!(text(event, "RecordType"), Some("Bounce"))
-                    && let Some(kind) = text(event, "Type")
-                {
-                    labels.push(kind.to_owned());
-                }
-            }
-            Relay::Sparkpost => {
-                let message_event = event.get("msys").and_then(|m| m.get("message_event"));
-                if let Some(e) = message_event
-                    && matches!(text(e, "type"), Some("bounce" | "out_of_band" | "delay"))
-                    && let Some(class) = text(e, "bounce_class")
-                {
-                    labels.push(class.to_owned());
-                }
-            }
-            Relay::Powermta => {}
-        }
-    }
-    labels
 }
 
 /// Bounce categories of a PowerMTA accounting CSV (header line first; `#` allowed before it),

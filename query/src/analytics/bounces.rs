@@ -59,6 +59,7 @@ pub async fn bounces(
             filter: filter.clone(),
             group_by: vec![Field::BounceClass, Field::Kind],
             step_minutes: None,
+            weighted: false,
         })
         .await?;
     let mut classes: BTreeMap<Option<String>, [u64; 2]> = BTreeMap::new();

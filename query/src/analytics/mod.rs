@@ -11,6 +11,7 @@
 //! backend: groups sort by value with absent values first.
 
 pub mod bounces;
+pub mod dmarc;
 pub mod events;
 pub mod reputation;
 pub mod summary;
@@ -35,6 +36,7 @@ pub fn router(store: Store) -> Router {
         .route("/api/v1/summary", get(summary::handler))
         .route("/api/v1/bounces", get(bounces::handler))
         .route("/api/v1/events", get(events::handler))
+        .route("/api/v1/dmarc", get(dmarc::handler))
         .with_state(store)
 }
 
@@ -125,6 +127,29 @@ impl DimensionFilters {
         }
         Ok(filters)
     }
+}
+
+/// Parses a `group_by`: a comma list of distinct names, each one of `all` (by `name`).
+///
+/// # Errors
+/// A 400 naming an unknown or repeated name, and listing the known ones.
+pub fn parse_group_by<T: Copy + PartialEq>(
+    text: Option<&str>,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<Vec<T>, ApiError> {
+    let mut chosen = Vec::new();
+    for given in text.unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let found = all.iter().copied().find(|d| name(*d) == given).ok_or_else(|| {
+            let known: Vec<&str> = all.iter().map(|d| name(*d)).collect();
+            ApiError::BadRequest(format!("unknown dimension `{given}` in group_by; use any of {}", known.join(", ")))
+        })?;
+        if chosen.contains(&found) {
+            return Err(ApiError::BadRequest(format!("dimension `{given}` appears twice in group_by")));
+        }
+        chosen.push(found);
+    }
+    Ok(chosen)
 }
 
 /// Dimension filters as warehouse conditions.

@@ -69,6 +69,7 @@ pub async fn reputation(
             },
             group_by,
             step_minutes: None,
+            weighted: false,
         })
         .await?;
     let mut rows: BTreeMap<Vec<String>, WindowRow> = BTreeMap::new();

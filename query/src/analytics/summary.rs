@@ -41,6 +41,7 @@ pub async fn summary(store: &Store, query: &SummaryQuery) -> Result<SummaryRespo
             },
             group_by,
             step_minutes: None,
+            weighted: false,
         })
         .await?;
     let mut groups: BTreeMap<Vec<Option<String>>, [u64; OUTCOMES.len()]> = BTreeMap::new();
@@ -79,18 +80,7 @@ pub(crate) struct SummaryParams {
 
 /// Parses `group_by`: a comma list of distinct dimension names.
 pub(crate) fn parse_dimensions(text: Option<&str>) -> Result<Vec<Dimension>, ApiError> {
-    let mut dims = Vec::new();
-    for name in text.unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let dim = Dimension::parse(name).ok_or_else(|| {
-            let known: Vec<&str> = Dimension::ALL.iter().map(|d| d.as_str()).collect();
-            ApiError::BadRequest(format!("unknown dimension `{name}` in group_by; use any of {}", known.join(", ")))
-        })?;
-        if dims.contains(&dim) {
-            return Err(ApiError::BadRequest(format!("dimension `{name}` appears twice in group_by")));
-        }
-        dims.push(dim);
-    }
-    Ok(dims)
+    super::parse_group_by(text, &Dimension::ALL, Dimension::as_str)
 }
 
 pub(crate) async fn handler(

@@ -96,6 +96,7 @@ pub async fn timeseries(store: &Store, query: &TimeseriesQuery) -> Result<Timese
             },
             group_by,
             step_minutes: Some(query.step_minutes),
+            weighted: false,
         })
         .await?;
     let points = usize::try_from((end - first + step_ms - 1) / step_ms).unwrap_or(0);

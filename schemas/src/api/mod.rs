@@ -8,6 +8,7 @@
 //! the API crate, next to the handlers, until the values move here too.
 
 pub mod deadletters;
+pub mod dmarc;
 pub mod events;
 pub mod ingest;
 pub mod state;

@@ -117,8 +117,8 @@ fn aligned(at: Option<DateTime<Utc>>, grain_ms: i64) -> bool {
 /// rollup when it holds every field the query touches and its grain divides the bounds and
 /// step (the coarsest such), else the raw events.
 fn whole_source(query: &CountQuery, filter: &EventFilter) -> &'static Source {
-    if filter.external_only {
-        // Only the hourly rollup keeps `internal`.
+    if filter.external_only || query.weighted {
+        // Only the hourly rollup keeps `internal`; only the events their message counts.
         return &RAW;
     }
     let fields: Vec<Field> = query.group_by.iter().copied().chain(filter.fields()).collect();
@@ -141,7 +141,8 @@ fn whole_source(query: &CountQuery, filter: &EventFilter) -> &'static Source {
 fn plan(query: &CountQuery) -> Vec<(&'static Source, EventFilter)> {
     let whole = whole_source(query, &query.filter);
     let hourly = query.group_by.iter().copied().chain(query.filter.fields()).all(|f| HOURLY_FIELDS.contains(&f))
-        && query.step_minutes.is_none_or(|s| s % 60 == 0);
+        && query.step_minutes.is_none_or(|s| s % 60 == 0)
+        && !query.weighted;
     if std::ptr::eq(whole, &PER_DAY) || !hourly {
         return vec![(whole, query.filter.clone())];
     }
@@ -275,7 +276,7 @@ impl ClickHouseReader {
         let sql = format!(
             "SELECT {bucket} AS bucket, [{}] AS values, {} AS count FROM {} WHERE {condition} GROUP BY {}",
             fields.iter().map(|f| format!("toString({f})")).collect::<Vec<_>>().join(", "),
-            source.count,
+            if query.weighted { "sum(ifNull(message_count, 1))" } else { source.count },
             source.table,
             groups.join(", "),
         );

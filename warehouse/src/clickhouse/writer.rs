@@ -68,6 +68,11 @@ struct EventRow<'a> {
     feedback_loop: &'a str,
     original_sent_ms: Option<u64>,
     attribution: &'a str,
+    message_count: Option<u64>,
+    dmarc_disposition: &'a str,
+    dmarc_dkim: &'a str,
+    dmarc_spf: &'a str,
+    report_id: &'a str,
 }
 
 fn millis(time: chrono::DateTime<chrono::Utc>) -> u64 {
@@ -117,6 +122,11 @@ impl<'a> EventRow<'a> {
             feedback_loop: text(&e.feedback_loop),
             original_sent_ms: e.original_sent_at.map(millis),
             attribution: e.attribution.map_or("", |a| a.as_str()),
+            message_count: e.message_count,
+            dmarc_disposition: text(&e.dmarc_disposition),
+            dmarc_dkim: text(&e.dmarc_dkim),
+            dmarc_spf: text(&e.dmarc_spf),
+            report_id: text(&e.report_id),
         }
     }
 }
