@@ -288,6 +288,8 @@ impl RunArgs {
         layer!("skip_compressed_files", self.sources.skip_compressed_files, sources.skip_compressed_files);
         self.sources.postfix_egress = sources.postfix_egress;
         self.sources.verp = sources.verp;
+        layer!("maildir", self.sources.maildir, sources.maildir);
+        self.sources.imap = sources.imap;
         if !given("bounce_rules") && !given("rules") {
             self.bounce_rules = config.classifier.bounce_rules;
         }

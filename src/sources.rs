@@ -81,6 +81,17 @@ pub struct SourcesConfig {
     #[serde(default)]
     #[arg(skip)]
     pub verp: Vec<String>,
+    /// A maildir (its `new/` is read; messages move to `cur/` once stored) of bounce,
+    /// feedback-loop or DMARC report mail. Repeatable.
+    #[serde(default)]
+    #[arg(long = "maildir", value_name = "DIR")]
+    pub maildir: Vec<PathBuf>,
+    /// `[[sources.imap]]`: IMAP mailboxes of bounce, feedback-loop or DMARC report mail (host,
+    /// username, password, mailbox, security, after, ...; see docs/relays.md). Configuration
+    /// file only.
+    #[serde(default)]
+    #[arg(skip)]
+    pub imap: Vec<vigil_ingest::imap::ImapConfig>,
 }
 
 impl SourcesConfig {
@@ -131,6 +142,8 @@ impl Default for SourcesConfig {
             skip_compressed_files: false,
             postfix_egress: Vec::new(),
             verp: Vec::new(),
+            maildir: Vec::new(),
+            imap: Vec::new(),
         }
     }
 }
@@ -169,6 +182,20 @@ pub async fn start(
             }
             tasks.spawn(tailer.run(shutdown.clone()).map_ok());
         }
+    }
+    let verp = vigil_ingest::mail::Verp::new(&config.verp).map_err(anyhow::Error::msg)?;
+    for mailbox in &config.imap {
+        mailbox.validate().with_context(|| format!("[[sources.imap]] {}@{}", mailbox.username, mailbox.host))?;
+        tracing::info!(host = %mailbox.host, mailbox = %mailbox.mailbox, "reading a bounce mailbox over IMAP");
+        let run = vigil_ingest::mailbox::run_imap(mailbox.clone(), log.clone(), verp.clone(), shutdown.clone());
+        tasks.spawn(run.map_ok());
+    }
+    for dir in &config.maildir {
+        tracing::info!(maildir = %dir.display(), "reading a bounce maildir");
+        let interval = Duration::from_millis(config.tail_interval_ms.max(10));
+        let run =
+            vigil_ingest::mailbox::run_maildir(dir.clone(), log.clone(), verp.clone(), interval, shutdown.clone());
+        tasks.spawn(run.map_ok());
     }
     if config.syslog_udp.is_some() || config.syslog_tcp.is_some() {
         let format = match config.syslog_format {

@@ -36,6 +36,7 @@
 //!   Mailjet, Postal, Elastic Email): normalisers, signature and credential checks, receivers.
 //! - [`mail`]: bounce, complaint and auto-reply mail as events, joined to the original send by
 //!   Message-ID and VERP.
+//! - [`mailbox`]: bounce mailboxes (IMAP through [`imap`], maildir) into the log.
 //! - [`upload`]: `POST /ingest/dsn` and `POST /ingest/dmarc`.
 //! - [`dmarc`]: DMARC aggregate reports (XML, gzip, zip) and their rows as events.
 //! - [`dsn`]: decoding bounce, complaint and auto-reply mail (RFC 3464, RFC 5965, RFC 3834 and
@@ -47,9 +48,11 @@ pub mod dsn;
 pub mod exim;
 pub mod feedback_loop;
 pub mod forward;
+pub mod imap;
 pub mod kumomta;
 pub mod lines;
 pub mod mail;
+pub mod mailbox;
 pub mod metrics;
 pub mod postfix;
 pub mod powermta;
