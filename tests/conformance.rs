@@ -104,6 +104,11 @@ fn requests(start: DateTime<Utc>, days: i64) -> Vec<(String, bool)> {
     }
     ok(format!("/api/v1/bounces?samples=0&provider=microsoft&{}", range(ranges[1])));
     ok(format!("/api/v1/bounces?samples=10&egress_source=ip-1&kind=deferred&{}", range(ranges[0])));
+    for r in [ranges[0], ranges[1]] {
+        ok(format!("/api/v1/dmarc?{}", range(r)));
+        ok(format!("/api/v1/dmarc?group_by=sending_domain,source_ip&{}", range(r)));
+    }
+    ok(format!("/api/v1/dmarc?group_by=reporter,disposition&{}", range(ranges[2])));
     ok("/api/v1/events?recipient=user123@gmail.com".to_owned());
     ok("/api/v1/events?message_id=%3Cm1000.3001@brand1.example%3E".to_owned());
     ok(format!("/api/v1/events?kind=bounced&provider=yahoo&limit=50&{}", range(ranges[2])));
@@ -112,6 +117,8 @@ fn requests(start: DateTime<Utc>, days: i64) -> Vec<(String, bool)> {
     // Mistakes get the same 400 from both.
     for bad in [
         "/api/v1/summary?group_by=ip",
+        "/api/v1/dmarc?group_by=provider&from=2026-01-01T00:00:00Z",
+        "/api/v1/dmarc",
         "/api/v1/summary?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
         "/api/v1/summary?provider=",
         "/api/v1/reputation?scope=ip&from=2026-01-01T00:00:00Z",

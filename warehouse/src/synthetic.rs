@@ -24,8 +24,8 @@ const PROVIDERS: [(Option<&str>, &str, u32); 6] = [
 ];
 
 /// (kind, weight per mille).
-const KINDS: [(EventKind, u32); 9] = [
-    (EventKind::Delivered, 780),
+const KINDS: [(EventKind, u32); 10] = [
+    (EventKind::Delivered, 778),
     (EventKind::Deferred, 100),
     (EventKind::Bounced, 50),
     (EventKind::Reception, 40),
@@ -34,7 +34,11 @@ const KINDS: [(EventKind, u32); 9] = [
     (EventKind::Expired, 5),
     (EventKind::Complaint, 4),
     (EventKind::Unsubscribe, 2),
+    (EventKind::DmarcReport, 2),
 ];
+
+/// Who sends DMARC aggregate reports.
+const REPORTERS: [&str; 3] = ["google.com", "Outlook.com", "Yahoo"];
 
 /// (class, code, enhanced status, text) of failures.
 const FAILURES: [(&str, u16, &str, &str); 8] = [
@@ -97,6 +101,7 @@ fn event(rng: &mut StdRng, i: usize, n: usize, start: DateTime<Utc>, days: u32) 
     event.recipient_domain = Some(domain.to_owned());
     let source = rng.random_range(1..=8);
     event.egress_source = Some(format!("ip-{source}"));
+    event.sending_ip = Some(format!("192.0.2.{source}"));
     event.egress_pool = Some(["pool-a", "pool-b", "pool-c"][(source - 1) / 3].to_owned());
     let tenant = rng.random_range(0..6);
     // One sender in six sends without a tenant.
@@ -121,6 +126,26 @@ fn event(rng: &mut StdRng, i: usize, n: usize, start: DateTime<Utc>, days: u32) 
             event.response_text = Some(format!("{code} {status} {text}"));
             // Our own MTA gives up on a few messages itself.
             event.internal = kind == EventKind::Bounced && rng.random_range(0..50) == 0;
+        }
+        EventKind::DmarcReport => {
+            // A report row: many messages from one source IP, one in four not ours.
+            event.recipient = None;
+            event.recipient_domain = None;
+            event.provider = None;
+            event.egress_source = None;
+            event.egress_pool = None;
+            if rng.random_range(0..4) == 0 {
+                event.sending_ip = Some(format!("203.0.113.{}", rng.random_range(1..=20)));
+            }
+            event.source = SourceKind::Dmarc;
+            event.source_node = Some(REPORTERS[rng.random_range(0..REPORTERS.len())].to_owned());
+            event.report_id = Some(format!("report-{}", i / 7));
+            event.message_count = Some(rng.random_range(1..500));
+            let aligned = |rng: &mut StdRng| if rng.random_range(0..10) < 8 { "pass" } else { "fail" };
+            event.dmarc_dkim = Some(aligned(rng).to_owned());
+            event.dmarc_spf = Some(aligned(rng).to_owned());
+            event.dmarc_disposition =
+                Some(["none", "none", "none", "quarantine", "reject"][rng.random_range(0..5)].to_owned());
         }
         _ => {}
     }
