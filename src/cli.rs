@@ -225,6 +225,9 @@ pub struct RunArgs {
     /// `[relays.<name>]` of the configuration file: relay webhook receivers.
     #[arg(skip)]
     pub relays: vigil_ingest::relay::http::RelaysConfig,
+    /// `[[suppressions.push]]` of the configuration file: listmonk, Mautic, webhook targets.
+    #[arg(skip)]
+    pub suppression_targets: Vec<vigil_processor::suppression_push::SuppressionTarget>,
     /// `[processor] snapshot_seconds` of the configuration file.
     #[arg(skip = 60u64)]
     pub snapshot_seconds: u64,
@@ -309,6 +312,7 @@ impl RunArgs {
         }
         self.webhooks = config.actuation.webhooks;
         self.relays = config.relays;
+        self.suppression_targets = config.suppressions.push;
         self.tokens = config.api.tokens;
         self.snapshot_seconds = config.processor.snapshot_seconds;
         self.complaint_join = config.processor.complaint_join;

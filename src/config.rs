@@ -54,6 +54,18 @@ pub struct Config {
     /// sparkpost, brevo, mailjet, postal, elasticemail), each with its key or credential.
     #[serde(default)]
     pub relays: vigil_ingest::relay::http::RelaysConfig,
+    /// `[suppressions]`: where new suppressions are pushed (`[[suppressions.push]]`).
+    #[serde(default)]
+    pub suppressions: SuppressionsSection,
+}
+
+/// `[suppressions]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionsSection {
+    /// listmonk, Mautic or webhook targets, each pushed from its own cursor.
+    #[serde(default)]
+    pub push: Vec<vigil_processor::suppression_push::SuppressionTarget>,
 }
 
 impl Default for Config {
@@ -71,6 +83,7 @@ impl Default for Config {
             clickhouse: None,
             kafka: None,
             relays: vigil_ingest::relay::http::RelaysConfig::default(),
+            suppressions: SuppressionsSection::default(),
         }
     }
 }
@@ -236,8 +249,9 @@ impl Role {
     fn ignores(self) -> &'static [&'static str] {
         match self {
             Self::Run => &["kafka", "buffer"],
-            Self::Ingest => &["classifier", "processor", "actuation", "clickhouse"],
-            Self::Process => &["sources", "buffer"],
+            Self::Ingest => &["classifier", "processor", "actuation", "clickhouse", "suppressions"],
+            // Suppressions are pushed by `vigil run` only, for now.
+            Self::Process => &["sources", "buffer", "relays", "suppressions"],
         }
     }
 }
@@ -334,6 +348,8 @@ impl Config {
                 self.processor.snapshot_seconds != default_snapshot_seconds()
                     || self.processor.complaint_join != vigil_processor::complaints::JoinSettings::default()
             }
+            "suppressions" => !self.suppressions.push.is_empty(),
+            "relays" => !self.relays.is_empty(),
             "actuation" => {
                 self.actuation.rules.is_some()
                     || self.actuation.kumod_url.is_some()

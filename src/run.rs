@@ -158,6 +158,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         );
         tasks.spawn(sink.map_ok());
     }
+    for target in &args.suppression_targets {
+        target.check().map_err(anyhow::Error::msg)?;
+        let push =
+            vigil_processor::suppression_push::run(target.clone(), log.clone(), enricher.clone(), shutdown.clone());
+        tasks.spawn(push.map_ok());
+    }
     ready.store(true, Ordering::Release);
     tracing::info!(committed, "processor ready");
 

@@ -25,6 +25,8 @@
 //! - [`enrich`]: the pure per-event step combining the two.
 //! - [`reputation`]: window counts, rates, score, provider signals.
 //! - [`suppression`]: hard bounces, complaints and unsubscribes by recipient.
+//! - [`suppression_push`]: new suppressions pushed to listmonk, Mautic or a signed webhook,
+//!   from a durable cursor in the log.
 //! - [`complaints`]: each complaint tied to the stream that sent the mail complained about
 //!   (the report's trace, else a bounded join to the latest delivery to the complainer).
 //! - [`shaping`]: KumoMTA traffic-shaping automation rules, loaded from `shaping.toml` files.
@@ -52,6 +54,7 @@ pub mod shaping;
 pub mod state;
 pub mod stream;
 pub mod suppression;
+pub mod suppression_push;
 pub mod view;
 
 pub use classify::{Classification, Classifier, ClassifierBuilder};

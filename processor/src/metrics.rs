@@ -41,6 +41,8 @@ pub struct ProcessorMetrics {
     pub push_retrying: Family<PusherLabel, Gauge>,
     /// Complaints by how they were attributed to a stream.
     pub complaints: Family<AttributionLabel, Counter>,
+    /// Suppressions delivered to each marketing app (`suppressions:<name>`).
+    pub suppressions_pushed: Family<PusherLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +61,7 @@ impl Default for ProcessorMetrics {
             push_failures: Family::default(),
             push_retrying: Family::default(),
             complaints: Family::default(),
+            suppressions_pushed: Family::default(),
         }
     }
 }
@@ -122,6 +125,11 @@ pub fn register_outbox(registry: &mut Registry) {
         "vigil_push_oldest_undelivered_seconds",
         "Age of the oldest decision each pusher has not passed yet (0 when caught up)",
         m.outbox_oldest_seconds.clone(),
+    );
+    registry.register(
+        "vigil_suppressions_pushed",
+        "Suppressed recipients delivered to each marketing app (listmonk, Mautic, webhook)",
+        m.suppressions_pushed.clone(),
     );
     registry.register(
         "vigil_push_failures",

@@ -59,7 +59,12 @@ pub struct Suppressions {
     by_recipient: HashMap<String, Suppression>,
 }
 
-/// Why an event suppresses its recipient, if it does.
+/// Why an event suppresses its recipient, if it does: the reason, and a hard bounce's class.
+#[must_use]
+pub fn suppresses(event: &DeliveryEvent) -> Option<(Reason, Option<String>)> {
+    reason_of(event)
+}
+
 fn reason_of(event: &DeliveryEvent) -> Option<(Reason, Option<String>)> {
     if event.internal {
         return None;

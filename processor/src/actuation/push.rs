@@ -473,7 +473,7 @@ impl Pusher {
 
 /// The HTTP client of every pusher: TLS from the process's trust store ([`vigil_log::tls`]),
 /// and a timeout well under the loop's pace.
-fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .tls_backend_preconfigured((*vigil_log::tls::client_config()).clone())
