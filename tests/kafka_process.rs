@@ -311,3 +311,74 @@ async fn decisions_on_kafka_reach_kumod_and_the_decisions_topic() {
     assert_eq!(decision["target"]["egress_source"], "ip-9");
     process.running.stop();
 }
+
+/// Relay webhooks into `vigil ingest`, through the broker, counted by `vigil process` like MTA
+/// events.
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_webhooks_through_ingest_count_in_reputation() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = Broker::start_with(dir.path(), port, "memory://tansu/");
+    let ingest_dir = dir.path().join("ingest");
+    std::fs::create_dir_all(&ingest_dir).unwrap();
+    let config = ingest_dir.join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {data:?}\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"127.0.0.1:{port}\"\npartitions = {PARTITIONS}\n\
+             [relays.postmark]\nbasic_auth = {{ username = \"postmark\", password = \"s3cret\" }}\n",
+            data = ingest_dir.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["ingest", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting vigil ingest");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let ingest = Running(child);
+    let base = line.trim().strip_prefix("vigil ingest listening on ").unwrap().to_owned();
+    let process = Process::start_with(&dir.path().join("p"), port, "group-relays", "vigil.enriched", "");
+
+    // A Postmark delivery and a hard bounce to Gmail addresses, happening now.
+    let now = chrono::Utc::now().to_rfc3339();
+    let fixture = |name: &str| -> Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/relays/postmark").join(name);
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let mut delivery = fixture("anymail_delivery.json");
+    delivery["Recipient"] = "alice@gmail.com".into();
+    delivery["DeliveredAt"] = now.clone().into();
+    let mut bounce = fixture("anymail_bounce_hard.json");
+    bounce["Email"] = "bob@gmail.com".into();
+    bounce["BouncedAt"] = now.into();
+    let http = reqwest::Client::new();
+    for body in [delivery, bounce] {
+        let response = http
+            .post(format!("{base}/ingest/postmark"))
+            .basic_auth("postmark", Some("s3cret"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+    eventually("vigil process to count the relay's events", Duration::from_secs(120), || async {
+        let body = process.get("/api/v1/reputation?scope=provider").await;
+        body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["provider"] == "google" && r["delivered"] == 1 && r["bounced"] == 1 && r["hard_bounces"] == 1)
+    })
+    .await;
+    let suppressed = process.get("/api/v1/suppressions").await;
+    assert!(suppressed.to_string().contains("bob@gmail.com"), "{suppressed}");
+    ingest.stop();
+    process.running.stop();
+}
