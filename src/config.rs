@@ -372,6 +372,26 @@ impl Config {
         }
     }
 
+    /// Checks what only makes sense once built: each relay receiver can verify its requests,
+    /// each suppression target has its credentials, each VERP pattern compiles, each IMAP
+    /// mailbox is usable.
+    ///
+    /// # Errors
+    /// The first that is not, in words.
+    pub fn check_inputs(&self) -> anyhow::Result<()> {
+        for (provider, receiver) in &self.relays {
+            vigil_ingest::relay::verify::Verifier::new(*provider, receiver.clone()).map_err(anyhow::Error::msg)?;
+        }
+        for target in &self.suppressions.push {
+            target.check().map_err(anyhow::Error::msg)?;
+        }
+        vigil_ingest::mail::Verp::new(&self.sources.verp).map_err(anyhow::Error::msg)?;
+        for mailbox in &self.sources.imap {
+            mailbox.validate().with_context(|| format!("[[sources.imap]] {}@{}", mailbox.username, mailbox.host))?;
+        }
+        Ok(())
+    }
+
     /// The `[kafka]` section, which the Kafka roles need.
     ///
     /// # Errors
@@ -401,6 +421,7 @@ pub fn check(files: &[PathBuf]) -> anyhow::Result<()> {
         let config = Config::read(file)?.with_environment(|v| std::env::var(v).ok())?;
         vigil_log::tls::build(config.tls.ca_file.as_deref())
             .with_context(|| format!("in the configuration {}: [tls] ca_file", file.display()))?;
+        config.check_inputs().with_context(|| format!("in the configuration {}", file.display()))?;
         println!("{}: ok", file.display());
     }
     Ok(())
@@ -447,9 +468,9 @@ mod tests {
 
     #[test]
     fn every_example_is_a_valid_configuration() {
-        for file in ["examples/vigil.toml", "examples/ingest.toml", "examples/process.toml"] {
+        for file in ["examples/vigil.toml", "examples/ingest.toml", "examples/process.toml", "examples/relays.toml"] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-            Config::read(&path).unwrap();
+            Config::read(&path).unwrap().check_inputs().unwrap();
         }
     }
 }
