@@ -189,10 +189,13 @@ mod tests {
             .get_or_create(&DeadLetterLabels { source: "kumomta-http".into(), reason: "invalid_json" })
             .inc();
         ingest.file_lag_bytes.get_or_create(&source).set(0);
+        ingest.unverified.get_or_create(&SourceLabel { source: "ses".into() }).inc();
         let pusher = vigil_processor::metrics::PusherLabel { pusher: "kumod".into() };
         vigil_processor::metrics::processor_metrics().outbox_depth.get_or_create(&pusher).set(0);
         vigil_processor::metrics::processor_metrics().outbox_oldest_seconds.get_or_create(&pusher).set(0);
         vigil_processor::metrics::processor_metrics().push_retrying.get_or_create(&pusher).set(0);
+        let suppressions = vigil_processor::metrics::PusherLabel { pusher: "suppressions:newsletter".into() };
+        vigil_processor::metrics::processor_metrics().suppressions_pushed.get_or_create(&suppressions).inc();
         vigil_processor::metrics::delivery_failed("kumod", true);
         ingest
             .refused

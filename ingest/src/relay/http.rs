@@ -73,6 +73,10 @@ pub fn router(
             post(receive).with_state(state)
         };
         router = router.route(&provider.path(), route);
+        // The refusal counter starts at 0 for each receiver, so a rule on it has a series.
+        let _ = crate::metrics::ingest_metrics()
+            .unverified
+            .get_or_create(&crate::metrics::SourceLabel { source: provider.as_str().to_owned() });
         tracing::info!(relay = provider.as_str(), path = %provider.path(), "relay webhook receiver on");
     }
     Ok(router)
