@@ -321,8 +321,9 @@ mod tests {
         assert_eq!(writer.compact().unwrap(), CompactionReport::default(), "nothing left to merge");
     }
 
-    /// Files written before schema version 2 lack the complaint columns: they are read, and
-    /// merged with newer files, with those columns null.
+    /// Files written before schema version 2 lack the complaint columns (and the DMARC columns
+    /// of version 3 after them): they are read, and merged with newer files, with those columns
+    /// null.
     #[tokio::test]
     async fn files_of_an_older_schema_are_read_and_merged_with_nulls_for_the_new_columns() {
         let dir = tempfile::tempdir().unwrap();
@@ -332,14 +333,15 @@ mod tests {
                 .write_batch(offset, offset + 1, &[(offset, event(EventKind::Delivered, offset as i64, "google"))])
                 .unwrap();
         }
-        // Rewrite the first file as version 1 wrote it: without the last four columns.
+        // Rewrite the first file as version 1 wrote it: without the complaint columns (from
+        // `report_recipient` on) and the DMARC columns after them.
         let first = files::list_parts(dir.path(), Table::Events).unwrap().remove(0);
         let batch = {
             let input = File::open(&first.path).unwrap();
             ParquetRecordBatchReaderBuilder::try_new(input).unwrap().build().unwrap().next().unwrap().unwrap()
         };
-        let keep = batch.num_columns() - 4;
-        assert_eq!(batch.schema().field(keep).name(), "report_recipient");
+        let keep = batch.schema().index_of("report_recipient").unwrap();
+        assert_eq!(batch.num_columns() - keep, 4 + 5, "four complaint columns, five DMARC columns");
         let old = batch.project(&(0..keep).collect::<Vec<_>>()).unwrap();
         let mut out = File::create(&first.path).unwrap();
         let mut old_writer = ArrowWriter::try_new(&mut out, old.schema(), None).unwrap();
