@@ -113,6 +113,9 @@ pub struct ReplayArgs {
     /// The action rules `vigil run` uses (its `--action-rules`); default: the bundled set.
     #[arg(long = "action-rules", value_name = "FILE")]
     pub action_rules: Option<PathBuf>,
+    /// The alert rules `vigil run` uses (its `--alert-rules`); default: the bundled set.
+    #[arg(long = "alert-rules", value_name = "FILE")]
+    pub alert_rules: Option<PathBuf>,
     /// What-if: replay under this action rules file (see `processor/data/rules/default.toml`)
     /// and print the decisions that would differ from those recorded.
     #[arg(long = "what-if-rules", value_name = "FILE")]
@@ -172,6 +175,10 @@ pub struct RunArgs {
     /// the bundled set, `processor/data/rules/default.toml`.
     #[arg(long = "action-rules", value_name = "FILE")]
     pub action_rules: Option<PathBuf>,
+    /// The alert rules (`[[alert]]` entries, see docs/alerting.md); default: the bundled set,
+    /// `processor/data/rules/alerts.toml`. Reloaded on SIGHUP.
+    #[arg(long = "alert-rules", value_name = "FILE")]
+    pub alert_rules: Option<PathBuf>,
     /// Push suspensions and bounces to this kumod (`http://host:8000`) through its admin
     /// API, and bump its config epoch when the shaping overlay changes. Leave it out when kumod
     /// subscribes to Vigil's TSA endpoints instead.
@@ -228,6 +235,9 @@ pub struct RunArgs {
     /// `[[suppressions.push]]` of the configuration file: listmonk, Mautic, webhook targets.
     #[arg(skip)]
     pub suppression_targets: Vec<vigil_processor::suppression_push::SuppressionTarget>,
+    /// `[[alerting.receivers]]` of the configuration file: where alerts are delivered.
+    #[arg(skip)]
+    pub alert_receivers: Vec<vigil_processor::alert_push::ReceiverConfig>,
     /// `[processor] snapshot_seconds` of the configuration file.
     #[arg(skip = 60u64)]
     pub snapshot_seconds: u64,
@@ -297,6 +307,7 @@ impl RunArgs {
             self.bounce_rules = config.classifier.bounce_rules;
         }
         layer!("action_rules", self.action_rules, config.actuation.rules);
+        layer!("alert_rules", self.alert_rules, config.alerting.rules);
         layer!("kumod_url", self.kumod_url, config.actuation.kumod_url);
         layer!("api_token", self.api_token, config.actuation.api_token);
         layer!("trusted_hosts", self.trusted_hosts, config.api.trusted_hosts);
@@ -313,6 +324,7 @@ impl RunArgs {
         self.webhooks = config.actuation.webhooks;
         self.relays = config.relays;
         self.suppression_targets = config.suppressions.push;
+        self.alert_receivers = config.alerting.receivers;
         self.tokens = config.api.tokens;
         self.snapshot_seconds = config.processor.snapshot_seconds;
         self.complaint_join = config.processor.complaint_join;

@@ -57,6 +57,22 @@ pub struct Config {
     /// `[suppressions]`: where new suppressions are pushed (`[[suppressions.push]]`).
     #[serde(default)]
     pub suppressions: SuppressionsSection,
+    /// `[alerting]`: the alert rules file and where alerts are delivered.
+    #[serde(default)]
+    pub alerting: AlertingSection,
+}
+
+/// `[alerting]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingSection {
+    /// A file of `[[alert]]` rules replacing the bundled set (`processor/data/rules/alerts.toml`);
+    /// reloaded on SIGHUP.
+    pub rules: Option<PathBuf>,
+    /// `[[alerting.receivers]]`: Slack, PagerDuty, Teams, a signed webhook or Alertmanager, each
+    /// with its matchers and grouping.
+    #[serde(default)]
+    pub receivers: Vec<vigil_processor::alert_push::ReceiverConfig>,
 }
 
 /// `[suppressions]`.
@@ -84,6 +100,7 @@ impl Default for Config {
             kafka: None,
             relays: vigil_ingest::relay::http::RelaysConfig::default(),
             suppressions: SuppressionsSection::default(),
+            alerting: AlertingSection::default(),
         }
     }
 }
@@ -249,9 +266,9 @@ impl Role {
     fn ignores(self) -> &'static [&'static str] {
         match self {
             Self::Run => &["kafka", "buffer"],
-            Self::Ingest => &["classifier", "processor", "actuation", "clickhouse", "suppressions"],
-            // Suppressions are pushed by `vigil run` only, for now.
-            Self::Process => &["sources", "buffer", "relays", "suppressions"],
+            Self::Ingest => &["classifier", "processor", "actuation", "clickhouse", "suppressions", "alerting"],
+            // Suppressions are pushed, and alerts delivered, by `vigil run` only, for now.
+            Self::Process => &["sources", "buffer", "relays", "suppressions", "alert receivers"],
         }
     }
 }
@@ -349,6 +366,8 @@ impl Config {
                     || self.processor.complaint_join != vigil_processor::complaints::JoinSettings::default()
             }
             "suppressions" => !self.suppressions.push.is_empty(),
+            "alerting" => self.alerting.rules.is_some() || !self.alerting.receivers.is_empty(),
+            "alert receivers" => !self.alerting.receivers.is_empty(),
             "relays" => !self.relays.is_empty(),
             "actuation" => {
                 self.actuation.rules.is_some()
@@ -384,6 +403,14 @@ impl Config {
         }
         for target in &self.suppressions.push {
             target.check().map_err(anyhow::Error::msg)?;
+        }
+        crate::run::load_alert_rules(self.alerting.rules.as_deref())?;
+        let mut names = std::collections::BTreeSet::new();
+        for receiver in &self.alerting.receivers {
+            receiver.check().map_err(anyhow::Error::msg)?;
+            if !names.insert(&receiver.name) {
+                anyhow::bail!("[[alerting.receivers]]: two receivers are named `{}`", receiver.name);
+            }
         }
         vigil_ingest::mail::Verp::new(&self.sources.verp).map_err(anyhow::Error::msg)?;
         for mailbox in &self.sources.imap {

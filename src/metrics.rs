@@ -196,6 +196,8 @@ mod tests {
         vigil_processor::metrics::processor_metrics().push_retrying.get_or_create(&pusher).set(0);
         let suppressions = vigil_processor::metrics::PusherLabel { pusher: "suppressions:newsletter".into() };
         vigil_processor::metrics::processor_metrics().suppressions_pushed.get_or_create(&suppressions).inc();
+        let alerts = vigil_processor::metrics::PusherLabel { pusher: "alerts:oncall".into() };
+        vigil_processor::metrics::processor_metrics().alerts_sent.get_or_create(&alerts).inc();
         vigil_processor::metrics::delivery_failed("kumod", true);
         ingest
             .refused

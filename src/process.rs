@@ -73,6 +73,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .merge(analytics)
         .merge(vigil_query::tsa::router(tsa.clone(), None))
         .merge(vigil_query::actions::router(tsa))
+        .merge(vigil_query::alerts::router(vigil_query::alerts::AlertsState {
+            view: vigil_processor::view::View::new(Arc::clone(&state)),
+            outbox: None,
+        }))
         .merge(crate::metrics::process_router(outbox.clone()))
         .route("/healthz", get(healthz))
         .layer(axum::middleware::from_fn_with_state(tokens.clone(), vigil_query::auth::require_role))
@@ -99,7 +103,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Duration::from_secs(config.processor.snapshot_seconds),
         )
     })
-    .with_rules(FoldRules::new(rules).with_complaint_join(config.processor.complaint_join), Some(outbox.clone()));
+    .with_rules(
+        FoldRules::new(rules)
+            .with_complaint_join(config.processor.complaint_join)
+            .with_alerts(crate::run::load_alert_rules(config.alerting.rules.as_deref())?),
+        Some(outbox.clone()),
+    );
     ready.store(true, Ordering::Release);
     tracing::info!(brokers = %kafka.brokers, group = %kafka.group_id, "vigil process starting");
     ensure_stream_topics(&kafka, &shutdown).await?;

@@ -42,8 +42,11 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     if let Some(rules) = args.what_if_rules.as_ref().or(args.rules.as_ref()) {
         return what_if(&log, &enricher, rules, &args.data_dir, until);
     }
-    let fold = FoldRules::new(crate::run::load_rules(args.action_rules.as_deref())?);
+    let fold = FoldRules::new(crate::run::load_rules(args.action_rules.as_deref())?)
+        .with_alerts(crate::run::load_alert_rules(args.alert_rules.as_deref())?);
     vigil_processor::pipeline::catch_up(&log, &enricher, &fold, &mut state, until, &mut |_| {})?;
+    // A replay tells no one: the notices it decides again are dropped.
+    state.alerting.take_notices();
     let report = Report { state: state.summary(), provider_map_version, seconds: started.elapsed().as_secs_f64() };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())

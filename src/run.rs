@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use vigil_log::EventLog;
 use vigil_processor::actuation::RuleSet;
 use vigil_processor::actuation::push::{Outbox, PushConfig, WebhookConfig};
+use vigil_processor::alert_push::AlertOutbox;
 use vigil_processor::state::FoldRules;
 use vigil_processor::view::View;
 use vigil_processor::{ClassifierBuilder, Enricher, Pipeline, PipelineConfig, ProviderMap};
@@ -50,8 +51,17 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let state_dir = vigil_processor::pipeline::state_dir(&args.data_dir);
     let outbox = Outbox::open(&state_dir)?;
     let rules = load_rules(args.action_rules.as_deref())?;
+    let alert_rules = load_alert_rules(args.alert_rules.as_deref())?;
+    for receiver in &args.alert_receivers {
+        receiver.check().map_err(anyhow::Error::msg)?;
+    }
+    let alert_outbox = AlertOutbox::open(&state_dir)?;
     let pipeline = Pipeline::new(log.clone(), writer, enricher.clone(), config)
-        .with_rules(FoldRules::new(rules).with_complaint_join(args.complaint_join), Some(outbox.clone()));
+        .with_rules(
+            FoldRules::new(rules).with_complaint_join(args.complaint_join).with_alerts(alert_rules),
+            Some(outbox.clone()),
+        )
+        .with_alert_outbox(alert_outbox.clone());
 
     let tokens = load_tokens(&args.tokens, args.api_tokens.as_deref())?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -98,6 +108,10 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let app = api
         .merge(vigil_query::tsa::router(tsa.clone(), Some(receiver())))
         .merge(vigil_query::actions::router(tsa))
+        .merge(vigil_query::alerts::router(vigil_query::alerts::AlertsState {
+            view: View::new(pipeline.state()),
+            outbox: Some(alert_outbox.clone()),
+        }))
         .route(vigil_ingest::kumomta::PATH, receiver())
         .merge(relays)
         .merge(uploads)
@@ -129,7 +143,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     spawn_http(&mut tasks, listener, app, &shutdown);
 
-    let action_rules = args.action_rules.clone().map(|file| (file, pipeline.rules_handle()));
+    let reload = RulesReload {
+        action_rules: args.action_rules.clone(),
+        alert_rules: args.alert_rules.clone(),
+        handle: pipeline.rules_handle(),
+    };
+    let view = View::new(pipeline.state());
     let pipeline = Arc::new(pipeline);
     let prepared = Arc::clone(&pipeline);
     let committed = tokio::task::spawn_blocking(move || prepared.prepare()).await??;
@@ -158,6 +177,13 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         );
         tasks.spawn(sink.map_ok());
     }
+    // The alerts firing now were told before a restart: each receiver only repeats them.
+    let (firing, _) = view.alerts()?;
+    for receiver in &args.alert_receivers {
+        let push =
+            vigil_processor::alert_push::run(receiver.clone(), alert_outbox.clone(), firing.clone(), shutdown.clone());
+        tasks.spawn(push.map_ok());
+    }
     for target in &args.suppression_targets {
         target.check().map_err(anyhow::Error::msg)?;
         let push =
@@ -169,7 +195,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
 
     crate::sources::start(&args.sources, &log, None, &args.trusted_hosts, &mut tasks, &shutdown).await?;
     #[cfg(unix)]
-    tasks.spawn(reload_on_sighup(args.bounce_rules.clone(), enricher, action_rules, shutdown.clone()));
+    tasks.spawn(reload_on_sighup(args.bounce_rules.clone(), enricher, reload, shutdown.clone()));
     if args.demo {
         tracing::info!("demo traffic on: synthetic KumoMTA records for 4 egress sources and 5 providers");
         tasks.spawn(crate::demo::run(log.clone(), shutdown.clone()).map_ok());
@@ -225,16 +251,37 @@ pub(crate) fn build_classifier(rules: &[std::path::PathBuf]) -> anyhow::Result<v
     Ok(builder.with_bundled_rules().build()?)
 }
 
-/// Where reloaded action rules go: the rules file and the pipeline's handle.
-type ActionRulesReload = Option<(std::path::PathBuf, Arc<arc_swap::ArcSwap<FoldRules>>)>;
+/// The alert rules: the file given, else the bundled set.
+pub(crate) fn load_alert_rules(
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<vigil_processor::alerting::AlertRule>> {
+    let rules = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            vigil_processor::alerting::compile_rules(&path.display().to_string(), Some(&text))
+                .map_err(anyhow::Error::msg)?
+        }
+        None => vigil_processor::alerting::bundled(),
+    };
+    tracing::info!(rules = rules.len(), file = ?file, "alert rules loaded");
+    Ok(rules)
+}
 
-/// `kill -HUP` rebuilds the classifier from the rule files, and the action rules from their
-/// file, and swaps them in; a file that no longer loads keeps the running rules and says why.
+/// Where reloaded rules go: the files given and the pipeline's handle.
+struct RulesReload {
+    action_rules: Option<std::path::PathBuf>,
+    alert_rules: Option<std::path::PathBuf>,
+    handle: Arc<arc_swap::ArcSwap<FoldRules>>,
+}
+
+/// `kill -HUP` rebuilds the classifier from the rule files, and the action and alert rules from
+/// their files, and swaps them in; a file that no longer loads keeps the running rules and says
+/// why.
 #[cfg(unix)]
 async fn reload_on_sighup(
     rules: Vec<std::path::PathBuf>,
     enricher: Enricher,
-    action_rules: ActionRulesReload,
+    reload: RulesReload,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -251,15 +298,27 @@ async fn reload_on_sighup(
             }
             Err(error) => tracing::error!(%error, "rule reload failed; the running classifier stays"),
         }
-        if let Some((file, handle)) = &action_rules {
-            let file = file.clone();
+        let handle = &reload.handle;
+        if let Some(file) = reload.action_rules.clone() {
             match tokio::task::spawn_blocking(move || load_rules(Some(&file))).await? {
                 Ok(rules) => {
-                    let join = handle.load().complaint_join;
-                    handle.store(Arc::new(FoldRules::new(rules).with_complaint_join(join)));
+                    let running = handle.load();
+                    let fold = FoldRules::new(rules).with_complaint_join(running.complaint_join);
+                    handle.store(Arc::new(FoldRules { alerts: Arc::clone(&running.alerts), ..fold }));
                 }
                 Err(error) => {
                     tracing::error!(error = %format!("{error:#}"), "action rules reload failed; the running rules stay")
+                }
+            }
+        }
+        if let Some(file) = reload.alert_rules.clone() {
+            match tokio::task::spawn_blocking(move || load_alert_rules(Some(&file))).await? {
+                Ok(alerts) => {
+                    let fold = FoldRules::clone(&handle.load()).with_alerts(alerts);
+                    handle.store(Arc::new(fold));
+                }
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "alert rules reload failed; the running rules stay")
                 }
             }
         }

@@ -44,6 +44,29 @@ fn check_config_passes_every_example_and_names_a_misspelt_key_with_its_line() {
     assert!(output.contains(&bad.display().to_string()), "the error names the file: {output}");
 }
 
+#[test]
+fn check_config_names_a_bad_alert_rule_with_its_line_and_a_receiver_missing_its_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("alerts.toml");
+    std::fs::write(
+        &rules,
+        "[[alert]]\nname = \"spam\"\nmetric = \"block_rate\"\nwindow = \"1h\"\nthreshold = 0.05\nmin_volum = 10\n",
+    )
+    .unwrap();
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, format!("[alerting]\nrules = \"{}\"\n", rules.display())).unwrap();
+    let (ok, output) = check_config(std::slice::from_ref(&config));
+    assert!(!ok, "{output}");
+    assert!(output.contains("min_volum") && output.contains("line 6") && output.contains("alerts.toml"), "{output}");
+    std::fs::write(&rules, "[[alert]]\nname = \"spam\"\nmetric = \"block_rate\"\nwindow = \"1h\"\nthreshold = 5\n")
+        .unwrap();
+    let (ok, output) = check_config(std::slice::from_ref(&config));
+    assert!(!ok && output.contains("alert rule `spam`") && output.contains("fraction"), "{output}");
+    std::fs::write(&config, "[[alerting.receivers]]\nname = \"chat\"\nkind = \"slack\"\n").unwrap();
+    let (ok, output) = check_config(std::slice::from_ref(&config));
+    assert!(!ok && output.contains("chat") && output.contains("`url`"), "{output}");
+}
+
 #[tokio::test]
 async fn run_with_the_example_file_serves_the_demo() {
     let dir = tempfile::tempdir().unwrap();

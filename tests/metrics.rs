@@ -76,3 +76,25 @@ async fn metrics_count_what_ingest_did() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The Prometheus rules shipped for Vigil's own health load, and fire as their unit tests say
+/// (`deploy/prometheus/vigil-alerts.test.yml`: input stopped, a lagging processor, a failing
+/// alert receiver, and quiet before each).
+#[test]
+fn the_shipped_health_rules_load_and_fire_as_tested() {
+    let promtool = std::env::var("VIGIL_PROMTOOL").unwrap_or_else(|_| "promtool".to_owned());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [["check", "rules", "vigil-alerts.yml"], ["test", "rules", "vigil-alerts.test.yml"]] {
+        let out = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{promtool}: {e}; ./scripts/test installs Debian's prometheus"));
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -32,6 +32,10 @@
 //! - [`shaping`]: KumoMTA traffic-shaping automation rules, loaded from `shaping.toml` files.
 //! - [`actuation`]: rules that act (automation, rate rules, warm-up) folded into decisions,
 //!   and the pushers that deliver them.
+//! - [`alerting`]: alert rules over the reputation view, a state machine per (rule, scope
+//!   value) folded on the events' clock; [`alert_dispatch`] groups, silences and times the
+//!   notifications (a pure core); [`alert_push`] keeps them in a durable outbox and delivers
+//!   them to Slack, PagerDuty, Teams, a signed webhook or Alertmanager.
 //! - [`state`]: the fold of both, its digest and snapshots.
 //! - [`pipeline`]: the async loop from the log to the warehouse and the state.
 //! - [`stream`]: the same on Kafka (`vigil process`): enrich in a consumer group, fold
@@ -42,6 +46,9 @@
 //! - [`view`]: the read model; the API and every other reader use nothing else of this crate.
 
 pub mod actuation;
+pub mod alert_dispatch;
+pub mod alert_push;
+pub mod alerting;
 pub mod classify;
 pub mod clickhouse_feed;
 pub mod complaints;

@@ -43,6 +43,8 @@ pub struct ProcessorMetrics {
     pub complaints: Family<AttributionLabel, Counter>,
     /// Suppressions delivered to each marketing app (`suppressions:<name>`).
     pub suppressions_pushed: Family<PusherLabel, Counter>,
+    /// Alert notifications delivered to each receiver (`alerts:<name>`).
+    pub alerts_sent: Family<PusherLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +64,7 @@ impl Default for ProcessorMetrics {
             push_retrying: Family::default(),
             complaints: Family::default(),
             suppressions_pushed: Family::default(),
+            alerts_sent: Family::default(),
         }
     }
 }
@@ -130,6 +133,11 @@ pub fn register_outbox(registry: &mut Registry) {
         "vigil_suppressions_pushed",
         "Suppressed recipients delivered to each marketing app (listmonk, Mautic, webhook)",
         m.suppressions_pushed.clone(),
+    );
+    registry.register(
+        "vigil_alert_notifications_sent",
+        "Alert notifications delivered to each receiver (Slack, PagerDuty, Teams, webhook, Alertmanager)",
+        m.alerts_sent.clone(),
     );
     registry.register(
         "vigil_push_failures",

@@ -12,6 +12,7 @@ use vigil_warehouse::{ParquetWriter, WarehouseError};
 
 use crate::actuation::Decision;
 use crate::actuation::push::{Outbox, OutboxError};
+use crate::alert_push::{AlertOutbox, AlertOutboxError};
 use crate::enrich::Enricher;
 use crate::state::{DerivedState, FoldRules, SnapshotError};
 
@@ -25,6 +26,9 @@ pub type SharedState = Arc<RwLock<DerivedState>>;
 /// Events read from the log per chunk while replaying.
 const REPLAY_CHUNK: usize = 10_000;
 
+/// Alert notices a rebuild decides about changes older than this are not sent.
+const STALE_NOTICE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
 /// Why a step of the pipeline failed. The pipeline retries from the committed offset.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -36,6 +40,8 @@ pub enum PipelineError {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    AlertOutbox(#[from] AlertOutboxError),
     #[error("pipeline task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -118,6 +124,8 @@ pub struct Pipeline {
     /// Swapped whole when the rules are reloaded; each batch folds under one version.
     fold: Arc<arc_swap::ArcSwap<FoldRules>>,
     outbox: Option<Outbox>,
+    /// Where alert notices are written before any receiver is told.
+    alert_outbox: Option<AlertOutbox>,
     state: SharedState,
     config: PipelineConfig,
 }
@@ -131,6 +139,7 @@ impl Pipeline {
             enricher,
             fold: Arc::new(arc_swap::ArcSwap::from_pointee(FoldRules::bundled())),
             outbox: None,
+            alert_outbox: None,
             state: Arc::new(RwLock::new(DerivedState::new())),
             config,
         }
@@ -142,6 +151,40 @@ impl Pipeline {
         self.fold = Arc::new(arc_swap::ArcSwap::from_pointee(fold));
         self.outbox = outbox;
         self
+    }
+
+    /// Records alert notices in `outbox` (else they are only logged).
+    #[must_use]
+    pub fn with_alert_outbox(mut self, outbox: AlertOutbox) -> Self {
+        self.alert_outbox = Some(outbox);
+        self
+    }
+
+    /// Writes the alert notices the rebuild decided to the alert outbox (idempotent by notice
+    /// id), and logs them; before any snapshot, so a notice decided is never lost to a crash.
+    /// Notices about alerts that changed more than [`STALE_NOTICE`] ago are not recorded: a
+    /// rebuild of a long log (an upgrade, a lost snapshot) would otherwise page people about
+    /// last month.
+    fn record_rebuilt_notices(&self, state: &mut DerivedState) -> Result<(), AlertOutboxError> {
+        let stale_before = chrono::Utc::now() - STALE_NOTICE;
+        let (recent, stale): (Vec<_>, Vec<_>) = state
+            .alerting
+            .take_notices()
+            .into_iter()
+            .partition(|n| n.alert.resolved_at.or(n.alert.fired_at).is_some_and(|at| at >= stale_before));
+        if !stale.is_empty() {
+            tracing::info!(
+                stale = stale.len(),
+                "alert notices older than an hour, decided again by the rebuild, not sent"
+            );
+        }
+        for notice in &recent {
+            crate::alert_push::log_notice(notice);
+        }
+        match &self.alert_outbox {
+            Some(outbox) => outbox.record(&recent).map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     /// Where reloaded rules are stored: the next batch folds under them.
@@ -187,6 +230,7 @@ impl Pipeline {
             }
         })?;
         unrecorded?;
+        self.record_rebuilt_notices(&mut state)?;
         tracing::info!(from, to = committed, digest = %state.digest(), "derived state rebuilt");
         *self.state.write().expect("state lock poisoned") = state;
         Ok(committed)
@@ -296,12 +340,24 @@ impl Pipeline {
             Ok(events)
         })
         .await??;
-        let (decisions, announced) = {
+        let (decisions, announced, notices) = {
             let _fold = tracing::debug_span!(parent: &batch, "fold", events = events.len()).entered();
             let mut state = self.state.write().expect("state lock poisoned");
             let decisions = state.apply_batch(&events, end, &self.fold.load());
-            (decisions, state.take_announced())
+            (decisions, state.take_announced(), state.alerting.take_notices())
         };
+        if !notices.is_empty() {
+            for notice in &notices {
+                crate::alert_push::log_notice(notice);
+            }
+            if let Some(outbox) = self.alert_outbox.clone() {
+                let recorded = tokio::task::spawn_blocking(move || outbox.record(&notices)).await?;
+                if let Err(error) = recorded {
+                    // As for decisions: the next rebuild from the log decides them again.
+                    tracing::error!(%error, "alert notices could not be recorded");
+                }
+            }
+        }
         if let Some(outbox) = &self.outbox {
             outbox.announce(announced);
         }

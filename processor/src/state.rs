@@ -19,13 +19,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use vigil_schemas::DeliveryEvent;
 
-use crate::actuation::{ActuationState, Decision, RuleSet};
+use crate::actuation::{ActuationState, Decision, RuleSet, Status};
+use crate::alerting::{AlertRule, AlertingState};
 use crate::complaints::{AttributionCounts, ComplaintJoin, JoinSettings};
 use crate::reputation::{ReputationStore, SignalMatcher};
 use crate::suppression::Suppressions;
 
 /// Bumped whenever the snapshot's shape changes; older snapshots are ignored.
-const SNAPSHOT_FORMAT: u32 = 4;
+const SNAPSHOT_FORMAT: u32 = 5;
 
 /// What the fold reads besides the events: provider signal patterns, the rules in force and
 /// how far complaints are joined to deliveries. Folding the same log with the same
@@ -35,6 +36,8 @@ pub struct FoldRules {
     pub signals: SignalMatcher,
     pub rules: std::sync::Arc<RuleSet>,
     pub complaint_join: JoinSettings,
+    /// The alert rules evaluated on the events' clock.
+    pub alerts: std::sync::Arc<Vec<AlertRule>>,
 }
 
 impl FoldRules {
@@ -44,7 +47,15 @@ impl FoldRules {
             signals: SignalMatcher::new(),
             rules: std::sync::Arc::new(rules),
             complaint_join: JoinSettings::default(),
+            alerts: std::sync::Arc::new(crate::alerting::bundled()),
         }
+    }
+
+    /// The same, evaluating `alerts` instead of the bundled alert rules.
+    #[must_use]
+    pub fn with_alerts(mut self, alerts: Vec<AlertRule>) -> Self {
+        self.alerts = std::sync::Arc::new(alerts);
+        self
     }
 
     /// The same, joining complaints to deliveries within `settings`.
@@ -73,6 +84,8 @@ pub struct DerivedState {
     pub actuation: ActuationState,
     /// The most recent delivery per recipient, to attribute complaints.
     pub complaints: ComplaintJoin,
+    /// Alerts pending and firing, and the recent notices.
+    pub alerting: AlertingState,
 }
 
 /// Why a snapshot could not be written.
@@ -97,6 +110,7 @@ impl DerivedState {
             offset: self.offset,
             digest: self.digest(),
             actions_digest: self.actions_digest(),
+            alerts_digest: self.alerts_digest(),
             scopes: self.reputation.scope_count(),
             suppressions: self.suppressions.len(),
             too_late: self.reputation.too_late(),
@@ -125,7 +139,12 @@ impl DerivedState {
         };
         self.reputation.record(event, signal);
         self.suppressions.record(event);
+        let before = decisions.len();
         self.actuation.apply(&fold.rules, event, &self.reputation, decisions);
+        for decision in decisions[before..].iter().filter(|d| d.status == Status::Applied) {
+            self.alerting.on_decision(decision.at, event.egress_source.as_deref(), event.provider.as_deref());
+        }
+        self.alerting.tick(&fold.alerts, &self.reputation, event.ingested_at);
         self.offset = offset + 1;
     }
 
@@ -186,6 +205,16 @@ impl DerivedState {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.offset.to_le_bytes());
         self.actuation.digest_into(&mut hasher);
+        hasher.finalize().to_hex().to_string()
+    }
+
+    /// A hash of the alerts in force and the alert history (each notice's id): equal for the
+    /// same log replayed in the same order under the same alert rules.
+    #[must_use]
+    pub fn alerts_digest(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.offset.to_le_bytes());
+        self.alerting.digest_into(&mut hasher);
         hasher.finalize().to_hex().to_string()
     }
 

@@ -465,6 +465,11 @@ impl Folder {
                 state.reputation.evict();
                 state.actuation.evict(&self.fold.rules);
             }
+            // Alerts are not delivered from the Kafka fold yet (each instance folds every
+            // partition, so each would notify); they are logged and queryable.
+            for notice in state.alerting.take_notices() {
+                crate::alert_push::log_notice(&notice);
+            }
             state.actuation.active.take_announced()
         };
         if let Some(outbox) = &self.outbox {

@@ -31,6 +31,9 @@ pub use crate::actuation::kumomta;
 pub use crate::actuation::push::{Outbox, OutboxError};
 pub use crate::actuation::warmup::Progress as WarmupProgress;
 pub use crate::actuation::{Decision, Status};
+pub use crate::alert_dispatch::Silence;
+pub use crate::alert_push::{AlertOutbox, AlertOutboxError};
+pub use crate::alerting::{Alert, AlertNotice, AlertState, Severity};
 pub use crate::pipeline::SharedState;
 pub use crate::reputation::counters::outcome;
 pub use crate::reputation::score::{MIN_ATTEMPTS, score};
@@ -158,5 +161,15 @@ impl View {
     /// [`ViewError::Poisoned`].
     pub fn warmup(&self) -> Result<Vec<WarmupProgress>, ViewError> {
         Ok(self.read()?.actuation.warmup.progress())
+    }
+
+    /// Alerts pending and firing now, most recent first, and the recent notices (firings and
+    /// resolves), newest first.
+    ///
+    /// # Errors
+    /// [`ViewError::Poisoned`].
+    pub fn alerts(&self) -> Result<(Vec<Alert>, Vec<AlertNotice>), ViewError> {
+        let state = self.read()?;
+        Ok((state.alerting.alerts(), state.alerting.history()))
     }
 }

@@ -19,6 +19,9 @@ pub enum ApiError {
     /// The request is wrong; the message says how.
     #[error("{0}")]
     BadRequest(String),
+    /// What the request names does not exist here; the message says what.
+    #[error("{0}")]
+    NotFound(String),
     /// A dependency is down or slow; retrying later helps.
     #[error("{dependency} is unavailable: {reason}")]
     Unavailable { dependency: &'static str, reason: String },
@@ -38,6 +41,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
             Self::BadRequest(message) => (StatusCode::BAD_REQUEST, serde_json::json!({ "error": message })),
+            Self::NotFound(message) => (StatusCode::NOT_FOUND, serde_json::json!({ "error": message })),
             Self::Unavailable { dependency, reason } => {
                 tracing::warn!(dependency, %reason, "request refused: a dependency is unavailable");
                 let body = serde_json::json!({

@@ -21,9 +21,11 @@
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' types.
 //! - [`tsa`]: KumoMTA's traffic-shaping surface, one file per endpoint.
 //! - [`actions`]: the decisions, throttles and warm-up API.
+//! - [`alerts`]: the alerts now and their history, and silences.
 //! - [`metrics`]: request latency by route and status.
 
 pub mod actions;
+pub mod alerts;
 pub mod analytics;
 pub mod auth;
 pub mod error;

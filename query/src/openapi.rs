@@ -101,6 +101,18 @@ const ENDPOINTS: &[Endpoint] = &[
         params: &[schema::<crate::actions::DecisionsParams>],
         answers: &[object],
     },
+    Endpoint {
+        path: "/api/v1/alerts",
+        summary: "Alerts pending and firing now (with the silences muting them) and the recent firings and resolves",
+        params: &[schema::<crate::alerts::AlertsParams>],
+        answers: &[schema::<crate::alerts::AlertsResponse>],
+    },
+    Endpoint {
+        path: "/api/v1/silences",
+        summary: "Silences kept (active, pending, expired); POST adds one, DELETE /api/v1/silences/{id} ends one (operator)",
+        params: &[],
+        answers: &[schema::<crate::alerts::SilencesResponse>],
+    },
     Endpoint { path: "/api/v1/throttles", summary: "The actions in force now", params: &[], answers: &[object] },
     Endpoint { path: "/api/v1/warmup", summary: "Each warm-up plan's progress", params: &[], answers: &[object] },
     Endpoint {

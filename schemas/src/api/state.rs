@@ -13,6 +13,8 @@ pub struct StateResponse {
     pub digest: String,
     /// The rules' state and the actions in force; `vigil replay` prints it too.
     pub actions_digest: String,
+    /// The alerts in force and the alert history; `vigil replay` prints it too.
+    pub alerts_digest: String,
     pub scopes: usize,
     pub suppressions: usize,
     pub too_late: u64,
