@@ -112,6 +112,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             view: View::new(pipeline.state()),
             outbox: Some(alert_outbox.clone()),
         }))
+        .merge(vigil_query::ui::router())
         .route(vigil_ingest::kumomta::PATH, receiver())
         .merge(relays)
         .merge(uploads)

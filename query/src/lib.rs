@@ -23,6 +23,7 @@
 //! - [`actions`]: the decisions, throttles and warm-up API.
 //! - [`alerts`]: the alerts now and their history, and silences.
 //! - [`metrics`]: request latency by route and status.
+//! - [`ui`]: the dashboards (`dashboards/web/`), embedded, at `/`.
 
 pub mod actions;
 pub mod alerts;
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod tsa;
+pub mod ui;
 
 pub use error::ApiError;
 pub use routes::{ApiState, router};
