@@ -87,7 +87,8 @@ impl ClickHouse {
         wait_until("ClickHouse to answer", Duration::from_secs(60), || self.try_query("SELECT 1").is_ok());
     }
 
-    fn try_query(&self, sql: &str) -> Result<String, String> {
+    /// Runs `sql` over HTTP: the answer, or ClickHouse's error.
+    pub fn try_query(&self, sql: &str) -> Result<String, String> {
         let response =
             reqwest::blocking::Client::new().post(&self.url).body(sql.to_owned()).send().map_err(|e| e.to_string())?;
         let ok = response.status().is_success();
