@@ -44,6 +44,46 @@ async fn every_page_loads_clean_accessible_and_live_in_chromium_on_clickhouse() 
     .await;
 }
 
+/// With API tokens configured the UI asks for one, shows the data with it, and keeps it in the
+/// tab's session only (a new tab asks again; nothing in localStorage but the theme).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_api_tokens_the_ui_asks_for_one_and_keeps_it_in_the_session_only() {
+    const VIEWER: &str = "viewer-token-0123456789abcdef0123";
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(&tokens, format!("[[tokens]]\nname = \"analyst\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n"))
+        .unwrap();
+    let vigil = Vigil::start(&dir.path().join("data"), &["--demo", "--api-tokens", tokens.to_str().unwrap()]).await;
+    eventually("the demo's events folded", Duration::from_secs(60), || async {
+        let state = vigil.http.get(vigil.url("/api/v1/state")).bearer_auth(VIEWER).send().await.unwrap();
+        state.json::<Value>().await.is_ok_and(|s| s["offset"].as_u64().unwrap_or(0) > 0)
+    })
+    .await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dashboards/tests/token.mjs");
+    let node = std::env::var("VIGIL_NODE").unwrap_or_else(|_| "node".into());
+    let base = vigil.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&node)
+            .arg(script)
+            .arg(&base)
+            .arg(VIEWER)
+            .env("VIGIL_NODE_MODULES", node_modules())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "token.mjs: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["asked"].as_str().unwrap().contains("An API token is needed"), "{report}");
+    assert!(report["shown"].as_str().unwrap().contains("Worst egress source"), "{report}");
+    assert_eq!(report["stored"]["session"], VIEWER);
+    assert!(report["stored"]["local"].as_array().unwrap().iter().all(|k| k == "vigil-theme"), "{report}");
+    assert_eq!(report["askedAgain"], true);
+    assert_eq!(report["errors"], Value::Array(vec![]));
+    vigil.terminate();
+}
+
 async fn every_page_loads_clean_accessible_and_live(store: &[&str], name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let args: Vec<&str> = ["--demo"].iter().chain(store).copied().collect();
