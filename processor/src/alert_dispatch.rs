@@ -111,8 +111,6 @@ struct Group {
     told: BTreeMap<String, AlertState>,
     created: Option<DateTime<Utc>>,
     last_told: Option<DateTime<Utc>>,
-    /// Repeats since the last change, for the repeat's id.
-    repeats: u32,
     /// The oldest outbox sequence number whose notice is not told yet.
     oldest_untold: Option<u64>,
 }
@@ -225,18 +223,20 @@ impl Dispatcher {
             let due = self.due_at(group, now, silences);
             let group = self.groups.get_mut(&key).expect("group present");
             if due.is_none_or(|at| at > now) {
-                if due.is_none() {
-                    // Nothing to tell (all muted or nothing new): its notices are as told as
-                    // they will be until a silence expires, which the seed-free group re-reads.
+                if !Self::tellable(group, now, silences).2 {
+                    // Nothing new to tell (all muted, or only a repeat ahead): its notices are
+                    // as told as they will be, so the durable cursor may pass them.
                     group.oldest_untold = None;
                 }
                 continue;
             }
             let (firing, resolved, changed) = Self::tellable(group, now, silences);
-            group.repeats = if changed { 0 } else { group.repeats + 1 };
+            // A repeat is named by when it was due, so one after a restart is not taken for an
+            // earlier one; a change by its content alone, so a re-send after a crash is.
+            let repeat_of = if changed { None } else { due.map(|at| at.timestamp()) };
             let status = if firing.is_empty() { AlertState::Resolved } else { AlertState::Firing };
             out.push(Notification {
-                id: notification_id(&key, &firing, &resolved, group.repeats),
+                id: notification_id(&key, &firing, &resolved, repeat_of),
                 group_key: key.clone(),
                 group_labels: group.labels.clone(),
                 status,
@@ -280,7 +280,7 @@ impl Dispatcher {
     }
 }
 
-fn notification_id(key: &str, firing: &[Alert], resolved: &[Alert], repeats: u32) -> String {
+fn notification_id(key: &str, firing: &[Alert], resolved: &[Alert], repeat_of: Option<i64>) -> String {
     let mut hasher = blake3::Hasher::new();
     hasher.update(key.as_bytes());
     for (what, alerts) in [("firing", firing), ("resolved", resolved)] {
@@ -289,7 +289,9 @@ fn notification_id(key: &str, firing: &[Alert], resolved: &[Alert], repeats: u32
             hasher.update(format!("\n{what}\t{}\t{fired}", alert.fingerprint).as_bytes());
         }
     }
-    hasher.update(&repeats.to_le_bytes());
+    if let Some(due) = repeat_of {
+        hasher.update(format!("\nrepeat\t{due}").as_bytes());
+    }
     hasher.finalize().to_hex()[..32].to_owned()
 }
 
@@ -428,6 +430,25 @@ mod tests {
         };
         d.offer(1, &notice(alert("block-rate", "ip-1", AlertState::Resolved, t(0, 0))), t(20, 0));
         assert_eq!(d.due(t(20, 0), std::slice::from_ref(&silence))[0].resolved.len(), 1);
+    }
+
+    #[test]
+    fn a_muted_notice_in_a_group_already_told_does_not_hold_the_cursor() {
+        let mut d = Dispatcher::new(GroupPolicy::default());
+        d.offer(0, &notice(alert("block-rate", "ip-1", AlertState::Firing, t(0, 0))), t(0, 0));
+        d.due(t(1, 0), &[]);
+        let silence = Silence {
+            id: "s".into(),
+            matchers: [("egress_source".to_owned(), "ip-2".to_owned())].into(),
+            starts_at: t(0, 0),
+            ends_at: t(600, 0),
+            comment: String::new(),
+            author: String::new(),
+            created_at: t(0, 0),
+        };
+        d.offer(1, &notice(alert("block-rate", "ip-2", AlertState::Firing, t(2, 0))), t(2, 0));
+        assert!(d.due(t(3, 0), std::slice::from_ref(&silence)).is_empty());
+        assert_eq!(d.oldest_untold(), None, "nothing to tell until the silence ends or a repeat");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!   notice (or refused it for good: a 4xx other than 408 and 429, logged and counted): a
 //!   restart resumes there, and a crash between a send and its cursor re-sends that one notice,
 //!   with the same deduplication key (PagerDuty's `dedup_key`, the webhook's
-//!   `X-Vigil-Notice-Id`, Alertmanager's labels). A receiver that is down is retried with
+//!   `X-Vigil-Notification-Id`, Alertmanager's labels). A receiver that is down is retried with
 //!   backoff and jitter and holds back only itself.
 //! - Routing: a receiver takes the notices whose labels equal its `matchers` (all of them), and
 //!   groups and times them with [`crate::alert_dispatch`] under its own policy; its cursor moves
@@ -153,9 +153,30 @@ impl AlertOutbox {
     /// # Errors
     /// When the file cannot be read.
     pub fn cursor(&self, receiver: &str) -> Result<u64, AlertOutboxError> {
+        Ok(self.stored_cursor(receiver)?.unwrap_or(0))
+    }
+
+    /// A receiver's stored cursor, `None` for a receiver never run before.
+    fn stored_cursor(&self, receiver: &str) -> Result<Option<u64>, AlertOutboxError> {
         let tx = self.db.begin_read()?;
         let cursors = tx.open_table(CURSORS)?;
-        Ok(cursors.get(receiver)?.map_or(0, |v| v.value()))
+        Ok(cursors.get(receiver)?.map(|v| v.value()))
+    }
+
+    /// The sequence number the next recorded notice gets.
+    fn next_seq(&self) -> Result<u64, AlertOutboxError> {
+        let tx = self.db.begin_read()?;
+        let log = tx.open_table(NOTICES)?;
+        Ok(log.last()?.map_or(0, |(k, _)| k.value() + 1))
+    }
+
+    /// Where a receiver starts: its cursor, or, for a receiver never run before, the end of
+    /// the outbox (it is not told the history; `true` says so).
+    fn start(&self, receiver: &str) -> Result<(u64, bool), AlertOutboxError> {
+        match self.stored_cursor(receiver)? {
+            Some(cursor) => Ok((cursor, false)),
+            None => Ok((self.next_seq()?, true)),
+        }
     }
 
     /// Moves a receiver's cursor to `next`.
@@ -467,12 +488,19 @@ pub fn request(
                         "source": "vigil",
                         "severity": severity,
                         "timestamp": first.and_then(|a| a.fired_at).unwrap_or(now).to_rfc3339(),
-                        "component": first.and_then(|a| a.labels.get("egress_source")),
-                        "group": first.and_then(|a| a.labels.get("provider")),
-                        "class": first.map(|a| a.rule.clone()),
                         "custom_details": custom,
                     },
                 });
+                // Optional fields are left out rather than sent as null.
+                for (field, value) in [
+                    ("component", first.and_then(|a| a.labels.get("egress_source")).cloned()),
+                    ("group", first.and_then(|a| a.labels.get("provider")).cloned()),
+                    ("class", first.map(|a| a.rule.clone())),
+                ] {
+                    if let Some(value) = value {
+                        event["payload"][field] = Value::String(value);
+                    }
+                }
                 if let Some(link) = link {
                     event["links"] = json!([{"href": link, "text": "Open in Vigil"}]);
                 }
@@ -594,17 +622,35 @@ pub async fn run(receiver: ReceiverConfig, outbox: AlertOutbox, firing: Vec<Aler
         }
     };
     let mut dispatcher = Dispatcher::new(policy);
-    dispatcher.seed(&firing.into_iter().filter(|a| receiver.routes(a)).collect::<Vec<_>>(), Utc::now());
-    let mut next_read = {
+    let (mut next_read, new_receiver) = {
         let (o, n) = (outbox.clone(), name.clone());
-        match tokio::task::spawn_blocking(move || o.cursor(&n)).await {
-            Ok(Ok(cursor)) => cursor,
+        match tokio::task::spawn_blocking(move || o.start(&n)).await {
+            Ok(Ok(start)) => start,
             _ => {
                 tracing::error!(receiver = %receiver.name, "the alert outbox cannot be read; receiver not started");
                 return;
             }
         }
     };
+    if new_receiver {
+        // Stored at once: from now on this receiver is not new, whatever happens next.
+        let (o, n, at) = (outbox.clone(), name.clone(), next_read);
+        if !matches!(tokio::task::spawn_blocking(move || o.advance(&n, at)).await, Ok(Ok(()))) {
+            tracing::error!(receiver = %receiver.name, "the alert outbox cannot be written; receiver not started");
+            return;
+        }
+    }
+    let firing: Vec<Alert> = firing.into_iter().filter(|a| receiver.routes(a)).collect();
+    if new_receiver {
+        // A receiver added to the configuration hears about what fires now, not the history.
+        for alert in firing {
+            let notice = AlertNotice { id: format!("{}:now", alert.fingerprint), alert };
+            dispatcher.offer(next_read, &notice, Utc::now());
+        }
+    } else {
+        // The alerts firing now were told before a restart: only repeated.
+        dispatcher.seed(&firing, Utc::now());
+    }
     let mut stored_cursor = next_read;
     loop {
         let wake = outbox.recorded.notified();
@@ -624,6 +670,9 @@ pub async fn run(receiver: ReceiverConfig, outbox: AlertOutbox, firing: Vec<Aler
                 }
             }
         };
+        // Alertmanager forgets an alert not re-sent before its `endsAt` and would report it
+        // resolved: it is sent every alert, and its own silences mute them there.
+        let silences = if receiver.kind == ReceiverKind::Alertmanager { Vec::new() } else { silences };
         let now = Utc::now();
         let read_all = fresh.len() < READ_BATCH;
         for (seq, notice) in &fresh {
@@ -633,10 +682,13 @@ pub async fn run(receiver: ReceiverConfig, outbox: AlertOutbox, firing: Vec<Aler
             next_read = seq + 1;
         }
         for notification in dispatcher.due(now, &silences) {
-            if !deliver(&client, &receiver, &notification, &name, &shutdown).await {
-                return;
-            }
-            metrics.alerts_sent.get_or_create(&label).inc();
+            match deliver(&client, &receiver, &notification, &name, &shutdown).await {
+                Delivered::Taken => metrics.alerts_sent.get_or_create(&label).inc(),
+                // Counted in the failures, not as sent: a receiver that refuses everything
+                // must show as failing.
+                Delivered::Refused => 0,
+                Delivered::ShutDown => return,
+            };
         }
         // The cursor passes every notice told (or muted); one a group still holds stays ahead.
         let cursor = dispatcher.oldest_untold().unwrap_or(next_read).min(next_read);
@@ -665,32 +717,40 @@ pub async fn run(receiver: ReceiverConfig, outbox: AlertOutbox, firing: Vec<Aler
     }
 }
 
-/// Sends one notification until it is taken or refused for good; `false` when shut down first.
+/// How a notification's delivery ended.
+enum Delivered {
+    Taken,
+    /// Refused for good (a 4xx other than 408 and 429): logged and counted, not retried.
+    Refused,
+    ShutDown,
+}
+
+/// Sends one notification until it is taken or refused for good, or Vigil stops.
 async fn deliver(
     client: &reqwest::Client,
     receiver: &ReceiverConfig,
     notification: &Notification,
     name: &str,
     shutdown: &CancellationToken,
-) -> bool {
+) -> Delivered {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
     loop {
         match send(client, receiver, notification).await {
             Ok(()) => {
                 tracing::info!(receiver = %receiver.name, notification = %notification.id, group = %notification.group_key, status = ?notification.status, "alert notification sent");
-                return true;
+                return Delivered::Taken;
             }
             Err(Failure::Permanent(why)) => {
                 crate::metrics::delivery_failed(name, true);
                 tracing::warn!(receiver = %receiver.name, notification = %notification.id, %why, "alert notification refused; given up");
-                return true;
+                return Delivered::Refused;
             }
             Err(Failure::Temporary(why)) => {
                 crate::metrics::delivery_failed(name, false);
                 let delay = backoff.next_delay();
                 tracing::warn!(receiver = %receiver.name, %why, retry_in = ?delay, "alert notification not delivered; retrying");
                 tokio::select! {
-                    () = shutdown.cancelled() => return false,
+                    () = shutdown.cancelled() => return Delivered::ShutDown,
                     () = tokio::time::sleep(delay) => {}
                 }
             }

@@ -201,6 +201,24 @@ impl AlertRule {
         if window_minutes == 0 || window_minutes > MAX_WINDOW_MINUTES {
             return Err(format!("window `{}` must be 1m to 24h", config.window));
         }
+        if let Measure::Signal(name) = &measure
+            && !crate::reputation::SignalMatcher::names().any(|known| known == name)
+        {
+            let known: Vec<&str> = crate::reputation::SignalMatcher::names().collect();
+            return Err(format!("signal `{name}` is none of {}", known.join(", ")));
+        }
+        if measure == Measure::Silent && window_minutes * 2 > MAX_WINDOW_MINUTES {
+            return Err(format!(
+                "window `{}` of a `silent` rule must be at most 12h (it looks back twice as far)",
+                config.window
+            ));
+        }
+        if measure == Measure::Decisions && !fields.iter().any(|f| *f == "egress_source" || *f == "provider") {
+            return Err(format!(
+                "`decisions` are counted per egress source and provider; scope `{}` has neither",
+                scope.as_str()
+            ));
+        }
         if matches!(measure, Measure::Rate(_)) && !(0.0..=1.0).contains(&config.threshold) {
             return Err(format!("threshold {} of a rate must be a fraction (0.003 is 0.3 %)", config.threshold));
         }
@@ -343,12 +361,13 @@ impl AlertingState {
         let Some(done) = minute.checked_sub(1) else { return };
         let from = match self.evaluated {
             Some(last) if last >= done => return,
-            // After a gap (no events for a while), only the last minute is judged: the
+            // After a gap (no events for a while), only the last two minutes are judged: the
             // windows saw nothing new in between.
             Some(last) => (last + 1).max(done.saturating_sub(1)),
             None => done,
         };
         let mut out = std::mem::take(&mut self.unsent);
+        self.forget_unloaded(rules, minute_start(done), &mut out);
         for m in from..=done {
             self.evaluate(rules, store, m, &mut out);
         }
@@ -371,6 +390,26 @@ impl AlertingState {
         });
     }
 
+    /// Alerts of rules that are no longer loaded (removed or renamed on a reload) are never
+    /// judged again: a firing one is resolved (told once), the others dropped.
+    fn forget_unloaded(&mut self, rules: &[AlertRule], at: DateTime<Utc>, out: &mut Vec<AlertNotice>) {
+        let gone: Vec<String> = self
+            .alerts
+            .iter()
+            .filter(|(_, a)| !rules.iter().any(|r| r.name == a.rule))
+            .map(|(f, _)| f.clone())
+            .collect();
+        for fingerprint in gone {
+            if let Some(mut alert) = self.alerts.remove(&fingerprint)
+                && alert.state == AlertState::Firing
+            {
+                alert.state = AlertState::Resolved;
+                alert.resolved_at = Some(at);
+                notify(&mut self.history, out, &alert, "resolved");
+            }
+        }
+    }
+
     fn evaluate(&mut self, rules: &[AlertRule], store: &ReputationStore, minute: u32, out: &mut Vec<AlertNotice>) {
         let as_of = minute_start(minute + 1) - TimeDelta::milliseconds(1);
         let at = minute_start(minute);
@@ -389,7 +428,38 @@ impl AlertingState {
                     holding.insert(fingerprint, (values, measured));
                 }
             }
+            if rule.measure == Measure::Silent {
+                self.silent_holding(rule, store, as_of, &mut holding);
+            }
             self.advance(rule, &holding, at, out);
+        }
+    }
+
+    /// `silent` judged as the docs say: only while some other value of the scope is sending
+    /// (a gap in every log, or a restart, is not every source going silent at once), and an
+    /// alert already pending or firing keeps holding while its source stays silent, even once
+    /// its old traffic has left the window it was judged on.
+    fn silent_holding(&self, rule: &AlertRule, store: &ReputationStore, as_of: DateTime<Utc>, holding: &mut Holding) {
+        let sending = store.window(rule.scope, rule.window_minutes, as_of).iter().any(|row| row.totals.attempts() > 0);
+        if !sending {
+            holding.clear();
+            return;
+        }
+        let fields: Vec<&str> = rule.scope.as_str().split(',').collect();
+        let prefix = format!("{}\u{1}", rule.name);
+        for (fingerprint, alert) in self.alerts.range(prefix.clone()..format!("{}\u{2}", rule.name)) {
+            if holding.contains_key(fingerprint) || alert.state == AlertState::Resolved {
+                continue;
+            }
+            let values: Vec<(String, String)> =
+                fields.iter().filter_map(|f| alert.labels.get(*f).map(|v| ((*f).to_owned(), v.clone()))).collect();
+            let (Some(first), second) = (values.first(), values.get(1)) else { continue };
+            let recent =
+                store.totals(rule.scope, &first.1, second.map(|(_, v)| v.as_str()), rule.window_minutes, as_of);
+            if recent.attempts() == 0 {
+                let measured = Measured { value: 0.0, lower: None, upper: None, of: alert.of, top: Vec::new() };
+                holding.insert(fingerprint.clone(), (values, measured));
+            }
         }
     }
 
@@ -826,5 +896,62 @@ keep_firing_for = "2m"
         let notices = fold(&mut state, &mut store, &rules, &events);
         let silent: Vec<_> = notices.iter().map(|n| (n.alert.labels["egress_source"].clone(), n.alert.state)).collect();
         assert_eq!(silent, [("ip-1".to_owned(), AlertState::Firing)]);
+        // Its old traffic leaves every window, and it still has not sent: it keeps firing.
+        let mut later = Vec::new();
+        for minute in 40..120 {
+            later.extend(minute_of_traffic("ip-2", "google", minute, 5, 0));
+        }
+        assert!(fold(&mut state, &mut store, &rules, &later).is_empty(), "no resolve while ip-1 is silent");
+        assert_eq!(state.alerts().len(), 1);
+        // It sends again: resolved once.
+        let back = minute_of_traffic("ip-1", "google", 120, 5, 0)
+            .into_iter()
+            .chain(minute_of_traffic("ip-2", "google", 121, 5, 0));
+        let notices = fold(&mut state, &mut store, &rules, &back.collect::<Vec<_>>());
+        assert_eq!(notices.iter().map(|n| n.alert.state).collect::<Vec<_>>(), [AlertState::Resolved]);
+    }
+
+    #[test]
+    fn a_gap_in_every_log_is_not_every_source_going_silent() {
+        let rules: Vec<AlertRule> = bundled().into_iter().filter(|r| r.name == "source-silent").collect();
+        let (mut state, mut store) = (AlertingState::default(), ReputationStore::new());
+        let mut events = Vec::new();
+        for minute in 0..20 {
+            events.extend(minute_of_traffic("ip-1", "google", minute, 5, 0));
+            events.extend(minute_of_traffic("ip-2", "google", minute, 5, 0));
+        }
+        // Nothing for 20 minutes (Vigil down, or every MTA), then one event.
+        events.extend(minute_of_traffic("ip-1", "google", 41, 1, 0));
+        assert!(fold(&mut state, &mut store, &rules, &events).is_empty());
+        assert!(state.alerts().is_empty());
+    }
+
+    #[test]
+    fn alerts_of_a_rule_no_longer_loaded_resolve_once() {
+        let rules = block_rule();
+        let (mut state, mut store) = (AlertingState::default(), ReputationStore::new());
+        let mut events = Vec::new();
+        for minute in 0..60 {
+            events.extend(minute_of_traffic("ip-1", "yahoo", minute, 5, 2));
+        }
+        assert_eq!(fold(&mut state, &mut store, &rules, &events).len(), 1);
+        let later = minute_of_traffic("ip-1", "yahoo", 61, 5, 2);
+        let notices = fold(&mut state, &mut store, &[], &later);
+        assert_eq!(notices.iter().map(|n| n.alert.state).collect::<Vec<_>>(), [AlertState::Resolved]);
+        assert!(state.alerts().is_empty());
+    }
+
+    #[test]
+    fn rules_that_could_never_fire_are_refused() {
+        let rule = |metric: &str, scope: &str, window: &str| {
+            format!(
+                "[[alert]]\nname = \"x\"\nmetric = \"{metric}\"\nscope = \"{scope}\"\nwindow = \"{window}\"\nthreshold = 1\n"
+            )
+        };
+        let error = compile_rules("f", Some(&rule("signal:yahoo_tss4", "provider", "1h"))).unwrap_err();
+        assert!(error.contains("signal `yahoo_tss4`") && error.contains("yahoo_tss04"), "{error}");
+        assert!(compile_rules("f", Some(&rule("silent", "egress_source", "13h"))).unwrap_err().contains("12h"));
+        assert!(compile_rules("f", Some(&rule("decisions", "tenant", "1h"))).unwrap_err().contains("neither"));
+        assert!(compile_rules("f", Some(&rule("signal:yahoo_tss04", "provider", "1h"))).is_ok());
     }
 }
