@@ -405,13 +405,7 @@ impl Config {
             target.check().map_err(anyhow::Error::msg)?;
         }
         crate::run::load_alert_rules(self.alerting.rules.as_deref())?;
-        let mut names = std::collections::BTreeSet::new();
-        for receiver in &self.alerting.receivers {
-            receiver.check().map_err(anyhow::Error::msg)?;
-            if !names.insert(&receiver.name) {
-                anyhow::bail!("[[alerting.receivers]]: two receivers are named `{}`", receiver.name);
-            }
-        }
+        vigil_processor::alert_push::check_receivers(&self.alerting.receivers).map_err(anyhow::Error::msg)?;
         vigil_ingest::mail::Verp::new(&self.sources.verp).map_err(anyhow::Error::msg)?;
         for mailbox in &self.sources.imap {
             mailbox.validate().with_context(|| format!("[[sources.imap]] {}@{}", mailbox.username, mailbox.host))?;

@@ -52,16 +52,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let outbox = Outbox::open(&state_dir)?;
     let rules = load_rules(args.action_rules.as_deref())?;
     let alert_rules = load_alert_rules(args.alert_rules.as_deref())?;
-    let mut receiver_names = std::collections::BTreeSet::new();
-    for receiver in &args.alert_receivers {
-        receiver.check().map_err(anyhow::Error::msg)?;
-        // Two receivers of one name would share a cursor, each moving it past the other's.
-        anyhow::ensure!(
-            receiver_names.insert(&receiver.name),
-            "[[alerting.receivers]]: two receivers are named `{}`",
-            receiver.name
-        );
-    }
+    vigil_processor::alert_push::check_receivers(&args.alert_receivers).map_err(anyhow::Error::msg)?;
     let alert_outbox = AlertOutbox::open(&state_dir)?;
     let pipeline = Pipeline::new(log.clone(), writer, enricher.clone(), config)
         .with_rules(

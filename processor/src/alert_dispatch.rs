@@ -329,6 +329,19 @@ mod tests {
         }
     }
 
+    /// A silence of the alerts whose labels equal `matchers`, from `starts` to `ends`.
+    fn silence(matchers: &[(&str, &str)], starts: DateTime<Utc>, ends: DateTime<Utc>) -> Silence {
+        Silence {
+            id: "s".into(),
+            matchers: matchers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            starts_at: starts,
+            ends_at: ends,
+            comment: String::new(),
+            author: String::new(),
+            created_at: starts,
+        }
+    }
+
     fn notice(alert: Alert) -> AlertNotice {
         AlertNotice { id: format!("{}:{:?}", alert.fingerprint, alert.state), alert }
     }
@@ -391,16 +404,7 @@ mod tests {
     #[test]
     fn a_silence_mutes_then_expires_and_the_alert_is_told() {
         let mut d = Dispatcher::new(GroupPolicy::default());
-        let silence = Silence {
-            id: "s1".into(),
-            matchers: [("egress_source".to_owned(), "ip-1".to_owned())].into(),
-            starts_at: t(0, 0),
-            ends_at: t(60, 0),
-            comment: "known; moving traffic".into(),
-            author: "oncall".into(),
-            created_at: t(0, 0),
-        };
-        let silences = [silence];
+        let silences = [silence(&[("egress_source", "ip-1")], t(0, 0), t(60, 0))];
         d.offer(0, &notice(alert("block-rate", "ip-1", AlertState::Firing, t(0, 0))), t(0, 0));
         d.offer(1, &notice(alert("block-rate", "ip-2", AlertState::Firing, t(0, 0))), t(0, 0));
         let sent = d.due(t(1, 0), &silences);
@@ -419,15 +423,7 @@ mod tests {
         let mut d = Dispatcher::new(GroupPolicy::default());
         d.offer(0, &notice(alert("block-rate", "ip-1", AlertState::Firing, t(0, 0))), t(0, 0));
         d.due(t(1, 0), &[]);
-        let silence = Silence {
-            id: "s".into(),
-            matchers: BTreeMap::new(),
-            starts_at: t(2, 0),
-            ends_at: t(600, 0),
-            comment: String::new(),
-            author: String::new(),
-            created_at: t(2, 0),
-        };
+        let silence = silence(&[], t(2, 0), t(600, 0));
         d.offer(1, &notice(alert("block-rate", "ip-1", AlertState::Resolved, t(0, 0))), t(20, 0));
         assert_eq!(d.due(t(20, 0), std::slice::from_ref(&silence))[0].resolved.len(), 1);
     }
@@ -437,15 +433,7 @@ mod tests {
         let mut d = Dispatcher::new(GroupPolicy::default());
         d.offer(0, &notice(alert("block-rate", "ip-1", AlertState::Firing, t(0, 0))), t(0, 0));
         d.due(t(1, 0), &[]);
-        let silence = Silence {
-            id: "s".into(),
-            matchers: [("egress_source".to_owned(), "ip-2".to_owned())].into(),
-            starts_at: t(0, 0),
-            ends_at: t(600, 0),
-            comment: String::new(),
-            author: String::new(),
-            created_at: t(0, 0),
-        };
+        let silence = silence(&[("egress_source", "ip-2")], t(0, 0), t(600, 0));
         d.offer(1, &notice(alert("block-rate", "ip-2", AlertState::Firing, t(2, 0))), t(2, 0));
         assert!(d.due(t(3, 0), std::slice::from_ref(&silence)).is_empty());
         assert_eq!(d.oldest_untold(), None, "nothing to tell until the silence ends or a repeat");

@@ -305,22 +305,29 @@ impl std::fmt::Debug for ReceiverConfig {
     }
 }
 
+/// Checks every receiver ([`ReceiverConfig::check`]) and that no two share a name: they would
+/// share a cursor, each moving it past notices the other has not told.
+///
+/// # Errors
+/// The first receiver that is not usable, in words.
+pub fn check_receivers(receivers: &[ReceiverConfig]) -> Result<(), String> {
+    let mut names = std::collections::BTreeSet::new();
+    for receiver in receivers {
+        receiver.check()?;
+        if !names.insert(&receiver.name) {
+            return Err(format!("[[alerting.receivers]]: two receivers are named `{}`", receiver.name));
+        }
+    }
+    Ok(())
+}
+
 /// PagerDuty's Events API v2.
 pub const PAGERDUTY_EVENTS: &str = "https://events.pagerduty.com/v2/enqueue";
 
-/// `30s`, `5m`, `4h`, `1d`.
+/// `30s`, `5m`, `4h`, `1d` (humantime's syntax, as the other durations of the configuration).
 fn duration(text: &str, what: &str) -> Result<chrono::TimeDelta, String> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: i64 = number.parse().map_err(|_| format!("{what} `{text}` is not a duration such as 30s, 5m or 4h"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("{what} `{text}` is not a duration such as 30s, 5m or 4h")),
-    };
-    Ok(chrono::TimeDelta::seconds(seconds))
+    let parsed = humantime::parse_duration(text.trim()).map_err(|e| format!("{what} `{text}`: {e}"))?;
+    chrono::TimeDelta::from_std(parsed).map_err(|_| format!("{what} `{text}` is too long"))
 }
 
 impl ReceiverConfig {

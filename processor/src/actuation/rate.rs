@@ -151,13 +151,21 @@ pub struct RateRule {
     pub shadow: bool,
 }
 
-fn minutes(text: &str, what: &str) -> Result<u32, String> {
+/// A duration such as `15m`, `1h` or `0m`, as whole minutes (zero allowed). The alert rules
+/// read their windows and holds with it too.
+pub(crate) fn whole_minutes(text: &str, what: &str) -> Result<u32, String> {
     let d: Duration = humantime::parse_duration(text.trim()).map_err(|e| format!("{what} `{text}`: {e}"))?;
-    let m = d.as_secs() / 60;
-    if m == 0 || !d.as_secs().is_multiple_of(60) {
+    if !d.as_secs().is_multiple_of(60) {
         return Err(format!("{what} `{text}` must be a whole number of minutes"));
     }
-    u32::try_from(m).map_err(|_| format!("{what} `{text}` is too long"))
+    u32::try_from(d.as_secs() / 60).map_err(|_| format!("{what} `{text}` is too long"))
+}
+
+fn minutes(text: &str, what: &str) -> Result<u32, String> {
+    match whole_minutes(text, what)? {
+        0 => Err(format!("{what} `{text}` must be a whole number of minutes")),
+        m => Ok(m),
+    }
 }
 
 impl RateRule {
