@@ -2,9 +2,10 @@
 //! and the memory of the state for 10 000 egress sources x 50 providers.
 //!
 //! - Throughput: `pipeline::catch_up` (what a start or `vigil replay` runs: read the log,
-//!   deserialize, enrich, fold) over a log of generated events, on one thread. Anchor: reading
-//!   and deserializing the same log alone, as the processor does (without the raw records). Both run twice, alternating; the better of each is
-//!   kept.
+//!   deserialize, enrich, fold) over a log of generated events, on one thread, with every rule,
+//!   without the rules that act, and without the alert rules (what alerting costs). Anchor:
+//!   reading and deserializing the same log alone, as the processor does (without the raw
+//!   records). Each runs twice, alternating; the better of each is kept.
 //! - Memory: the resident set of this process grown by a state holding 10 000 sources x 50
 //!   providers, every pair active, events spread over 24 h (see `MEMORY_EVENTS`). Measured
 //!   first, before anything else is allocated.
@@ -129,6 +130,12 @@ fn fold(log: &EventLog) {
     fold_under(log, &FoldRules::bundled());
 }
 
+/// The fold with the bundled rules that act and no alert rules: what alerting costs is the
+/// difference.
+fn fold_without_alerts(log: &EventLog) {
+    fold_under(log, &FoldRules::bundled().with_alerts(Vec::new()));
+}
+
 /// The fold with no rules that act: counts and suppressions only.
 fn fold_without_rules(log: &EventLog) {
     fold_under(log, &FoldRules::new(vigil_processor::actuation::RuleSet::default()));
@@ -159,11 +166,12 @@ fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let log = log_of(dir.path(), log_events);
-    let (mut anchor, mut vigil, mut counts_only) = (0f64, 0f64, 0f64);
+    let (mut anchor, mut vigil, mut counts_only, mut no_alerts) = (0f64, 0f64, 0f64, 0f64);
     for _ in 0..2 {
         anchor = anchor.max(rate(&log, read_only));
         vigil = vigil.max(rate(&log, fold));
         counts_only = counts_only.max(rate(&log, fold_without_rules));
+        no_alerts = no_alerts.max(rate(&log, fold_without_alerts));
     }
     if !timed {
         println!("reputation bench: smoke run passed (no figures without --bench)");
@@ -176,6 +184,9 @@ fn main() {
         "ratio": vigil / anchor,
         "fold_without_rules_per_s": counts_only,
         "ratio_without_rules": counts_only / anchor,
+        "fold_without_alerts_per_s": no_alerts,
+        "ratio_without_alerts": no_alerts / anchor,
+        "alerting_share": 1.0 - vigil / no_alerts,
         "memory_events": memory_events,
         "sources": sources,
         "providers": PROVIDERS,

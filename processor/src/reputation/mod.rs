@@ -16,4 +16,4 @@ pub mod store;
 pub use counters::{LabelKind, Metric, Totals};
 pub use score::{Rate, Rates, Score};
 pub use signals::SignalMatcher;
-pub use store::{ReputationStore, Scope, ScopeValues, Window, WindowRow};
+pub use store::{Followed, ReputationStore, Scope, ScopeValues, SeriesId, Window, WindowFollower, WindowRow};

@@ -18,9 +18,12 @@
 //! `u32`; a scope's minute bucket is 28 bytes and exists only for minutes with events, and
 //! labels (failure classes, signals) are kept sparse beside them. Memory is bounded by the
 //! number of (scope, active minute) pairs in 24 h; eviction also drops interned names no
-//! live scope uses.
+//! live scope uses. For the alert rules, each scope also keeps the series recorded in over the
+//! last minutes (16 bytes a recording, at most about one per series), so a
+//! [`WindowFollower`] finds what changed in a window without visiting every series.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -226,8 +229,18 @@ impl Series {
 
     fn buckets_in(&self, first: u32, last: u32) -> &[Bucket] {
         let start = self.buckets.partition_point(|b| b.minute < first);
-        let end = self.buckets.partition_point(|b| b.minute <= last);
+        // Windows mostly end at the newest minute: no second search then.
+        let end = match self.buckets.last() {
+            Some(newest) if newest.minute <= last => self.buckets.len(),
+            _ => self.buckets.partition_point(|b| b.minute <= last),
+        };
         &self.buckets[start..end.max(start)]
+    }
+
+    /// The minute of the oldest bucket in `[first, last]`, if any.
+    fn oldest_in(&self, first: u32, last: u32) -> Option<u32> {
+        let start = self.buckets.partition_point(|b| b.minute < first);
+        self.buckets.get(start).map(|b| b.minute).filter(|minute| *minute <= last)
     }
 
     fn labels_in(&self, first: u32, last: u32) -> &[LabelBucket] {
@@ -314,6 +327,110 @@ pub struct ReputationStore {
     series: HashMap<Key, Series>,
     watermark: Option<u32>,
     too_late: u64,
+    /// Per scope, the series recorded in, with the watermark then: what a [`WindowFollower`]
+    /// reads to find what changed without visiting every series. Not snapshotted.
+    #[serde(skip)]
+    touched: [Touched; Scope::ALL.len()],
+    /// Bumped when interned ids are renumbered: a follower's keys are then stale.
+    #[serde(skip)]
+    names_epoch: u64,
+}
+
+fn sum(buckets: &[Bucket]) -> Totals {
+    let mut totals = Totals::default();
+    buckets.iter().for_each(|b| totals.add(&b.counters));
+    totals
+}
+
+/// How many watermark minutes [`ReputationStore::touched`] covers: a follower called less
+/// often than this starts over from every series.
+const TOUCHED_MINUTES: u32 = 16;
+
+/// Series recorded in, oldest first, for [`TOUCHED_MINUTES`] of watermark and at most about
+/// one entry per series: beyond that, a follower would save nothing over reading every series.
+#[derive(Debug, Clone)]
+struct Touched {
+    entries: VecDeque<(u32, Key)>,
+    /// Every series recorded in at a watermark minute from this one on is in `entries`.
+    complete_from: u32,
+}
+
+impl Default for Touched {
+    fn default() -> Self {
+        Self { entries: VecDeque::new(), complete_from: NONE }
+    }
+}
+
+impl Touched {
+    fn push(&mut self, watermark: u32, key: Key, cap: usize) {
+        if self.complete_from == NONE {
+            self.complete_from = watermark;
+        }
+        self.entries.push_back((watermark, key));
+        while let Some(&(minute, _)) = self.entries.front() {
+            if minute + TOUCHED_MINUTES >= watermark && self.entries.len() <= cap {
+                break;
+            }
+            self.entries.pop_front();
+            self.complete_from = self.complete_from.max(minute + 1);
+        }
+    }
+
+    fn clear(&mut self, watermark: Option<u32>) {
+        self.entries.clear();
+        self.complete_from = watermark.map_or(NONE, |w| w + 1);
+    }
+}
+
+/// Follows one window (a scope and a length) as it slides, so that a caller judging every
+/// scope value each minute re-reads only the values whose totals over the window may have
+/// changed since its last call ([`ReputationStore::follow`]).
+#[derive(Debug, Clone)]
+pub struct WindowFollower {
+    scope: Scope,
+    minutes: u32,
+    /// The window's last minute at the last call, and the store's names epoch then.
+    last: Option<(u32, u64)>,
+    /// Per series in the window, the minute of its oldest bucket there: when the window's start
+    /// passes it, the series' totals change. A min-heap, with stale entries skipped on pop.
+    leaving: BinaryHeap<Reverse<(u32, Key)>>,
+    oldest: HashMap<Key, u32>,
+}
+
+/// What changed in a followed window.
+#[derive(Debug)]
+pub enum Followed {
+    /// The follower cannot tell (first call, long gap, renumbered ids): read everything.
+    Everything,
+    /// The series whose totals over the window may have changed, with their totals now
+    /// (empty for those that left it), sorted.
+    Changed(Vec<(SeriesId, Totals)>),
+}
+
+/// A scope value's series, without its names: cheap to keep and compare. Valid until the
+/// store renumbers its names, which every follower then reports as [`Followed::Everything`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesId(Key);
+
+impl WindowFollower {
+    #[must_use]
+    pub fn new(scope: Scope, minutes: u32) -> Self {
+        Self { scope, minutes: minutes.max(1), last: None, leaving: BinaryHeap::new(), oldest: HashMap::default() }
+    }
+
+    /// Notes where `key`'s oldest bucket in the window now is.
+    fn schedule(&mut self, key: Key, oldest: Option<u32>) {
+        match oldest {
+            Some(minute) => {
+                if self.oldest.insert(key, minute) != Some(minute) {
+                    self.leaving.push(Reverse((minute, key)));
+                }
+            }
+            None => {
+                self.oldest.remove(&key);
+            }
+        }
+    }
 }
 
 /// JSON-like formats want string map keys; a snapshot stores the map as pairs.
@@ -379,10 +496,13 @@ impl ReputationStore {
             return Recorded::TooLate;
         }
         let label_ids = contribution.labels.map(|l| l.map(|l| (l.kind, self.labels.id(l.name))));
+        let watermark = self.watermark.unwrap_or(received);
+        let cap = self.series.len().max(4096);
         for scope in Scope::ALL {
             let Some((first, second)) = scope.values(event) else { continue };
             let key = Key { scope, first: self.names.id(first), second: second.map_or(NONE, |s| self.names.id(s)) };
             self.series.entry(key).or_default().add(minute, &contribution, label_ids);
+            self.touched[scope as usize].push(watermark, key, cap);
         }
         Recorded::Counted
     }
@@ -407,6 +527,9 @@ impl ReputationStore {
             self.series.insert(key, series);
         }
         self.names = fresh;
+        self.names_epoch += 1;
+        let watermark = self.watermark;
+        self.touched.iter_mut().for_each(|touched| touched.clear(watermark));
     }
 
     fn values_of(&self, key: Key) -> ScopeValues {
@@ -432,24 +555,153 @@ impl ReputationStore {
             .series
             .iter()
             .filter(|(key, _)| key.scope == scope)
-            .filter_map(|(key, series)| {
-                let mut totals = Totals::default();
-                for bucket in series.buckets_in(first, last) {
-                    totals.add(&bucket.counters);
-                }
-                if totals.is_empty() {
-                    return None;
-                }
-                let mut labels = BTreeMap::new();
-                for label in series.labels_in(first, last) {
-                    *labels.entry((label.kind, self.labels.name(label.name).to_owned())).or_default() +=
-                        u64::from(label.count);
-                }
-                Some(WindowRow { key: self.values_of(*key), totals, labels })
-            })
+            .map(|(key, series)| self.row(*key, Some(series), first, last))
+            .filter(|row| !row.totals.is_empty())
             .collect();
         rows.sort_by(|a, b| a.key.cmp(&b.key));
         rows
+    }
+
+    /// One series' totals and labels over `[first, last]` (empty when it is gone).
+    fn row(&self, key: Key, series: Option<&Series>, first: u32, last: u32) -> WindowRow {
+        let mut totals = Totals::default();
+        let mut labels = BTreeMap::new();
+        if let Some(series) = series {
+            totals = sum(series.buckets_in(first, last));
+            for label in series.labels_in(first, last) {
+                *labels.entry((label.kind, self.labels.name(label.name).to_owned())).or_default() +=
+                    u64::from(label.count);
+            }
+        }
+        WindowRow { key: self.values_of(key), totals, labels }
+    }
+
+    /// The series of `scope` with something in the window of `minutes` ending at `as_of`, with
+    /// their totals there, in no particular order.
+    #[must_use]
+    pub fn window_totals(&self, scope: Scope, minutes: u32, as_of: DateTime<Utc>) -> Vec<(SeriesId, Totals)> {
+        let (first, last) = self.range(minutes.max(1), as_of);
+        self.series
+            .iter()
+            .filter(|(key, _)| key.scope == scope)
+            .map(|(key, series)| (SeriesId(*key), sum(series.buckets_in(first, last))))
+            .filter(|(_, totals)| !totals.is_empty())
+            .collect()
+    }
+
+    /// A series' totals over the window of `minutes` ending at `as_of` (empty when it is gone).
+    #[must_use]
+    pub fn series_totals(&self, id: SeriesId, minutes: u32, as_of: DateTime<Utc>) -> Totals {
+        let (first, last) = self.range(minutes.max(1), as_of);
+        self.series.get(&id.0).map(|series| sum(series.buckets_in(first, last))).unwrap_or_default()
+    }
+
+    /// A series' count of one label over the window of `minutes` ending at `as_of`.
+    #[must_use]
+    pub fn series_label(&self, id: SeriesId, kind: LabelKind, name: &str, minutes: u32, as_of: DateTime<Utc>) -> u64 {
+        let (Some(series), Some(&name)) = (self.series.get(&id.0), self.labels.ids.get(name)) else { return 0 };
+        let (first, last) = self.range(minutes.max(1), as_of);
+        series
+            .labels_in(first, last)
+            .iter()
+            .filter(|l| l.kind == kind && l.name == name)
+            .map(|l| u64::from(l.count))
+            .sum()
+    }
+
+    /// A series' row (values, totals, labels) over the window of `minutes` ending at `as_of`.
+    #[must_use]
+    pub fn series_row(&self, id: SeriesId, minutes: u32, as_of: DateTime<Utc>) -> WindowRow {
+        let (first, last) = self.range(minutes.max(1), as_of);
+        self.row(id.0, self.series.get(&id.0), first, last)
+    }
+
+    /// A series' value of `field` (`egress_source`, `provider`, ...), if its scope has it.
+    #[must_use]
+    pub fn series_value(&self, id: SeriesId, field: &str) -> Option<&str> {
+        let fields = id.0.scope.fields();
+        match fields.iter().position(|f| *f == field)? {
+            0 => Some(self.names.name(id.0.first)),
+            _ if id.0.second != NONE => Some(self.names.name(id.0.second)),
+            _ => None,
+        }
+    }
+
+    /// A series' values by field.
+    #[must_use]
+    pub fn series_values(&self, id: SeriesId) -> ScopeValues {
+        self.values_of(id.0)
+    }
+
+    /// The series of a scope value, if it was seen.
+    #[must_use]
+    pub fn series_id(&self, values: &ScopeValues) -> Option<SeriesId> {
+        let id = |i: usize| values.values.get(i).map(|(_, v)| self.names.ids.get(v.as_str()).copied());
+        let first = id(0)??;
+        let second = match id(1) {
+            None => NONE,
+            Some(id) => id?,
+        };
+        let key = Key { scope: values.scope, first, second };
+        self.series.contains_key(&key).then_some(SeriesId(key))
+    }
+
+    /// Whether any value of `scope` had an attempt in the window of `minutes` ending at `as_of`.
+    #[must_use]
+    pub fn any_attempts(&self, scope: Scope, minutes: u32, as_of: DateTime<Utc>) -> bool {
+        let (first, last) = self.range(minutes.max(1), as_of);
+        self.series
+            .iter()
+            .filter(|(key, _)| key.scope == scope)
+            .any(|(_, series)| sum(series.buckets_in(first, last)).attempts() > 0)
+    }
+
+    /// What changed in `follower`'s window, now ending at `as_of`, since its last call: the
+    /// rows of the series touched since (by the watermark minute) and of those whose oldest
+    /// bucket in the window has left it. Exact: a row left out has the totals and labels it had
+    /// at the last call. `as_of` never goes back between calls.
+    pub fn follow(&self, follower: &mut WindowFollower, as_of: DateTime<Utc>) -> Followed {
+        let (first, last) = self.range(follower.minutes, as_of);
+        let previous = follower.last.replace((last, self.names_epoch));
+        let touched = &self.touched[follower.scope as usize];
+        let can_tell = previous.is_some_and(|(previous_last, epoch)| {
+            epoch == self.names_epoch && previous_last <= last && touched.complete_from <= previous_last + 1
+        });
+        if !can_tell {
+            follower.leaving.clear();
+            follower.oldest.clear();
+            let scope = follower.scope;
+            for (key, series) in self.series.iter().filter(|(key, _)| key.scope == scope) {
+                follower.schedule(*key, series.oldest_in(first, last));
+            }
+            return Followed::Everything;
+        }
+        let previous_last = previous.map_or(0, |(l, _)| l);
+        // Touched at a watermark after the last window's end: everything recorded since the
+        // last call, and whatever was recorded before it in minutes that have since entered.
+        let since = touched.entries.partition_point(|(minute, _)| *minute <= previous_last);
+        let mut changed: Vec<Key> = touched.entries.range(since..).map(|(_, key)| *key).collect();
+        while let Some(&Reverse((minute, key))) = follower.leaving.peek() {
+            if minute >= first {
+                break;
+            }
+            follower.leaving.pop();
+            if follower.oldest.get(&key) == Some(&minute) {
+                follower.oldest.remove(&key);
+                changed.push(key);
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        let changed = changed
+            .into_iter()
+            .map(|key| {
+                let buckets = self.series.get(&key).map_or(&[][..], |s| s.buckets_in(first, last));
+                follower.schedule(key, buckets.first().map(|b| b.minute));
+                (SeriesId(key), sum(buckets))
+            })
+            .collect();
+        Followed::Changed(changed)
     }
 
     /// One scope value's totals over a window of `minutes` ending at `as_of`: `first` is the
