@@ -9,6 +9,12 @@
 //! 30 days) are asked through the API's router over the last 24 h and the last 30 days, ending
 //! on a minute, 30 times each after one warm-up; p50 and p95 per backend.
 //!
+//! Then the dashboards' overview over 7 and 30 days (from the warehouse) is loaded in headless
+//! Chromium (`dashboards/tests/overview-load.mjs`, fresh browser contexts, 10 loads after one
+//! warm-up), served by the same routes as `vigil run` over each backend: p50 and p95 from
+//! navigation to the last chart drawn. It needs `VIGIL_NODE_MODULES` (playwright-core) and
+//! Chromium, which `scripts/test` installs; without `VIGIL_NODE_MODULES` it is left out.
+//!
 //! Not a criterion bench; `scripts/bench` runs it and writes BENCHMARKS.md. Without `--bench`
 //! (as `cargo test --all-targets` runs it) 20 000 events and 2 rounds check that it works, and
 //! nothing is timed. `VIGIL_QUERY_BENCH_EVENTS` sets another size.
@@ -35,6 +41,8 @@ const EVENTS: usize = 10_000_000;
 const SMOKE_EVENTS: usize = 20_000;
 const ROUNDS: usize = 30;
 const DAYS: u32 = 35;
+/// Overview loads in the browser per window and backend.
+const LOADS: usize = 10;
 
 fn app(store: Store) -> Router {
     let state = Arc::new(RwLock::new(DerivedState::new()));
@@ -102,7 +110,26 @@ fn main() {
                 );
             }
         }
+        let overview = match std::env::var("VIGIL_NODE_MODULES") {
+            Ok(_) => {
+                let loads = if measure { LOADS } else { 1 };
+                let mut by_backend = serde_json::Map::new();
+                for (name, store) in [
+                    ("parquet", Store::Parquet(Reader::new(dir.path()))),
+                    ("clickhouse", Store::ClickHouse(ClickHouseReader::new(&config).unwrap())),
+                ] {
+                    let base = serve(ui_app(store, &dir.path().join(name), n as u64)).await;
+                    by_backend.insert(name.into(), overview_loads(&base, end, loads).await);
+                }
+                serde_json::Value::Object(by_backend)
+            }
+            Err(_) => {
+                eprintln!("VIGIL_NODE_MODULES is not set: the overview in the browser is left out");
+                serde_json::Value::Null
+            }
+        };
         serde_json::json!({
+            "overview": overview,
             "commit": std::env::var("VIGIL_BENCH_COMMIT").unwrap_or_else(|_| "unknown".into()),
             "date": Utc::now().date_naive().to_string(),
             "events": n,
@@ -120,6 +147,46 @@ fn main() {
         let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
         std::fs::write(Path::new(&target).join("query_latency.json"), result.to_string()).unwrap();
     }
+}
+
+/// The routes `vigil run` serves to the dashboards, over `store`: the UI, the API, the actions
+/// and the alerts. The live state says the log holds `events` (its windows are empty: the data
+/// set is older than a day), so the overview draws rather than asking to connect a source.
+fn ui_app(store: Store, dir: &Path, events: u64) -> Router {
+    let mut derived = DerivedState::new();
+    derived.offset = events;
+    let state = Arc::new(RwLock::new(derived));
+    let view = || vigil_processor::view::View::new(Arc::clone(&state));
+    let log = vigil_log::EventLog::open(&dir.join("log")).unwrap();
+    let outbox = vigil_processor::actuation::push::Outbox::open(&dir.join("outbox")).unwrap();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    vigil_query::router(vigil_query::ApiState { store, view: view(), log, ready })
+        .merge(vigil_query::actions::router(vigil_query::tsa::TsaState {
+            view: view(),
+            outbox,
+            token: None,
+            trusted_hosts: Vec::new(),
+        }))
+        .merge(vigil_query::alerts::router(vigil_query::alerts::AlertsState { view: view(), outbox: None }))
+        .merge(vigil_query::ui::router())
+}
+
+/// Serves `app` on a loopback port; returns its base URL.
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+/// The overview's load times in Chromium over 7 and 30 days ending at `now`.
+async fn overview_loads(base: &str, now: DateTime<Utc>, loads: usize) -> serde_json::Value {
+    let mut node = std::process::Command::new("node");
+    node.args(["dashboards/tests/overview-load.mjs", base, &now.to_rfc3339(), &loads.to_string(), "7d", "30d"]);
+    // The browser asks this process's server: wait for it off the runtime's threads.
+    let output = tokio::task::spawn_blocking(move || node.output()).await.unwrap().expect("node runs");
+    assert!(output.status.success(), "overview-load.mjs: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// Writes the data set to both backends; returns the time each took.

@@ -144,7 +144,7 @@ async fn every_page_loads_clean_accessible_and_live(store: &[&str], name: &str) 
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
 
     let pages = report["pages"].as_object().unwrap();
-    assert_eq!(pages.len(), 20, "ten pages, light and dark: {:?}", pages.keys());
+    assert_eq!(pages.len(), 22, "ten pages, light and dark, and two over the warehouse: {:?}", pages.keys());
     // Every page's faults at once, so one run shows them all.
     let faults: Vec<String> = pages
         .iter()
@@ -173,6 +173,13 @@ async fn every_page_loads_clean_accessible_and_live(store: &[&str], name: &str) 
         text("overview")
     );
     assert!(text("heatmap").contains("ip-3 × yahoo"), "{}", text("heatmap"));
+    // Past 24 h the same pages read the warehouse.
+    assert!(
+        text("overview-7d").contains("yahoo") && text("overview-7d").contains("Worst egress source × provider"),
+        "{}",
+        text("overview-7d")
+    );
+    assert!(text("pair-30d").contains("ip-3 × yahoo"), "{}", text("pair-30d"));
     assert!(text("pair").contains("ip-3 × yahoo") && text("pair").contains("yahoo_tss04"), "{}", text("pair"));
     assert!(text("alerts").contains("yahoo-tss04"), "{}", text("alerts"));
     assert!(text("bounces").contains("InvalidRecipient"), "{}", text("bounces"));

@@ -57,11 +57,22 @@ const PAGES = [
   ['dmarc', '#/dmarc'],
 ];
 
+// Ranges past the live state's 24 h, answered by the warehouse (Parquet or ClickHouse).
+const WAREHOUSE_PAGES = [
+  ['overview', '#/overview?window=7d', 'overview-7d'],
+  ['pair', '#/pair?egress_source=ip-3&provider=yahoo&window=30d', 'pair-30d'],
+];
+
+const visits = [];
 for (const theme of ['light', 'dark']) {
-  for (const [name, hash] of PAGES) {
+  for (const [name, hash] of PAGES) visits.push([name, hash, theme === 'light' ? name : `${name}-dark`, theme]);
+}
+for (const [name, hash, key] of WAREHOUSE_PAGES) visits.push([name, hash, key, 'light']);
+
+{
+  for (const [name, hash, key, theme] of visits) {
     const { page, context, problems } = await open(name, hash.replace('SEARCH_RECIPIENT', encodeURIComponent(recipient || '')), { theme });
     const text = await page.textContent('main');
-    const key = theme === 'light' ? name : `${name}-dark`;
     report.pages[key] = {
       problems,
       violations: await axe(page),

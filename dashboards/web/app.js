@@ -120,11 +120,35 @@ function disposeCharts() {
 
 window.addEventListener('resize', () => charts.forEach((c) => c.resize()));
 
-const STEPS = { '5m': '1m', '1h': '5m', '24h': '1h' };
+// The time ranges of the picker: up to 24 h from the live state, longer from the warehouse
+// (embedded Parquet or ClickHouse), with a step that keeps charts to a few hundred points.
+const WINDOWS = {
+  '5m': { hours: 1 / 12, step: '1m', live: true },
+  '1h': { hours: 1, step: '5m', live: true },
+  '24h': { hours: 24, step: '1h', live: true },
+  '7d': { hours: 7 * 24, step: '1h', live: false },
+  '30d': { hours: 30 * 24, step: '6h', live: false },
+};
+
+/// The window as a range of the analytics store: [now - window, now), ending on a minute.
+function range(window) {
+  const to = new Date(Math.floor(Date.now() / 60e3) * 60e3);
+  return { from: new Date(to.getTime() - WINDOWS[window].hours * 3600e3).toISOString(), to: to.toISOString() };
+}
+
+/// The query parameters that ask for `window`: the live window, or the warehouse's range.
+function span(window) {
+  if (WINDOWS[window].live) return `window=${window}`;
+  const { from, to } = range(window);
+  return `from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}`;
+}
 
 async function series(metric, groupBy, window) {
-  const step = STEPS[window] || '5m';
-  return api(`/api/v1/timeseries?metric=${metric}&group_by=${encodeURIComponent(groupBy)}&step=${step}&window=${window}&limit=100`);
+  return api(`/api/v1/timeseries?metric=${metric}&group_by=${encodeURIComponent(groupBy)}&step=${WINDOWS[window].step}&${span(window)}&limit=100`);
+}
+
+async function reputation(scope, window) {
+  return api(`/api/v1/reputation?scope=${encodeURIComponent(scope)}&${span(window)}`);
 }
 
 function sumPoints(answer) {
@@ -150,8 +174,8 @@ function connectHelp() {
 async function overview(window) {
   const [state, providers, pairs, throttles, alerts, dead] = await Promise.all([
     api('/api/v1/state'),
-    api(`/api/v1/reputation?scope=provider&window=${window}`),
-    api(`/api/v1/reputation?scope=egress_source,provider&window=${window}`),
+    reputation('provider', window),
+    reputation('egress_source,provider', window),
     api('/api/v1/throttles'),
     api('/api/v1/alerts?state=firing'),
     api('/api/v1/deadletters?limit=1'),
@@ -183,7 +207,7 @@ async function overview(window) {
         link('provider', { provider: r.provider }, r.provider),
         el('div', { class: `score ${scoreClass(r.score && r.score.value)}` }, r.score ? r.score.value.toFixed(0) : '–'),
         el('div', { class: 'muted' }, `${r.attempts} attempts · deferred ${pct(r.rates.deferral && r.rates.deferral.value)}`))))),
-      widePanel('Worst egress source × provider now', table(['pair', 'score', 'attempts', 'deferral', 'block', 'complaint'],
+      widePanel(WINDOWS[window].live ? 'Worst egress source × provider now' : 'Worst egress source × provider', table(['pair', 'score', 'attempts', 'deferral', 'block', 'complaint'],
         worst.map((r) => [link('pair', { egress_source: r.egress_source, provider: r.provider }, `${r.egress_source} × ${r.provider}`),
           el('span', { class: scoreClass(r.score.value) }, r.score.value.toFixed(0)), r.attempts, rate(r.rates.deferral), rate(r.rates.block), rate(r.rates.complaint)]), [1, 2])),
       widePanel('Firing alerts', alerts.alerts.length ? table(['rule', 'scope', 'summary'],
@@ -203,7 +227,7 @@ const HEAT_METRICS = { score: 'Score', deferral: 'Deferral rate', block: 'Block 
 
 async function heatmap(window, params) {
   const metric = HEAT_METRICS[params.get('metric')] ? params.get('metric') : 'score';
-  const pairs = await api(`/api/v1/reputation?scope=egress_source,provider&window=${window}`);
+  const pairs = await reputation('egress_source,provider', window);
   const select = el('select', { id: 'metric', onchange: (e) => go('heatmap', { metric: e.target.value, window }) },
     Object.entries(HEAT_METRICS).map(([k, v]) => el('option', { value: k, selected: k === metric }, v)));
   if (!pairs.rows.length) return [el('h1', {}, 'Heat map'), connectHelp()];
@@ -236,14 +260,12 @@ async function drill(window, params, scope) {
   const wanted = Object.fromEntries(keys.map((k) => [k, params.get(k) || '']));
   const match = (row) => keys.every((k) => row[k] === wanted[k]);
   const title = keys.map((k) => wanted[k]).join(' × ');
-  const now = new Date();
-  const hours = { '5m': 1 / 12, '1h': 1, '24h': 24 }[window] || 1;
-  const from = new Date(now.getTime() - hours * 3600e3).toISOString();
+  const { from, to } = range(window);
   const filters = keys.map((k) => `&${k}=${encodeURIComponent(wanted[k])}`).join('');
   const [rep, attempts, deferred, bounced, bounces, decisions] = await Promise.all([
-    api(`/api/v1/reputation?scope=${scope}&window=${window}`),
+    reputation(scope, window),
     series('attempts', scope, window), series('deferred', scope, window), series('bounced', scope, window),
-    api(`/api/v1/bounces?from=${encodeURIComponent(from)}&to=${encodeURIComponent(now.toISOString())}&samples=3${filters}`),
+    api(`/api/v1/bounces?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}&samples=3${filters}`),
     api(`/api/v1/decisions?limit=20${filters}`),
   ]);
   const row = rep.rows.find(match);
@@ -305,13 +327,6 @@ async function decisionsPage() {
   ];
 }
 
-
-/// The window as a range of the analytics store: [now - window, now).
-function range(window) {
-  const hours = { '5m': 1 / 12, '1h': 1, '24h': 24 }[window] || 1;
-  const to = new Date();
-  return { from: new Date(to.getTime() - hours * 3600e3).toISOString(), to: to.toISOString() };
-}
 
 async function bouncesPage(window) {
   const { from, to } = range(window);
@@ -399,7 +414,7 @@ const PAGES = {
 
 async function render() {
   const { page, params } = route();
-  const window = ['5m', '1h', '24h'].includes(params.get('window')) ? params.get('window') : '1h';
+  const window = Object.hasOwn(WINDOWS, params.get('window') || '') ? params.get('window') : '1h';
   windowSelect.value = window;
   refreshBox.checked = params.get('refresh') !== '0';
   for (const a of document.querySelectorAll('nav a')) {
