@@ -75,6 +75,20 @@ async fn the_api_answers_from_clickhouse_as_from_parquet_and_a_restart_changes_n
     let (status, _) = get(&vigil, "/api/v1/summary?group_by=provider", Some("not-a-configured-token")).await;
     assert_eq!(status, 401);
     let from_clickhouse = answers(&vigil).await;
+    // The bounce explorer's class -> rule -> samples: each class's failures split by the rule
+    // that decided them, read from the raw events.
+    let classes = from_clickhouse[3]["classes"].as_array().unwrap();
+    assert!(!classes.is_empty(), "{classes:?}");
+    for class in classes {
+        let rules = class["rules"].as_array().unwrap();
+        let by_rule: u64 = rules.iter().map(|r| r["deferred"].as_u64().unwrap() + r["bounced"].as_u64().unwrap()).sum();
+        let total = class["deferred"].as_u64().unwrap() + class["bounced"].as_u64().unwrap();
+        assert_eq!(by_rule, total, "{class}");
+        if class["bounce_class"].is_string() {
+            assert!(rules.iter().all(|r| r["rule"].is_string()), "a classified failure names its rule: {class}");
+            assert!(class["samples"].as_array().unwrap().iter().all(|e| e["classifier_rule"].is_string()), "{class}");
+        }
+    }
     assert_eq!(
         from_clickhouse[0]["rows"],
         json!([

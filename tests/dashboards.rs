@@ -144,7 +144,7 @@ async fn every_page_loads_clean_accessible_and_live(store: &[&str], name: &str) 
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
 
     let pages = report["pages"].as_object().unwrap();
-    assert_eq!(pages.len(), 22, "ten pages, light and dark, and two over the warehouse: {:?}", pages.keys());
+    assert_eq!(pages.len(), 26, "twelve pages, light and dark, and two over the warehouse: {:?}", pages.keys());
     // Every page's faults at once, so one run shows them all.
     let faults: Vec<String> = pages
         .iter()
@@ -182,7 +182,14 @@ async fn every_page_loads_clean_accessible_and_live(store: &[&str], name: &str) 
     assert!(text("pair-30d").contains("ip-3 × yahoo"), "{}", text("pair-30d"));
     assert!(text("pair").contains("ip-3 × yahoo") && text("pair").contains("yahoo_tss04"), "{}", text("pair"));
     assert!(text("alerts").contains("yahoo-tss04"), "{}", text("alerts"));
-    assert!(text("bounces").contains("InvalidRecipient"), "{}", text("bounces"));
+    assert!(
+        text("bounces").contains("InvalidRecipient") && text("bounces").contains("Decided by"),
+        "{}",
+        text("bounces")
+    );
+    // Any scope's values, and one value's drill-down.
+    assert!(text("scopes").contains("acme") && text("scopes").contains("globex"), "{}", text("scopes"));
+    assert!(text("scope").contains("ip-3") && text("scope").contains("Egress source (IP)"), "{}", text("scope"));
     assert!(text("search").contains(&recipient) && text("search").contains("Suppressed: "), "{}", text("search"));
     assert!(text("suppressions").contains(" suppressed"), "{}", text("suppressions"));
     assert!(

@@ -49,6 +49,8 @@ const PAGES = [
   ['heatmap', '#/heatmap'],
   ['pair', '#/pair?egress_source=ip-3&provider=yahoo&window=1h'],
   ['provider', '#/provider?provider=yahoo&window=1h'],
+  ['scopes', '#/scopes?scope=tenant&window=1h'],
+  ['scope', '#/scope?scope=egress_source&egress_source=ip-3&window=1h'],
   ['alerts', '#/alerts'],
   ['decisions', '#/decisions'],
   ['bounces', '#/bounces'],

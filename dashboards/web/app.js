@@ -254,25 +254,65 @@ async function heatmap(window, params) {
     el('div', { class: 'grid' }, el('div', { class: 'panel wide' }, c.node), panel('Cells', table(['pair', HEAT_METRICS[metric]], cells, [1])))];
 }
 
-/// A scope's drill-down: the pair, or one provider.
+// The scopes an analyst drills into, by their API name.
+const SCOPES = {
+  'egress_source,provider': 'Egress source × provider',
+  egress_source: 'Egress source (IP)',
+  egress_pool: 'Egress pool',
+  provider: 'Provider',
+  tenant: 'Tenant',
+  campaign: 'Campaign',
+  sending_domain: 'Sending domain',
+};
+
+/// The page of one scope value: the pair and the provider have their own names.
+function scopeLink(scope, row, text) {
+  const keys = scope.split(',');
+  const values = Object.fromEntries(keys.map((k) => [k, row[k]]));
+  if (scope === 'egress_source,provider') return link('pair', values, text);
+  if (scope === 'provider') return link('provider', values, text);
+  return link('scope', { scope, ...values }, text);
+}
+
+/// Every value of a scope with its reputation, each a link to its drill-down.
+async function scopesPage(window, params) {
+  const scope = Object.hasOwn(SCOPES, params.get('scope') || '') ? params.get('scope') : 'egress_source';
+  const select = el('select', { id: 'scope', onchange: (e) => go('scopes', { scope: e.target.value, window }) },
+    Object.entries(SCOPES).map(([k, v]) => el('option', { value: k, selected: k === scope }, v)));
+  const answer = await reputation(scope, window);
+  const keys = scope.split(',');
+  const rows = answer.rows.slice().sort((a, b) => (a.score ? a.score.value : 101) - (b.score ? b.score.value : 101));
+  return [el('h1', {}, 'Scopes'), el('div', { class: 'panel' }, el('label', { for: 'scope' }, 'Scope ', select)),
+    widePanel(SCOPES[scope], rows.length ? table(['value', 'score', 'attempts', 'deferral', 'bounce', 'block', 'complaint'],
+      rows.map((r) => [scopeLink(scope, r, keys.map((k) => r[k]).join(' × ')),
+        el('span', { class: scoreClass(r.score && r.score.value) }, r.score ? r.score.value.toFixed(0) : '–'), r.attempts,
+        rate(r.rates.deferral), rate(r.rates.bounce), rate(r.rates.block), rate(r.rates.complaint)]), [1, 2])
+      : el('p', { class: 'muted' }, 'No traffic in this window.'))];
+}
+
+/// A scope value's drill-down: a pair, an IP, a pool, a provider, a tenant, a campaign or a
+/// sending domain.
 async function drill(window, params, scope) {
-  const keys = scope === 'provider' ? ['provider'] : ['egress_source', 'provider'];
+  if (!Object.hasOwn(SCOPES, scope)) return [el('h1', {}, 'Unknown scope'), el('p', {}, `No scope called ${scope}.`)];
+  const keys = scope.split(',');
   const wanted = Object.fromEntries(keys.map((k) => [k, params.get(k) || '']));
   const match = (row) => keys.every((k) => row[k] === wanted[k]);
   const title = keys.map((k) => wanted[k]).join(' × ');
   const { from, to } = range(window);
   const filters = keys.map((k) => `&${k}=${encodeURIComponent(wanted[k])}`).join('');
+  // Decisions are kept per egress source and provider.
+  const decided = keys.every((k) => k === 'egress_source' || k === 'provider');
   const [rep, attempts, deferred, bounced, bounces, decisions] = await Promise.all([
     reputation(scope, window),
     series('attempts', scope, window), series('deferred', scope, window), series('bounced', scope, window),
     api(`/api/v1/bounces?from=${encodeURIComponent(from)}&to=${encodeURIComponent(to)}&samples=3${filters}`),
-    api(`/api/v1/decisions?limit=20${filters}`),
+    decided ? api(`/api/v1/decisions?limit=20${filters}`) : Promise.resolve(null),
   ]);
   const row = rep.rows.find(match);
   const line = (name, answer) => ({ name, type: 'line', showSymbol: false, data: (answer.series.find(match) || { points: [] }).points.map((p) => [p.at, p.value]) });
   const classes = row ? Object.entries({ ...row.bounced_by_class, ...row.deferred_by_class }) : [];
   return [
-    el('h1', {}, title || 'Unknown scope'),
+    el('h1', {}, title || 'Unknown scope'), el('p', { class: 'muted' }, SCOPES[scope]),
     el('div', { class: 'grid' },
       widePanel('Reputation', row ? table(['score', 'attempts', 'deferral', 'bounce', 'block', 'complaint'],
         [[el('span', { class: scoreClass(row.score && row.score.value) }, row.score ? row.score.value.toFixed(0) : '–'), row.attempts, rate(row.rates.deferral), rate(row.rates.bounce), rate(row.rates.block), rate(row.rates.complaint)]], [0, 1])
@@ -286,8 +326,8 @@ async function drill(window, params, scope) {
         : el('p', { class: 'muted' }, 'No failures.')),
       widePanel('Top responses', bounces.classes && bounces.classes.length ? table(['class', 'count', 'example'],
         bounces.classes.map((c) => [c.bounce_class || 'unclassified', c.deferred + c.bounced, clip((c.samples[0] && c.samples[0].response_text) || '', 160)]), [1]) : el('p', { class: 'muted' }, 'None in this window.')),
-      widePanel('Decisions', decisions.decisions.length ? table(['at', 'action', 'status', 'reason'],
-        decisions.decisions.map((d) => [when(d.at), d.action, d.status, clip(d.reason, 160)])) : el('p', { class: 'muted' }, 'None taken.'))),
+      decisions ? widePanel('Decisions', decisions.decisions.length ? table(['at', 'action', 'status', 'reason'],
+        decisions.decisions.map((d) => [when(d.at), d.action, d.status, clip(d.reason, 160)])) : el('p', { class: 'muted' }, 'None taken.')) : null),
   ];
 }
 
@@ -341,9 +381,13 @@ async function bouncesPage(window) {
   return [el('h1', {}, 'Bounces'),
     el('div', { class: 'stack' }, panel('By class', c.node),
       answer.classes.map((k) => panel(`${k.bounce_class || 'unclassified'}: ${k.bounced} bounced, ${k.deferred} deferred`,
-        table(['when', 'recipient', 'pair', 'code', 'response'], k.samples.map((e) => [when(e.occurred_at),
+        el('h3', {}, 'Decided by'),
+        table(['rule', 'bounced', 'deferred'], (k.rules || []).map((r) => [el('code', {}, r.rule || 'not recorded'), r.bounced, r.deferred]), [1, 2]),
+        el('h3', {}, 'Latest'),
+        table(['when', 'recipient', 'pair', 'rule', 'code', 'response'], k.samples.map((e) => [when(e.occurred_at),
           e.recipient ? link('search', { recipient: e.recipient }, e.recipient) : '',
           e.egress_source && e.provider ? link('pair', { egress_source: e.egress_source, provider: e.provider }, `${e.egress_source} × ${e.provider}`) : (e.provider || ''),
+          e.classifier_rule ? el('code', {}, e.classifier_rule) : '',
           [e.smtp_code, e.enhanced_status].filter(Boolean).join(' '), clip(e.response_text, 200)])))))];
 }
 
@@ -404,6 +448,8 @@ const PAGES = {
   heatmap: (w, p) => heatmap(w, p),
   pair: (w, p) => drill(w, p, 'egress_source,provider'),
   provider: (w, p) => drill(w, p, 'provider'),
+  scope: (w, p) => drill(w, p, p.get('scope') || ''),
+  scopes: (w, p) => scopesPage(w, p),
   alerts: () => alertsPage(),
   decisions: () => decisionsPage(),
   bounces: (w) => bouncesPage(w),

@@ -28,6 +28,8 @@ pub enum Field {
     Tenant,
     Campaign,
     BounceClass,
+    /// The classifier rule that decided the bounce class.
+    ClassifierRule,
     Kind,
     SenderDomain,
     Recipient,
@@ -55,6 +57,7 @@ impl Field {
             Self::Tenant => "tenant",
             Self::Campaign => "campaign",
             Self::BounceClass => "bounce_class",
+            Self::ClassifierRule => "classifier_rule",
             Self::Kind => "kind",
             Self::SenderDomain => "sender_domain",
             Self::Recipient => "recipient",
@@ -241,6 +244,7 @@ pub(crate) fn event_record(
         report_recipient,
         feedback_loop,
         attribution,
+        classifier_rule,
     ] = text;
     EventRecord {
         event_id,
@@ -261,6 +265,7 @@ pub(crate) fn event_record(
         report_recipient,
         feedback_loop,
         attribution,
+        classifier_rule,
         original_sent_at: None,
     }
 }

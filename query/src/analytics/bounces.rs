@@ -27,8 +27,19 @@ pub struct ClassRow {
     bounce_class: Option<String>,
     deferred: u64,
     bounced: u64,
+    /// The classifier rules that decided this class, most failures first.
+    rules: Vec<RuleRow>,
     /// The class's latest failures, newest first.
     samples: Vec<EventRecord>,
+}
+
+/// The failures one classifier rule put in a class.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RuleRow {
+    /// Null for failures stored without the rule that classified them.
+    rule: Option<String>,
+    deferred: u64,
+    bounced: u64,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -67,6 +78,20 @@ pub async fn bounces(
         let Some(slot) = FAILURES.iter().position(|k| row.values[1].as_deref() == Some(*k)) else { continue };
         classes.entry(row.values[0].clone()).or_default()[slot] += row.count;
     }
+    // Which rule decided: read from the raw events (the rollups do not keep the rule).
+    let by_rule = store
+        .counts(&CountQuery {
+            filter: filter.clone(),
+            group_by: vec![Field::BounceClass, Field::ClassifierRule, Field::Kind],
+            step_minutes: None,
+            weighted: false,
+        })
+        .await?;
+    let mut rules: BTreeMap<Option<String>, BTreeMap<Option<String>, [u64; 2]>> = BTreeMap::new();
+    for row in by_rule {
+        let Some(slot) = FAILURES.iter().position(|k| row.values[2].as_deref() == Some(*k)) else { continue };
+        rules.entry(row.values[0].clone()).or_default().entry(row.values[1].clone()).or_default()[slot] += row.count;
+    }
     let mut rows = Vec::with_capacity(classes.len());
     for (class, [deferred, bounced]) in classes {
         let samples = if samples == 0 {
@@ -79,7 +104,14 @@ pub async fn bounces(
             }
             store.search(&SearchQuery { filter, before: None, limit: samples }).await?
         };
-        rows.push(ClassRow { bounce_class: class, deferred, bounced, samples });
+        let mut decided: Vec<RuleRow> = rules
+            .remove(&class)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(rule, [deferred, bounced])| RuleRow { rule, deferred, bounced })
+            .collect();
+        decided.sort_by_key(|r| std::cmp::Reverse(r.deferred + r.bounced));
+        rows.push(ClassRow { bounce_class: class, deferred, bounced, rules: decided, samples });
     }
     // Stable: classes came sorted by name, so ties keep name order.
     rows.sort_by_key(|r| std::cmp::Reverse(r.deferred + r.bounced));

@@ -36,12 +36,15 @@ pub struct EventRecord {
     /// the report arrived).
     #[serde(default)]
     pub original_sent_at: Option<DateTime<Utc>>,
+    /// The classifier rule that decided `bounce_class` (`internal` for the MTA's own replies).
+    #[serde(default)]
+    pub classifier_rule: Option<String>,
 }
 
 impl EventRecord {
     /// The text columns after `kind`, in field order (the complaint ones after the response):
     /// what both warehouse backends select.
-    pub const TEXT_COLUMNS: [&'static str; 12] = [
+    pub const TEXT_COLUMNS: [&'static str; 13] = [
         "recipient",
         "message_id",
         "sender",
@@ -54,5 +57,6 @@ impl EventRecord {
         "report_recipient",
         "feedback_loop",
         "attribution",
+        "classifier_rule",
     ];
 }
