@@ -45,6 +45,7 @@ fn registry(role: Role) -> (Registry, Offsets) {
     if matches!(role, Role::Run | Role::Process) {
         vigil_processor::metrics::register_outbox(&mut registry);
         vigil_processor::metrics::register_complaints(&mut registry);
+        vigil_processor::metrics::register_alerts(&mut registry);
         vigil_warehouse::metrics::register(&mut registry);
     }
     (registry, offsets)

@@ -374,6 +374,11 @@ async fn an_alert_reaches_every_receiver_and_alertmanager_once_through_a_crash_a
     assert!(in_am[0]["annotations"]["summary"].as_str().unwrap().contains("TSS04"));
     assert_eq!(in_am[0]["status"]["state"], "active");
 
+    // /metrics counts it for a Prometheus rule or a dashboard.
+    let (_, metrics) = vigil.get_text("/metrics").await;
+    assert!(metrics.contains("vigil_alerts{state=\"firing\",severity=\"critical\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("vigil_alerts{state=\"pending\",severity=\"info\"} 0\n"), "{metrics}");
+
     // The API lists it; a silence shows on it; deleting the silence ends it.
     let (status, alerts) = vigil.get("/api/v1/alerts?state=firing").await;
     assert_eq!(status, 200);

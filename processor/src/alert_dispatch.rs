@@ -296,15 +296,15 @@ fn notification_id(key: &str, firing: &[Alert], resolved: &[Alert], repeat_of: O
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::alerting::Severity;
 
-    fn t(minute: i64, second: i64) -> DateTime<Utc> {
+    pub(crate) fn t(minute: i64, second: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_767_225_600 + minute * 60 + second, 0).unwrap()
     }
 
-    fn alert(rule: &str, source: &str, state: AlertState, fired: DateTime<Utc>) -> Alert {
+    pub(crate) fn alert(rule: &str, source: &str, state: AlertState, fired: DateTime<Utc>) -> Alert {
         let labels: BTreeMap<String, String> =
             [("alertname", rule), ("severity", "warning"), ("egress_source", source), ("provider", "yahoo")]
                 .into_iter()
@@ -342,7 +342,7 @@ mod tests {
         }
     }
 
-    fn notice(alert: Alert) -> AlertNotice {
+    pub(crate) fn notice(alert: Alert) -> AlertNotice {
         AlertNotice { id: format!("{}:{:?}", alert.fingerprint, alert.state), alert }
     }
 

@@ -102,7 +102,9 @@ impl AlertOutbox {
         Ok(Self { db: Arc::new(db), recorded: Arc::new(Notify::new()) })
     }
 
-    /// Records the notices not recorded yet; returns how many were new.
+    /// Records the notices not recorded yet; returns how many were new. Notices decided more
+    /// than [`KEEP_NOTICES`] before the newest recorded are dropped in the same transaction,
+    /// so the file stays bounded.
     ///
     /// # Errors
     /// When the file cannot be written.
@@ -124,6 +126,9 @@ impl AlertOutbox {
                 ids.insert(notice.id.as_str(), next)?;
                 next += 1;
                 fresh += 1;
+            }
+            if let Some(newest) = notices.iter().filter_map(decided_at).max() {
+                prune(&mut log, &mut ids, newest - KEEP_NOTICES)?;
             }
         }
         tx.commit()?;
@@ -245,6 +250,40 @@ impl AlertOutbox {
         self.recorded.notify_waiters();
         Ok(removed)
     }
+}
+
+/// How long notices are kept after they were decided: receivers down longer than this miss
+/// them (a rebuild never decides again what is older than an hour, so their ids can go too).
+pub const KEEP_NOTICES: chrono::TimeDelta = chrono::TimeDelta::days(7);
+
+/// When a notice was decided: its resolve, or its firing.
+fn decided_at(notice: &AlertNotice) -> Option<DateTime<Utc>> {
+    notice.alert.resolved_at.or(notice.alert.fired_at)
+}
+
+/// Drops the oldest notices, and their ids, decided before `before`. Notices are recorded
+/// about in the order they were decided, so this stops at the first one that is not older.
+/// The newest is always kept: sequence numbers go on from it, and receivers' cursors with them.
+fn prune(
+    log: &mut redb::Table<'_, u64, &'static str>,
+    ids: &mut redb::Table<'_, &'static str, u64>,
+    before: DateTime<Utc>,
+) -> Result<(), AlertOutboxError> {
+    let Some(newest) = log.last()?.map(|(seq, _)| seq.value()) else { return Ok(()) };
+    let mut old = Vec::new();
+    for row in log.range(..newest)? {
+        let (seq, json) = row?;
+        let notice: AlertNotice = serde_json::from_str(json.value())?;
+        if decided_at(&notice).is_none_or(|at| at >= before) {
+            break;
+        }
+        old.push((seq.value(), notice.id));
+    }
+    for (seq, id) in old {
+        log.remove(seq)?;
+        ids.remove(id.as_str())?;
+    }
+    Ok(())
 }
 
 /// Logs a firing or a resolve (at info level, target `alert`), for every role and receiver-less
@@ -762,5 +801,29 @@ async fn deliver(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert_dispatch::tests::{alert, notice, t};
+
+    #[test]
+    fn notices_older_than_a_week_before_the_newest_are_dropped_with_their_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = AlertOutbox::open(dir.path()).unwrap();
+        let old = notice(alert("block-rate", "ip-1", AlertState::Firing, t(0, 0)));
+        let recent = notice(alert("block-rate", "ip-2", AlertState::Firing, t(6 * 24 * 60, 0)));
+        assert_eq!(outbox.record(&[old.clone(), recent.clone()]).unwrap(), 2);
+        // Six days on, both are kept.
+        assert_eq!(outbox.read(0, 10).unwrap().len(), 2);
+        let week_later = notice(alert("block-rate", "ip-3", AlertState::Firing, t(7 * 24 * 60 + 1, 0)));
+        assert_eq!(outbox.record(std::slice::from_ref(&week_later)).unwrap(), 1);
+        let kept: Vec<String> = outbox.read(0, 10).unwrap().into_iter().map(|(_, n)| n.id).collect();
+        assert_eq!(kept, [recent.id.clone(), week_later.id.clone()], "the week-old notice is gone");
+        // Sequence numbers go on from where they were, and what is kept stays recorded once.
+        assert_eq!(outbox.record(&[recent, week_later]).unwrap(), 0);
+        assert_eq!(outbox.read(2, 10).unwrap().len(), 1);
     }
 }

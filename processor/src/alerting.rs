@@ -234,6 +234,18 @@ impl AlertRule {
     }
 }
 
+impl Severity {
+    /// The configuration's and the labels' spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+        }
+    }
+}
+
 impl AlertRule {
     /// How often, in minutes of the events' clock, the rule is judged.
     fn cadence_minutes(&self) -> u32 {
@@ -284,7 +296,7 @@ pub fn bundled() -> Vec<AlertRule> {
 }
 
 /// Where an alert stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
     Pending,
@@ -775,6 +787,16 @@ impl AlertingState {
         alerts
     }
 
+    /// How many alerts are in each state and severity now.
+    #[must_use]
+    pub fn tally(&self) -> BTreeMap<(AlertState, Severity), usize> {
+        let mut tally = BTreeMap::new();
+        for alert in self.alerts.values() {
+            *tally.entry((alert.state, alert.severity)).or_default() += 1;
+        }
+        tally
+    }
+
     /// The last notices, newest first.
     #[must_use]
     pub fn history(&self) -> Vec<AlertNotice> {
@@ -816,7 +838,7 @@ fn fingerprint(rule: &str, values: &[(String, String)]) -> String {
 fn new_alert(rule: &AlertRule, fingerprint: &str, values: &[(String, String)], at: DateTime<Utc>) -> Alert {
     let mut labels = rule.labels.clone();
     labels.insert("alertname".into(), rule.name.clone());
-    labels.insert("severity".into(), format!("{:?}", rule.severity).to_ascii_lowercase());
+    labels.insert("severity".into(), rule.severity.as_str().to_owned());
     for (field, value) in values {
         labels.insert(field.clone(), value.clone());
     }

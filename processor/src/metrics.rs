@@ -45,6 +45,16 @@ pub struct ProcessorMetrics {
     pub suppressions_pushed: Family<PusherLabel, Counter>,
     /// Alert notifications delivered to each receiver (`alerts:<name>`).
     pub alerts_sent: Family<PusherLabel, Counter>,
+    /// Alerts now, by state and severity.
+    pub alerts: Family<AlertLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// `pending` or `firing`.
+    pub state: &'static str,
+    /// `info`, `warning` or `critical`.
+    pub severity: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +75,7 @@ impl Default for ProcessorMetrics {
             complaints: Family::default(),
             suppressions_pushed: Family::default(),
             alerts_sent: Family::default(),
+            alerts: Family::default(),
         }
     }
 }
@@ -149,6 +160,32 @@ pub fn register_outbox(registry: &mut Registry) {
         "Decisions each pusher is waiting to retry after a temporary failure",
         m.push_retrying.clone(),
     );
+}
+
+/// Registers the alerts gauge (set by [`refresh_alerts`] as the fold goes).
+pub fn register_alerts(registry: &mut Registry) {
+    refresh_alerts(&crate::alerting::AlertingState::default());
+    registry.register(
+        "vigil_alerts",
+        "Alerts now by state (pending, firing) and severity, as Vigil's alert rules judge them on the events' clock",
+        processor_metrics().alerts.clone(),
+    );
+}
+
+/// Sets the alerts gauge from the fold's alerting state; every state and severity has a
+/// series, at 0 when none, so a rule on it has something to read from the start.
+pub fn refresh_alerts(alerting: &crate::alerting::AlertingState) {
+    use crate::alerting::{AlertState, Severity};
+    let tally = alerting.tally();
+    for (state, name) in [(AlertState::Pending, "pending"), (AlertState::Firing, "firing")] {
+        for severity in [Severity::Info, Severity::Warning, Severity::Critical] {
+            let count = tally.get(&(state, severity)).copied().unwrap_or(0);
+            processor_metrics()
+                .alerts
+                .get_or_create(&AlertLabels { state: name, severity: severity.as_str() })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 /// Counts a failed delivery attempt.

@@ -344,6 +344,7 @@ impl Pipeline {
             let _fold = tracing::debug_span!(parent: &batch, "fold", events = events.len()).entered();
             let mut state = self.state.write().expect("state lock poisoned");
             let decisions = state.apply_batch(&events, end, &self.fold.load());
+            crate::metrics::refresh_alerts(&state.alerting);
             (decisions, state.take_announced(), state.alerting.take_notices())
         };
         if !notices.is_empty() {

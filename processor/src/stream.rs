@@ -467,8 +467,12 @@ impl Folder {
             }
             // Alerts are not delivered from the Kafka fold yet (each instance folds every
             // partition, so each would notify); they are logged and queryable.
-            for notice in state.alerting.take_notices() {
-                crate::alert_push::log_notice(&notice);
+            let notices = state.alerting.take_notices();
+            for notice in &notices {
+                crate::alert_push::log_notice(notice);
+            }
+            if !notices.is_empty() || next.is_multiple_of(1_000) {
+                crate::metrics::refresh_alerts(&state.alerting);
             }
             state.actuation.active.take_announced()
         };
