@@ -172,17 +172,18 @@ function connectHelp() {
 }
 
 async function overview(window) {
-  const [state, providers, pairs, throttles, alerts, dead] = await Promise.all([
+  const metrics = ['attempts', 'delivered', 'deferred', 'bounced', 'complaints'];
+  // Every answer asked at once: the page waits for the slowest, not for two rounds.
+  const [state, providers, pairs, throttles, alerts, dead, ...answers] = await Promise.all([
     api('/api/v1/state'),
     reputation('provider', window),
     reputation('egress_source,provider', window),
     api('/api/v1/throttles'),
     api('/api/v1/alerts?state=firing'),
     api('/api/v1/deadletters?limit=1'),
+    ...metrics.map((m) => series(m, 'provider', window)),
   ]);
   if (state.offset === 0) return [el('h1', {}, 'Overview'), connectHelp()];
-  const metrics = ['attempts', 'delivered', 'deferred', 'bounced', 'complaints'];
-  const answers = await Promise.all(metrics.map((m) => series(m, 'provider', window)));
   const volume = answers[0];
   const totals = Object.fromEntries(metrics.map((m, i) => [m, sumPoints(answers[i])]));
   const times = totals.attempts.map(([at]) => at);
