@@ -1,5 +1,7 @@
 //! `vigil classify`: the classifier on SMTP response lines from stdin (and, with `--eml`, on
-//! bounce emails), one JSON object per line. Scripts depend on the field names.
+//! bounce emails), one JSON object per input line, blank lines included (class `Uncategorized`,
+//! an empty rule), so results join to their input by line number. Scripts depend on the field
+//! names.
 
 use std::io::{BufRead, Read, Write};
 use std::process::ExitCode;
@@ -52,17 +54,26 @@ pub fn classify(args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
         }
         let text = String::from_utf8_lossy(&buf);
         let input = text.trim_end_matches(['\r', '\n']);
-        if input.trim().is_empty() {
-            continue;
-        }
-        let found: Classification = classifier.classify(input, None, None);
-        let result = LineResult {
-            input,
-            class: found.class.to_string(),
-            permanent: found.permanent,
-            code: found.code,
-            enhanced: found.enhanced.map(|e| e.to_string()),
-            rule: found.rule.to_string(),
+        // One result per input line, blank ones too, so a caller can join by line number.
+        let result = if input.trim().is_empty() {
+            LineResult {
+                input,
+                class: vigil_schemas::BounceClass::Uncategorized.to_string(),
+                permanent: None,
+                code: None,
+                enhanced: None,
+                rule: String::new(),
+            }
+        } else {
+            let found: Classification = classifier.classify(input, None, None);
+            LineResult {
+                input,
+                class: found.class.to_string(),
+                permanent: found.permanent,
+                code: found.code,
+                enhanced: found.enhanced.map(|e| e.to_string()),
+                rule: found.rule.to_string(),
+            }
         };
         write_line(&mut out, &result)?;
     }

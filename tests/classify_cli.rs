@@ -17,7 +17,11 @@ fn lines_give_one_object_each_with_the_documented_fields() {
     let input = "550 5.1.1 <a@b>: Recipient address rejected: User unknown\nsmtp; 452 4.2.2 mailbox full\n\nsomething with no code at all\n";
     let (code, out) = classify(&[], input);
     assert_eq!(code, 0);
-    assert_eq!(out.len(), 3, "blank lines are skipped");
+    assert_eq!(out.len(), 4, "one result per input line, the blank one too");
+    assert_eq!(
+        out[2],
+        json!({"input": "", "class": "Uncategorized", "permanent": null, "code": null, "enhanced": null, "rule": ""})
+    );
     assert_eq!(
         out[0],
         json!({"input": "550 5.1.1 <a@b>: Recipient address rejected: User unknown", "class": "InvalidRecipient",
@@ -29,7 +33,7 @@ fn lines_give_one_object_each_with_the_documented_fields() {
         (Some("QuotaIssues"), Some(false), Some(452))
     );
     assert_eq!(
-        (out[2]["code"].clone(), out[2]["enhanced"].clone(), out[2]["permanent"].clone()),
+        (out[3]["code"].clone(), out[3]["enhanced"].clone(), out[3]["permanent"].clone()),
         (Value::Null, Value::Null, Value::Null)
     );
 }
