@@ -77,6 +77,9 @@ storage_errors!(redb::DatabaseError, redb::TransactionError, redb::TableError, r
 pub struct AlertOutbox {
     db: Arc<Database>,
     recorded: Arc<Notify>,
+    /// A fault for the tests: writes refused as a full disk would refuse them.
+    #[cfg(test)]
+    refuse_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for AlertOutbox {
@@ -99,7 +102,12 @@ impl AlertOutbox {
         tx.open_table(CURSORS)?;
         tx.open_table(SILENCES)?;
         tx.commit()?;
-        Ok(Self { db: Arc::new(db), recorded: Arc::new(Notify::new()) })
+        Ok(Self {
+            db: Arc::new(db),
+            recorded: Arc::new(Notify::new()),
+            #[cfg(test)]
+            refuse_writes: Arc::default(),
+        })
     }
 
     /// Records the notices not recorded yet; returns how many were new. Notices decided more
@@ -111,6 +119,10 @@ impl AlertOutbox {
     pub fn record(&self, notices: &[AlertNotice]) -> Result<usize, AlertOutboxError> {
         if notices.is_empty() {
             return Ok(0);
+        }
+        #[cfg(test)]
+        if self.refuse_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("no space left on device (a test's fault)").into());
         }
         let tx = self.db.begin_write()?;
         let mut fresh = 0;
@@ -249,6 +261,14 @@ impl AlertOutbox {
         tx.commit()?;
         self.recorded.notify_waiters();
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+impl AlertOutbox {
+    /// Makes [`Self::record`] fail (or work again), as a full disk would.
+    pub(crate) fn refuse_writes(&self, refuse: bool) {
+        self.refuse_writes.store(refuse, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

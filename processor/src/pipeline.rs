@@ -13,6 +13,7 @@ use vigil_warehouse::{ParquetWriter, WarehouseError};
 use crate::actuation::Decision;
 use crate::actuation::push::{Outbox, OutboxError};
 use crate::alert_push::{AlertOutbox, AlertOutboxError};
+use crate::alerting::{AlertNotice, MAX_UNSENT};
 use crate::enrich::Enricher;
 use crate::state::{DerivedState, FoldRules, SnapshotError};
 
@@ -28,6 +29,9 @@ const REPLAY_CHUNK: usize = 10_000;
 
 /// Alert notices a rebuild decides about changes older than this are not sent.
 const STALE_NOTICE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// How often notices the alert outbox refused are tried again while no event comes.
+const RETRY_UNRECORDED: Duration = Duration::from_secs(5);
 
 /// Why a step of the pipeline failed. The pipeline retries from the committed offset.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +130,10 @@ pub struct Pipeline {
     outbox: Option<Outbox>,
     /// Where alert notices are written before any receiver is told.
     alert_outbox: Option<AlertOutbox>,
+    /// Notices the alert outbox refused (a full disk), recorded before the next batch's. While
+    /// any wait, no snapshot is written: a crash then rebuilds the state from an older one,
+    /// which decides them again, so none is lost.
+    unrecorded: std::sync::Mutex<Vec<AlertNotice>>,
     state: SharedState,
     config: PipelineConfig,
 }
@@ -140,6 +148,7 @@ impl Pipeline {
             fold: Arc::new(arc_swap::ArcSwap::from_pointee(FoldRules::bundled())),
             outbox: None,
             alert_outbox: None,
+            unrecorded: std::sync::Mutex::default(),
             state: Arc::new(RwLock::new(DerivedState::new())),
             config,
         }
@@ -185,6 +194,29 @@ impl Pipeline {
             Some(outbox) => outbox.record(&recent).map(|_| ()),
             None => Ok(()),
         }
+    }
+
+    /// Records the notices waiting and `fresh` in the alert outbox, in order; keeps them all
+    /// (the newest [`MAX_UNSENT`]) for the next try when it refuses.
+    async fn record_notices(&self, fresh: Vec<AlertNotice>) -> Result<(), PipelineError> {
+        let Some(outbox) = self.alert_outbox.clone() else { return Ok(()) };
+        let mut all = std::mem::take(&mut *self.unrecorded.lock().expect("unrecorded lock poisoned"));
+        all.extend(fresh);
+        if all.is_empty() {
+            return Ok(());
+        }
+        let (recorded, mut all) = tokio::task::spawn_blocking(move || (outbox.record(&all), all)).await?;
+        if let Err(error) = recorded {
+            all.drain(..all.len().saturating_sub(MAX_UNSENT));
+            tracing::error!(%error, waiting = all.len(), "alert notices could not be recorded; tried again, and no snapshot is written until they are");
+            *self.unrecorded.lock().expect("unrecorded lock poisoned") = all;
+        }
+        Ok(())
+    }
+
+    /// Whether notices the alert outbox refused wait to be recorded.
+    fn notices_waiting(&self) -> bool {
+        !self.unrecorded.lock().expect("unrecorded lock poisoned").is_empty()
     }
 
     /// Where reloaded rules are stored: the next batch folds under them.
@@ -244,7 +276,7 @@ impl Pipeline {
         let mut next_snapshot = tokio::time::Instant::now() + self.config.snapshot_interval;
         let mut snapshot_offset = offset;
         loop {
-            if offset > snapshot_offset && tokio::time::Instant::now() >= next_snapshot {
+            if offset > snapshot_offset && tokio::time::Instant::now() >= next_snapshot && !self.notices_waiting() {
                 self.snapshot().await;
                 snapshot_offset = offset;
                 next_snapshot = tokio::time::Instant::now() + self.config.snapshot_interval;
@@ -252,12 +284,19 @@ impl Pipeline {
             while self.log.head() <= offset {
                 tokio::select! {
                     () = shutdown.cancelled() => {
-                        if offset > snapshot_offset {
+                        if self.notices_waiting() {
+                            tracing::warn!("alert notices still unrecorded at shutdown; no snapshot, so the next start decides them again");
+                        } else if offset > snapshot_offset {
                             self.snapshot().await;
                         }
                         return;
                     }
                     changed = head.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(RETRY_UNRECORDED), if self.notices_waiting() => {
+                        if let Err(error) = self.record_notices(Vec::new()).await {
+                            tracing::error!(%error, "retrying unrecorded alert notices failed");
+                        }
+                    }
                     () = tokio::time::sleep_until(next_compaction) => {
                         self.compact().await;
                         next_compaction = tokio::time::Instant::now() + self.config.compaction_interval;
@@ -347,18 +386,10 @@ impl Pipeline {
             crate::metrics::refresh_alerts(&state.alerting);
             (decisions, state.take_announced(), state.alerting.take_notices())
         };
-        if !notices.is_empty() {
-            for notice in &notices {
-                crate::alert_push::log_notice(notice);
-            }
-            if let Some(outbox) = self.alert_outbox.clone() {
-                let recorded = tokio::task::spawn_blocking(move || outbox.record(&notices)).await?;
-                if let Err(error) = recorded {
-                    // As for decisions: the next rebuild from the log decides them again.
-                    tracing::error!(%error, "alert notices could not be recorded");
-                }
-            }
+        for notice in &notices {
+            crate::alert_push::log_notice(notice);
         }
+        self.record_notices(notices).await?;
         if let Some(outbox) = &self.outbox {
             outbox.announce(announced);
         }
@@ -374,5 +405,56 @@ impl Pipeline {
         crate::metrics::processor_metrics().batch_seconds.observe(started.elapsed().as_secs_f64());
         tracing::debug!(from = offset, to = end, "batch committed to the warehouse and folded");
         Ok(end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vigil_log::AppendBatch;
+    use vigil_schemas::{EventKind, SourceKind};
+
+    use super::*;
+
+    fn event(id: &str, kind: EventKind, minute: i64) -> DeliveryEvent {
+        let at = chrono::DateTime::from_timestamp(1_767_225_600 + minute * 60, 0).unwrap();
+        let mut e = DeliveryEvent::new(id.into(), SourceKind::Kumomta, kind, at, at);
+        e.egress_source = Some("ip-1".into());
+        e.provider = Some("yahoo".into());
+        e.recipient = Some(format!("{id}@yahoo.com"));
+        e
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notices_the_alert_outbox_refused_are_recorded_with_the_next_batch_and_hold_back_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(&dir.path().join("log")).unwrap();
+        let writer = ParquetWriter::open(&dir.path().join("warehouse")).unwrap();
+        let outbox = AlertOutbox::open(&dir.path().join("state")).unwrap();
+        let rules = crate::alerting::compile_rules(
+            "test",
+            Some("[[alert]]\nname = \"bounced\"\nmetric = \"bounced\"\nwindow = \"1m\"\nthreshold = 1\n"),
+        )
+        .unwrap();
+        let pipeline = Pipeline::new(log.clone(), writer, Enricher::bundled(), PipelineConfig::default())
+            .with_rules(FoldRules::bundled().with_alerts(rules), None)
+            .with_alert_outbox(outbox.clone());
+        // A bounce in minute 0; the first event of minute 1 has the rule judge minute 0.
+        let batch = |events| AppendBatch { events, ..AppendBatch::default() };
+        log.append(&batch(vec![event("a", EventKind::Bounced, 0), event("b", EventKind::Delivered, 1)])).unwrap();
+
+        outbox.refuse_writes(true);
+        let offset = pipeline.step(0).await.unwrap();
+        assert_eq!(offset, 2);
+        assert!(outbox.read(0, 10).unwrap().is_empty(), "the disk refused the firing");
+        assert!(pipeline.notices_waiting(), "it waits, and holds back snapshots");
+
+        outbox.refuse_writes(false);
+        log.append(&batch(vec![event("c", EventKind::Delivered, 1)])).unwrap();
+        pipeline.step(offset).await.unwrap();
+        let recorded = outbox.read(0, 10).unwrap();
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(recorded[0].1.alert.rule, "bounced");
+        assert!(recorded[0].1.id.ends_with(":firing"), "{}", recorded[0].1.id);
+        assert!(!pipeline.notices_waiting());
     }
 }
