@@ -30,8 +30,54 @@ const REPLAY_CHUNK: usize = 10_000;
 /// Alert notices a rebuild decides about changes older than this are not sent.
 const STALE_NOTICE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
-/// How often notices the alert outbox refused are tried again while no event comes.
+/// How often what the outboxes refused is tried again while no event comes.
 const RETRY_UNRECORDED: Duration = Duration::from_secs(5);
+
+/// Decisions kept in memory at most while the outbox refuses them.
+const MAX_UNRECORDED_DECISIONS: usize = 100_000;
+
+/// Decisions and alert notices the outboxes refused (a full disk), recorded again, in order,
+/// before the next batch's. While any wait, or once some were dropped to bound memory, no
+/// snapshot is written: a crash or a restart then rebuilds the state from an older snapshot,
+/// which decides them again (both outboxes record idempotently by id), so none is lost.
+#[derive(Debug, Default)]
+struct Unrecorded {
+    decisions: Vec<Decision>,
+    notices: Vec<AlertNotice>,
+    /// Some were dropped to bound memory: only a rebuild from the log brings them back.
+    dropped: bool,
+}
+
+impl Unrecorded {
+    fn holds_back_snapshots(&self) -> bool {
+        self.dropped || !self.decisions.is_empty() || !self.notices.is_empty()
+    }
+}
+
+/// Records `all` with `record` off the runtime; on a refusal gives back what is to wait (the
+/// newest `cap`), whether any was dropped, and the error.
+async fn record_in_order<T, E>(
+    all: Vec<T>,
+    record: impl FnOnce(&[T]) -> Result<usize, E> + Send + 'static,
+    cap: usize,
+) -> Result<(Vec<T>, bool, Option<E>), tokio::task::JoinError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    if all.is_empty() {
+        return Ok((all, false, None));
+    }
+    let (result, mut all) = tokio::task::spawn_blocking(move || (record(&all), all)).await?;
+    Ok(match result {
+        Ok(_) => (Vec::new(), false, None),
+        Err(error) => {
+            let excess = all.len().saturating_sub(cap);
+            all.drain(..excess);
+            (all, excess > 0, Some(error))
+        }
+    })
+}
 
 /// Why a step of the pipeline failed. The pipeline retries from the committed offset.
 #[derive(Debug, thiserror::Error)]
@@ -130,10 +176,8 @@ pub struct Pipeline {
     outbox: Option<Outbox>,
     /// Where alert notices are written before any receiver is told.
     alert_outbox: Option<AlertOutbox>,
-    /// Notices the alert outbox refused (a full disk), recorded before the next batch's. While
-    /// any wait, no snapshot is written: a crash then rebuilds the state from an older one,
-    /// which decides them again, so none is lost.
-    unrecorded: std::sync::Mutex<Vec<AlertNotice>>,
+    /// What the outboxes refused, recorded before the next batch's.
+    unrecorded: std::sync::Mutex<Unrecorded>,
     state: SharedState,
     config: PipelineConfig,
 }
@@ -196,27 +240,52 @@ impl Pipeline {
         }
     }
 
-    /// Records the notices waiting and `fresh` in the alert outbox, in order; keeps them all
-    /// (the newest [`MAX_UNSENT`]) for the next try when it refuses.
+    fn unrecorded(&self) -> std::sync::MutexGuard<'_, Unrecorded> {
+        self.unrecorded.lock().expect("unrecorded lock poisoned")
+    }
+
+    /// Records the notices waiting and `fresh` in the alert outbox, in order; they wait for
+    /// the next try when it refuses.
     async fn record_notices(&self, fresh: Vec<AlertNotice>) -> Result<(), PipelineError> {
         let Some(outbox) = self.alert_outbox.clone() else { return Ok(()) };
-        let mut all = std::mem::take(&mut *self.unrecorded.lock().expect("unrecorded lock poisoned"));
+        let mut all = std::mem::take(&mut self.unrecorded().notices);
         all.extend(fresh);
-        if all.is_empty() {
-            return Ok(());
+        let (waiting, dropped, error) = record_in_order(all, move |n| outbox.record(n), MAX_UNSENT).await?;
+        if let Some(error) = error {
+            tracing::error!(%error, waiting = waiting.len(), dropped, "alert notices could not be recorded; tried again, and no snapshot is written meanwhile");
         }
-        let (recorded, mut all) = tokio::task::spawn_blocking(move || (outbox.record(&all), all)).await?;
-        if let Err(error) = recorded {
-            all.drain(..all.len().saturating_sub(MAX_UNSENT));
-            tracing::error!(%error, waiting = all.len(), "alert notices could not be recorded; tried again, and no snapshot is written until they are");
-            *self.unrecorded.lock().expect("unrecorded lock poisoned") = all;
-        }
+        let mut unrecorded = self.unrecorded();
+        unrecorded.notices = waiting;
+        unrecorded.dropped |= dropped;
         Ok(())
     }
 
-    /// Whether notices the alert outbox refused wait to be recorded.
-    fn notices_waiting(&self) -> bool {
-        !self.unrecorded.lock().expect("unrecorded lock poisoned").is_empty()
+    /// Records the decisions waiting and `fresh` in the outbox, in order; they wait for the
+    /// next try when it refuses.
+    async fn record_decisions(&self, fresh: Vec<Decision>) -> Result<(), PipelineError> {
+        let Some(outbox) = self.outbox.clone() else { return Ok(()) };
+        let mut all = std::mem::take(&mut self.unrecorded().decisions);
+        all.extend(fresh);
+        let (waiting, dropped, error) =
+            record_in_order(all, move |d| outbox.record(d), MAX_UNRECORDED_DECISIONS).await?;
+        if let Some(error) = error {
+            tracing::error!(%error, waiting = waiting.len(), dropped, "decisions could not be recorded; tried again, and no snapshot is written meanwhile");
+        }
+        let mut unrecorded = self.unrecorded();
+        unrecorded.decisions = waiting;
+        unrecorded.dropped |= dropped;
+        Ok(())
+    }
+
+    /// Whether something the outboxes refused keeps snapshots back.
+    fn snapshots_held_back(&self) -> bool {
+        self.unrecorded().holds_back_snapshots()
+    }
+
+    /// Whether something the outboxes refused waits to be recorded.
+    fn waiting(&self) -> bool {
+        let unrecorded = self.unrecorded();
+        !unrecorded.decisions.is_empty() || !unrecorded.notices.is_empty()
     }
 
     /// Where reloaded rules are stored: the next batch folds under them.
@@ -276,7 +345,7 @@ impl Pipeline {
         let mut next_snapshot = tokio::time::Instant::now() + self.config.snapshot_interval;
         let mut snapshot_offset = offset;
         loop {
-            if offset > snapshot_offset && tokio::time::Instant::now() >= next_snapshot && !self.notices_waiting() {
+            if offset > snapshot_offset && tokio::time::Instant::now() >= next_snapshot && !self.snapshots_held_back() {
                 self.snapshot().await;
                 snapshot_offset = offset;
                 next_snapshot = tokio::time::Instant::now() + self.config.snapshot_interval;
@@ -284,17 +353,21 @@ impl Pipeline {
             while self.log.head() <= offset {
                 tokio::select! {
                     () = shutdown.cancelled() => {
-                        if self.notices_waiting() {
-                            tracing::warn!("alert notices still unrecorded at shutdown; no snapshot, so the next start decides them again");
+                        if self.snapshots_held_back() {
+                            tracing::warn!("decisions or alert notices unrecorded at shutdown; no snapshot, so the next start decides them again");
                         } else if offset > snapshot_offset {
                             self.snapshot().await;
                         }
                         return;
                     }
                     changed = head.changed() => if changed.is_err() { return },
-                    () = tokio::time::sleep(RETRY_UNRECORDED), if self.notices_waiting() => {
-                        if let Err(error) = self.record_notices(Vec::new()).await {
-                            tracing::error!(%error, "retrying unrecorded alert notices failed");
+                    () = tokio::time::sleep(RETRY_UNRECORDED), if self.waiting() => {
+                        let retried = match self.record_decisions(Vec::new()).await {
+                            Ok(()) => self.record_notices(Vec::new()).await,
+                            error => error,
+                        };
+                        if let Err(error) = retried {
+                            tracing::error!(%error, "retrying what the outboxes refused failed");
                         }
                     }
                     () = tokio::time::sleep_until(next_compaction) => {
@@ -393,15 +466,7 @@ impl Pipeline {
         if let Some(outbox) = &self.outbox {
             outbox.announce(announced);
         }
-        if let (Some(outbox), false) = (&self.outbox, decisions.is_empty()) {
-            let outbox = outbox.clone();
-            let recorded = tokio::task::spawn_blocking(move || outbox.record(&decisions)).await?;
-            if let Err(error) = recorded {
-                // The state moved on; the decisions come back when the state is rebuilt from
-                // the log, which a restart does.
-                tracing::error!(%error, "decisions could not be recorded");
-            }
-        }
+        self.record_decisions(decisions).await?;
         crate::metrics::processor_metrics().batch_seconds.observe(started.elapsed().as_secs_f64());
         tracing::debug!(from = offset, to = end, "batch committed to the warehouse and folded");
         Ok(end)
@@ -446,7 +511,7 @@ mod tests {
         let offset = pipeline.step(0).await.unwrap();
         assert_eq!(offset, 2);
         assert!(outbox.read(0, 10).unwrap().is_empty(), "the disk refused the firing");
-        assert!(pipeline.notices_waiting(), "it waits, and holds back snapshots");
+        assert!(pipeline.waiting() && pipeline.snapshots_held_back(), "it waits, and holds back snapshots");
 
         outbox.refuse_writes(false);
         log.append(&batch(vec![event("c", EventKind::Delivered, 1)])).unwrap();
@@ -455,6 +520,37 @@ mod tests {
         assert_eq!(recorded.len(), 1, "{recorded:?}");
         assert_eq!(recorded[0].1.alert.rule, "bounced");
         assert!(recorded[0].1.id.ends_with(":firing"), "{}", recorded[0].1.id);
-        assert!(!pipeline.notices_waiting());
+        assert!(!pipeline.snapshots_held_back());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn decisions_the_outbox_refused_are_recorded_with_the_next_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(&dir.path().join("log")).unwrap();
+        let writer = ParquetWriter::open(&dir.path().join("warehouse")).unwrap();
+        let outbox = Outbox::open(&dir.path().join("state")).unwrap();
+        let pipeline = Pipeline::new(log.clone(), writer, Enricher::bundled(), PipelineConfig::default())
+            .with_rules(FoldRules::bundled(), Some(outbox.clone()));
+        // Yahoo's TSS04: KumoMTA's shipped rules suspend the source.
+        let mut deferral = event("a", EventKind::Deferred, 0);
+        deferral.recipient_domain = Some("yahoo.com".into());
+        deferral.smtp_code = Some(421);
+        deferral.enhanced_status = Some("4.7.0".into());
+        deferral.response_text = Some("[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes".into());
+        let batch = |events| AppendBatch { events, ..AppendBatch::default() };
+        log.append(&batch(vec![deferral])).unwrap();
+
+        outbox.refuse_writes(true);
+        let offset = pipeline.step(0).await.unwrap();
+        assert!(outbox.newest(10, |_| true).unwrap().is_empty(), "the disk refused the decisions");
+        assert!(pipeline.waiting() && pipeline.snapshots_held_back());
+
+        outbox.refuse_writes(false);
+        log.append(&batch(vec![event("b", EventKind::Delivered, 0)])).unwrap();
+        pipeline.step(offset).await.unwrap();
+        let recorded = outbox.newest(10, |_| true).unwrap();
+        assert!(!recorded.is_empty(), "recorded with the next batch");
+        assert!(recorded.iter().all(|d| d.target.egress_source.as_deref() == Some("ip-1")), "{recorded:#?}");
+        assert!(!pipeline.snapshots_held_back());
     }
 }

@@ -74,11 +74,22 @@ pub struct Outbox {
     /// The pushers started in this process: the backlogs reported are theirs (a cursor of a
     /// pusher since removed from the configuration stays in the file, unreported).
     running: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    /// A fault for the tests: writes refused as a full disk would refuse them.
+    #[cfg(test)]
+    refuse_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Outbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+impl Outbox {
+    /// Makes [`Self::record`] fail (or work again), as a full disk would.
+    pub(crate) fn refuse_writes(&self, refuse: bool) {
+        self.refuse_writes.store(refuse, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -103,6 +114,8 @@ impl Outbox {
             recorded: Arc::new(Notify::new()),
             live: broadcast::channel(4096).0,
             running: Arc::default(),
+            #[cfg(test)]
+            refuse_writes: Arc::default(),
         })
     }
 
@@ -113,6 +126,10 @@ impl Outbox {
     pub fn record(&self, decisions: &[Decision]) -> Result<usize, OutboxError> {
         if decisions.is_empty() {
             return Ok(0);
+        }
+        #[cfg(test)]
+        if self.refuse_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("no space left on device (a test's fault)").into());
         }
         let mut fresh = Vec::new();
         let tx = self.db.begin_write()?;
