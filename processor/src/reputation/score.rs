@@ -188,4 +188,16 @@ mod tests {
         let edge = totals(&[(Metric::Delivered, 10_000), (Metric::Complaints, 15)]);
         assert_eq!(score(&edge, &Rates::of(&edge)).unwrap().value, 100.0);
     }
+
+    /// 200 of 400 attempts deferred with Outlook's "Server busy (S77719)": the reply names a
+    /// signal, so the pair loses the signal penalty's 10 points besides the deferrals' 10.
+    #[test]
+    fn a_pair_half_throttled_by_a_named_signal_scores_80() {
+        let line =
+            "451 4.7.500 Server busy. Please try again later from [192.0.2.7]. (S77719) [Name=Protocol Filter Agent]";
+        let named = u64::from(crate::reputation::SignalMatcher::new().find(line) == Some("microsoft_server_busy"));
+        let t = totals(&[(Metric::Delivered, 200), (Metric::Deferred, 200), (Metric::Signals, 200 * named)]);
+        let s = score(&t, &Rates::of(&t)).unwrap();
+        assert_eq!((s.value, s.deferrals, s.signals), (80.0, 10.0, 10.0), "{s:?}");
+    }
 }

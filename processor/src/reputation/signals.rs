@@ -17,14 +17,36 @@ const SIGNALS: &[(&str, &str)] = &[
     ("gmail_unauthenticated", r"[45]\.7\.2[67]\b.*(?:gmail|google|authenticat|dmarc|spf|dkim)"),
     // Gmail: "likely unsolicited mail" (5.7.1 policy block).
     ("gmail_unsolicited", r"likely unsolicited mail"),
+    // Gmail: "suspicious due to the very low reputation of the sending IP address / domain"
+    // (421 4.7.0 rate limited, 550 5.7.1 blocked). Source: Gmail's SMTP error reference,
+    // support.google.com/a/answer/3726730.
+    ("gmail_low_reputation", r"very low reputation of the sending (?:ip|domain)"),
+    // Gmail: the From: domain is not aligned with SPF or DKIM (4.7.32 / 5.7.32), or has no
+    // DMARC record (4.7.40 / 5.7.40). Same source.
+    ("gmail_dmarc", r"[45]\.7\.(?:32|40)\b|isn.t aligned with either the authenticated spf or dkim"),
     // Yahoo / AOL: temporary deferral codes for excessive complaints or volume.
     ("yahoo_tss04", r"\bTSS04\b"),
     ("yahoo_tss05", r"\bTSS05\b"),
     ("yahoo_tss09", r"\bTSS09\b"),
+    // Yahoo / AOL: "[TS01]" / "[TS02]" / "[TS03]" deferrals and blocks for the sending IP's
+    // behaviour (help.yahoo.com SLN3434, SLN3436), and 554 5.7.9 "Message not accepted for
+    // policy reasons" for a failed DMARC policy (SLN7253).
+    ("yahoo_ts", r"\[TS0[1-3]\]"),
+    ("yahoo_dmarc", r"\b554[ -]5\.7\.9\b"),
     // Microsoft consumer: IP blocked for reputation (S3140 / S3150), banned IPs.
     ("microsoft_s3140", r"\bS3140\b"),
     ("microsoft_s3150", r"\bS3150\b"),
     ("microsoft_banned_ip", r"banned sending ip"),
+    // Microsoft: "451 4.7.500 Server busy. Please try again later from [IP]. (S77719)" (or
+    // (AS843)): a throttle on the sending IP, the S775xx/S777xx family being Microsoft's own
+    // rule ids (wordtothewise.com/2017/10/troubleshooting-and-codes; the reply as observed from
+    // outlook.com, which issue 20 quotes).
+    ("microsoft_server_busy", r"4\.7\.500\b.*server busy|\bS77\d{3}\b"),
+    // Outlook.com: RP- (rate limited for reputation), SC- (blocked for policy or reputation),
+    // DY- (dynamic or compromised IP) and OU- (block list) codes, from the Outlook.com
+    // postmaster's troubleshooting page (sendersupport.olc.protection.outlook.com/pm/troubleshooting.aspx).
+    ("outlook_rate_limited", r"\bRP-00[1-3]\b"),
+    ("outlook_blocked", r"\b(?:SC|DY|OU)-00[1-4]\b"),
     // Comcast: rate limiting (RL000001 ...) and block list (BL000000 ...).
     ("comcast_rate_limited", r"\bRL0000\d*\b"),
     ("comcast_blocked", r"\bBL0000\d*\b"),
@@ -90,6 +112,33 @@ mod tests {
             ("554 ... Part of their network is on our block list (S3150)", "microsoft_s3150"),
             ("550 5.7.511 Access denied, banned sending IP [1.2.3.4]", "microsoft_banned_ip"),
             ("421 RL000001 Too many connections from 1.2.3.4", "comcast_rate_limited"),
+            // The references' own wording (see the sources beside each pattern).
+            (
+                "421 4.7.0 This message is suspicious due to the very low reputation of the sending IP address. To protect our users from spam, email sent from your IP address has been temporarily rate limited.",
+                "gmail_low_reputation",
+            ),
+            (
+                "550 5.7.1 This message is likely suspicious due to the very low reputation of the sending domain.",
+                "gmail_low_reputation",
+            ),
+            (
+                "421 4.7.32 Your email has been rate limited because the From: header (RFC5322) in this message isn't aligned with either the authenticated SPF or DKIM organizational domain.",
+                "gmail_dmarc",
+            ),
+            ("421 4.7.0 [TS01] Messages from 1.2.3.4 temporarily deferred due to user complaints", "yahoo_ts"),
+            ("553 5.7.1 [TS03] All messages from 1.2.3.4 will be permanently deferred", "yahoo_ts"),
+            ("554 5.7.9 Message not accepted for policy reasons.", "yahoo_dmarc"),
+            (
+                "451 4.7.500 Server busy. Please try again later from [1.2.3.4]. (S77719) [Name=Protocol Filter Agent]",
+                "microsoft_server_busy",
+            ),
+            ("451 4.7.500 Server busy. Please try again later from [1.2.3.4]. (AS843)", "microsoft_server_busy"),
+            (
+                "421 RP-001 (COL004-MC1F1) Unfortunately, some messages from 1.2.3.4 weren't sent. Please try again.",
+                "outlook_rate_limited",
+            ),
+            ("550 SC-001 (BAY004-MC1F40) Unfortunately, messages from 1.2.3.4 weren't sent.", "outlook_blocked"),
+            ("550 OU-001 (SNT004-MC1F51) Unfortunately, messages from 1.2.3.4 weren't sent.", "outlook_blocked"),
         ];
         for (line, signal) in cases {
             assert_eq!(m.find(line), Some(signal), "{line}");
