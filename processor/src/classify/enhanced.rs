@@ -38,7 +38,12 @@ pub fn class_of(status: EnhancedStatus) -> Option<BounceClass> {
         (7, 17) => C::InvalidRecipient,
         (7, 18) => C::BadDomain,
         (7, 25) => C::InvalidSender,
-        (7, 23 | 24 | 26 | 27 | 29 | 30) => C::AuthenticationFailed,
+        // IANA's registry (RFC 7372): X.7.20-22 no passing, acceptable or author-matched DKIM
+        // signature, X.7.23-24 SPF, X.7.26 several checks; X.7.27 (null MX, RFC 7505) and
+        // X.7.29-30 (ARC, REQUIRETLS) are what Gmail uses for SPF, TLS and DKIM failures; X.7.32
+        // and X.7.40 are Gmail's DMARC alignment and missing-record codes
+        // (support.google.com/a/answer/3726730).
+        (7, 20..=24 | 26 | 27 | 29 | 30 | 32 | 40) => C::AuthenticationFailed,
         (7, _) => C::PolicyRelated,
         _ => return None,
     })
@@ -54,6 +59,10 @@ mod tests {
         assert_eq!(class("5.1.1"), Some(BounceClass::InvalidRecipient));
         assert_eq!(class("4.4.7"), Some(BounceClass::MessageExpired));
         assert_eq!(class("5.7.26"), Some(BounceClass::AuthenticationFailed));
+        // The DKIM codes of RFC 7372, and Gmail's DMARC ones.
+        for code in ["5.7.20", "5.7.21", "5.7.22", "4.7.32", "5.7.40"] {
+            assert_eq!(class(code), Some(BounceClass::AuthenticationFailed), "{code}");
+        }
         assert_eq!(class("2.0.0"), None);
         assert_eq!(class("4.3.0"), Some(BounceClass::TransientFailure));
         assert_eq!(class("5.3.0"), Some(BounceClass::BadConfiguration));
