@@ -47,6 +47,14 @@ pub struct ProcessorMetrics {
     pub alerts_sent: Family<PusherLabel, Counter>,
     /// Alerts now, by state and severity.
     pub alerts: Family<AlertLabels, Gauge>,
+    /// Decisions and alert notices an outbox refused, waiting in memory to be recorded.
+    pub unrecorded: Family<WhatLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhatLabel {
+    /// `decisions` or `alert_notices`.
+    pub what: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,6 +84,7 @@ impl Default for ProcessorMetrics {
             suppressions_pushed: Family::default(),
             alerts_sent: Family::default(),
             alerts: Family::default(),
+            unrecorded: Family::default(),
         }
     }
 }
@@ -160,6 +169,23 @@ pub fn register_outbox(registry: &mut Registry) {
         "Decisions each pusher is waiting to retry after a temporary failure",
         m.push_retrying.clone(),
     );
+}
+
+/// Registers the gauge of what the outboxes refused (embedded pipeline), at 0 from the start.
+pub fn register_unrecorded(registry: &mut Registry) {
+    for what in ["decisions", "alert_notices"] {
+        unrecorded(what, 0);
+    }
+    registry.register(
+        "vigil_unrecorded",
+        "Decisions and alert notices an outbox could not write (a full disk), waiting in memory; no snapshot is written meanwhile",
+        processor_metrics().unrecorded.clone(),
+    );
+}
+
+/// Sets how many `what` wait to be recorded.
+pub fn unrecorded(what: &'static str, waiting: usize) {
+    processor_metrics().unrecorded.get_or_create(&WhatLabel { what }).set(i64::try_from(waiting).unwrap_or(i64::MAX));
 }
 
 /// Registers the alerts gauge (set by [`refresh_alerts`] as the fold goes).

@@ -54,31 +54,6 @@ impl Unrecorded {
     }
 }
 
-/// Records `all` with `record` off the runtime; on a refusal gives back what is to wait (the
-/// newest `cap`), whether any was dropped, and the error.
-async fn record_in_order<T, E>(
-    all: Vec<T>,
-    record: impl FnOnce(&[T]) -> Result<usize, E> + Send + 'static,
-    cap: usize,
-) -> Result<(Vec<T>, bool, Option<E>), tokio::task::JoinError>
-where
-    T: Send + 'static,
-    E: Send + 'static,
-{
-    if all.is_empty() {
-        return Ok((all, false, None));
-    }
-    let (result, mut all) = tokio::task::spawn_blocking(move || (record(&all), all)).await?;
-    Ok(match result {
-        Ok(_) => (Vec::new(), false, None),
-        Err(error) => {
-            let excess = all.len().saturating_sub(cap);
-            all.drain(..excess);
-            (all, excess > 0, Some(error))
-        }
-    })
-}
-
 /// Why a step of the pipeline failed. The pipeline retries from the committed offset.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -248,31 +223,57 @@ impl Pipeline {
     /// the next try when it refuses.
     async fn record_notices(&self, fresh: Vec<AlertNotice>) -> Result<(), PipelineError> {
         let Some(outbox) = self.alert_outbox.clone() else { return Ok(()) };
-        let mut all = std::mem::take(&mut self.unrecorded().notices);
-        all.extend(fresh);
-        let (waiting, dropped, error) = record_in_order(all, move |n| outbox.record(n), MAX_UNSENT).await?;
-        if let Some(error) = error {
-            tracing::error!(%error, waiting = waiting.len(), dropped, "alert notices could not be recorded; tried again, and no snapshot is written meanwhile");
-        }
-        let mut unrecorded = self.unrecorded();
-        unrecorded.notices = waiting;
-        unrecorded.dropped |= dropped;
-        Ok(())
+        self.record_waiting(|u| &mut u.notices, fresh, move |n| outbox.record(n), MAX_UNSENT, "alert_notices").await
     }
 
     /// Records the decisions waiting and `fresh` in the outbox, in order; they wait for the
     /// next try when it refuses.
     async fn record_decisions(&self, fresh: Vec<Decision>) -> Result<(), PipelineError> {
         let Some(outbox) = self.outbox.clone() else { return Ok(()) };
-        let mut all = std::mem::take(&mut self.unrecorded().decisions);
+        self.record_waiting(
+            |u| &mut u.decisions,
+            fresh,
+            move |d| outbox.record(d),
+            MAX_UNRECORDED_DECISIONS,
+            "decisions",
+        )
+        .await
+    }
+
+    /// Records what waits in `field` of [`Unrecorded`], then `fresh`, with `record` off the
+    /// runtime. On a refusal all of it waits for the next try (the newest `cap`; dropping any
+    /// holds snapshots back until a restart), and `vigil_unrecorded{what}` says how much.
+    async fn record_waiting<T, E>(
+        &self,
+        field: fn(&mut Unrecorded) -> &mut Vec<T>,
+        fresh: Vec<T>,
+        record: impl FnOnce(&[T]) -> Result<usize, E> + Send + 'static,
+        cap: usize,
+        what: &'static str,
+    ) -> Result<(), PipelineError>
+    where
+        T: Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let mut all = std::mem::take(field(&mut self.unrecorded()));
         all.extend(fresh);
-        let (waiting, dropped, error) =
-            record_in_order(all, move |d| outbox.record(d), MAX_UNRECORDED_DECISIONS).await?;
-        if let Some(error) = error {
-            tracing::error!(%error, waiting = waiting.len(), dropped, "decisions could not be recorded; tried again, and no snapshot is written meanwhile");
+        if all.is_empty() {
+            return Ok(());
         }
+        let (result, mut all) = tokio::task::spawn_blocking(move || (record(&all), all)).await?;
+        let mut dropped = false;
+        match result {
+            Ok(_) => all.clear(),
+            Err(error) => {
+                let excess = all.len().saturating_sub(cap);
+                all.drain(..excess);
+                dropped = excess > 0;
+                tracing::error!(%error, what, waiting = all.len(), dropped, "could not be recorded; tried again, and no snapshot is written meanwhile");
+            }
+        }
+        crate::metrics::unrecorded(what, all.len());
         let mut unrecorded = self.unrecorded();
-        unrecorded.decisions = waiting;
+        *field(&mut unrecorded) = all;
         unrecorded.dropped |= dropped;
         Ok(())
     }

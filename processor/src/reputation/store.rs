@@ -723,14 +723,7 @@ impl ReputationStore {
             Some(Some(id)) => id,
             Some(None) => return Totals::default(),
         };
-        let mut totals = Totals::default();
-        if let Some(series) = self.series.get(&Key { scope, first, second }) {
-            let (from, to) = self.range(minutes.max(1), as_of);
-            for bucket in series.buckets_in(from, to) {
-                totals.add(&bucket.counters);
-            }
-        }
-        totals
+        self.series_totals(SeriesId(Key { scope, first, second }), minutes, as_of)
     }
 
     /// Per scope value, the sum of `metrics` per step of `step` minutes over
