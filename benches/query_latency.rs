@@ -166,6 +166,7 @@ fn ui_app(store: Store, dir: &Path, events: u64) -> Router {
             outbox,
             token: None,
             trusted_hosts: Vec::new(),
+            operator_log: None,
         }))
         .merge(vigil_query::alerts::router(vigil_query::alerts::AlertsState { view: view(), outbox: None }))
         .merge(vigil_query::ui::router())

@@ -68,6 +68,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         outbox: outbox.clone(),
         token: config.actuation.api_token.as_deref().map(vigil_query::auth::Secret::new),
         trusted_hosts: config.api.trusted_hosts.clone(),
+        operator_log: None,
     };
     let app = vigil_query::live::router(vigil_processor::view::View::new(Arc::clone(&state)), store)
         .merge(analytics)

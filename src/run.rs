@@ -85,6 +85,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         outbox: outbox.clone(),
         token: args.api_token.as_deref().map(vigil_query::auth::Secret::new),
         trusted_hosts: args.trusted_hosts.clone(),
+        operator_log: Some(log.clone()),
     };
     let ingest_guard = IngestGuard::new(&tokens, args.api_token.as_deref(), &args.trusted_hosts);
     // One admission for every route that takes hook records: they share the limit.

@@ -390,3 +390,97 @@ async fn trusted_hosts_or_a_token_guard_the_tsa_endpoints() {
     assert_eq!(vigil.get("/get_bounce_v1/bounced.json").await.0, 401);
     vigil.terminate();
 }
+
+/// An operator lifts a suspension through the API: only with the operator role and a reason;
+/// the lift is an event of the log, so kumod hears it once (the suspension deleted by the id it
+/// gave), the action leaves the table, and after a kill -9 and a replay it stays lifted and
+/// nothing is pushed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lifts_an_action_through_the_log() {
+    let (kumod, calls) = recording_kumod().await;
+    let data = tempfile::tempdir().unwrap();
+    let tokens = data.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        "[[tokens]]\nname = \"grafana\"\ntoken = \"viewer-token-0123456789\"\nrole = \"viewer\"\n\n\
+         [[tokens]]\nname = \"oncall\"\ntoken = \"operator-token-0123456789\"\nrole = \"operator\"\n\n\
+         [[tokens]]\nname = \"kumod\"\ntoken = \"ingest-token-0123456789\"\nrole = \"ingest\"\n",
+    )
+    .unwrap();
+    let args = ["--kumod-url", kumod.as_str(), "--api-tokens", tokens.to_str().unwrap()];
+    let vigil = Vigil::start(&data.path().join("data"), &args).await;
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let tss04 = "[TSS04] Messages from 10.0.0.1 temporarily deferred due to unexpected volume or user complaints";
+    let record = deferral("ip-1", "a@yahoo.com", "(mta5|mta6|mta7).am0.yahoodns.net", 421, (4, 7, 0), tss04, t0, "y1");
+    assert_eq!(vigil.post_as("/ingest/kumomta", record, Some("ingest-token-0123456789")).await.0, 200);
+
+    let throttles = || async {
+        vigil.get_as("/api/v1/throttles", Some("viewer-token-0123456789")).await.1["active"].as_array().unwrap().clone()
+    };
+    eventually("the suspension in force", Duration::from_secs(30), || async { !throttles().await.is_empty() }).await;
+    let suspension = throttles()
+        .await
+        .into_iter()
+        .find(|d| d["action"] == "suspend_ready_queue")
+        .expect("the TSS04 suspension is in force");
+    let key = suspension["action_key"].as_str().unwrap().to_owned();
+    eventually("kumod told of the suspension", Duration::from_secs(30), || async {
+        calls.lock().unwrap().iter().any(|(_, path, _)| path == "/api/admin/suspend-ready-q/v1")
+    })
+    .await;
+
+    let lift = |key: &str, reason: &str| json!({ "action_key": key, "author": "oncall", "reason": reason }).to_string();
+    // A viewer may look, not lift; a lift says why; only an action in force can be lifted.
+    let (status, _) =
+        vigil.post_as("/api/v1/actions/lift", lift(&key, "cleared"), Some("viewer-token-0123456789")).await;
+    assert_eq!(status, 403);
+    let (status, body) =
+        vigil.post_as("/api/v1/actions/lift", lift(&key, "  "), Some("operator-token-0123456789")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("reason"), "{body}");
+    let (status, body) =
+        vigil.post_as("/api/v1/actions/lift", lift("no-such-key", "x"), Some("operator-token-0123456789")).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) =
+        vigil.post_as("/api/v1/actions/lift", "{\"action_key\": 1}", Some("operator-token-0123456789")).await;
+    assert_eq!(status, 400, "{body}");
+
+    let (status, accepted) =
+        vigil.post_as("/api/v1/actions/lift", lift(&key, "Yahoo cleared us"), Some("operator-token-0123456789")).await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["action"]["action_key"], key.as_str());
+    eventually("the action out of force", Duration::from_secs(30), || async {
+        throttles().await.iter().all(|d| d["action_key"] != key.as_str())
+    })
+    .await;
+    eventually("kumod told of the lift", Duration::from_secs(30), || async {
+        calls.lock().unwrap().iter().any(|(method, _, _)| method == "DELETE")
+    })
+    .await;
+    // The suspension deleted by the id kumod gave it (the recording kumod numbers its answers).
+    let received = calls.lock().unwrap().clone();
+    let suspended_at = received.iter().position(|(_, path, _)| path == "/api/admin/suspend-ready-q/v1").unwrap();
+    let deletes: Vec<_> = received.iter().filter(|(method, _, _)| method == "DELETE").collect();
+    assert_eq!(deletes.len(), 1, "{received:#?}");
+    assert_eq!(deletes[0].1, "/api/admin/suspend-ready-q/v1");
+    assert_eq!(deletes[0].2, json!({ "id": format!("kumod-id-{}", suspended_at + 1) }));
+    let (_, lifted) = vigil.get_as("/api/v1/decisions?status=lifted", Some("viewer-token-0123456789")).await;
+    let lifted = lifted["decisions"].as_array().unwrap();
+    assert_eq!(lifted.len(), 1, "{lifted:#?}");
+    assert_eq!(lifted[0]["reason"], "lifted by oncall: Yahoo cleared us");
+    // The lift is among the pair's events, as what it is.
+    let (_, events) = vigil.get_as("/api/v1/events?kind=action_lifted", Some("viewer-token-0123456789")).await;
+    assert_eq!(events["rows"].as_array().map(Vec::len), Some(1), "{events}");
+
+    // kill -9 and a replay from the log: still lifted, nothing pushed again.
+    let pushed = calls.lock().unwrap().len();
+    let data_dir = vigil.data_dir.clone();
+    vigil.kill9();
+    let vigil = Vigil::start(&data_dir, &args).await;
+    let (_, active) = vigil.get_as("/api/v1/throttles", Some("viewer-token-0123456789")).await;
+    assert!(active["active"].as_array().unwrap().iter().all(|d| d["action_key"] != key.as_str()), "{active}");
+    let (_, state) = vigil.get_as("/api/v1/decisions?status=lifted", Some("viewer-token-0123456789")).await;
+    assert_eq!(state["decisions"].as_array().map(Vec::len), Some(1), "recorded once: {state}");
+    assert_eq!(calls.lock().unwrap().len(), pushed, "nothing pushed again");
+    vigil.terminate();
+}

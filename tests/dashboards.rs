@@ -2,7 +2,7 @@
 //! from npm; `scripts/test` installs both) against `vigil run --demo`: every page, in light and
 //! dark, loads with no console error and no failed request, shows data, and has no serious or
 //! critical `axe-core` violation; the heat map's click-through lands on the pair; a silence made
-//! in the UI is in the API; a shared URL restores the view. Screenshots of every page are
+//! and an action lifted in the UI are in the API; a shared URL restores the view. Screenshots of every page are
 //! written to `target/dashboards/` (`scripts/screenshots` refreshes the README's).
 
 #![allow(clippy::unwrap_used)]
@@ -93,6 +93,12 @@ async fn every_page_loads_clean_accessible_and_live(store: &[&str], name: &str) 
     eventually("an alert to fire on the demo", Duration::from_secs(150), || async {
         let (_, alerts) = vigil.get("/api/v1/alerts?state=firing").await;
         alerts["alerts"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    // The decisions page needs an action in force to lift: the same episode suspends ip-3.
+    eventually("an action in force on the demo", Duration::from_secs(60), || async {
+        let (_, throttles) = vigil.get("/api/v1/throttles").await;
+        throttles["active"].as_array().is_some_and(|a| !a.is_empty())
     })
     .await;
     // A DMARC report of yesterday (the fixture's, moved in time), for the DMARC page.
@@ -227,6 +233,15 @@ async fn every_page_loads_clean_accessible_and_live(store: &[&str], name: &str) 
         silences["silences"].as_array().unwrap().iter().filter(|s| s["author"] == "dashboard").collect();
     assert_eq!(made.len(), 1, "the silence made in the UI is in the API: {silences}");
     assert_eq!(made[0]["status"], "active");
+
+    // The lift made in the UI: written to the log, folded, a `lifted` decision saying who and why.
+    assert!(report["lift"]["liftsShown"].as_u64().unwrap() >= 1, "{}", report["lift"]);
+    assert_eq!(report["lift"]["problems"], Value::Array(vec![]));
+    eventually("the lift made in the UI in the API", Duration::from_secs(30), || async {
+        let (_, lifted) = vigil.get("/api/v1/decisions?status=lifted").await;
+        lifted["decisions"].as_array().unwrap().iter().any(|d| d["reason"] == "lifted by dashboard: checked by hand")
+    })
+    .await;
 
     assert_eq!(
         (report["shared"]["metric"].as_str(), report["shared"]["window"].as_str()),

@@ -1,7 +1,8 @@
 // Drives the dashboards in headless Chromium (Debian's, through playwright-core) and reports, as
 // one JSON object on stdout, what tests/dashboards.rs asserts: per page its console errors,
 // failed requests and serious or critical axe-core violations, a screenshot; the heat map's
-// click-through; a silence made from the alerts page; a shared URL restoring the view.
+// click-through; a silence made from the alerts page; an action lifted from the decisions page; a
+// shared URL restoring the view.
 //
 //   node dashboards/tests/browse.mjs <base-url> <screenshot-dir>
 // VIGIL_NODE_MODULES names the node_modules holding playwright-core and axe-core (scripts/test
@@ -15,7 +16,7 @@ const axeSource = require.resolve('axe-core/axe.min.js');
 
 const [base, shots, recipient, emptyBase] = process.argv.slice(2);
 const browser = await chromium.launch({ executablePath: process.env.VIGIL_CHROMIUM || '/usr/bin/chromium', args: ['--no-sandbox'] });
-const report = { pages: {}, clickThrough: null, silence: null, shared: null };
+const report = { pages: {}, clickThrough: null, silence: null, lift: null, shared: null };
 
 async function open(name, hash, { theme = 'light' } = {}) {
   const context = await browser.newContext({ viewport: { width: 1440, height: 900 }, colorScheme: theme });
@@ -114,6 +115,23 @@ for (const [name, hash, key] of WAREHOUSE_PAGES) visits.push([name, hash, key, '
     await page.waitForFunction(() => [...document.querySelectorAll('button')].some((b) => b.textContent === 'Expire'), null, { timeout: 15000 });
   }
   report.silence = { alertsShown, problems };
+  await context.close();
+}
+
+// An action lifted from the decisions page (the test made sure one is in force).
+{
+  const { page, context, problems } = await open('decisions', '#/decisions');
+  const button = page.getByRole('button', { name: /^Lift / }).first();
+  const liftsShown = await button.count();
+  if (liftsShown) {
+    await page.fill('#lift-reason', 'checked by hand');
+    const answered = page.waitForResponse((r) => r.url().endsWith('/api/v1/actions/lift'));
+    await button.click();
+    await answered;
+    // The page is drawn again with the lift among the latest decisions.
+    await page.waitForFunction(() => [...document.querySelectorAll('td')].some((td) => td.textContent === 'lifted'), null, { timeout: 15000 });
+  }
+  report.lift = { liftsShown, problems };
   await context.close();
 }
 

@@ -358,11 +358,27 @@ async function alertsPage() {
 
 async function decisionsPage() {
   const [throttles, decisions] = await Promise.all([api('/api/v1/throttles'), api('/api/v1/decisions?limit=100')]);
+  const reason = el('input', { type: 'text', id: 'lift-reason', placeholder: 'lifted from the dashboard' });
+  // The lift is written to the log and ends the action when the fold reaches it: wait (a few
+  // seconds at most) for it to leave the actions in force, then draw the page again.
+  const lift = async (d) => {
+    await api('/api/v1/actions/lift', { method: 'POST', body: JSON.stringify({ action_key: d.action_key, author: 'dashboard', reason: reason.value.trim() || 'lifted from the dashboard' }) });
+    for (let i = 0; i < 20; i += 1) {
+      const now = await api('/api/v1/throttles');
+      if (!now.active.some((a) => a.action_key === d.action_key && a.decision_id === d.decision_id)) break;
+      await new Promise((resolve) => { setTimeout(resolve, 250); });
+    }
+    render();
+  };
   return [
     el('h1', {}, 'Decisions'),
     el('div', { class: 'stack' },
-      panel('In force', throttles.active.length ? table(['action', 'target', 'expires', 'rule'],
-        throttles.active.map((d) => [d.action, describeTarget(d.target), when(d.expires), d.rule])) : el('p', { class: 'muted' }, 'No action in force.')),
+      panel('In force', throttles.active.length ? [
+        el('label', { for: 'lift-reason' }, 'Why lift (kept with the decision) ', reason),
+        table(['action', 'target', 'expires', 'rule', ''],
+          throttles.active.map((d) => [d.action, describeTarget(d.target), when(d.expires), d.rule,
+            el('button', { type: 'button', onclick: () => lift(d), 'aria-label': `Lift ${d.action} ${describeTarget(d.target)}` }, 'Lift')]))]
+        : el('p', { class: 'muted' }, 'No action in force.')),
       panel('Latest', decisions.decisions.length ? table(['at', 'status', 'action', 'target', 'reason'],
         decisions.decisions.map((d) => [when(d.at), d.status, d.action, describeTarget(d.target), clip(d.reason, 160)])) : el('p', { class: 'muted' }, 'No decision yet.'))),
   ];

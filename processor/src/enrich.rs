@@ -58,6 +58,10 @@ impl Enricher {
     /// an administrative bounce's `551 5.7.1` or a suspended queue's `451 4.4.4` would
     /// otherwise read as an authentication failure or a routing error at the receiver.
     pub fn enrich(&self, event: &mut DeliveryEvent) {
+        if event.source == SourceKind::Operator {
+            // A person's action names its target (the action's provider) itself.
+            return;
+        }
         event.provider = Some(self.providers.provider_of(event));
         if !event.kind.is_bounce_classifiable() {
             return;

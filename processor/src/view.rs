@@ -30,7 +30,7 @@ use vigil_schemas::api::StateResponse;
 pub use crate::actuation::kumomta;
 pub use crate::actuation::push::{Outbox, OutboxError};
 pub use crate::actuation::warmup::Progress as WarmupProgress;
-pub use crate::actuation::{Decision, Status};
+pub use crate::actuation::{Decision, Status, operator_lift};
 pub use crate::alert_dispatch::Silence;
 pub use crate::alert_push::{AlertOutbox, AlertOutboxError};
 pub use crate::alerting::{Alert, AlertNotice, AlertState, Severity};

@@ -249,3 +249,40 @@ fn every_repeat_moves_the_expiry_to_the_last_match_as_tsa_daemon_does() {
     assert!(!overrides.is_empty());
     assert!(overrides.iter().all(|d| d.expires == last + TimeDelta::minutes(90)), "{overrides:#?}");
 }
+
+/// An operator's lift is an event of the log: folded, it ends the action with a `lifted`
+/// decision that says who and why; folded again (a replay), it decides the same; a lift of an
+/// action not in force changes nothing.
+#[test]
+fn an_operator_lift_in_the_log_ends_the_action_and_replays_the_same() {
+    let suspend = deferral("a", "example.com", "you said 450-go-away", None);
+    let (applied, _) = fold(std::slice::from_ref(&suspend));
+    let action = applied.iter().find(|d| d.status == Status::Applied).unwrap().clone();
+    let by = |key: &str| vigil_schemas::OperatorAction {
+        action_key: key.into(),
+        author: "oncall".into(),
+        reason: "the provider cleared us".into(),
+    };
+    let lifted_at = at() + TimeDelta::minutes(5);
+    let lift = vigil_processor::actuation::operator_lift(&action, by(&action.action_key), lifted_at);
+    assert_eq!((lift.kind, lift.source), (EventKind::ActionLifted, SourceKind::Operator));
+    assert_eq!(lift.egress_source, action.target.egress_source);
+    let stray = vigil_processor::actuation::operator_lift(&action, by("no-such-action"), lifted_at);
+
+    let log = [suspend, stray, lift];
+    let (decisions, state) = fold(&log);
+    let ended: Vec<&Decision> = decisions.iter().filter(|d| d.status == Status::Lifted).collect();
+    assert_eq!(ended.len(), 1, "{decisions:#?}");
+    assert_eq!(ended[0].action_key, action.action_key);
+    assert_eq!(ended[0].reason, "lifted by oncall: the provider cleared us");
+    assert_eq!(ended[0].at, lifted_at);
+    assert!(state.actuation.active.get(&action.action_key).is_none(), "no longer in force");
+    assert_eq!(state.actuation.active.in_force(at()).count(), applied.len() - 1);
+
+    let (again, replayed) = fold(&log);
+    assert_eq!(
+        again.iter().map(|d| &d.decision_id).collect::<Vec<_>>(),
+        decisions.iter().map(|d| &d.decision_id).collect::<Vec<_>>()
+    );
+    assert_eq!(replayed.actions_digest(), state.actions_digest());
+}

@@ -1,25 +1,28 @@
 //! What the rules decided, for people and tools: `/api/v1/decisions`, `/api/v1/throttles`,
-//! `/api/v1/warmup`. Guarded as the TSA surface is ([`crate::tsa`]); kumod's own endpoints are
-//! there.
+//! `/api/v1/warmup`, and `POST /api/v1/actions/lift`, an operator taking an action back.
+//! Guarded as the TSA surface is ([`crate::tsa`]), and lifting needs the operator role (the
+//! `/api/v1` guard, [`crate::auth`]); kumod's own endpoints are there.
 
 use axum::extract::{Query, State};
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use serde::Deserialize;
-use vigil_processor::view::Status;
+use serde::{Deserialize, Serialize};
+use vigil_processor::view::{Decision, Status};
+use vigil_schemas::OperatorAction;
 
 use crate::ApiError;
 use crate::tsa::{TsaState, in_force, require_token};
 
 /// The decisions API.
 pub fn router(state: TsaState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/api/v1/decisions", get(decisions))
         .route("/api/v1/throttles", get(throttles))
-        .route("/api/v1/warmup", get(warmup))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
-        .with_state(state)
+        .route("/api/v1/warmup", get(warmup));
+    let routes = if state.operator_log.is_some() { routes.route(LIFT_PATH, post(lift)) } else { routes };
+    routes.route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token)).with_state(state)
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -88,4 +91,46 @@ async fn throttles(State(state): State<TsaState>) -> Result<Json<serde_json::Val
 
 async fn warmup(State(state): State<TsaState>) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(serde_json::json!({ "plans": state.view.warmup()? })))
+}
+
+/// Where an operator lifts an action.
+pub const LIFT_PATH: &str = "/api/v1/actions/lift";
+
+/// What a lift request was turned into.
+#[derive(Debug, Serialize)]
+struct LiftAccepted {
+    /// The `action_lifted` event written to the log; the fold ends the action when it reaches
+    /// it (a `lifted` decision in `/api/v1/decisions`, pushed as a rule's lift is).
+    event_id: String,
+    /// The action as it stood when the request was taken.
+    action: Decision,
+}
+
+/// Writes the operator's lift into the log of record (so a replay lifts it again), for an
+/// action in force now. Answers 202: the action ends when the fold reaches the event.
+async fn lift(
+    State(state): State<TsaState>,
+    body: Result<Json<OperatorAction>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<LiftAccepted>), ApiError> {
+    let Json(mut request) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    for field in [&mut request.action_key, &mut request.author, &mut request.reason] {
+        *field = field.trim().to_owned();
+    }
+    if request.action_key.is_empty() || request.author.is_empty() || request.reason.is_empty() {
+        return Err(ApiError::BadRequest(
+            "`action_key`, `author` and `reason` say what, who and why; all are required".into(),
+        ));
+    }
+    let Some(action) = in_force(&state)?.into_iter().find(|d| d.action_key == request.action_key) else {
+        return Err(ApiError::NotFound(format!("no action in force under `{}`", request.action_key)));
+    };
+    let Some(log) = state.operator_log.clone() else {
+        return Err(ApiError::NotFound("lifting is served by `vigil run`".into()));
+    };
+    let event = vigil_processor::view::operator_lift(&action, request, Utc::now());
+    let event_id = event.event_id.clone();
+    let batch = vigil_log::AppendBatch { events: vec![event], ..vigil_log::AppendBatch::default() };
+    tokio::task::spawn_blocking(move || log.append(&batch)).await??;
+    tracing::info!(%event_id, action_key = %action.action_key, "an operator lifted an action");
+    Ok((StatusCode::ACCEPTED, Json(LiftAccepted { event_id, action })))
 }

@@ -113,7 +113,12 @@ const ENDPOINTS: &[Endpoint] = &[
         params: &[],
         answers: &[schema::<crate::alerts::SilencesResponse>],
     },
-    Endpoint { path: "/api/v1/throttles", summary: "The actions in force now", params: &[], answers: &[object] },
+    Endpoint {
+        path: "/api/v1/throttles",
+        summary: "The actions in force now; POST /api/v1/actions/lift with `action_key`, `author` and `reason` takes one back (operator, on vigil run)",
+        params: &[],
+        answers: &[object],
+    },
     Endpoint { path: "/api/v1/warmup", summary: "Each warm-up plan's progress", params: &[], answers: &[object] },
     Endpoint {
         path: "/api/v1/deadletters",

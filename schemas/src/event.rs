@@ -41,11 +41,14 @@ pub enum EventKind {
     Delayed,
     /// Handed to or received from another node of the same MTA cluster (KumoMTA XferOut/XferIn).
     Transferred,
+    /// An operator took an action in force back before it expired (source `operator`; what and
+    /// why in [`DeliveryEvent::operator`]). In the log so that a replay lifts it again.
+    ActionLifted,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Reception,
         Self::Delivered,
         Self::Deferred,
@@ -62,6 +65,7 @@ impl EventKind {
         Self::Rebound,
         Self::Delayed,
         Self::Transferred,
+        Self::ActionLifted,
     ];
 
     /// The snake_case name used in JSON, Parquet and the API.
@@ -84,6 +88,7 @@ impl EventKind {
             Self::Rebound => "rebound",
             Self::Delayed => "delayed",
             Self::Transferred => "transferred",
+            Self::ActionLifted => "action_lifted",
         }
     }
 
@@ -120,6 +125,8 @@ pub enum SourceKind {
     Dsn,
     Arf,
     Dmarc,
+    /// A person, through the API or the dashboards.
+    Operator,
 }
 
 impl SourceKind {
@@ -143,6 +150,7 @@ impl SourceKind {
             Self::Dsn => "dsn",
             Self::Arf => "arf",
             Self::Dmarc => "dmarc",
+            Self::Operator => "operator",
         }
     }
 }
@@ -173,6 +181,19 @@ impl Attribution {
             Self::Unattributed => "unattributed",
         }
     }
+}
+
+/// An operator's action on the rules' actions, as the log keeps it (see
+/// [`EventKind::ActionLifted`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorAction {
+    /// The action it is about: a decision's `action_key`.
+    pub action_key: String,
+    /// Who, as they named themselves.
+    pub author: String,
+    /// Why, in their words.
+    pub reason: String,
 }
 
 /// One (message, recipient, outcome), normalised from any source.
@@ -310,6 +331,11 @@ pub struct DeliveryEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_id: Option<String>,
 
+    // operator actions (schema version 4)
+    /// What an operator did and why (events from source `operator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<OperatorAction>,
+
     /// The source record as received, so any event can be normalised again.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "raw_record::deserialize")]
     #[schemars(with = "Option<String>")]
@@ -369,6 +395,7 @@ impl DeliveryEvent {
             dmarc_dkim: None,
             dmarc_spf: None,
             report_id: None,
+            operator: None,
             raw: None,
         }
     }

@@ -25,15 +25,16 @@ pub mod tsa;
 
 pub use bounce_class::BounceClass;
 pub use deadletter::DeadLetter;
-pub use event::{Attribution, DeliveryEvent, EventKind, SourceKind};
+pub use event::{Attribution, DeliveryEvent, EventKind, OperatorAction, SourceKind};
 
 /// Version of the canonical event written into every [`DeliveryEvent::schema_version`].
 ///
 /// Bump it when a field is added; readers accept every version up to their own.
 /// Version 2 added the complaint fields (`report_recipient`, `feedback_loop`,
 /// `original_sent_at`, `attribution`); version 3 the DMARC row fields (`message_count`,
-/// `dmarc_disposition`, `dmarc_dkim`, `dmarc_spf`, `report_id`).
-pub const SCHEMA_VERSION: u16 = 3;
+/// `dmarc_disposition`, `dmarc_dkim`, `dmarc_spf`, `report_id`); version 4 `operator` (what a
+/// person did: events of kind `action_lifted`).
+pub const SCHEMA_VERSION: u16 = 4;
 
 /// The JSON Schema of [`DeliveryEvent`], as checked in under `schemas/json/`.
 #[must_use]

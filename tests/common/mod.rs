@@ -140,7 +140,16 @@ impl Vigil {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.http.get(self.url(path)).send().await.unwrap();
+        self.get_as(path, None).await
+    }
+
+    /// `GET` with `Authorization: Bearer <bearer>` when given.
+    pub async fn get_as(&self, path: &str, bearer: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.get(self.url(path));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap())
     }

@@ -64,8 +64,17 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         text("dmarc_dkim"),
         text("dmarc_spf"),
         text("report_id"),
+        // schema version 4 (operator actions, as JSON); files written before it read null
+        text("operator"),
     ]))
 });
+
+/// An operator action as the warehouse keeps it: its JSON (a rare, small record; one text
+/// column rather than a column per field).
+#[must_use]
+pub fn operator_json(action: &vigil_schemas::OperatorAction) -> String {
+    serde_json::to_string(action).unwrap_or_default()
+}
 
 /// The warehouse schema.
 #[must_use]
@@ -134,6 +143,7 @@ pub fn to_record_batch(events: &[(u64, &DeliveryEvent)]) -> Result<RecordBatch, 
         text(events, |e| e.dmarc_dkim.as_deref()),
         text(events, |e| e.dmarc_spf.as_deref()),
         text(events, |e| e.report_id.as_deref()),
+        Arc::new(events.iter().map(|(_, e)| e.operator.as_ref().map(operator_json)).collect::<StringArray>()),
     ];
     RecordBatch::try_new(event_schema(), columns)
 }

@@ -14,6 +14,10 @@
 //!   - A shadow rule decides exactly as it would in force; its decisions are marked and
 //!     never pushed.
 //!   - Every action has an expiry; ending one (expiry, lift) is itself a decision.
+//!   - An operator lifts an action through the log: an `action_lifted` event
+//!     ([`operator_lift`]) ends it when folded, so a replay lifts it again at the same point. A
+//!     rule whose condition still holds may put it back at its next trigger, as KumoMTA's
+//!     tsa-daemon would after an admin call.
 //!
 //! Pushing decisions to an MTA is the async edge's business ([`push`]).
 
@@ -29,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use vigil_schemas::DeliveryEvent;
+use vigil_schemas::{DeliveryEvent, EventKind, OperatorAction, SourceKind};
 
 pub use active::ActiveActions;
 pub use decision::{ActionKind, Decision, Evidence, SettingValue, Status, Target};
@@ -172,6 +176,29 @@ impl RuleSet {
     }
 }
 
+/// The event that lifts `decision`'s action when folded: what an operator's request is written
+/// to the log as. Its id is unique to the request (its time included), its target fields are
+/// the action's, so it shows among the pair's events.
+#[must_use]
+pub fn operator_lift(decision: &Decision, action: OperatorAction, at: DateTime<Utc>) -> DeliveryEvent {
+    let mut hasher = blake3::Hasher::new();
+    for part in ["operator-lift", &action.action_key, &action.author, &action.reason, &format!("{at:?}")] {
+        hasher.update(part.as_bytes());
+        hasher.update(&[0]);
+    }
+    let id = hasher.finalize().to_hex()[..32].to_owned();
+    let mut event = DeliveryEvent::new(id, SourceKind::Operator, EventKind::ActionLifted, at, at);
+    event.source_type = Some("lift".into());
+    event.egress_source.clone_from(&decision.target.egress_source);
+    event.provider.clone_from(&decision.target.provider);
+    event.recipient_domain.clone_from(&decision.target.domain);
+    event.tenant.clone_from(&decision.target.tenant);
+    event.campaign.clone_from(&decision.target.campaign);
+    event.site.clone_from(&decision.target.site);
+    event.operator = Some(action);
+    event
+}
+
 /// All rule state: part of the derived state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ActuationState {
@@ -199,6 +226,15 @@ impl ActuationState {
         self.active.expire(now, out);
         self.rate.tick(&rules.rate, reputation, &overlay_domain, minute_of(now), &mut self.active, out);
         self.warmup.tick(&rules.warmup, reputation, &overlay_domain, now, &mut self.active, out);
+        if event.kind == EventKind::ActionLifted {
+            if let Some(action) = &event.operator
+                && let Some(lifted) =
+                    self.active.lift(&action.action_key, now, format!("lifted by {}: {}", action.author, action.reason))
+            {
+                out.push(lifted);
+            }
+            return;
+        }
         if !event.internal {
             self.rate.seen(&rules.rate, event.egress_source.as_deref(), event.provider.as_deref());
         }

@@ -46,6 +46,9 @@ pub struct TsaState {
     pub outbox: Outbox,
     pub token: Option<crate::auth::Secret>,
     pub trusted_hosts: Vec<std::net::IpAddr>,
+    /// The log an operator's lift is written to (`vigil run`); without it (`vigil process`,
+    /// whose log is Kafka) `POST /api/v1/actions/lift` is not served.
+    pub operator_log: Option<vigil_log::EventLog>,
 }
 
 impl std::fmt::Debug for TsaState {

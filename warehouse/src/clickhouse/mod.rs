@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, name: "hourly", sql: include_str!("../../../schemas/clickhouse/0002_hourly.sql") },
     Migration { version: 3, name: "complaints", sql: include_str!("../../../schemas/clickhouse/0003_complaints.sql") },
     Migration { version: 4, name: "dmarc", sql: include_str!("../../../schemas/clickhouse/0004_dmarc.sql") },
+    Migration { version: 5, name: "operator", sql: include_str!("../../../schemas/clickhouse/0005_operator.sql") },
 ];
 
 /// Where ClickHouse is and which database Vigil owns there.

@@ -73,6 +73,7 @@ struct EventRow<'a> {
     dmarc_dkim: &'a str,
     dmarc_spf: &'a str,
     report_id: &'a str,
+    operator: String,
 }
 
 fn millis(time: chrono::DateTime<chrono::Utc>) -> u64 {
@@ -127,6 +128,7 @@ impl<'a> EventRow<'a> {
             dmarc_dkim: text(&e.dmarc_dkim),
             dmarc_spf: text(&e.dmarc_spf),
             report_id: text(&e.report_id),
+            operator: e.operator.as_ref().map(crate::schema::operator_json).unwrap_or_default(),
         }
     }
 }
