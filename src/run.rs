@@ -167,6 +167,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     for pusher in vigil_processor::actuation::push::spawn(&outbox, &push, &shutdown) {
         tasks.spawn(async move { pusher.await.context("decision pusher") });
     }
+    if let Some(config) = &clickhouse {
+        // Every decision into ClickHouse too, for the Grafana decisions dashboard.
+        let pusher = vigil_processor::actuation::push::spawn_clickhouse(&outbox, config, &shutdown)?;
+        tasks.spawn(async move { pusher.await.context("decision pusher (ClickHouse)") });
+    }
     if let Some(config) = clickhouse {
         let sink = vigil_processor::clickhouse_feed::feed_from_log(
             log.clone(),

@@ -35,21 +35,21 @@ fn migrate_applies_the_schema_once_and_its_tables_behave() {
         format!(
             "applied 0001 events to {url}/vigil_test\napplied 0002 hourly to {url}/vigil_test\n\
              applied 0003 complaints to {url}/vigil_test\napplied 0004 dmarc to {url}/vigil_test\n\
-             applied 0005 operator to {url}/vigil_test\n\
-             ClickHouse schema of vigil_test is at version 0005\n",
+             applied 0005 operator to {url}/vigil_test\napplied 0006 decisions to {url}/vigil_test\n\
+             ClickHouse schema of vigil_test is at version 0006\n",
             url = server.url
         )
     );
     let (ok, stdout, stderr) = migrate(&server.url, "vigil_test");
     assert!(ok, "{stderr}");
-    assert_eq!(stdout, "ClickHouse schema of vigil_test is at version 0005\n", "a second run applies nothing");
+    assert_eq!(stdout, "ClickHouse schema of vigil_test is at version 0006\n", "a second run applies nothing");
     assert_eq!(
         server.query("SELECT version, name FROM vigil_test.schema_migrations ORDER BY version FORMAT TSV"),
-        "1\tevents\n2\thourly\n3\tcomplaints\n4\tdmarc\n5\toperator\n"
+        "1\tevents\n2\thourly\n3\tcomplaints\n4\tdmarc\n5\toperator\n6\tdecisions\n"
     );
     assert_eq!(
         server.query("SELECT name FROM system.tables WHERE database = 'vigil_test' ORDER BY name FORMAT TSV"),
-        "events\nevents_per_day\nevents_per_day_mv\nevents_per_hour\nevents_per_hour_mv\nevents_per_minute\n\
+        "decisions\nevents\nevents_per_day\nevents_per_day_mv\nevents_per_hour\nevents_per_hour_mv\nevents_per_minute\n\
          events_per_minute_mv\nschema_migrations\nsink_batches\n"
     );
 
@@ -130,8 +130,8 @@ fn a_migration_cut_short_is_applied_again() {
     assert!(
         stdout.ends_with(
             "applied 0003 complaints to {}/vigil_cut\napplied 0004 dmarc to {}/vigil_cut\n\
-             applied 0005 operator to {}/vigil_cut\n\
-             ClickHouse schema of vigil_cut is at version 0005\n"
+             applied 0005 operator to {}/vigil_cut\napplied 0006 decisions to {}/vigil_cut\n\
+             ClickHouse schema of vigil_cut is at version 0006\n"
                 .replace("{}", &server.url)
                 .as_str()
         ),

@@ -15,7 +15,7 @@ pub enum Status {
     Applied,
     /// Would have been applied; the rule is in dry-run mode, so nothing was pushed.
     Shadow,
-    /// Taken back before it expired (a rate rule recovered).
+    /// Taken back before it expired (a rate rule recovered, or an operator lifted it).
     Lifted,
     /// Ran out at `expires`.
     Expired,

@@ -9,6 +9,9 @@
 //!   re-sends at most that one (webhook receivers dedupe by `decision_id`).
 //! - A decision whose action expired before it could be delivered is skipped, never
 //!   applied late; shadow decisions are never delivered.
+//! - Two pushers keep the record of every decision, in order, shadow and expired ones
+//!   included: the Kafka topic `vigil.decisions` and ClickHouse's `decisions` table (for
+//!   dashboards).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -399,6 +402,8 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
 enum DeliveryError {
     #[error("publishing to Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("inserting into ClickHouse: {0}")]
+    ClickHouse(#[from] vigil_warehouse::clickhouse::ClickHouseError),
     #[error("request failed: {}", chain(.0))]
     Http(#[from] reqwest::Error),
     #[error("{url} answered {status}: {body}")]
@@ -427,7 +432,7 @@ impl DeliveryError {
         match self {
             Self::Status { status, .. } => (400..500).contains(status) && !matches!(status, 408 | 429),
             Self::Http(error) => error.is_builder() || vigil_log::tls::is_tls_refusal(error),
-            Self::Kafka(_) => false,
+            Self::Kafka(_) | Self::ClickHouse(_) => false,
         }
     }
 }
@@ -452,6 +457,8 @@ enum Pusher {
         producer: rdkafka::producer::FutureProducer,
         topic: String,
     },
+    /// Every decision, as a row of ClickHouse's `decisions` table.
+    ClickHouse(vigil_warehouse::clickhouse::DecisionWriter),
 }
 
 impl Pusher {
@@ -459,7 +466,7 @@ impl Pusher {
     /// everything.
     fn wants(&self, decision: &Decision) -> Option<&'static str> {
         match self {
-            Self::Topic { .. } => None,
+            Self::Topic { .. } | Self::ClickHouse(_) => None,
             _ if decision.status == Status::Shadow => Some("shadow"),
             _ if decision.status == Status::Applied && decision.expires <= Utc::now() => {
                 Some("expired before delivery")
@@ -471,7 +478,7 @@ impl Pusher {
     /// The topic is the record of every decision, in order: nothing is superseded or skipped
     /// there, so a failure holds it back. An MTA only needs what is in force per scope.
     fn in_order(&self) -> bool {
-        matches!(self, Self::Topic { .. })
+        matches!(self, Self::Topic { .. } | Self::ClickHouse(_))
     }
 
     async fn deliver(
@@ -484,6 +491,7 @@ impl Pusher {
             Self::Kumod { base } => push_kumod(client, base, outbox, decision).await,
             Self::Webhook(hook) => push_webhook(client, hook, decision).await.map(|()| None),
             Self::Topic { producer, topic } => publish(producer, topic, decision).await.map(|()| None),
+            Self::ClickHouse(writer) => Ok(writer.insert(&[decision_row(decision)]).await.map(|()| None)?),
         }
     }
 }
@@ -514,6 +522,49 @@ pub fn spawn_topic(
     let pusher = Pusher::Topic { producer, topic: topic.to_owned() };
     let (outbox, shutdown) = (outbox.clone(), shutdown.clone());
     Ok(tokio::spawn(async move { run(name, pusher, outbox, http_client(), shutdown).await }))
+}
+
+/// Starts the task that inserts every recorded decision into ClickHouse's `decisions` table, in
+/// record order, advancing its cursor (`clickhouse`) after each insert.
+///
+/// # Errors
+/// When `config` names an invalid database.
+pub fn spawn_clickhouse(
+    outbox: &Outbox,
+    config: &vigil_warehouse::clickhouse::ClickHouseConfig,
+    shutdown: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, vigil_warehouse::clickhouse::ClickHouseError> {
+    let pusher = Pusher::ClickHouse(vigil_warehouse::clickhouse::DecisionWriter::new(config)?);
+    let (outbox, shutdown) = (outbox.clone(), shutdown.clone());
+    Ok(tokio::spawn(async move { run("clickhouse".into(), pusher, outbox, http_client(), shutdown).await }))
+}
+
+/// A decision as a row of ClickHouse's `decisions` table.
+fn decision_row(decision: &Decision) -> vigil_warehouse::clickhouse::DecisionRow {
+    let millis = |at: chrono::DateTime<Utc>| u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    let name = |value: serde_json::Value| value.as_str().unwrap_or_default().to_owned();
+    let target = &decision.target;
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    vigil_warehouse::clickhouse::DecisionRow {
+        at_ms: millis(decision.at),
+        decision_id: decision.decision_id.clone(),
+        status: name(serde_json::to_value(decision.status).unwrap_or_default()),
+        action: name(serde_json::to_value(decision.action).unwrap_or_default()),
+        rule: decision.rule.clone(),
+        egress_source: text(&target.egress_source),
+        provider: text(&target.provider),
+        domain: text(&target.domain),
+        tenant: text(&target.tenant),
+        campaign: text(&target.campaign),
+        site: text(&target.site),
+        setting: text(&decision.setting),
+        value: decision.value.as_ref().map(super::SettingValue::to_toml).unwrap_or_default(),
+        expires_ms: millis(decision.expires),
+        reason: decision.reason.clone(),
+        action_key: decision.action_key.clone(),
+        evidence_response: text(&decision.evidence.response),
+        evidence_count: decision.evidence.count.unwrap_or(0),
+    }
 }
 
 /// Starts one task per configured target; they run until `shutdown`.

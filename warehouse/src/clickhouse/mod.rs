@@ -10,12 +10,14 @@
 //! (Debian, used in CI) and on current releases; `schemas/clickhouse/0001_events.sql` says which
 //! choices keep it portable.
 
+pub mod decisions;
 pub mod reader;
 pub mod writer;
 
 use clickhouse::Client;
 use serde::Deserialize;
 
+pub use decisions::{DecisionRow, DecisionWriter};
 pub use reader::ClickHouseReader;
 pub use writer::{ClickHouseWriter, Written};
 
@@ -34,6 +36,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "complaints", sql: include_str!("../../../schemas/clickhouse/0003_complaints.sql") },
     Migration { version: 4, name: "dmarc", sql: include_str!("../../../schemas/clickhouse/0004_dmarc.sql") },
     Migration { version: 5, name: "operator", sql: include_str!("../../../schemas/clickhouse/0005_operator.sql") },
+    Migration { version: 6, name: "decisions", sql: include_str!("../../../schemas/clickhouse/0006_decisions.sql") },
 ];
 
 /// Where ClickHouse is and which database Vigil owns there.
