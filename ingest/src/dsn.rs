@@ -178,6 +178,9 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DsnError> {
     if raw.len() > MAX_EMAIL_BYTES {
         return Err(DsnError::TooLarge(raw.len()));
     }
+    // Blank lines before the header section (a copy saved from a mail client or a web page) say
+    // nothing; a header line never starts with white space, so dropping it is safe.
+    let raw = raw.trim_ascii_start();
     let message = MessageParser::default().parse(raw).ok_or(DsnError::NotAnEmail)?;
     if message.headers().is_empty() {
         return Err(DsnError::NotAnEmail);
@@ -230,6 +233,22 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DsnError> {
     let (text, inline_original) = body_text(&message, raw);
     let original_to = original_recipients(original, original_headers.as_deref().or(inline_original.as_deref()));
 
+    // Microsoft's JMRP (Outlook.com, Hotmail) is not ARF: the complained-about message is
+    // attached, with the complaining mailbox in its `X-HmXmrOriginalRecipient` header.
+    if feedback.is_none()
+        && let Some(complainer) = original.and_then(|m| m.header_raw("X-HmXmrOriginalRecipient"))
+    {
+        let complainer = addresses(complainer);
+        let rcpts = if complainer.is_empty() { original_to.clone() } else { complainer };
+        let report = Feedback {
+            feedback_type: "abuse".into(),
+            source_ip: None,
+            user_agent: Some("Microsoft JMRP".into()),
+            reported_domain: None,
+            original_mail_from: None,
+        };
+        feedback = Some((report, rcpts));
+    }
     if let Some((report, rcpts)) = feedback {
         let rcpts = if rcpts.is_empty() { original_to } else { rcpts };
         let recipients =
@@ -284,8 +303,12 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DsnError> {
     excluded
         .extend(original.and_then(|m| m.from()).and_then(|a| a.first()).and_then(|a| a.address()).map(str::to_owned));
     // Exim and Gmail name the failed recipients in a header.
-    let recipients =
+    let mut recipients =
         non_standard(&text, if failed.is_empty() { &original_to } else { &failed }, &excluded, !failed.is_empty());
+    if recipients.is_empty() {
+        let reporter = message.from().and_then(|a| a.first()).and_then(|a| a.address()).unwrap_or("");
+        recipients = bare_local_parts(&text, reporter);
+    }
     if recipients.is_empty() {
         return Err(DsnError::NoRecipient);
     }
@@ -648,6 +671,48 @@ fn recipient_on_line(line: &str) -> Option<String> {
     stripped.to_ascii_lowercase().starts_with(&first).then_some(first)
 }
 
+/// Recipients a provider's own mailer names without their domain (AOL's `Your mail to the
+/// following recipients could not be delivered because ...: name1, name2`): each bare local
+/// part listed after a colon on a line about recipients, at the domain of the bounce's sender
+/// (`MAILER-DAEMON@aol.com`), with that line as its diagnostic.
+fn bare_local_parts(text: &str, reporter: &str) -> Vec<ReportedRecipient> {
+    let Some((_, domain)) = reporter.rsplit_once('@') else { return Vec::new() };
+    let domain = domain.to_ascii_lowercase();
+    let is_local_part =
+        |n: &str| !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    for (i, line) in lines.iter().enumerate() {
+        let lower = line.to_ascii_lowercase();
+        let Some((prose, after)) = line.rsplit_once(':') else { continue };
+        if prose.is_empty()
+            || !lower.contains("recipient")
+            || !(lower.contains("not be delivered") || lower.contains("failed"))
+        {
+            continue;
+        }
+        // The names follow the colon, or the lines after it up to a blank line.
+        let listed: Vec<&str> = if after.trim().is_empty() {
+            lines[i + 1..].iter().take_while(|l| !l.is_empty()).take(50).copied().collect()
+        } else {
+            vec![after]
+        };
+        let names: Vec<&str> =
+            listed.iter().flat_map(|l| l.split(',')).map(str::trim).filter(|n| !n.is_empty()).collect();
+        if names.is_empty() || !names.iter().all(|n| is_local_part(n)) {
+            continue;
+        }
+        return names
+            .into_iter()
+            .map(|name| ReportedRecipient {
+                recipient: format!("{}@{domain}", name.to_ascii_lowercase()),
+                diagnostic: Some(one_line(line)),
+                ..Default::default()
+            })
+            .collect();
+    }
+    Vec::new()
+}
+
 /// Bounces without a delivery-status part: every address the text lists as failed, with what
 /// the text says about it.
 fn non_standard(
@@ -755,6 +820,44 @@ mod tests {
             assert_eq!(decode(message).unwrap().recipients.len(), 2);
         }
         assert_eq!(split_mailbox(DSN.as_bytes()).len(), 1);
+    }
+
+    #[test]
+    fn a_microsoft_jmrp_report_is_a_complaint_by_its_original_recipient() {
+        let jmrp = "From: staff@hotmail.com\r\nTo: fbl@example.org\r\nSubject: complaint about message from 192.0.2.1\r\n\
+                    MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+                    Content-Type: message/rfc822\r\n\r\nX-HmXmrOriginalRecipient: <reader@hotmail.com>\r\n\
+                    From: news@example.org\r\nTo: reader@hotmail.com\r\nSubject: News\r\n\r\nHello\r\n--b--\r\n";
+        let decoded = decode(jmrp.as_bytes()).unwrap();
+        assert_eq!(decoded.kind, MailKind::Complaint);
+        assert_eq!(decoded.recipients[0].recipient, "reader@hotmail.com");
+        let feedback = decoded.feedback.unwrap();
+        assert_eq!(
+            (feedback.feedback_type.as_str(), feedback.user_agent.as_deref()),
+            ("abuse", Some("Microsoft JMRP"))
+        );
+    }
+
+    #[test]
+    fn blank_lines_before_the_headers_are_skipped() {
+        let decoded = decode(format!("  \r\n\r\n{DSN}").as_bytes()).unwrap();
+        assert_eq!(decoded.recipients.len(), 2);
+    }
+
+    #[test]
+    fn recipients_named_without_their_domain_get_the_reporters() {
+        let text = "Your mail to the following recipients could not be delivered because they are not \
+                    accepting mail with attachments or embedded images: someone, other.one\n";
+        let found = bare_local_parts(text, "MAILER-DAEMON@aol.com");
+        let names: Vec<&str> = found.iter().map(|r| r.recipient.as_str()).collect();
+        assert_eq!(names, ["someone@aol.com", "other.one@aol.com"]);
+        assert!(found[0].diagnostic.as_deref().unwrap().contains("not accepting mail with attachments"));
+        assert!(bare_local_parts("Subject: hello: world\n", "MAILER-DAEMON@aol.com").is_empty());
+        assert!(bare_local_parts(text, "").is_empty(), "no reporter, no domain to give");
+        let below = "Your mail to the following recipients could not be delivered because they are not \
+                     accepting mail from someone@example.org:\n\tname1\n\n";
+        let found = bare_local_parts(below, "MAILER-DAEMON@aol.com");
+        assert_eq!(found.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>(), ["name1@aol.com"]);
     }
 
     #[test]
