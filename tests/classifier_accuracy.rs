@@ -90,6 +90,8 @@ struct Scored {
     total: Tally,
     modules: BTreeMap<String, Tally>,
     misses: Vec<String>,
+    /// Email path: expected class -> what came out -> how many.
+    confusion: BTreeMap<String, BTreeMap<String, usize>>,
 }
 
 /// Scores `cases`, whose emails are under `emails` (relative to the repository).
@@ -116,6 +118,7 @@ fn score(cases: &[Case], emails: &str) -> Scored {
     let mut modules: BTreeMap<String, Tally> = BTreeMap::new();
     let mut total = Tally::default();
     let mut misses = Vec::new();
+    let mut confusion: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for case in cases {
         let eml = by_email.get(&case.email).and_then(|r| r.get(case.index - 1));
         // An email that is no bounce at all (a person's mail, spam; labelled Uncategorized with
@@ -129,6 +132,12 @@ fn score(cases: &[Case], emails: &str) -> Scored {
             eml.and_then(|r| r["recipient"].as_str()).is_some_and(|r| r.eq_ignore_ascii_case(&case.recipient))
                 || (not_a_bounce && said_not_a_bounce);
         let line_ok = is_bounce(case) && class_right(case, by_line.get(case.diagnostic.trim()));
+        let got = if eml_ok {
+            case.accepted[0].clone()
+        } else {
+            eml.and_then(|r| r["class"].as_str().or(r["kind"].as_str())).unwrap_or("(no result)").to_owned()
+        };
+        *confusion.entry(case.accepted[0].clone()).or_default().entry(got).or_default() += 1;
         for tally in [modules.entry(case.module.clone()).or_default(), &mut total] {
             tally.cases += 1;
             tally.bounce_cases += usize::from(is_bounce(case));
@@ -148,7 +157,52 @@ fn score(cases: &[Case], emails: &str) -> Scored {
         }
     }
 
-    Scored { total, modules, misses }
+    Scored { total, modules, misses, confusion }
+}
+
+/// Vigil's rule files, in load order.
+const VIGIL_RULE_FILES: [&str; 3] =
+    ["processor/rules/vigil_first.toml", "processor/rules/vigil.toml", "processor/rules/vigil_fallback.toml"];
+
+/// Patterns per vocabulary source, from the `# from:` line each pattern of Vigil's rule files
+/// carries (a pattern with several sources counts for each); panics on a pattern without one,
+/// so every rule stays explainable.
+fn rules_per_source() -> (BTreeMap<String, usize>, usize) {
+    let mut per_source: BTreeMap<String, usize> = BTreeMap::new();
+    let mut patterns = 0;
+    for file in VIGIL_RULE_FILES {
+        let mut sources: Option<Vec<String>> = None;
+        for (n, line) in std::fs::read_to_string(root().join(file)).unwrap().lines().enumerate() {
+            let line = line.trim();
+            if let Some(list) = line.strip_prefix("# from:") {
+                sources = Some(list.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
+            } else if line.starts_with('\'') {
+                let Some(tags) = sources.take() else {
+                    panic!("{file}:{}: a pattern without its `# from:` line", n + 1)
+                };
+                patterns += 1;
+                for tag in tags {
+                    *per_source.entry(tag).or_default() += 1;
+                }
+            }
+        }
+    }
+    (per_source, patterns)
+}
+
+/// The confusion matrix as a list: per expected class, how many, how many right, and what the
+/// others came out as.
+fn confusion_table(confusion: &BTreeMap<String, BTreeMap<String, usize>>) -> String {
+    let mut out = String::from("| expected | cases | right | read instead as |\n|---|---|---|---|\n");
+    for (expected, got) in confusion {
+        let cases: usize = got.values().sum();
+        let right = got.get(expected).copied().unwrap_or(0);
+        let mut wrong: Vec<(&String, &usize)> = got.iter().filter(|(g, _)| *g != expected).collect();
+        wrong.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let wrong: Vec<String> = wrong.iter().map(|(g, n)| format!("{g} {n}")).collect();
+        out.push_str(&format!("| {expected} | {cases} | {right} | {} |\n", wrong.join(", ")));
+    }
+    out
 }
 
 /// The evaluation set's sources whose failures rules may be written from (`SPLIT.md`); the
@@ -196,7 +250,7 @@ fn accuracy_on_the_sisimai_corpus() {
     let (tuning, test) = evaluation_halves();
     let tuning = score(&tuning, "testdata/bounces-eval/emails");
     let test = score(&test, "testdata/bounces-eval/emails");
-    let Scored { total, modules, misses } = scored;
+    let Scored { total, modules, misses, confusion } = scored;
 
     let mut report = String::new();
     report.push_str("# Classifier accuracy: the Sisimai corpus, and bounces it was not tuned on\n\n");
@@ -238,6 +292,30 @@ fn accuracy_on_the_sisimai_corpus() {
     report.push_str(&row("Sisimai corpus (seen)", &total));
     report.push_str(&row("evaluation set, tuning half", &tuning.total));
     report.push_str(&row("evaluation set, test half (unseen)", &test.total));
+    let (per_source, patterns) = rules_per_source();
+    report.push_str(&format!(
+        "\n## Rules per vocabulary source\n\nVigil's {patterns} patterns (`processor/rules/vigil_first.toml`, \
+         `vigil.toml`, `vigil_fallback.toml`; KumoMTA's files come after the first two, unchanged), \
+         counted by the sources their `# from:` line names (a pattern with several sources counts \
+         for each). `sisimai-dev` and `bounces-eval-tuning` are the two sets whose failures rules \
+         were written from; the others are the providers' and MTAs' own texts, the IANA registry \
+         and RFC 5321, and content filters' documented verdicts. Golden texts per source: \
+         `processor/tests/golden/vocabulary.tsv`.\n\n| source | patterns |\n|---|---|\n"
+    ));
+    let mut ranked: Vec<(&String, &usize)> = per_source.iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (source, n) in ranked {
+        report.push_str(&format!("| {source} | {n} |\n"));
+    }
+    report.push_str(
+        "\n## Confusion of classes (from the email)\n\nPer expected class (an acceptable alternate counts as \
+         right), what the email path answered instead.\n\n### Sisimai corpus\n\n",
+    );
+    report.push_str(&confusion_table(&confusion));
+    report.push_str("\n### Evaluation set, tuning half\n\n");
+    report.push_str(&confusion_table(&tuning.confusion));
+    report.push_str("\n### Evaluation set, test half\n\n");
+    report.push_str(&confusion_table(&test.confusion));
     report.push_str(
         "\n## Per module (Sisimai)\n\n| module | cases | line | email | recipient |\n|---|---|---|---|---|\n",
     );

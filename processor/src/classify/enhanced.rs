@@ -22,6 +22,9 @@ pub fn class_of(status: EnhancedStatus) -> Option<BounceClass> {
         (1, 7 | 8) => C::InvalidSender,
         (2, 1) => C::InactiveMailbox,
         (2, 2 | 3) | (3, 1 | 4) => C::QuotaIssues,
+        // X.3.2 "system not accepting network messages": for good when permanent, a system
+        // shedding load when transient (Exchange, KumoMTA `4.3.2 ... load shedding`).
+        (3, 2) if status.class == 4 => C::TransientFailure,
         (3, 2) => C::BadDomain,
         // X.3.0: "other or undefined mail system status": the receiving system's own trouble.
         (3, 0) if status.class == 4 => C::TransientFailure,
@@ -66,5 +69,7 @@ mod tests {
         assert_eq!(class("2.0.0"), None);
         assert_eq!(class("4.3.0"), Some(BounceClass::TransientFailure));
         assert_eq!(class("5.3.0"), Some(BounceClass::BadConfiguration));
+        assert_eq!(class("4.3.2"), Some(BounceClass::TransientFailure));
+        assert_eq!(class("5.3.2"), Some(BounceClass::BadDomain));
     }
 }

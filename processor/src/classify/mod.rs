@@ -7,6 +7,7 @@
 //! patterns within a file: KumoMTA's semantics.
 //!
 //! The default order (see [`ClassifierBuilder::with_bundled_rules`]) is: the user's files,
+//! Vigil's first rules (`rules/vigil_first.toml`: replies whose stage or whose limit decides),
 //! Vigil's own text rules (`rules/vigil.toml`: providers and MTAs), KumoMTA's community file,
 //! KumoMTA's IANA file, Vigil's fallback rules (`rules/vigil_fallback.toml`: the SMTP stage). When no pattern matches: the class the source itself reported
 //! (KumoMTA ran the user's rule files), then the enhanced status code alone ([`enhanced`]),
@@ -37,6 +38,9 @@ pub const KUMOMTA_RULE_FILES: &[(&str, &str)] = &[
     ("kumomta/bounce_classifier_iana.toml", include_str!("../../rules/kumomta/bounce_classifier_iana.toml")),
 ];
 
+/// Vigil's first rules: replies whose class depends on their stage or on whose limit they
+/// name, loaded before the phrase rules so that they win over a phrase of another class.
+pub const VIGIL_FIRST_RULE_FILE: (&str, &str) = ("vigil_first.toml", include_str!("../../rules/vigil_first.toml"));
 /// Vigil's own rules: texts of the major providers and MTAs, loaded before KumoMTA's files.
 pub const VIGIL_RULE_FILE: (&str, &str) = ("vigil.toml", include_str!("../../rules/vigil.toml"));
 /// Vigil's fallback rules (the SMTP stage a reply came at), loaded after KumoMTA's files.
@@ -103,8 +107,9 @@ impl ClassifierBuilder {
     /// Never in a released build: the bundled files are tested.
     #[must_use]
     pub fn with_bundled_rules(mut self) -> Self {
-        let (origin, text) = VIGIL_RULE_FILE;
-        self.add_toml(origin, text).expect("bundled rule files are valid");
+        for (origin, text) in [VIGIL_FIRST_RULE_FILE, VIGIL_RULE_FILE] {
+            self.add_toml(origin, text).expect("bundled rule files are valid");
+        }
         let mut with_kumomta = self.with_kumomta_rules();
         let (origin, text) = VIGIL_FALLBACK_RULE_FILE;
         with_kumomta.add_toml(origin, text).expect("bundled rule files are valid");
