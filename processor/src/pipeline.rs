@@ -34,7 +34,7 @@ const STALE_NOTICE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 const RETRY_UNRECORDED: Duration = Duration::from_secs(5);
 
 /// Decisions kept in memory at most while the outbox refuses them.
-const MAX_UNRECORDED_DECISIONS: usize = 100_000;
+pub(crate) const MAX_UNRECORDED_DECISIONS: usize = 100_000;
 
 /// Decisions and alert notices the outboxes refused (a full disk), recorded again, in order,
 /// before the next batch's. While any wait, or once some were dropped to bound memory, no
@@ -52,6 +52,30 @@ impl Unrecorded {
     fn holds_back_snapshots(&self) -> bool {
         self.dropped || !self.decisions.is_empty() || !self.notices.is_empty()
     }
+}
+
+/// Records `all` (what waited, then what is new) with `record`; what it refuses is returned to
+/// wait for the next try, the newest `cap` of it, with whether older ones had to be dropped
+/// (then only a rebuild from the log brings them back, so snapshots stay held back until a
+/// restart). `vigil_unrecorded{what}` says how many wait. Blocking: call it off the runtime.
+pub(crate) fn record_or_keep<T, E: std::fmt::Display>(
+    mut all: Vec<T>,
+    record: impl FnOnce(&[T]) -> Result<usize, E>,
+    cap: usize,
+    what: &'static str,
+) -> (Vec<T>, bool) {
+    let mut dropped = false;
+    match record(&all) {
+        Ok(_) => all.clear(),
+        Err(error) => {
+            let excess = all.len().saturating_sub(cap);
+            all.drain(..excess);
+            dropped = excess > 0;
+            tracing::error!(%error, what, waiting = all.len(), dropped, "could not be recorded; tried again, and no snapshot is written meanwhile");
+        }
+    }
+    crate::metrics::unrecorded(what, all.len());
+    (all, dropped)
 }
 
 /// Why a step of the pipeline failed. The pipeline retries from the committed offset.
@@ -241,8 +265,7 @@ impl Pipeline {
     }
 
     /// Records what waits in `field` of [`Unrecorded`], then `fresh`, with `record` off the
-    /// runtime. On a refusal all of it waits for the next try (the newest `cap`; dropping any
-    /// holds snapshots back until a restart), and `vigil_unrecorded{what}` says how much.
+    /// runtime ([`record_or_keep`]).
     async fn record_waiting<T, E>(
         &self,
         field: fn(&mut Unrecorded) -> &mut Vec<T>,
@@ -260,18 +283,7 @@ impl Pipeline {
         if all.is_empty() {
             return Ok(());
         }
-        let (result, mut all) = tokio::task::spawn_blocking(move || (record(&all), all)).await?;
-        let mut dropped = false;
-        match result {
-            Ok(_) => all.clear(),
-            Err(error) => {
-                let excess = all.len().saturating_sub(cap);
-                all.drain(..excess);
-                dropped = excess > 0;
-                tracing::error!(%error, what, waiting = all.len(), dropped, "could not be recorded; tried again, and no snapshot is written meanwhile");
-            }
-        }
-        crate::metrics::unrecorded(what, all.len());
+        let (all, dropped) = tokio::task::spawn_blocking(move || record_or_keep(all, record, cap, what)).await?;
         let mut unrecorded = self.unrecorded();
         *field(&mut unrecorded) = all;
         unrecorded.dropped |= dropped;

@@ -39,10 +39,12 @@ use vigil_log::backoff::Backoff;
 use vigil_log::kafka::{KafkaConfig, LoggingContext, ensure_topics, producer_config};
 use vigil_schemas::DeliveryEvent;
 
+use crate::actuation::Decision;
 use crate::actuation::push::Outbox;
 use crate::complaints::{ComplaintJoin, JoinSettings};
 use crate::enrich::Enricher;
 use crate::pipeline::SharedState;
+use crate::pipeline::{MAX_UNRECORDED_DECISIONS, record_or_keep};
 use crate::state::{DerivedState, FoldRules, SnapshotError, load_snapshot, save_snapshot};
 
 /// The header naming the `vigil.events` position an enriched record came from: `p:o`.
@@ -331,6 +333,11 @@ pub struct Folder {
     /// Where this instance records its decisions. Every fold instance decides the same
     /// (each folds everything); configure pushers on one of them.
     outbox: Option<Outbox>,
+    /// Decisions the outbox refused (a full disk), recorded again, in order, before the next
+    /// ones; while any wait, or once some were dropped to bound memory, no snapshot is
+    /// written, so a crash refolds from an older one and decides them again.
+    unrecorded: Vec<Decision>,
+    unrecorded_dropped: bool,
 }
 
 impl Folder {
@@ -346,7 +353,17 @@ impl Folder {
             tracing::info!(events = derived.offset, "derived state loaded from the snapshot");
             *state.write().expect("state lock poisoned") = derived;
         }
-        Self { config, state, state_dir, snapshot_interval, position, fold: FoldRules::bundled(), outbox: None }
+        Self {
+            config,
+            state,
+            state_dir,
+            snapshot_interval,
+            position,
+            fold: FoldRules::bundled(),
+            outbox: None,
+            unrecorded: Vec::new(),
+            unrecorded_dropped: false,
+        }
     }
 
     /// Folds with `fold` instead of the bundled rules, and records decisions in `outbox`.
@@ -381,9 +398,9 @@ impl Folder {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = snapshot_tick.tick() => {
-                    if changed {
-                        self.snapshot().await?;
-                        changed = false;
+                    // Also while idle, so that refused decisions are tried again.
+                    if changed || !self.unrecorded.is_empty() {
+                        changed = !self.snapshot().await?;
                     }
                 }
                 message = stream.next() => match message {
@@ -396,7 +413,7 @@ impl Folder {
                 },
             }
         }
-        if changed {
+        if changed || !self.unrecorded.is_empty() {
             self.snapshot().await?;
         }
         let metrics = stream_metrics();
@@ -476,28 +493,49 @@ impl Folder {
             }
             state.actuation.active.take_announced()
         };
+        self.record_decisions(decisions);
         if let Some(outbox) = &self.outbox {
-            if !decisions.is_empty()
-                && let Err(error) = tokio::task::block_in_place(|| outbox.record(&decisions))
-            {
-                tracing::error!(%error, "decisions could not be recorded");
-            }
             outbox.announce(announced);
         }
     }
 
-    async fn snapshot(&self) -> Result<(), StreamError> {
+    /// Records the decisions waiting and `fresh`, in order; they wait for the next try when
+    /// the outbox refuses ([`record_or_keep`]).
+    fn record_decisions(&mut self, fresh: Vec<Decision>) {
+        let Some(outbox) = &self.outbox else { return };
+        let mut all = std::mem::take(&mut self.unrecorded);
+        all.extend(fresh);
+        if all.is_empty() {
+            return;
+        }
+        let (waiting, dropped) = tokio::task::block_in_place(|| {
+            record_or_keep(all, |d| outbox.record(d), MAX_UNRECORDED_DECISIONS, "decisions")
+        });
+        self.unrecorded = waiting;
+        self.unrecorded_dropped |= dropped;
+    }
+
+    /// Writes a snapshot; false when none could be written now (decisions wait to be
+    /// recorded, or writing failed), so the caller tries again later.
+    async fn snapshot(&mut self) -> Result<bool, StreamError> {
+        // What the outbox refused is tried again first; a snapshot past decisions not recorded
+        // would mean no refold decides them again.
+        self.record_decisions(Vec::new());
+        if self.unrecorded_dropped || !self.unrecorded.is_empty() {
+            tracing::warn!(waiting = self.unrecorded.len(), "decisions wait to be recorded; no snapshot meanwhile");
+            return Ok(false);
+        }
         // Encoding and fsync block; the runtime moves other tasks off this thread meanwhile.
         let result = tokio::task::block_in_place(|| {
             let state = self.state.read().expect("state lock poisoned");
             save_snapshot(&self.state_dir, &FoldSnapshotRef { state: &state, position: &self.position })
         });
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(error) => {
                 // The broker still holds everything: a missing snapshot only slows a restart.
                 tracing::warn!(%error, "snapshot failed; will retry");
-                Ok(())
+                Ok(false)
             }
         }
     }
@@ -513,6 +551,37 @@ fn parse_input(value: &[u8]) -> Option<(i32, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full disk under the decision outbox: the decision waits (and is counted), no snapshot
+    /// is written meanwhile, and the next try records it, once; then snapshots go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn decisions_the_outbox_refused_wait_and_hold_snapshots_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("outbox")).unwrap();
+        let state_dir = dir.path().join("state");
+        let mut folder = Folder::new(
+            StreamConfig::new("127.0.0.1:9"),
+            crate::pipeline::SharedState::default(),
+            state_dir.clone(),
+            Duration::from_secs(60),
+        )
+        .with_rules(FoldRules::bundled(), Some(outbox.clone()));
+        let decision =
+            crate::actuation::push::test_suspension(crate::actuation::Status::Applied, chrono::TimeDelta::hours(1));
+
+        outbox.refuse_writes(true);
+        folder.record_decisions(vec![decision.clone()]);
+        assert_eq!(folder.unrecorded.len(), 1, "kept to be recorded later");
+        assert!(!folder.snapshot().await.unwrap(), "no snapshot while a decision waits");
+        assert!(load_snapshot::<FoldSnapshot>(&state_dir).is_none());
+
+        outbox.refuse_writes(false);
+        assert!(folder.snapshot().await.unwrap(), "recorded first, then the snapshot");
+        assert!(folder.unrecorded.is_empty());
+        let recorded = outbox.read(0, 10).unwrap();
+        assert_eq!(recorded.iter().map(|(_, d)| &d.decision_id).collect::<Vec<_>>(), [&decision.decision_id]);
+        assert!(load_snapshot::<FoldSnapshot>(&state_dir).is_some());
+    }
 
     #[test]
     fn recent_ids_forget_the_oldest_beyond_the_bound() {

@@ -894,6 +894,32 @@ async fn publish(
     Ok(())
 }
 
+/// A ready-queue suspension of `ip-1` by a rate rule, for the tests.
+#[cfg(test)]
+pub(crate) fn test_suspension(status: Status, expires_in: chrono::TimeDelta) -> Decision {
+    let now = Utc::now();
+    Decision {
+        decision_id: String::new(),
+        status,
+        at: now,
+        action: ActionKind::SuspendReadyQueue,
+        target: super::decision::Target {
+            egress_source: Some("ip-1".into()),
+            site: Some("ip-1->mx.example.com@smtp_client".into()),
+            ..super::decision::Target::default()
+        },
+        setting: None,
+        value: None,
+        mx_rollup: false,
+        expires: now + expires_in,
+        reason: "rate rule r: test".into(),
+        rule: "r".into(),
+        action_key: "rate:r:ip-1:".into(),
+        evidence: super::decision::Evidence::default(),
+    }
+    .with_id()
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -901,7 +927,6 @@ mod tests {
     use chrono::TimeDelta;
 
     use super::*;
-    use crate::actuation::decision::{Evidence, Target};
 
     type Calls = Arc<Mutex<Vec<(String, String, serde_json::Value)>>>;
 
@@ -923,29 +948,7 @@ mod tests {
         (url, calls)
     }
 
-    fn suspension(status: Status, expires_in: TimeDelta) -> Decision {
-        let now = Utc::now();
-        Decision {
-            decision_id: String::new(),
-            status,
-            at: now,
-            action: ActionKind::SuspendReadyQueue,
-            target: Target {
-                egress_source: Some("ip-1".into()),
-                site: Some("ip-1->mx.example.com@smtp_client".into()),
-                ..Target::default()
-            },
-            setting: None,
-            value: None,
-            mx_rollup: false,
-            expires: now + expires_in,
-            reason: "rate rule r: test".into(),
-            rule: "r".into(),
-            action_key: "rate:r:ip-1:".into(),
-            evidence: Evidence::default(),
-        }
-        .with_id()
-    }
+    use super::test_suspension as suspension;
 
     #[tokio::test]
     async fn a_lift_deletes_the_suspension_by_the_id_kumod_gave_and_old_ones_are_not_pushed() {
