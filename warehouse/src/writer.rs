@@ -322,8 +322,8 @@ mod tests {
     }
 
     /// Files written before schema version 2 lack the complaint columns (and the DMARC columns
-    /// of version 3 after them): they are read, and merged with newer files, with those columns
-    /// null.
+    /// of version 3 and the operator column of version 4 after them): they are read, and merged
+    /// with newer files, with those columns null.
     #[tokio::test]
     async fn files_of_an_older_schema_are_read_and_merged_with_nulls_for_the_new_columns() {
         let dir = tempfile::tempdir().unwrap();
@@ -341,7 +341,7 @@ mod tests {
             ParquetRecordBatchReaderBuilder::try_new(input).unwrap().build().unwrap().next().unwrap().unwrap()
         };
         let keep = batch.schema().index_of("report_recipient").unwrap();
-        assert_eq!(batch.num_columns() - keep, 4 + 5, "four complaint columns, five DMARC columns");
+        assert_eq!(batch.num_columns() - keep, 4 + 5 + 1, "four complaint columns, five DMARC columns, the operator");
         let old = batch.project(&(0..keep).collect::<Vec<_>>()).unwrap();
         let mut out = File::create(&first.path).unwrap();
         let mut old_writer = ArrowWriter::try_new(&mut out, old.schema(), None).unwrap();
