@@ -125,12 +125,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for pusher in vigil_processor::actuation::push::spawn(&outbox, &push, &shutdown) {
         tasks.spawn(async move { pusher.await.context("decision pusher") });
     }
-    if let Some(clickhouse) = &config.clickhouse {
-        // Every decision into ClickHouse too, for the Grafana decisions dashboard; instances
-        // folding the same log insert the same decisions, which collapse by id.
-        let pusher = vigil_processor::actuation::push::spawn_clickhouse(&outbox, clickhouse, &shutdown)?;
-        tasks.spawn(async move { pusher.await.context("decision pusher (ClickHouse)") });
-    }
+
     {
         let stop = shutdown.clone();
         tasks.spawn(async move { folder.run(stop).await.context("fold stage") });

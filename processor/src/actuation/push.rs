@@ -1,5 +1,6 @@
 //! The async edge of actuation: the durable decision log and outbox, and the pushers that
-//! deliver decisions to kumod's admin API and to signed webhooks.
+//! deliver decisions to kumod's admin API and to signed webhooks, and record every decision in
+//! `vigil.decisions` (Kafka) or ClickHouse's `decisions` table.
 //!
 //! - Every decision is recorded once, by `decision_id`, in a redb file beside the state
 //!   snapshot: the embedded `vigil.decisions`. Replays that decide again record nothing new.
@@ -662,6 +663,11 @@ async fn run(name: String, pusher: Pusher, outbox: Outbox, client: reqwest::Clie
             settle_or_wait(attempt, &name, seq, decision, None, &mut pending, &mut ledger.settled);
             // At once: the next decision may need what this one left (kumod's id to lift).
             ledger.flush(&outbox, &name, &pending, read_from, &shutdown).await;
+            if pusher.in_order() && !pending.is_empty() {
+                // A record of every decision in order: nothing after the one waiting is tried
+                // before it (the rest of the batch is read again once it is delivered).
+                break;
+            }
         }
         let now = tokio::time::Instant::now();
         let mut due: Vec<String> = pending.iter().filter(|(_, p)| p.due <= now).map(|(k, _)| k.clone()).collect();
@@ -1007,6 +1013,69 @@ mod tests {
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         (WebhookConfig { name: "ops".into(), url, secret: "s".into() }, answered)
+    }
+
+    /// The ClickHouse record keeps every decision in order: a refused insert is retried before
+    /// anything after it is tried, even for the same action (a stand-in for ClickHouse's HTTP
+    /// interface refuses the first two inserts, then stores).
+    #[tokio::test]
+    async fn the_clickhouse_record_keeps_every_decision_in_order_through_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let stored: Arc<Mutex<Vec<(u16, Vec<u8>)>>> = Arc::default();
+        let seen = Arc::clone(&stored);
+        let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let mut seen = seen.lock().unwrap();
+                let status = if seen.len() < 2 { 503 } else { 200 };
+                seen.push((status, body.to_vec()));
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        // An action and its end: both for the same action key, both must be recorded.
+        let applied = suspension(Status::Applied, TimeDelta::hours(1));
+        let lifted = applied.ended(Status::Lifted, Utc::now(), "by hand".into());
+        let other = for_source("ip-2");
+        outbox.record(&[applied.clone(), lifted.clone(), other.clone()]).unwrap();
+        let shutdown = CancellationToken::new();
+        let config = vigil_warehouse::clickhouse::ClickHouseConfig {
+            url,
+            database: "vigil".into(),
+            user: "default".into(),
+            password: String::new(),
+        };
+        let task = spawn_clickhouse(&outbox, &config, &shutdown).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stored.lock().unwrap().iter().filter(|(s, _)| *s == 200).count() < 3 {
+            assert!(std::time::Instant::now() < deadline, "three inserts stored");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        task.await.unwrap();
+        let stored = stored.lock().unwrap().clone();
+        let holds = |body: &[u8], id: &str| body.windows(id.len()).any(|w| w == id.as_bytes());
+        // Refused twice, the first decision is retried before the second is tried.
+        let order: Vec<(u16, &str)> = stored
+            .iter()
+            .map(|(status, body)| {
+                let which = [&applied, &lifted, &other].iter().find(|d| holds(body, &d.decision_id)).map_or("?", |d| {
+                    if d.decision_id == applied.decision_id {
+                        "applied"
+                    } else if d.decision_id == lifted.decision_id {
+                        "lifted"
+                    } else {
+                        "other"
+                    }
+                });
+                (*status, which)
+            })
+            .collect();
+        assert_eq!(order, [(503, "applied"), (503, "applied"), (200, "applied"), (200, "lifted"), (200, "other")]);
+        assert_eq!(outbox.cursor("clickhouse").unwrap(), 3);
     }
 
     fn for_source(source: &str) -> Decision {
