@@ -282,8 +282,9 @@ fn accuracy_on_the_sisimai_corpus() {
     ));
     report.push_str("## Seen and unseen\n\n");
     report.push_str(
-        "The rules were written looking at the Sisimai corpus. `testdata/bounces-eval/` holds real bounces\n\
-         from nine other open-source bounce handlers' corpora, labelled by reading the emails\n\
+        "Rules were written looking at the failures of two sets: the Sisimai corpus and the tuning half\n\
+         below; the rest come from the providers' and MTAs' own texts (see the rules per source).\n\
+         `testdata/bounces-eval/` holds real bounces from nine other open-source bounce handlers' corpora, labelled by reading the emails\n\
          (`LABELS.md`), split once by source (`SPLIT.md`): rules may be written from the tuning\n\
          half's failures only; the test half is never looked at, only its figures are read. Files\n\
          that are probably the same messages as Sisimai's are left out of both.\n\n",

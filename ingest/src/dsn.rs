@@ -153,9 +153,18 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The mail from its first line on: blank lines before the header section (a copy saved from
+/// a mail client or a web page) say nothing, and a header line never starts with white space,
+/// so dropping them is safe. Every reader of a mail starts here.
+#[must_use]
+pub fn from_first_header(raw: &[u8]) -> &[u8] {
+    raw.trim_ascii_start()
+}
+
 /// The messages of an mbox file (each after a `From ` separator line, `>From ` unquoted);
 /// input that does not start with a separator is one message.
 pub fn split_mailbox(raw: &[u8]) -> Vec<std::borrow::Cow<'_, [u8]>> {
+    let raw = from_first_header(raw);
     if !raw.starts_with(b"From ") {
         return vec![raw.into()];
     }
@@ -178,9 +187,7 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DsnError> {
     if raw.len() > MAX_EMAIL_BYTES {
         return Err(DsnError::TooLarge(raw.len()));
     }
-    // Blank lines before the header section (a copy saved from a mail client or a web page) say
-    // nothing; a header line never starts with white space, so dropping it is safe.
-    let raw = raw.trim_ascii_start();
+    let raw = from_first_header(raw);
     let message = MessageParser::default().parse(raw).ok_or(DsnError::NotAnEmail)?;
     if message.headers().is_empty() {
         return Err(DsnError::NotAnEmail);
@@ -236,6 +243,7 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DsnError> {
     // Microsoft's JMRP (Outlook.com, Hotmail) is not ARF: the complained-about message is
     // attached, with the complaining mailbox in its `X-HmXmrOriginalRecipient` header.
     if feedback.is_none()
+        && recipients.is_empty()
         && let Some(complainer) = original.and_then(|m| m.header_raw("X-HmXmrOriginalRecipient"))
     {
         let complainer = addresses(complainer);
@@ -307,7 +315,7 @@ pub fn decode(raw: &[u8]) -> Result<DecodedMail, DsnError> {
         non_standard(&text, if failed.is_empty() { &original_to } else { &failed }, &excluded, !failed.is_empty());
     if recipients.is_empty() {
         let reporter = message.from().and_then(|a| a.first()).and_then(|a| a.address()).unwrap_or("");
-        recipients = bare_local_parts(&text, reporter);
+        recipients = bare_local_parts(&text, reporter, &original_to);
     }
     if recipients.is_empty() {
         return Err(DsnError::NoRecipient);
@@ -673,11 +681,18 @@ fn recipient_on_line(line: &str) -> Option<String> {
 
 /// Recipients a provider's own mailer names without their domain (AOL's `Your mail to the
 /// following recipients could not be delivered because ...: name1, name2`): each bare local
-/// part listed after a colon on a line about recipients, at the domain of the bounce's sender
+/// part listed after a colon on a line about recipients, as the original's recipient of that
+/// local part when the original is there, else at the domain of the bounce's sender
 /// (`MAILER-DAEMON@aol.com`), with that line as its diagnostic.
-fn bare_local_parts(text: &str, reporter: &str) -> Vec<ReportedRecipient> {
+fn bare_local_parts(text: &str, reporter: &str, original_to: &[String]) -> Vec<ReportedRecipient> {
     let Some((_, domain)) = reporter.rsplit_once('@') else { return Vec::new() };
     let domain = domain.to_ascii_lowercase();
+    let address_of = |name: &str| {
+        original_to
+            .iter()
+            .find(|a| a.rsplit_once('@').is_some_and(|(local, _)| local.eq_ignore_ascii_case(name)))
+            .map_or_else(|| format!("{}@{domain}", name.to_ascii_lowercase()), |a| a.to_ascii_lowercase())
+    };
     let is_local_part =
         |n: &str| !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
@@ -704,7 +719,7 @@ fn bare_local_parts(text: &str, reporter: &str) -> Vec<ReportedRecipient> {
         return names
             .into_iter()
             .map(|name| ReportedRecipient {
-                recipient: format!("{}@{domain}", name.to_ascii_lowercase()),
+                recipient: address_of(name),
                 diagnostic: Some(one_line(line)),
                 ..Default::default()
             })
@@ -842,21 +857,28 @@ mod tests {
     fn blank_lines_before_the_headers_are_skipped() {
         let decoded = decode(format!("  \r\n\r\n{DSN}").as_bytes()).unwrap();
         assert_eq!(decoded.recipients.len(), 2);
+        let mbox = format!(
+            "\n\nFrom MAILER-DAEMON Thu Apr 29 23:34:45 2015\n{DSN}\nFrom MAILER-DAEMON Thu Apr 29 23:35:00 2015\n{DSN}"
+        );
+        assert_eq!(split_mailbox(mbox.as_bytes()).len(), 2, "an mbox after blank lines is still split");
     }
 
     #[test]
     fn recipients_named_without_their_domain_get_the_reporters() {
         let text = "Your mail to the following recipients could not be delivered because they are not \
                     accepting mail with attachments or embedded images: someone, other.one\n";
-        let found = bare_local_parts(text, "MAILER-DAEMON@aol.com");
+        let found = bare_local_parts(text, "MAILER-DAEMON@aol.com", &[]);
         let names: Vec<&str> = found.iter().map(|r| r.recipient.as_str()).collect();
         assert_eq!(names, ["someone@aol.com", "other.one@aol.com"]);
+        // The original's recipient of that local part wins over the reporter's domain.
+        let found = bare_local_parts(text, "MAILER-DAEMON@mx1.relay.example", &["Someone@AIM.com".to_owned()]);
+        assert_eq!(found[0].recipient, "someone@aim.com");
         assert!(found[0].diagnostic.as_deref().unwrap().contains("not accepting mail with attachments"));
-        assert!(bare_local_parts("Subject: hello: world\n", "MAILER-DAEMON@aol.com").is_empty());
-        assert!(bare_local_parts(text, "").is_empty(), "no reporter, no domain to give");
+        assert!(bare_local_parts("Subject: hello: world\n", "MAILER-DAEMON@aol.com", &[]).is_empty());
+        assert!(bare_local_parts(text, "", &[]).is_empty(), "no reporter, no domain to give");
         let below = "Your mail to the following recipients could not be delivered because they are not \
                      accepting mail from someone@example.org:\n\tname1\n\n";
-        let found = bare_local_parts(below, "MAILER-DAEMON@aol.com");
+        let found = bare_local_parts(below, "MAILER-DAEMON@aol.com", &[]);
         assert_eq!(found.iter().map(|r| r.recipient.as_str()).collect::<Vec<_>>(), ["name1@aol.com"]);
     }
 

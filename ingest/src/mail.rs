@@ -89,6 +89,7 @@ impl Default for Verp {
 /// # Errors
 /// When the mail is not one Vigil can read ([`DsnError`]); the caller dead-letters it.
 pub fn events(raw: &[u8], verp: &Verp, ingested_at: DateTime<Utc>) -> Result<Vec<DeliveryEvent>, DsnError> {
+    let raw = dsn::from_first_header(raw);
     let decoded = dsn::decode(raw)?;
     let message = MessageParser::default().parse(raw).ok_or(DsnError::NotAnEmail)?;
     let digest = blake3::hash(raw).to_hex();
@@ -249,5 +250,18 @@ mod tests {
         let custom = Verp::new(&[r"^b-(?P<recipient>[^/]+@[^/]+)/\d+@".into()]).unwrap();
         assert_eq!(custom.decode("b-bob@example.org/42@bounce.example").as_deref(), Some("bob@example.org"));
         assert!(Verp::new(&["(?P<who>.+)".into()]).unwrap_err().contains("needs a `recipient` group"));
+    }
+
+    /// A mail saved with blank lines before its headers keeps its date and VERP return path.
+    #[test]
+    fn blank_lines_before_the_headers_lose_nothing() {
+        let mail = "\r\n  \r\nReturn-Path: <bounces+alice=example.com@sender.example>\r\n\
+                    From: MAILER-DAEMON@mx.example.com\r\nTo: bounces+alice=example.com@sender.example\r\n\
+                    Date: Tue, 1 Aug 2006 13:58:02 +0000\r\nSubject: Undelivered Mail Returned to Sender\r\n\r\n\
+                    <alice@example.com>: host mx.example.com said: 550 5.1.1 User unknown\r\n";
+        let ingested = Utc::now();
+        let events = events(mail.as_bytes(), &Verp::default(), ingested).unwrap();
+        assert_eq!(events[0].recipient.as_deref(), Some("alice@example.com"));
+        assert_eq!(events[0].occurred_at.timestamp(), 1_154_440_682, "the mail's Date, not the time it was read");
     }
 }
