@@ -31,7 +31,7 @@ const REPLAY_CHUNK: usize = 10_000;
 const STALE_NOTICE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 /// How often what the outboxes refused is tried again while no event comes.
-const RETRY_UNRECORDED: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_UNRECORDED: Duration = Duration::from_secs(5);
 
 /// Decisions kept in memory at most while the outbox refuses them.
 pub(crate) const MAX_UNRECORDED_DECISIONS: usize = 100_000;

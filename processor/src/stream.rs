@@ -44,7 +44,7 @@ use crate::actuation::push::Outbox;
 use crate::complaints::{ComplaintJoin, JoinSettings};
 use crate::enrich::Enricher;
 use crate::pipeline::SharedState;
-use crate::pipeline::{MAX_UNRECORDED_DECISIONS, record_or_keep};
+use crate::pipeline::{MAX_UNRECORDED_DECISIONS, RETRY_UNRECORDED, record_or_keep};
 use crate::state::{DerivedState, FoldRules, SnapshotError, load_snapshot, save_snapshot};
 
 /// The header naming the `vigil.events` position an enriched record came from: `p:o`.
@@ -338,6 +338,8 @@ pub struct Folder {
     /// written, so a crash refolds from an older one and decides them again.
     unrecorded: Vec<Decision>,
     unrecorded_dropped: bool,
+    /// Not before then is a refusing outbox tried again (new decisions queue meanwhile).
+    retry_unrecorded_at: Option<std::time::Instant>,
 }
 
 impl Folder {
@@ -363,6 +365,7 @@ impl Folder {
             outbox: None,
             unrecorded: Vec::new(),
             unrecorded_dropped: false,
+            retry_unrecorded_at: None,
         }
     }
 
@@ -508,9 +511,18 @@ impl Folder {
         if all.is_empty() {
             return;
         }
+        if self.retry_unrecorded_at.is_some_and(|at| std::time::Instant::now() < at) {
+            // The outbox refused moments ago: queue, without a write (and an error) per event.
+            let excess = all.len().saturating_sub(MAX_UNRECORDED_DECISIONS);
+            all.drain(..excess);
+            self.unrecorded_dropped |= excess > 0;
+            self.unrecorded = all;
+            return;
+        }
         let (waiting, dropped) = tokio::task::block_in_place(|| {
             record_or_keep(all, |d| outbox.record(d), MAX_UNRECORDED_DECISIONS, "decisions")
         });
+        self.retry_unrecorded_at = (!waiting.is_empty()).then(|| std::time::Instant::now() + RETRY_UNRECORDED);
         self.unrecorded = waiting;
         self.unrecorded_dropped |= dropped;
     }
@@ -576,6 +588,9 @@ mod tests {
         assert!(load_snapshot::<FoldSnapshot>(&state_dir).is_none());
 
         outbox.refuse_writes(false);
+        folder.record_decisions(Vec::new());
+        assert_eq!(folder.unrecorded.len(), 1, "not tried again at once after a refusal");
+        folder.retry_unrecorded_at = Some(std::time::Instant::now());
         assert!(folder.snapshot().await.unwrap(), "recorded first, then the snapshot");
         assert!(folder.unrecorded.is_empty());
         let recorded = outbox.read(0, 10).unwrap();
