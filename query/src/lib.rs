@@ -20,7 +20,8 @@
 //! - [`auth`]: bearer tokens with roles for `/api/v1`.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' types.
 //! - [`tsa`]: KumoMTA's traffic-shaping surface, one file per endpoint.
-//! - [`actions`]: the decisions, throttles and warm-up API.
+//! - [`actions`]: the decisions, throttles and warm-up API, and an operator's lift: the one
+//!   route that writes, an `action_lifted` event appended to the log of record (on `vigil run`).
 //! - [`alerts`]: the alerts now and their history, and silences.
 //! - [`metrics`]: request latency by route and status.
 //! - [`ui`]: the dashboards (`dashboards/web/`), embedded, at `/`.

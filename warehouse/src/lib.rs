@@ -24,7 +24,8 @@
 //! - [`writer`], [`reader`]: the two sides.
 //! - [`query`]: the primitive queries and [`Store`].
 //! - [`clickhouse`]: the ClickHouse backend: settings, schema migrations
-//!   (`schemas/clickhouse/`, applied by `vigil migrate`), sink and reader.
+//!   (`schemas/clickhouse/`, applied by `vigil migrate`), sink and reader, and the writer of the
+//!   `decisions` table that the processor's decision pusher drives.
 
 pub mod clickhouse;
 pub mod files;

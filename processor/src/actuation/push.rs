@@ -1022,7 +1022,9 @@ mod tests {
     async fn the_clickhouse_record_keeps_every_decision_in_order_through_refusals() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(dir.path()).unwrap();
-        let stored: Arc<Mutex<Vec<(u16, Vec<u8>)>>> = Arc::default();
+        // (status answered, request body) of every insert.
+        type Inserts = Arc<Mutex<Vec<(u16, Vec<u8>)>>>;
+        let stored: Inserts = Arc::default();
         let seen = Arc::clone(&stored);
         let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
             let seen = Arc::clone(&seen);
