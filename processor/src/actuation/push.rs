@@ -542,7 +542,7 @@ pub fn spawn_clickhouse(
 
 /// A decision as a row of ClickHouse's `decisions` table.
 fn decision_row(decision: &Decision) -> vigil_warehouse::clickhouse::DecisionRow {
-    let millis = |at: chrono::DateTime<Utc>| u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    let millis = vigil_warehouse::clickhouse::epoch_millis;
     let name = |value: serde_json::Value| value.as_str().unwrap_or_default().to_owned();
     let target = &decision.target;
     let text = |value: &Option<String>| value.clone().unwrap_or_default();

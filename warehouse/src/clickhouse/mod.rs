@@ -29,6 +29,13 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
+/// A time as ClickHouse's tables keep it (18.16 has no DateTime64): epoch milliseconds, 0
+/// before 1970.
+#[must_use]
+pub fn epoch_millis(at: chrono::DateTime<chrono::Utc>) -> u64 {
+    u64::try_from(at.timestamp_millis()).unwrap_or(0)
+}
+
 /// Every migration, oldest first. Append only: an applied migration is never edited.
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "events", sql: include_str!("../../../schemas/clickhouse/0001_events.sql") },

@@ -229,9 +229,7 @@ fn bind_all(mut query: clickhouse::query::Query, values: Vec<Bound>) -> clickhou
     query
 }
 
-fn millis(at: DateTime<Utc>) -> u64 {
-    u64::try_from(at.timestamp_millis()).unwrap_or(0)
-}
+use super::epoch_millis as millis;
 
 fn time_of(millis: u64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(i64::try_from(millis).ok()?)

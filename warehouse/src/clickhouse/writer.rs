@@ -76,9 +76,7 @@ struct EventRow<'a> {
     operator: String,
 }
 
-fn millis(time: chrono::DateTime<chrono::Utc>) -> u64 {
-    u64::try_from(time.timestamp_millis()).unwrap_or(0)
-}
+use super::epoch_millis as millis;
 
 impl<'a> EventRow<'a> {
     fn new(log_partition: u32, log_offset: u64, e: &'a DeliveryEvent) -> Self {
