@@ -14,9 +14,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use aws_lc_rs::encoding::AsDer;
@@ -25,22 +24,14 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+mod common;
+
+use common::Vigil;
+
 const EVENTS: usize = 100_000;
 const SMOKE_EVENTS: usize = 400;
 const PER_REQUEST: usize = 100;
 const CONNECTIONS: usize = 4;
-
-struct Vigil {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Vigil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `vigil run` on one core, when `taskset` is there.
 fn start(data: &Path, config: &Path) -> Vigil {
@@ -52,22 +43,14 @@ fn start(data: &Path, config: &Path) -> Vigil {
     } else {
         Command::new(env!("CARGO_BIN_EXE_vigil"))
     };
-    let mut child = command
+    command
         .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .arg("--config")
         .arg(config)
         .arg("--max-ingest-in-flight")
-        .arg("64")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting vigil run");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("vigil listening on ").unwrap().to_owned();
-    Vigil { child, base }
+        .arg("64");
+    common::start(command)
 }
 
 fn kumomta_bodies(events: usize) -> Vec<(Vec<(String, String)>, String)> {

@@ -24,6 +24,7 @@ fn registry(role: Role) -> (Registry, Offsets) {
     vigil_query::metrics::register(&mut registry);
     if matches!(role, Role::Run | Role::Ingest) {
         vigil_ingest::metrics::register(&mut registry);
+        vigil_log::metrics::register(&mut registry);
         registry.register(
             "vigil_log_head_offset",
             "Offset the next event appended to the log (or ingest's buffer) gets",

@@ -213,3 +213,62 @@ async fn kill_9_mid_stream_loses_nothing_acknowledged_and_counts_resends_once() 
     let vigil = Vigil::start(dir.path(), &[]).await;
     assert_eq!(vigil.summary("group_by=provider").await, delivered(2000));
 }
+
+/// Many connections posting one record each (a log hook without batching): their appends share
+/// commits, and each 200 still means the record is durable. The process is killed while
+/// requests are in flight; every record answered 200 is in the log afterwards.
+#[tokio::test]
+async fn concurrent_single_record_posts_are_durable_when_answered() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let template = example_records()[1].clone();
+    let record = move |lane: usize, i: usize| {
+        template.replace("1d98076abbbc11ed940250ebf67f93bd", &format!("{lane:08x}{i:024x}"))
+    };
+    let vigil = Vigil::start(dir.path(), &[]).await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (enough, done) = tokio::sync::watch::channel(false);
+    let lanes: Vec<_> = (0..32)
+        .map(|lane| {
+            let (http, url, answered, enough) =
+                (vigil.http.clone(), vigil.url("/ingest/kumomta"), Arc::clone(&answered), enough.clone());
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for i in 0.. {
+                    let Ok(response) = http.post(&url).body(record(lane, i)).send().await else { break };
+                    if response.status() != 200 {
+                        break;
+                    }
+                    acknowledged.push(record(lane, i));
+                    if answered.fetch_add(1, Ordering::SeqCst) + 1 == 1500 {
+                        let _ = enough.send(true);
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let mut done = done;
+    done.wait_for(|enough| *enough).await.unwrap();
+    // Killed with the lanes still posting: some requests are in flight, unanswered.
+    vigil.kill9();
+    let mut acknowledged = Vec::new();
+    for lane in lanes {
+        acknowledged.extend(lane.await.unwrap());
+    }
+    assert!(acknowledged.len() >= 1500);
+
+    let vigil = Vigil::start(dir.path(), &[]).await;
+    for chunk in acknowledged.chunks(200) {
+        let (status, body) = vigil.post("/ingest/kumomta", format!("[{}]", chunk.join(","))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["duplicates"].as_u64(),
+            Some(chunk.len() as u64),
+            "every acknowledged record was already stored: {body}"
+        );
+    }
+}

@@ -394,10 +394,7 @@ impl Shared {
         if count == 0 {
             return Ok(());
         }
-        let log = self.log.clone();
-        let appended =
-            tokio::task::spawn_blocking(move || log.append(&batch)).await.expect("buffer task does not panic");
-        match appended {
+        match self.log.append_async(&batch).await {
             Ok(_) => {
                 // Only this task removes entries, and new ones go to the back: the first `count`
                 // are the ones just stored.

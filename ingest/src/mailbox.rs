@@ -82,8 +82,7 @@ fn batch_of(source: &str, messages: &[(String, Vec<u8>)], verp: &Verp) -> Append
 }
 
 async fn append(log: &EventLog, batch: AppendBatch) -> Result<vigil_log::AppendReceipt, vigil_log::LogError> {
-    let log = log.clone();
-    tokio::task::spawn_blocking(move || log.append(&batch)).await.expect("append task")
+    log.append_async(&batch).await
 }
 
 /// Reads an IMAP mailbox until `shutdown`: new mail as it comes (IDLE, else polling), its

@@ -271,18 +271,15 @@ async fn append_when_room(
     batch: AppendBatch,
     shutdown: &CancellationToken,
 ) -> Result<AppendReceipt, String> {
-    let batch = Arc::new(batch);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
-        let (log_for_task, batch_for_task) = (log.clone(), Arc::clone(&batch));
-        match tokio::task::spawn_blocking(move || log_for_task.append(&batch_for_task)).await {
-            Ok(Ok(receipt)) => return Ok(receipt),
-            Ok(Err(error)) if error.is_full() && !shutdown.is_cancelled() => {
+        match log.append_async(&batch).await {
+            Ok(receipt) => return Ok(receipt),
+            Err(error) if error.is_full() && !shutdown.is_cancelled() => {
                 tracing::debug!(%error, "syslog paused until the buffer drains");
                 backoff.wait(shutdown).await;
             }
-            Ok(Err(error)) => return Err(error.to_string()),
-            Err(error) => return Err(format!("append task failed: {error}")),
+            Err(error) => return Err(error.to_string()),
         }
     }
 }

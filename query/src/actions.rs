@@ -130,7 +130,7 @@ async fn lift(
     let event = vigil_processor::view::operator_lift(&action, request, Utc::now());
     let event_id = event.event_id.clone();
     let batch = vigil_log::AppendBatch { events: vec![event], ..vigil_log::AppendBatch::default() };
-    tokio::task::spawn_blocking(move || log.append(&batch)).await??;
+    log.append_async(&batch).await?;
     tracing::info!(%event_id, action_key = %action.action_key, "an operator lifted an action");
     Ok((StatusCode::ACCEPTED, Json(LiftAccepted { event_id, action })))
 }

@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, post};
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 use vigil_log::{AppendBatch, AppendReceipt, EventLog};
 use vigil_schemas::DeadLetter;
 
@@ -244,26 +245,23 @@ pub(crate) async fn append(
     batch: AppendBatch,
     deadline: tokio::time::Instant,
 ) -> Result<AppendReceipt, Response> {
-    let batch = Arc::new(batch);
     let mut room = vigil_log::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
-        let (log, batch) = (log.clone(), Arc::clone(&batch));
-        let span = tracing::debug_span!("ingest", source, events = batch.events.len());
-        match tokio::task::spawn_blocking(move || span.in_scope(|| log.append(&batch))).await {
-            Ok(Ok(receipt)) => return Ok(receipt),
-            Ok(Err(err)) if err.is_full() => {
+        let appended = log
+            .append_async(&batch)
+            .instrument(tracing::debug_span!("ingest", source, events = batch.events.len()))
+            .await;
+        match appended {
+            Ok(receipt) => return Ok(receipt),
+            Err(err) if err.is_full() => {
                 if tokio::time::Instant::now() + room.delay() >= deadline {
                     return Err(refuse(source, "full", err.to_string()));
                 }
                 tokio::time::sleep(room.next_delay()).await;
             }
-            Ok(Err(err)) => {
+            Err(err) => {
                 tracing::error!(error = %err, "log append failed");
                 return Err(refuse(source, "log", "the log of record is unavailable; retry later"));
-            }
-            Err(join) => {
-                tracing::error!(error = %join, "log append task failed");
-                return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"));
             }
         }
     }
