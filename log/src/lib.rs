@@ -158,6 +158,10 @@ pub struct EventLog {
     committer: std::sync::mpsc::Sender<Request>,
 }
 
+/// redb's page cache for the log. Its default (1 GiB) grows with what is written, and appends
+/// only need the tree's upper pages and the recent leaves; readers follow the head closely.
+const LOG_CACHE_BYTES: usize = 64 << 20;
+
 /// At most this many events are written by one commit (a group stops growing at the batch
 /// that reaches it), so one transaction stays small whatever the concurrency.
 const MAX_GROUP_EVENTS: usize = 10_000;
@@ -243,7 +247,7 @@ impl EventLog {
     /// process holds it).
     pub fn open(dir: &Path) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(|source| LogError::Open { path: dir.display().to_string(), source })?;
-        let db = Database::create(dir.join("log.redb")).map_err(storage)?;
+        let db = Database::builder().set_cache_size(LOG_CACHE_BYTES).create(dir.join("log.redb")).map_err(storage)?;
         // Create every table up front so readers never meet a missing one.
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(EVENTS).map_err(storage)?;

@@ -95,7 +95,11 @@ impl AlertOutbox {
     /// When the directory or the file cannot be opened.
     pub fn open(dir: &Path) -> Result<Self, AlertOutboxError> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("alerts.redb"))?;
+        // redb's default page cache (1 GiB) grows with what is written; an outbox is small
+        // and read near its cursors.
+        let db = Database::builder()
+            .set_cache_size(crate::actuation::push::OUTBOX_CACHE_BYTES)
+            .create(dir.join("alerts.redb"))?;
         let tx = db.begin_write()?;
         tx.open_table(NOTICES)?;
         tx.open_table(BY_ID)?;

@@ -30,6 +30,9 @@ use vigil_log::backoff::Backoff;
 use super::decision::{ActionKind, Decision, Status};
 use crate::metrics;
 
+/// redb's page cache for an outbox (decisions, alerts), instead of its 1 GiB default.
+pub(crate) const OUTBOX_CACHE_BYTES: usize = 8 << 20;
+
 const DECISIONS: TableDefinition<u64, &str> = TableDefinition::new("decisions");
 const BY_ID: TableDefinition<&str, u64> = TableDefinition::new("decision_ids");
 const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
@@ -104,7 +107,9 @@ impl Outbox {
     /// When the file cannot be opened.
     pub fn open(dir: &Path) -> Result<Self, OutboxError> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("decisions.redb"))?;
+        // redb's default page cache (1 GiB) grows with what is written; an outbox is small
+        // and read near its cursors.
+        let db = Database::builder().set_cache_size(OUTBOX_CACHE_BYTES).create(dir.join("decisions.redb"))?;
         let tx = db.begin_write()?;
         tx.open_table(DECISIONS)?;
         tx.open_table(BY_ID)?;
