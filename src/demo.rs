@@ -32,11 +32,7 @@ const RATE: u32 = 40;
 pub async fn run(log: EventLog, shutdown: CancellationToken) {
     let started = Utc::now();
     if log.head() == 0 {
-        let backfill = (0..3600)
-            .step_by(10)
-            .flat_map(|ago| batch(started - TimeDelta::seconds(ago), started, RATE as usize * 2))
-            .collect::<Vec<_>>();
-        append(&log, backfill).await;
+        append(&log, backfill(started)).await;
     }
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
@@ -63,6 +59,11 @@ async fn append(log: &EventLog, records: Vec<String>) {
         Ok(Err(error)) => tracing::warn!(%error, "demo traffic not stored"),
         Err(error) => tracing::warn!(%error, "demo task failed"),
     }
+}
+
+/// The hour before `started`, at twice the live rate, so the dashboards have data at once.
+fn backfill(started: DateTime<Utc>) -> Vec<String> {
+    (0..3600).step_by(10).flat_map(|ago| batch(started - TimeDelta::seconds(ago), started, RATE as usize * 2)).collect()
 }
 
 /// `count` messages at `at`; the Yahoo deferral of `ip-3` ramps up from `started`.
@@ -199,5 +200,49 @@ impl Message<'_> {
         record["event_time"] =
             json!((self.at + TimeDelta::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
         record.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(log: &EventLog, records: &[String]) {
+        vigil_ingest::kumomta::append_records(
+            log,
+            "demo",
+            records.iter().enumerate().map(|(i, r)| (format!("demo {i}"), r.as_bytes())),
+        )
+        .unwrap();
+    }
+
+    /// The demo's traffic as `vigil run --demo` stores it (the back-filled hour in one batch,
+    /// then a batch a second) until the log holds 100 000 events: the log's directory on
+    /// disk, raw records included, takes under 400 bytes an event (about 2 100 as plain JSON).
+    /// Issue 21's target is 300: met by a 45 s demo (one large back-fill), not yet by this
+    /// log of many small commits, whose B-tree pages are rewritten half full and whose
+    /// dedupe index keys are 32-character strings.
+    #[test]
+    fn the_demo_log_takes_under_400_bytes_an_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(&dir.path().join("log")).unwrap();
+        let started = Utc::now();
+        store(&log, &backfill(started));
+        let mut second = 0;
+        while log.head() < 100_000 {
+            second += 1;
+            store(&log, &batch(started + TimeDelta::seconds(second), started, RATE as usize));
+        }
+        let events = log.head();
+        drop(log);
+        let mut bytes = 0;
+        for entry in std::fs::read_dir(dir.path().join("log")).unwrap() {
+            let meta = entry.unwrap().metadata().unwrap();
+            // Whichever is larger: the file's length or the blocks it holds.
+            bytes += meta.len().max(std::os::unix::fs::MetadataExt::blocks(&meta) * 512);
+        }
+        let per_event = bytes as f64 / events as f64;
+        println!("demo log: {events} events, {bytes} bytes, {per_event:.0} bytes an event");
+        assert!(per_event < 400.0, "{per_event:.0} bytes an event ({bytes} bytes for {events} events)");
     }
 }

@@ -10,7 +10,9 @@
 //! - [`backoff`]: waiting before a retry (jittered, capped), cut short by shutdown: the one
 //!   retry delay of the project;
 //! - [`tls`]: the trust store of every outbound TLS connection;
-//! - [`metrics`]: the embedded log's commit counters.
+//! - [`metrics`]: the embedded log's commit counters;
+//! - `codec`: how an event is stored (its JSON, compressed with a zstd dictionary trained on
+//!   the log's own first events, so a KumoMTA event takes a few hundred bytes on disk).
 //!
 //! # Contract
 //! - In: batches of normalised [`DeliveryEvent`]s, [`DeadLetter`]s and source checkpoints,
@@ -29,6 +31,10 @@
 //!   dropped; the consumer drops what it has shipped with [`EventLog::truncate_before`],
 //!   which drops those events' dedupe entries too (the buffer dedupes what it holds; the
 //!   consumers downstream dedupe by `event_id`). Offsets are never reused after a truncation.
+//! - Storage: an event is kept whole (its normalised fields and its source record) and reads
+//!   back byte for byte as `serde_json::to_vec` wrote it. Once the log holds 2 000 events (or
+//!   receives a first batch that large) it trains a zstd dictionary on them and stores it in
+//!   itself; events after that are stored compressed with it. Both forms are always read.
 //!
 //! # Why redb
 //! The log needs three things to move atomically: the events, the dedupe index and the
@@ -42,6 +48,7 @@
 //! offsets are left to the retention work (events stay until then).
 
 pub mod backoff;
+mod codec;
 pub mod kafka;
 pub mod metrics;
 pub mod tls;
@@ -84,6 +91,9 @@ pub enum LogError {
     /// has caught up. Nothing of the batch was written.
     #[error("buffer full: {pending} events or dead letters not yet shipped (limit {limit}); retry later")]
     Full { pending: u64, limit: u64 },
+    /// A stored record does not decompress: a damaged file, or a dictionary missing from it.
+    #[error("log record at offset {offset} does not decompress: {reason}")]
+    Compressed { offset: u64, reason: String },
     /// The log's committer thread is gone (the process is stopping, or it panicked): nothing
     /// of the batch was written.
     #[error("the log's committer has stopped")]
@@ -156,6 +166,8 @@ pub struct EventLog {
     /// one transaction. The queue is bounded by its callers: each queued batch is one caller
     /// waiting for its answer, and every receiver bounds how many calls it has in flight.
     committer: std::sync::mpsc::Sender<Request>,
+    /// The dictionaries events are stored with ([`codec`]).
+    codec: Arc<codec::Codec>,
 }
 
 /// redb's page cache for the log. Its default (1 GiB) grows with what is written, and appends
@@ -196,15 +208,26 @@ struct Prepared {
     events: Vec<(String, Vec<u8>)>,
     dead_letters: Vec<Vec<u8>>,
     checkpoints: Vec<(String, Vec<u8>)>,
+    /// A dictionary trained on this batch, stored in its transaction ([`codec`]).
+    new_dictionary: Option<Arc<codec::Dictionary>>,
 }
 
-impl From<&AppendBatch> for Prepared {
-    fn from(batch: &AppendBatch) -> Self {
+impl Prepared {
+    fn new(batch: &AppendBatch, codec: &codec::Codec) -> Self {
+        let json: Vec<Vec<u8>> =
+            batch.events.iter().map(|e| serde_json::to_vec(e).expect("DeliveryEvent always serialises")).collect();
+        let new_dictionary = if codec.has_dictionary() {
+            None
+        } else {
+            codec.train_for_batch(&json.iter().map(Vec::as_slice).collect::<Vec<_>>())
+        };
+        let dictionary = new_dictionary.clone().or_else(|| codec.current());
         Self {
             events: batch
                 .events
                 .iter()
-                .map(|e| (e.event_id.clone(), serde_json::to_vec(e).expect("DeliveryEvent always serialises")))
+                .zip(json)
+                .map(|(e, json)| (e.event_id.clone(), codec::Codec::encode(dictionary.as_ref(), json)))
                 .collect(),
             dead_letters: batch
                 .dead_letters
@@ -212,6 +235,7 @@ impl From<&AppendBatch> for Prepared {
                 .map(|d| serde_json::to_vec(d).expect("DeadLetter always serialises"))
                 .collect(),
             checkpoints: batch.checkpoints.clone(),
+            new_dictionary,
         }
     }
 }
@@ -256,6 +280,7 @@ impl EventLog {
         txn.open_table(CHECKPOINTS).map_err(storage)?;
         txn.open_table(DEAD_LETTERS).map_err(storage)?;
         txn.open_table(LOW_WATER).map_err(storage)?;
+        txn.open_table(codec::DICTIONARIES).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let head = {
             let txn = db.begin_read().map_err(storage)?;
@@ -263,17 +288,21 @@ impl EventLog {
             let low = txn.open_table(LOW_WATER).map_err(storage)?;
             next_key(&events, &low, "events")?
         };
+        let codec = {
+            let txn = db.begin_read().map_err(storage)?;
+            Arc::new(codec::Codec::load(&txn.open_table(codec::DICTIONARIES).map_err(storage)?).map_err(storage)?)
+        };
         let db = Arc::new(db);
         let head = Arc::new(watch::Sender::new(head));
         let (committer, requests) = std::sync::mpsc::channel();
         // The thread holds the database weakly: dropping the last handle closes it at once,
         // so the same directory can be opened again, and ends the thread.
-        let (weak_db, thread_head) = (Arc::downgrade(&db), Arc::clone(&head));
+        let (weak_db, thread_head, thread_codec) = (Arc::downgrade(&db), Arc::clone(&head), Arc::clone(&codec));
         std::thread::Builder::new()
             .name("vigil-log-commit".into())
-            .spawn(move || commit_loop(&weak_db, &thread_head, &requests))
+            .spawn(move || commit_loop(&weak_db, &thread_head, &thread_codec, &requests))
             .map_err(|source| LogError::Open { path: dir.display().to_string(), source })?;
-        Ok(Self { db, head, limit: None, committer })
+        Ok(Self { db, head, limit: None, committer, codec })
     }
 
     /// This log as a bounded buffer: appends fail with [`LogError::Full`] while `consumer` has
@@ -305,10 +334,13 @@ impl EventLog {
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
             let offset = offset.min(next_key(&events, &low, "events")?);
             let mut shipped_ids = Vec::new();
+            let mut buf = Vec::new();
             events
-                .retain_in(..offset, |_, bytes| {
+                .retain_in(..offset, |_, stored| {
                     // Stored events always decode; one that did not would only keep its entry.
-                    if let Ok(id) = serde_json::from_slice::<EventId>(bytes) {
+                    if let Ok(json) = self.codec.decode(stored, &mut buf)
+                        && let Ok(id) = serde_json::from_slice::<EventId>(json)
+                    {
                         shipped_ids.push(id.event_id);
                     }
                     false
@@ -359,7 +391,7 @@ impl EventLog {
     }
 
     fn enqueue(&self, batch: &AppendBatch, reply: Reply) -> Result<(), LogError> {
-        let request = Request { batch: Prepared::from(batch), limit: self.limit.clone(), reply };
+        let request = Request { batch: Prepared::new(batch, &self.codec), limit: self.limit.clone(), reply };
         self.committer.send(request).map_err(|_| LogError::Stopped)
     }
 
@@ -403,10 +435,12 @@ impl EventLog {
         let txn = self.db.begin_read().map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
         let mut out = Vec::with_capacity(max.min(4096));
+        let mut buf = Vec::new();
         for entry in events.range(from..).map_err(storage)?.take(max) {
             let (offset, bytes) = entry.map_err(storage)?;
             let offset = offset.value();
-            let event = decode(bytes.value()).map_err(|source| LogError::Corrupt { offset, source })?;
+            let json = self.decompress(offset, bytes.value(), &mut buf)?;
+            let event = decode(json).map_err(|source| LogError::Corrupt { offset, source })?;
             out.push((offset, event));
         }
         Ok(out)
@@ -421,11 +455,17 @@ impl EventLog {
         let txn = self.db.begin_read().map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
         let mut out = Vec::with_capacity(max.min(4096));
+        let mut buf = Vec::new();
         for entry in events.range(from..).map_err(storage)?.take(max) {
             let (offset, bytes) = entry.map_err(storage)?;
-            out.push((offset.value(), bytes.value().to_vec()));
+            let offset = offset.value();
+            out.push((offset, self.decompress(offset, bytes.value(), &mut buf)?.to_vec()));
         }
         Ok(out)
+    }
+
+    fn decompress<'a>(&self, offset: u64, stored: &'a [u8], buf: &'a mut Vec<u8>) -> Result<&'a [u8], LogError> {
+        self.codec.decode(stored, buf).map_err(|e| LogError::Compressed { offset, reason: e.to_string() })
     }
 
     /// The next offset `consumer` will read (0 when it never committed).
@@ -501,6 +541,7 @@ impl EventLog {
 fn commit_loop(
     db: &std::sync::Weak<Database>,
     head: &watch::Sender<u64>,
+    codec: &Arc<codec::Codec>,
     requests: &std::sync::mpsc::Receiver<Request>,
 ) {
     while let Ok(first) = requests.recv() {
@@ -516,13 +557,38 @@ fn commit_loop(
             Some(db) => commit_group(&db, &group.iter().map(|r| (&r.batch, r.limit.as_ref())).collect::<Vec<_>>()),
             None => group.iter().map(|_| Err(LogError::Stopped)).collect(),
         };
+        for (request, result) in group.iter().zip(&results) {
+            if let Some(dictionary) = &request.batch.new_dictionary {
+                codec.settle(dictionary, result.is_ok());
+            }
+        }
         let moved = results.iter().filter_map(|r| r.as_ref().ok()).filter(|r| r.appended > 0);
         if let Some(new_head) = moved.map(|r| r.head).max() {
             head.send_replace(new_head);
+            if new_head >= codec::TRAIN_AFTER && !codec.has_dictionary() && codec.start_training() {
+                train_in_background(db.clone(), Arc::clone(codec));
+            }
         }
         for (request, result) in group.into_iter().zip(results) {
             request.reply.send(result);
         }
+    }
+}
+
+/// Trains the log's dictionary on its latest events, beside the committer (training takes a
+/// fraction of a second that appends should not wait for). Until it is stored, events are
+/// stored uncompressed; if it fails, they stay so (logged) until the process restarts.
+fn train_in_background(db: std::sync::Weak<Database>, codec: Arc<codec::Codec>) {
+    let spawned = std::thread::Builder::new().name("vigil-log-train".into()).spawn(move || {
+        let Some(db) = db.upgrade() else { return };
+        let trained = codec::samples(&db, EVENTS).and_then(|samples| codec.train_and_store(&db, &samples));
+        match trained {
+            Ok(id) => tracing::info!(dictionary = id, "log dictionary trained: new events are stored compressed"),
+            Err(error) => tracing::warn!(%error, "log dictionary not trained: events stay uncompressed"),
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "log dictionary not trained: no thread");
     }
 }
 
@@ -601,6 +667,12 @@ fn write(txn: &redb::WriteTransaction, batch: &Prepared, limit: Option<&Limit>) 
         receipt.dead_lettered += 1;
     }
 
+    if let Some(dictionary) = &batch.new_dictionary {
+        txn.open_table(codec::DICTIONARIES)
+            .map_err(storage)?
+            .insert(dictionary.id(), dictionary.bytes())
+            .map_err(storage)?;
+    }
     let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(storage)?;
     for (key, value) in &batch.checkpoints {
         checkpoints.insert(key.as_str(), value.as_slice()).map_err(storage)?;
@@ -797,7 +869,7 @@ mod tests {
 
     /// `batches` committed as one group, as the committer does with batches queued together.
     fn append_as_one_group(log: &EventLog, batches: &[AppendBatch]) -> Vec<Result<AppendReceipt, LogError>> {
-        let prepared: Vec<Prepared> = batches.iter().map(Prepared::from).collect();
+        let prepared: Vec<Prepared> = batches.iter().map(|b| Prepared::new(b, &log.codec)).collect();
         commit_group(&log.db, &prepared.iter().map(|b| (b, log.limit.as_ref())).collect::<Vec<_>>())
     }
 
@@ -863,6 +935,88 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), 200);
+    }
+
+    /// A delivery event as the KumoMTA normaliser makes them, its raw record included.
+    fn realistic(i: usize) -> DeliveryEvent {
+        let mut e = event(&format!("{i:032x}"));
+        let domain = ["gmail.com", "yahoo.com", "outlook.com", "example.org"][i % 4];
+        e.recipient = Some(format!("user{i}@{domain}"));
+        e.recipient_domain = Some(domain.into());
+        e.response_text = Some(format!("250 2.0.0 OK {i:x} - gsmtp"));
+        e.raw = Some(format!(
+            r#"{{"type":"Delivery","id":"{i:032x}","sender":"bounce@example.net","recipient":"user{i}@{domain}","queue":"{domain}","site":"ip-{}->mx.{domain}","response":{{"code":250,"content":"OK {i:x}"}},"timestamp":{}}}"#,
+            i % 7,
+            1_700_000_000 + i
+        ));
+        e
+    }
+
+    fn stored_value(log: &EventLog, offset: u64) -> Vec<u8> {
+        let txn = log.db.begin_read().unwrap();
+        txn.open_table(EVENTS).unwrap().get(offset).unwrap().unwrap().value().to_vec()
+    }
+
+    #[test]
+    fn a_large_first_batch_is_stored_compressed_and_reads_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let events: Vec<DeliveryEvent> = (0..2_500).map(realistic).collect();
+        let plain_bytes: usize = events.iter().map(|e| serde_json::to_vec(e).unwrap().len()).sum();
+        {
+            let log = EventLog::open(dir.path()).unwrap();
+            log.append(&AppendBatch { events: events.clone(), ..AppendBatch::default() }).unwrap();
+            assert!(log.codec.has_dictionary(), "trained on the batch itself");
+            assert_eq!(stored_value(&log, 0)[0], 1, "compressed from the first event");
+            let stored: usize = (0..2_500).map(|o| stored_value(&log, o).len()).sum();
+            assert!(stored * 3 < plain_bytes, "{stored} stored bytes for {plain_bytes} of JSON");
+            // Every reader sees the events as they were written.
+            let read: Vec<DeliveryEvent> = log.read(0, 3_000).unwrap().into_iter().map(|(_, e)| e).collect();
+            assert_eq!(read, events);
+            let raw = log.read_raw(10, 1).unwrap();
+            assert_eq!(raw[0].1, serde_json::to_vec(&events[10]).unwrap());
+            let lean = log.read_without_raw(5, 1).unwrap();
+            assert_eq!(lean[0].1.raw, None);
+            assert_eq!(lean[0].1.recipient, events[5].recipient);
+            // Truncation still finds the ids of what it drops.
+            log.truncate_before(100, 0).unwrap();
+            assert_eq!(
+                log.append(&AppendBatch { events: events[..101].to_vec(), ..AppendBatch::default() }).unwrap().appended,
+                100
+            );
+        }
+        // The dictionary is in the log: a reopened log reads and keeps compressing.
+        let log = EventLog::open(dir.path()).unwrap();
+        assert_eq!(log.read(2_499, 1).unwrap()[0].1, events[2_499]);
+        log.append(&AppendBatch { events: vec![realistic(9_999)], ..AppendBatch::default() }).unwrap();
+        assert_eq!(stored_value(&log, log.head() - 1)[0], 1);
+        assert_eq!(log.read(log.head() - 1, 1).unwrap()[0].1, realistic(9_999));
+    }
+
+    #[test]
+    fn a_log_fed_small_batches_trains_its_dictionary_beside_the_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        for chunk in (0..2_000).collect::<Vec<_>>().chunks(100) {
+            log.append(&AppendBatch {
+                events: chunk.iter().map(|&i| realistic(i)).collect(),
+                ..AppendBatch::default()
+            })
+            .unwrap();
+        }
+        assert_eq!(stored_value(&log, 0)[0], b'{', "before the dictionary, events are stored as JSON");
+        let trained = std::time::Instant::now();
+        while !log.codec.has_dictionary() {
+            assert!(trained.elapsed() < std::time::Duration::from_secs(60), "the dictionary was trained");
+            std::thread::yield_now();
+        }
+        log.append(&batch_of_realistic(2_000..2_010)).unwrap();
+        assert_eq!(stored_value(&log, 2_005)[0], 1);
+        let read: Vec<DeliveryEvent> = log.read(1_995, 20).unwrap().into_iter().map(|(_, e)| e).collect();
+        assert_eq!(read, (1_995..2_010).map(realistic).collect::<Vec<_>>(), "both forms read back");
+    }
+
+    fn batch_of_realistic(range: std::ops::Range<usize>) -> AppendBatch {
+        AppendBatch { events: range.map(realistic).collect(), ..AppendBatch::default() }
     }
 
     proptest::proptest! {
