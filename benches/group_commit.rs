@@ -3,7 +3,7 @@
 //! answered 200 only once its record is durable, so without group commit the rate would stop at
 //! the disk's fsync rate; with it, concurrent requests share commits.
 //!
-//! - Anchor: the fsync rate of the same disk, measured in the same run (a 4 KiB write and an
+//! - Anchor: the fsync rate of the same disk, measured in the same run (a 4 KiB append and an
 //!   `fdatasync` of one file in the data directory's file system, for three seconds).
 //! - Load: Debian's `wrk` with a Lua script that makes every record unique (its `id`), each
 //!   level for ten seconds against a fresh `vigil run` (release build, default settings). The
@@ -42,14 +42,13 @@ fn template() -> String {
     text.lines().find(|l| l.contains(TEMPLATE_ID)).unwrap().to_owned()
 }
 
-/// fsyncs per second of one file in `dir`, each after a 4 KiB write at its start.
+/// fsyncs per second of one file in `dir`, each after appending 4 KiB to it (the file grows,
+/// as a log does, so each sync also commits the file system's metadata).
 fn fsync_rate(dir: &Path) -> f64 {
     let mut file = std::fs::File::create(dir.join("fsync-probe")).unwrap();
     let block = vec![7u8; 4096];
     let (started, mut syncs) = (Instant::now(), 0u64);
     while started.elapsed() < Duration::from_secs(3) {
-        use std::io::Seek;
-        file.seek(std::io::SeekFrom::Start(0)).unwrap();
         file.write_all(&block).unwrap();
         file.sync_data().unwrap();
         syncs += 1;
