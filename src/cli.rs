@@ -244,6 +244,9 @@ pub struct RunArgs {
     /// `[processor.complaint_join]` of the configuration file.
     #[arg(skip)]
     pub complaint_join: vigil_processor::complaints::JoinSettings,
+    /// `[retention]` of the configuration file.
+    #[arg(skip)]
+    pub retention: vigil_processor::retention::RetentionSettings,
 }
 
 /// The deprecated `--rules` of `vigil run` and `vigil classify`: its files, with a warning,
@@ -328,6 +331,7 @@ impl RunArgs {
         self.tokens = config.api.tokens;
         self.snapshot_seconds = config.processor.snapshot_seconds;
         self.complaint_join = config.processor.complaint_join;
+        self.retention = config.retention;
         Ok(self)
     }
 }

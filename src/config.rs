@@ -60,6 +60,10 @@ pub struct Config {
     /// `[alerting]`: the alert rules file and where alerts are delivered.
     #[serde(default)]
     pub alerting: AlertingSection,
+    /// `[retention]`: what `vigil run` deletes, and when (defaults: the log 7 days or 20 GiB,
+    /// the warehouse 400 days, dead letters 30 days).
+    #[serde(default)]
+    pub retention: vigil_processor::retention::RetentionSettings,
 }
 
 /// `[alerting]`.
@@ -101,6 +105,7 @@ impl Default for Config {
             relays: vigil_ingest::relay::http::RelaysConfig::default(),
             suppressions: SuppressionsSection::default(),
             alerting: AlertingSection::default(),
+            retention: vigil_processor::retention::RetentionSettings::default(),
         }
     }
 }

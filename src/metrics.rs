@@ -39,6 +39,7 @@ fn registry(role: Role) -> (Registry, Offsets) {
             offsets.committed.clone(),
         );
         vigil_processor::metrics::register_pipeline(&mut registry);
+        vigil_processor::metrics::register_retention(&mut registry);
     }
     if role == Role::Process {
         vigil_processor::stream::register_metrics(&mut registry);

@@ -1,8 +1,11 @@
 //! `vigil replay`: the derived state rebuilt from offset 0 of the log, as a digest.
 //!
 //! The digest is the one `GET /api/v1/state` reports for a running `vigil run` at the same
-//! offset: equal digests mean the state, and every answer derived from it, are equal. The
-//! snapshot is neither read nor written: a replay checks it, it does not trust it.
+//! offset: equal digests mean the state, and every answer derived from it, are equal. While
+//! the log is whole the snapshot is neither read nor written: a replay checks it, it does not
+//! trust it. Once retention has deleted the log's oldest events, the replay starts from the
+//! snapshot (retention never deletes past it) and says so; without a usable snapshot it
+//! folds what the log keeps and says what is missing.
 
 use std::sync::Arc;
 
@@ -20,6 +23,13 @@ struct Report {
     state: vigil_schemas::api::StateResponse,
     provider_map_version: u32,
     seconds: f64,
+    /// The snapshot's offset, when the replay started from it (the log was trimmed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_snapshot: Option<u64>,
+    /// The log's first offset, when the events before it are deleted and no snapshot
+    /// covered them: the state lacks them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missing_before: Option<u64>,
 }
 
 pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
@@ -44,10 +54,39 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     }
     let fold = FoldRules::new(crate::run::load_rules(args.action_rules.as_deref())?)
         .with_alerts(crate::run::load_alert_rules(args.alert_rules.as_deref())?);
+    let (mut from_snapshot, mut missing_before) = (None, None);
+    let first = log.first_offset()?;
+    if first > 0 {
+        let state_dir = vigil_processor::pipeline::state_dir(&args.data_dir);
+        match DerivedState::load(&state_dir) {
+            Some(snapshot) if snapshot.offset >= first && snapshot.offset <= until => {
+                eprintln!(
+                    "note: the log starts at offset {first} (older events were deleted by [retention]); replaying from the snapshot at offset {}",
+                    snapshot.offset
+                );
+                from_snapshot = Some(snapshot.offset);
+                state = snapshot;
+            }
+            _ => {
+                eprintln!(
+                    "warning: the log starts at offset {first} (older events were deleted by [retention]) and no snapshot in {} covers them: \
+                     the state below lacks offsets 0..{first}",
+                    state_dir.display()
+                );
+                missing_before = Some(first);
+            }
+        }
+    }
     vigil_processor::pipeline::catch_up(&log, &enricher, &fold, &mut state, until, &mut |_| {})?;
     // A replay tells no one: the notices it decides again are dropped.
     state.alerting.take_notices();
-    let report = Report { state: state.summary(), provider_map_version, seconds: started.elapsed().as_secs_f64() };
+    let report = Report {
+        state: state.summary(),
+        provider_map_version,
+        seconds: started.elapsed().as_secs_f64(),
+        from_snapshot,
+        missing_before,
+    };
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

@@ -46,6 +46,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let config = PipelineConfig {
         state_dir: Some(vigil_processor::pipeline::state_dir(&args.data_dir)),
         snapshot_interval: Duration::from_secs(args.snapshot_seconds.max(1)),
+        retention: Some(args.retention.clone()),
         ..PipelineConfig::default()
     };
     let state_dir = vigil_processor::pipeline::state_dir(&args.data_dir);

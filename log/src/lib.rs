@@ -44,8 +44,9 @@
 //! three. Its cost, one fsync per commit, is paid per group of batches, not per event nor per
 //! request: receivers append whole HTTP bodies and tail reads, and concurrent appends share
 //! one commit (group commit, [`EventLog::append`]), so single-record requests from many
-//! connections are not capped by the disk's fsync rate. Retention and compaction of old
-//! offsets are left to the retention work (events stay until then).
+//! connections are not capped by the disk's fsync rate. Deleting old offsets
+//! ([`EventLog::truncate_before`]) is decided by the caller: the buffer's forwarder, or
+//! `vigil run`'s retention (`vigil_processor::retention`).
 
 pub mod backoff;
 mod codec;
@@ -168,6 +169,8 @@ pub struct EventLog {
     committer: std::sync::mpsc::Sender<Request>,
     /// The dictionaries events are stored with ([`codec`]).
     codec: Arc<codec::Codec>,
+    /// The log's directory.
+    path: Arc<Path>,
 }
 
 /// redb's page cache for the log. Its default (1 GiB) grows with what is written, and appends
@@ -302,7 +305,7 @@ impl EventLog {
             .name("vigil-log-commit".into())
             .spawn(move || commit_loop(&weak_db, &thread_head, &thread_codec, &requests))
             .map_err(|source| LogError::Open { path: dir.display().to_string(), source })?;
-        Ok(Self { db, head, limit: None, committer, codec })
+        Ok(Self { db, head, limit: None, committer, codec, path: dir.into() })
     }
 
     /// This log as a bounded buffer: appends fail with [`LogError::Full`] while `consumer` has
@@ -393,6 +396,75 @@ impl EventLog {
     fn enqueue(&self, batch: &AppendBatch, reply: Reply) -> Result<(), LogError> {
         let request = Request { batch: Prepared::new(batch, &self.codec), limit: self.limit.clone(), reply };
         self.committer.send(request).map_err(|_| LogError::Stopped)
+    }
+
+    /// The first offset the log still holds (0 until retention deletes; the head when it
+    /// holds nothing).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn first_offset(&self) -> Result<u64, LogError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let events = txn.open_table(EVENTS).map_err(storage)?;
+        let low = txn.open_table(LOW_WATER).map_err(storage)?;
+        match events.first().map_err(storage)? {
+            Some((offset, _)) => Ok(offset.value()),
+            None => next_key(&events, &low, "events"),
+        }
+    }
+
+    /// The first offset whose event was ingested at or after `since` (the head when none
+    /// was): a binary search, as events are appended in about the order they are ingested.
+    ///
+    /// # Errors
+    /// On storage failure or an undecodable record.
+    pub fn first_offset_ingested_since(&self, since: chrono::DateTime<chrono::Utc>) -> Result<u64, LogError> {
+        partition_point(self.first_offset()?, self.head(), |offset| {
+            Ok(self.read_without_raw(offset, 1)?.first().is_some_and(|(_, event)| event.ingested_at < since))
+        })
+    }
+
+    /// The first dead-letter sequence received at or after `since` (the next sequence when
+    /// none was).
+    ///
+    /// # Errors
+    /// On storage failure or an undecodable record.
+    pub fn first_dead_letter_since(&self, since: chrono::DateTime<chrono::Utc>) -> Result<u64, LogError> {
+        let first = {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let dead = txn.open_table(DEAD_LETTERS).map_err(storage)?;
+            dead.first().map_err(storage)?.map(|(k, _)| k.value())
+        };
+        partition_point(first.unwrap_or(0), self.dead_letter_head()?, |seq| {
+            Ok(self.dead_letters(seq, 1)?.first().is_some_and(|(_, letter)| letter.received_at < since))
+        })
+    }
+
+    /// Every consumer's committed offset (the next offset each will read).
+    ///
+    /// # Errors
+    /// On storage failure.
+    pub fn consumer_offsets(&self) -> Result<Vec<(String, u64)>, LogError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let offsets = txn.open_table(CONSUMER_OFFSETS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in offsets.iter().map_err(storage)? {
+            let (name, offset) = entry.map_err(storage)?;
+            out.push((name.value().to_owned(), offset.value()));
+        }
+        Ok(out)
+    }
+
+    /// Bytes the log's file takes on disk (redb reuses freed pages, so the file stops
+    /// growing once retention deletes as much as is appended; it does not shrink).
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub fn file_bytes(&self) -> Result<u64, LogError> {
+        let path = self.path.join("log.redb");
+        std::fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(|source| LogError::Open { path: path.display().to_string(), source })
     }
 
     /// The offset the next appended event will get (= number of events in the log).
@@ -685,6 +757,24 @@ fn write(txn: &redb::WriteTransaction, batch: &Prepared, limit: Option<&Limit>) 
         "log append written"
     );
     Ok(receipt)
+}
+
+/// The first key in `low..high` for which `before` is false, `before` being true then false
+/// along the range (a binary search over a dense table).
+fn partition_point(
+    mut low: u64,
+    mut high: u64,
+    mut before: impl FnMut(u64) -> Result<bool, LogError>,
+) -> Result<u64, LogError> {
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if before(middle)? {
+            low = middle + 1;
+        } else {
+            high = middle;
+        }
+    }
+    Ok(low)
 }
 
 /// One past the largest key of a dense u64-keyed table, or its low-water mark when truncation
@@ -1017,6 +1107,41 @@ mod tests {
 
     fn batch_of_realistic(range: std::ops::Range<usize>) -> AppendBatch {
         AppendBatch { events: range.map(realistic).collect(), ..AppendBatch::default() }
+    }
+
+    #[test]
+    fn retention_finds_the_first_offset_and_dead_letter_of_an_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        let at = |minute: i64| DateTime::from_timestamp(1_700_000_000 + minute * 60, 0).unwrap();
+        let events: Vec<DeliveryEvent> = (0..10)
+            .map(|i| {
+                let mut e = event(&format!("e{i}"));
+                e.ingested_at = at(i);
+                e
+            })
+            .collect();
+        let dead_letters: Vec<DeadLetter> = (0..4)
+            .map(|i| {
+                let mut d = DeadLetter::new("test", None, "bad".into(), b"{");
+                d.received_at = at(i * 3);
+                d
+            })
+            .collect();
+        log.append(&AppendBatch { events, dead_letters, ..AppendBatch::default() }).unwrap();
+        assert_eq!(log.first_offset_ingested_since(at(4)).unwrap(), 4);
+        assert_eq!(log.first_offset_ingested_since(at(-5)).unwrap(), 0);
+        assert_eq!(log.first_offset_ingested_since(at(60)).unwrap(), 10, "nothing that recent: the head");
+        assert_eq!(log.first_dead_letter_since(at(4)).unwrap(), 2);
+        log.truncate_before(4, 2).unwrap();
+        assert_eq!(log.first_offset().unwrap(), 4);
+        assert_eq!(log.first_offset_ingested_since(at(0)).unwrap(), 4, "from what is left");
+        assert_eq!(log.first_dead_letter_since(at(0)).unwrap(), 2);
+        log.commit_offset("warehouse", 7).unwrap();
+        assert_eq!(log.consumer_offsets().unwrap(), [("warehouse".to_owned(), 7)]);
+        assert!(log.file_bytes().unwrap() > 0);
+        log.truncate_before(10, 4).unwrap();
+        assert_eq!(log.first_offset().unwrap(), 10, "an emptied log starts at its head");
     }
 
     proptest::proptest! {

@@ -3,9 +3,10 @@
 //! [`feed_from_kafka`]).
 //!
 //! The embedded sink follows the log on its own, beside the Parquet pipeline: ClickHouse's
-//! `sink_batches` table is its position of record, so it needs no offset of its own in the log
-//! and a restart (or a second `vigil run` on a copy of the log) resumes exactly where the
-//! database says, counting nothing twice (see [`ClickHouseWriter`]). Events are enriched as the
+//! `sink_batches` table is its position of record, so a restart (or a second `vigil run` on a
+//! copy of the log) resumes exactly where the database says, counting nothing twice (see
+//! [`ClickHouseWriter`]). It mirrors that position into the log as the consumer
+//! [`CLICKHOUSE_CONSUMER`] only so retention never deletes what ClickHouse has not stored. Events are enriched as the
 //! pipeline enriches them, and inserted in batches of up to `max_rows`, or whatever has
 //! arrived after `max_wait`; a failed insert is retried with a capped exponential backoff,
 //! and nothing moves on until it succeeds.
@@ -18,6 +19,19 @@ use vigil_log::backoff::Backoff;
 use vigil_warehouse::clickhouse::{ClickHouseConfig, ClickHouseWriter};
 
 use crate::Enricher;
+
+/// The log consumer mirroring what ClickHouse holds (retention's bound, never read back).
+pub const CLICKHOUSE_CONSUMER: &str = "clickhouse";
+
+/// Records in the log that ClickHouse holds everything before `stored_until`.
+async fn mirror_position(log: &EventLog, stored_until: u64) {
+    let log = log.clone();
+    match tokio::task::spawn_blocking(move || log.commit_offset(CLICKHOUSE_CONSUMER, stored_until)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "ClickHouse sink could not record its position for retention"),
+        Err(error) => tracing::warn!(%error, "ClickHouse sink position task failed"),
+    }
+}
 
 /// How the sink batches its inserts.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +59,16 @@ pub async fn feed_from_log(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut head = log.subscribe();
+    // Until ClickHouse answers, retention keeps what the sink last recorded (or everything).
+    let known = {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || log.consumer_offsets()).await
+    };
+    if let Ok(Ok(offsets)) = known
+        && !offsets.iter().any(|(name, _)| name == CLICKHOUSE_CONSUMER)
+    {
+        mirror_position(&log, 0).await;
+    }
     'reopen: while !shutdown.is_cancelled() {
         let mut sink = match ClickHouseWriter::open(&config, 0).await {
             Ok(sink) => sink,
@@ -55,6 +79,7 @@ pub async fn feed_from_log(
             }
         };
         tracing::info!(from = sink.stored_until(), url = %config.url, "ClickHouse sink following the log");
+        mirror_position(&log, sink.stored_until()).await;
         loop {
             let offset = sink.stored_until();
             // Wait for events, then for a full batch or `max_wait`, whichever comes first.
@@ -94,6 +119,7 @@ pub async fn feed_from_log(
             match sink.write_batch(&batch).await {
                 Ok(written) => {
                     backoff.reset();
+                    mirror_position(&log, sink.stored_until()).await;
                     tracing::debug!(inserted = written.inserted, skipped = written.skipped, "ClickHouse batch stored");
                 }
                 Err(error) => {

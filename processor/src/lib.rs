@@ -16,6 +16,8 @@
 //!     wall clock), applied after the batch is committed. It is snapshotted with the offset it
 //!     reflects; at start the snapshot is loaded and the log after it replayed, so a restart
 //!     and a replay from offset 0 give the same digest ([`state::DerivedState::digest`]).
+//!     Once retention has deleted the log's oldest events, a replay starts from the latest
+//!     snapshot instead, which retention never passes ([`retention`]).
 //!   - Events our own MTA generated ("KumoMTA internal:", administrative bounces, expiries)
 //!     are stored but neither counted in reputation nor suppress anyone.
 //!
@@ -38,6 +40,8 @@
 //!   them to Slack, PagerDuty, Teams, a signed webhook or Alertmanager.
 //! - [`state`]: the fold of both, its digest and snapshots.
 //! - [`pipeline`]: the async loop from the log to the warehouse and the state.
+//! - [`retention`]: what `vigil run` deletes from the log, its dead letters and the
+//!   warehouse, and the bound it never passes.
 //! - [`stream`]: the same on Kafka (`vigil process`): enrich in a consumer group, fold
 //!   every partition.
 //! - [`clickhouse_feed`]: the tasks that feed ClickHouse, from the embedded log or from
@@ -57,6 +61,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod providers;
 pub mod reputation;
+pub mod retention;
 pub mod shaping;
 pub mod state;
 pub mod stream;

@@ -49,11 +49,14 @@ pub struct ProcessorMetrics {
     pub alerts: Family<AlertLabels, Gauge>,
     /// Decisions and alert notices an outbox refused, waiting in memory to be recorded.
     pub unrecorded: Family<WhatLabel, Gauge>,
+    /// What retention deleted: `events`, `dead_letters`, `warehouse_days`.
+    pub retention_deleted: Family<WhatLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WhatLabel {
-    /// `decisions` or `alert_notices`.
+    /// `decisions` or `alert_notices` (unrecorded); `events`, `dead_letters` or
+    /// `warehouse_days` (retention).
     pub what: &'static str,
 }
 
@@ -85,6 +88,7 @@ impl Default for ProcessorMetrics {
             alerts_sent: Family::default(),
             alerts: Family::default(),
             unrecorded: Family::default(),
+            retention_deleted: Family::default(),
         }
     }
 }
@@ -103,6 +107,19 @@ pub fn register_pipeline(registry: &mut Registry) {
         "vigil_processor_batch_duration_seconds",
         "Seconds from reading a batch of the log to its state being folded",
         processor_metrics().batch_seconds.clone(),
+    );
+}
+
+/// Registers the retention counter (`vigil run`'s pipeline), every kind at 0 from the start.
+pub fn register_retention(registry: &mut Registry) {
+    let deleted = &processor_metrics().retention_deleted;
+    for what in ["events", "dead_letters", "warehouse_days"] {
+        let _ = deleted.get_or_create(&WhatLabel { what });
+    }
+    registry.register(
+        "vigil_retention_deleted",
+        "What retention deleted: events and dead letters of the log, days of the Parquet warehouse",
+        deleted.clone(),
     );
 }
 

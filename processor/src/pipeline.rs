@@ -113,6 +113,8 @@ pub struct PipelineConfig {
     pub state_dir: Option<PathBuf>,
     /// How often the derived state is snapshotted (when it changed).
     pub snapshot_interval: Duration,
+    /// What is deleted, and how often; `None` deletes nothing.
+    pub retention: Option<crate::retention::RetentionSettings>,
 }
 
 impl Default for PipelineConfig {
@@ -124,6 +126,7 @@ impl Default for PipelineConfig {
             compaction_interval: Duration::from_secs(10),
             state_dir: None,
             snapshot_interval: Duration::from_secs(60),
+            retention: None,
         }
     }
 }
@@ -336,6 +339,15 @@ impl Pipeline {
             None => DerivedState::new(),
         };
         let from = state.offset;
+        let first = self.log.first_offset()?;
+        if from < first {
+            tracing::warn!(
+                state_offset = from,
+                log_starts_at = first,
+                "the log's events before offset {first} were deleted by retention and no snapshot covers them: \
+                 the state is rebuilt from what the log keeps, without them"
+            );
+        }
         let mut unrecorded = Ok(());
         catch_up(&self.log, &self.enricher, &self.fold.load(), &mut state, committed, &mut |decisions| {
             // Recording is idempotent by decision id: what was recorded before is skipped.
@@ -354,6 +366,8 @@ impl Pipeline {
     pub async fn run(self, mut offset: u64, shutdown: CancellationToken) {
         let mut head = self.log.subscribe();
         let mut next_compaction = tokio::time::Instant::now() + self.config.compaction_interval;
+        let retention_every = self.config.retention.as_ref().map_or(Duration::from_secs(3600), |r| r.check_every);
+        let mut next_retention = tokio::time::Instant::now() + retention_every;
         let mut retry = vigil_log::backoff::Backoff::new(self.config.retry_backoff, Duration::from_secs(30));
         let mut next_snapshot = tokio::time::Instant::now() + self.config.snapshot_interval;
         let mut snapshot_offset = offset;
@@ -387,11 +401,26 @@ impl Pipeline {
                         self.compact().await;
                         next_compaction = tokio::time::Instant::now() + self.config.compaction_interval;
                     }
+                    // An idle pipeline still snapshots what it folded last, so a restart need
+                    // not replay it and retention may pass it.
+                    () = tokio::time::sleep_until(next_snapshot), if offset > snapshot_offset && !self.snapshots_held_back() => {
+                        self.snapshot().await;
+                        snapshot_offset = offset;
+                        next_snapshot = tokio::time::Instant::now() + self.config.snapshot_interval;
+                    }
+                    () = tokio::time::sleep_until(next_retention), if self.config.retention.is_some() => {
+                        self.retain().await;
+                        next_retention = tokio::time::Instant::now() + retention_every;
+                    }
                 }
             }
             if tokio::time::Instant::now() >= next_compaction {
                 self.compact().await;
                 next_compaction = tokio::time::Instant::now() + self.config.compaction_interval;
+            }
+            if tokio::time::Instant::now() >= next_retention {
+                self.retain().await;
+                next_retention = tokio::time::Instant::now() + retention_every;
             }
             if self.log.head() - offset < self.config.max_batch_events as u64 {
                 tokio::select! {
@@ -419,12 +448,38 @@ impl Pipeline {
     /// (the log still holds everything, so a missing snapshot only slows the next start).
     async fn snapshot(&self) {
         let Some(dir) = self.config.state_dir.clone() else { return };
-        let state = Arc::clone(&self.state);
-        let result = tokio::task::spawn_blocking(move || state.read().expect("state lock poisoned").save(&dir)).await;
+        let (state, log) = (Arc::clone(&self.state), self.log.clone());
+        let result = tokio::task::spawn_blocking(move || -> Result<(), PipelineError> {
+            let offset = {
+                let state = state.read().expect("state lock poisoned");
+                state.save(&dir)?;
+                state.offset
+            };
+            // Retention never deletes past the latest durable snapshot.
+            log.commit_offset(crate::retention::SNAPSHOT_CONSUMER, offset)?;
+            Ok(())
+        })
+        .await;
         match result {
             Ok(Ok(())) => tracing::debug!("derived state snapshotted"),
             Ok(Err(error)) => tracing::warn!(%error, "snapshot failed; will retry"),
             Err(error) => tracing::error!(%error, "snapshot task failed"),
+        }
+    }
+
+    /// Applies retention once (between batches, so it never races compaction).
+    async fn retain(&self) {
+        let Some(settings) = self.config.retention.clone() else { return };
+        let (log, writer, snapshots) = (self.log.clone(), Arc::clone(&self.writer), self.config.state_dir.is_some());
+        let pass = tokio::task::spawn_blocking(move || -> Result<_, crate::retention::RetentionError> {
+            let keep_from = crate::retention::keep_from(&log, snapshots)?;
+            crate::retention::apply(&log, &writer, &settings, chrono::Utc::now(), keep_from)
+        })
+        .await;
+        match pass {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "retention failed; will retry"),
+            Err(error) => tracing::error!(%error, "retention task failed"),
         }
     }
 

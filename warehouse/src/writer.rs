@@ -101,6 +101,35 @@ impl ParquetWriter {
         Ok(removed)
     }
 
+    /// Deletes every day before `first_kept` from every table (retention): the day's
+    /// directory goes whole, so a query over those days finds nothing instead of part of
+    /// them. Returns the days deleted.
+    ///
+    /// # Errors
+    /// When a directory cannot be listed or removed; the days already deleted stay deleted.
+    pub fn drop_days_before(&self, first_kept: chrono::NaiveDate) -> Result<Vec<chrono::NaiveDate>, WarehouseError> {
+        let mut dropped = std::collections::BTreeSet::new();
+        for table in Table::ALL {
+            let dir = table.dir(&self.root);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(WarehouseError::io(&dir)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(WarehouseError::io(&dir))?;
+                let date =
+                    entry.file_name().to_str().and_then(|n| n.strip_prefix("date=")).and_then(|d| d.parse().ok());
+                if let Some(date) = date.filter(|d: &chrono::NaiveDate| *d < first_kept) {
+                    let day = entry.path();
+                    std::fs::remove_dir_all(&day).map_err(WarehouseError::io(&day))?;
+                    dropped.insert(date);
+                }
+            }
+        }
+        Ok(dropped.into_iter().collect())
+    }
+
     /// Merges runs of small files into larger ones and deletes files merged away more than a
     /// grace period ago. Only committed files may be in the directory when this runs (call it
     /// after the consumer offset commit), so a merged file never mixes committed and
@@ -356,6 +385,27 @@ mod tests {
         let report = writer.compact().unwrap();
         assert_eq!(report.merged, 2, "events and rollup merged, old file included");
         assert_eq!(reader.search(&search).await.unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn days_before_the_retention_go_whole_from_every_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = ParquetWriter::open(dir.path()).unwrap();
+        let day = 86_400;
+        let batch: Vec<_> = (0..3).map(|d| (d as u64, event(EventKind::Delivered, d * day, "google"))).collect();
+        writer.write_batch(0, 3, &batch).unwrap();
+        let second_day = DateTime::from_timestamp(day, 0).unwrap().date_naive();
+        assert_eq!(
+            writer.drop_days_before(second_day).unwrap(),
+            [DateTime::from_timestamp(0, 0).unwrap().date_naive()]
+        );
+        for table in Table::ALL {
+            let days: Vec<_> = files::list_parts(dir.path(), table).unwrap().into_iter().map(|p| p.date).collect();
+            assert!(days.iter().all(|d| *d >= second_day) && days.len() == 2, "{table:?}: {days:?}");
+        }
+        let reader = Reader::new(dir.path());
+        assert_eq!(by_provider_and_kind(&reader, &grouped()).await, vec![("google".into(), "delivered".into(), 2)]);
+        assert!(writer.drop_days_before(second_day).unwrap().is_empty(), "nothing more to drop");
     }
 
     #[test]
