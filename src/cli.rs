@@ -247,6 +247,9 @@ pub struct RunArgs {
     /// `[retention]` of the configuration file.
     #[arg(skip)]
     pub retention: vigil_processor::retention::RetentionSettings,
+    /// `[privacy]` of the configuration file.
+    #[arg(skip)]
+    pub privacy: crate::config::PrivacySection,
 }
 
 /// The deprecated `--rules` of `vigil run` and `vigil classify`: its files, with a warning,
@@ -332,6 +335,7 @@ impl RunArgs {
         self.snapshot_seconds = config.processor.snapshot_seconds;
         self.complaint_join = config.processor.complaint_join;
         self.retention = config.retention;
+        self.privacy = config.privacy;
         Ok(self)
     }
 }

@@ -64,6 +64,59 @@ pub struct Config {
     /// the warehouse 400 days, dead letters 30 days).
     #[serde(default)]
     pub retention: vigil_processor::retention::RetentionSettings,
+    /// `[privacy]`: what is kept of recipients' addresses.
+    #[serde(default)]
+    pub privacy: PrivacySection,
+}
+
+/// `[privacy]`: `recipients = "keep" | "hash" | "domain"`; `hash` takes its key from
+/// `key_file` or the `VIGIL_PRIVACY_KEY` variable (never from the file itself, never logged).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacySection {
+    #[serde(default)]
+    pub recipients: RecipientMode,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientMode {
+    #[default]
+    Keep,
+    Hash,
+    Domain,
+}
+
+impl PrivacySection {
+    /// The mode with its key.
+    ///
+    /// # Errors
+    /// `hash` without a key, or with one too short to be a secret.
+    pub fn resolve(&self) -> anyhow::Result<vigil_log::privacy::RecipientPrivacy> {
+        use vigil_log::privacy::RecipientPrivacy;
+        Ok(match self.recipients {
+            RecipientMode::Keep => RecipientPrivacy::Keep,
+            RecipientMode::Domain => RecipientPrivacy::Domain,
+            RecipientMode::Hash => {
+                let key = match (&self.key_file, std::env::var("VIGIL_PRIVACY_KEY")) {
+                    (Some(path), _) => std::fs::read(path)
+                        .map_err(|e| anyhow::anyhow!("[privacy] key_file {}: {e}", path.display()))?,
+                    (None, Ok(key)) => key.into_bytes(),
+                    (None, Err(_)) => anyhow::bail!(
+                        "[privacy] recipients = \"hash\" needs a key: key_file, or the VIGIL_PRIVACY_KEY variable"
+                    ),
+                };
+                let key: Vec<u8> = key.trim_ascii().to_vec();
+                if key.len() < 16 {
+                    anyhow::bail!(
+                        "[privacy] the hash key must be at least 16 bytes (it is what keeps the pseudonyms secret)"
+                    );
+                }
+                RecipientPrivacy::Hash(key.into())
+            }
+        })
+    }
 }
 
 /// `[alerting]`.
@@ -106,6 +159,7 @@ impl Default for Config {
             suppressions: SuppressionsSection::default(),
             alerting: AlertingSection::default(),
             retention: vigil_processor::retention::RetentionSettings::default(),
+            privacy: PrivacySection::default(),
         }
     }
 }

@@ -23,6 +23,10 @@ pub fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let kafka = config.kafka(Role::Ingest)?.clone();
+    if config.privacy.recipients != crate::config::RecipientMode::Keep {
+        // File tails ship straight to the broker, past the buffer that would rewrite them.
+        anyhow::bail!("[privacy] recipients other than \"keep\" are applied by vigil run only so far");
+    }
     let buffer_dir = config.data_dir.join("buffer");
     let log = EventLog::open(&buffer_dir)
         .with_context(|| format!("opening the buffer in {}", buffer_dir.display()))?

@@ -37,7 +37,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     vigil_log::tls::init(args.ca_file.as_deref()).context("the TLS trust store (--ca-file, [tls] ca_file)")?;
     let log_dir = args.data_dir.join("log");
     let warehouse_dir = args.data_dir.join("warehouse");
-    let log = EventLog::open(&log_dir).with_context(|| format!("opening the log in {}", log_dir.display()))?;
+    let privacy = args.privacy.resolve()?;
+    if !privacy.is_keep() && !args.suppression_targets.is_empty() {
+        anyhow::bail!(
+            "[[suppressions.push]] needs [privacy] recipients = \"keep\": a marketing app cannot suppress a pseudonym or a domain"
+        );
+    }
+    tracing::info!(recipients = ?privacy, "recipient privacy");
+    let log = EventLog::open(&log_dir)
+        .with_context(|| format!("opening the log in {}", log_dir.display()))?
+        .with_privacy(privacy);
     let writer = ParquetWriter::open(&warehouse_dir)?;
 
     let classifier = build_classifier(&args.bounce_rules)?;

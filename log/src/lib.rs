@@ -11,6 +11,8 @@
 //!   retry delay of the project;
 //! - [`tls`]: the trust store of every outbound TLS connection;
 //! - [`metrics`]: the embedded log's commit counters;
+//! - [`privacy`]: what is kept of recipients' addresses (`keep`, `hash`, `domain`), applied
+//!   to every event and dead letter before it is written;
 //! - `codec`: how an event is stored (its JSON, compressed with a zstd dictionary trained on
 //!   the log's own first events, so a KumoMTA event takes a few hundred bytes on disk).
 //!
@@ -52,6 +54,7 @@ pub mod backoff;
 mod codec;
 pub mod kafka;
 pub mod metrics;
+pub mod privacy;
 pub mod tls;
 
 use std::path::Path;
@@ -171,6 +174,8 @@ pub struct EventLog {
     codec: Arc<codec::Codec>,
     /// The log's directory.
     path: Arc<Path>,
+    /// What this handle keeps of recipients' addresses.
+    privacy: privacy::RecipientPrivacy,
 }
 
 /// redb's page cache for the log. Its default (1 GiB) grows with what is written, and appends
@@ -216,9 +221,16 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(batch: &AppendBatch, codec: &codec::Codec) -> Self {
-        let json: Vec<Vec<u8>> =
-            batch.events.iter().map(|e| serde_json::to_vec(e).expect("DeliveryEvent always serialises")).collect();
+    fn new(batch: &AppendBatch, codec: &codec::Codec, privacy: &privacy::RecipientPrivacy) -> Self {
+        let redacted = |json: Vec<u8>| match privacy.apply(&json) {
+            std::borrow::Cow::Borrowed(_) => json,
+            std::borrow::Cow::Owned(rewritten) => rewritten,
+        };
+        let json: Vec<Vec<u8>> = batch
+            .events
+            .iter()
+            .map(|e| redacted(serde_json::to_vec(e).expect("DeliveryEvent always serialises")))
+            .collect();
         let new_dictionary = if codec.has_dictionary() {
             None
         } else {
@@ -235,7 +247,7 @@ impl Prepared {
             dead_letters: batch
                 .dead_letters
                 .iter()
-                .map(|d| serde_json::to_vec(d).expect("DeadLetter always serialises"))
+                .map(|d| redacted(serde_json::to_vec(d).expect("DeadLetter always serialises")))
                 .collect(),
             checkpoints: batch.checkpoints.clone(),
             new_dictionary,
@@ -305,7 +317,7 @@ impl EventLog {
             .name("vigil-log-commit".into())
             .spawn(move || commit_loop(&weak_db, &thread_head, &thread_codec, &requests))
             .map_err(|source| LogError::Open { path: dir.display().to_string(), source })?;
-        Ok(Self { db, head, limit: None, committer, codec, path: dir.into() })
+        Ok(Self { db, head, limit: None, committer, codec, path: dir.into(), privacy: privacy::RecipientPrivacy::Keep })
     }
 
     /// This log as a bounded buffer: appends fail with [`LogError::Full`] while `consumer` has
@@ -319,6 +331,14 @@ impl EventLog {
             dead_letter_consumer: dead_letter_consumer.into(),
             max_pending: max_pending.max(1),
         });
+        self
+    }
+
+    /// This log rewriting recipients' addresses as `privacy` says in everything appended
+    /// through it (and its clones), before anything is written.
+    #[must_use]
+    pub fn with_privacy(mut self, privacy: privacy::RecipientPrivacy) -> Self {
+        self.privacy = privacy;
         self
     }
 
@@ -394,7 +414,8 @@ impl EventLog {
     }
 
     fn enqueue(&self, batch: &AppendBatch, reply: Reply) -> Result<(), LogError> {
-        let request = Request { batch: Prepared::new(batch, &self.codec), limit: self.limit.clone(), reply };
+        let request =
+            Request { batch: Prepared::new(batch, &self.codec, &self.privacy), limit: self.limit.clone(), reply };
         self.committer.send(request).map_err(|_| LogError::Stopped)
     }
 
@@ -959,7 +980,7 @@ mod tests {
 
     /// `batches` committed as one group, as the committer does with batches queued together.
     fn append_as_one_group(log: &EventLog, batches: &[AppendBatch]) -> Vec<Result<AppendReceipt, LogError>> {
-        let prepared: Vec<Prepared> = batches.iter().map(|b| Prepared::new(b, &log.codec)).collect();
+        let prepared: Vec<Prepared> = batches.iter().map(|b| Prepared::new(b, &log.codec, &log.privacy)).collect();
         commit_group(&log.db, &prepared.iter().map(|b| (b, log.limit.as_ref())).collect::<Vec<_>>())
     }
 

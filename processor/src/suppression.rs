@@ -89,7 +89,10 @@ impl Suppressions {
     /// Adds the event's recipient when the event suppresses it. Returns true if it did.
     pub fn record(&mut self, event: &DeliveryEvent) -> bool {
         let Some((reason, class)) = reason_of(event) else { return false };
-        let Some(recipient) = event.recipient.as_deref().filter(|r| !r.is_empty()) else { return false };
+        // `@domain` is an address whose person was not kept ([privacy] recipients = "domain").
+        let Some(recipient) = event.recipient.as_deref().filter(|r| !r.is_empty() && !r.starts_with('@')) else {
+            return false;
+        };
         let key = recipient.to_ascii_lowercase();
         match self.by_recipient.get_mut(&key) {
             Some(entry) => {
