@@ -272,3 +272,71 @@ async fn concurrent_single_record_posts_are_durable_when_answered() {
         );
     }
 }
+
+/// A full disk under `vigil run`: ingest answers 503 with `Retry-After` while the log cannot
+/// write, a restart in that state comes up, and once there is room again ingest resumes by
+/// itself with every acknowledged record stored once. Mounts a tmpfs (the test script runs
+/// as root); elsewhere it says so and checks nothing.
+#[tokio::test]
+async fn a_full_disk_answers_503_and_recovers_with_nothing_acknowledged_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"]).arg(dir.path()).status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let mount = Unmount(dir.path().to_owned());
+    let data = mount.0.join("data");
+    let template = example_records()[1].clone();
+    // Records that do not compress: each carries bytes of its own.
+    let batch = |b: usize| {
+        let records: Vec<String> = (0..50)
+            .map(|i| {
+                let n = (b * 50 + i) as u64;
+                let blob: String =
+                    (0..200).map(|k| format!("{:x}", (n * 2_654_435_761 + k * 40_503) % 65_521)).collect();
+                template
+                    .replace("1d98076abbbc11ed940250ebf67f93bd", &format!("{n:032x}"))
+                    .replace("\"meta\":{}", &format!("\"meta\":{{\"blob\":\"{blob}\"}}"))
+            })
+            .collect();
+        format!("[{}]", records.join(","))
+    };
+    let vigil = Vigil::start(&data, &[]).await;
+    let mut acknowledged = Vec::new();
+    let mut refusal = None;
+    for b in 0..400 {
+        let response = vigil.http.post(vigil.url("/ingest/kumomta")).body(batch(b)).send().await.unwrap();
+        if response.status() == 503 {
+            refusal = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        acknowledged.push(batch(b));
+    }
+    let refusal = refusal.expect("the 6 MB file system filled up");
+    assert!(refusal.headers().contains_key("retry-after"));
+    assert!(!acknowledged.is_empty());
+    vigil.kill9();
+
+    // A restart while the disk is still full comes up (and still refuses what it cannot keep).
+    let vigil = Vigil::start(&data, &[]).await;
+    let grown = std::process::Command::new("mount").args(["-o", "remount,size=256m"]).arg(&mount.0).status().unwrap();
+    assert!(grown.success());
+    common::eventually("ingest to resume once there is room", std::time::Duration::from_secs(60), || async {
+        vigil.post("/ingest/kumomta", batch(1_000)).await.0 == 200
+    })
+    .await;
+    for body in &acknowledged {
+        let (status, answer) = vigil.post("/ingest/kumomta", body.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["duplicates"], 50, "every acknowledged record was kept: {answer}");
+    }
+}

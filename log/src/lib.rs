@@ -57,7 +57,7 @@ pub mod metrics;
 pub mod privacy;
 pub mod tls;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -98,6 +98,9 @@ pub enum LogError {
     /// A stored record does not decompress: a damaged file, or a dictionary missing from it.
     #[error("log record at offset {offset} does not decompress: {reason}")]
     Compressed { offset: u64, reason: String },
+    /// The log is being reopened after a failed write (a full disk); retry shortly.
+    #[error("the log is reopening after a failed write (a full disk?); retry later")]
+    Reopening,
     /// The log's committer thread is gone (the process is stopping, or it panicked): nothing
     /// of the batch was written.
     #[error("the log's committer has stopped")]
@@ -163,7 +166,7 @@ impl AppendBatch {
 /// The embedded, crash-safe log. Cheap to clone; all clones share one database.
 #[derive(Debug, Clone)]
 pub struct EventLog {
-    db: Arc<Database>,
+    db: Arc<Store>,
     head: Arc<watch::Sender<u64>>,
     limit: Option<Limit>,
     /// The queue of the committer thread, which writes every batch waiting at that moment in
@@ -176,6 +179,75 @@ pub struct EventLog {
     path: Arc<Path>,
     /// What this handle keeps of recipients' addresses.
     privacy: privacy::RecipientPrivacy,
+}
+
+/// The database, closed and opened again when a failed write (a full disk) left redb
+/// refusing every later write ("previous I/O error") until it is reopened.
+#[derive(Debug)]
+struct Store {
+    db: std::sync::RwLock<Option<Database>>,
+    file: PathBuf,
+    /// When a reopen was last tried: a disk that stays full is tried once a second.
+    last_reopen: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// The open database, for one call.
+struct Db<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for Db<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("a Db is made only over an open database")
+    }
+}
+
+impl Store {
+    fn create(file: &Path) -> Result<Database, LogError> {
+        Database::builder().set_cache_size(LOG_CACHE_BYTES).create(file).map_err(storage)
+    }
+
+    /// The database; when a reopen left it closed, another is tried first (if one is due).
+    fn db(&self) -> Result<Db<'_>, LogError> {
+        {
+            let guard = self.db.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if guard.is_some() {
+                return Ok(Db(guard));
+            }
+        }
+        self.reopen()?;
+        let guard = self.db.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_some() { Ok(Db(guard)) } else { Err(LogError::Reopening) }
+    }
+
+    /// After `error`: reopens the database when the error left it refusing writes.
+    fn recover_from(&self, error: &LogError) {
+        if let LogError::Storage(redb::Error::PreviousIo | redb::Error::Io(_)) = error {
+            metrics::log_metrics().write_failures.inc();
+            match self.reopen() {
+                Ok(()) => {
+                    tracing::warn!(%error, "the log failed to write (a full disk?) and was reopened; nothing acknowledged is lost")
+                }
+                Err(reopen) => {
+                    tracing::error!(%error, %reopen, "the log cannot write (a full disk?): ingest answers 503 and tails wait until it can")
+                }
+            }
+        }
+    }
+
+    /// Closes the database and opens it again, at most once a second.
+    fn reopen(&self) -> Result<(), LogError> {
+        {
+            let mut last = self.last_reopen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
+                return Err(LogError::Reopening);
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let mut guard = self.db.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        guard.take();
+        *guard = Some(Self::create(&self.file)?);
+        Ok(())
+    }
 }
 
 /// redb's page cache for the log. Its default (1 GiB) grows with what is written, and appends
@@ -286,7 +358,7 @@ impl EventLog {
     /// process holds it).
     pub fn open(dir: &Path) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(|source| LogError::Open { path: dir.display().to_string(), source })?;
-        let db = Database::builder().set_cache_size(LOG_CACHE_BYTES).create(dir.join("log.redb")).map_err(storage)?;
+        let db = Store::create(&dir.join("log.redb"))?;
         // Create every table up front so readers never meet a missing one.
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(EVENTS).map_err(storage)?;
@@ -307,7 +379,11 @@ impl EventLog {
             let txn = db.begin_read().map_err(storage)?;
             Arc::new(codec::Codec::load(&txn.open_table(codec::DICTIONARIES).map_err(storage)?).map_err(storage)?)
         };
-        let db = Arc::new(db);
+        let db = Arc::new(Store {
+            db: std::sync::RwLock::new(Some(db)),
+            file: dir.join("log.redb"),
+            last_reopen: std::sync::Mutex::new(None),
+        });
         let head = Arc::new(watch::Sender::new(head));
         let (committer, requests) = std::sync::mpsc::channel();
         // The thread holds the database weakly: dropping the last handle closes it at once,
@@ -351,7 +427,15 @@ impl EventLog {
     /// # Errors
     /// On storage failure; then nothing was deleted.
     pub fn truncate_before(&self, offset: u64, dead_letter_seq: u64) -> Result<(), LogError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let truncated = self.truncate(offset, dead_letter_seq);
+        if let Err(error) = &truncated {
+            self.db.recover_from(error);
+        }
+        truncated
+    }
+
+    fn truncate(&self, offset: u64, dead_letter_seq: u64) -> Result<(), LogError> {
+        let txn = self.db.db()?.begin_write().map_err(storage)?;
         {
             let mut low = txn.open_table(LOW_WATER).map_err(storage)?;
             let mut events = txn.open_table(EVENTS).map_err(storage)?;
@@ -425,7 +509,7 @@ impl EventLog {
     /// # Errors
     /// On storage failure.
     pub fn first_offset(&self) -> Result<u64, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.db()?.begin_read().map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
         let low = txn.open_table(LOW_WATER).map_err(storage)?;
         match events.first().map_err(storage)? {
@@ -452,7 +536,7 @@ impl EventLog {
     /// On storage failure or an undecodable record.
     pub fn first_dead_letter_since(&self, since: chrono::DateTime<chrono::Utc>) -> Result<u64, LogError> {
         let first = {
-            let txn = self.db.begin_read().map_err(storage)?;
+            let txn = self.db.db()?.begin_read().map_err(storage)?;
             let dead = txn.open_table(DEAD_LETTERS).map_err(storage)?;
             dead.first().map_err(storage)?.map(|(k, _)| k.value())
         };
@@ -466,7 +550,7 @@ impl EventLog {
     /// # Errors
     /// On storage failure.
     pub fn consumer_offsets(&self) -> Result<Vec<(String, u64)>, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.db()?.begin_read().map_err(storage)?;
         let offsets = txn.open_table(CONSUMER_OFFSETS).map_err(storage)?;
         let mut out = Vec::new();
         for entry in offsets.iter().map_err(storage)? {
@@ -525,7 +609,7 @@ impl EventLog {
         max: usize,
         mut decode: impl FnMut(&[u8]) -> Result<DeliveryEvent, serde_json::Error>,
     ) -> Result<Vec<(u64, DeliveryEvent)>, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.db()?.begin_read().map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
         let mut out = Vec::with_capacity(max.min(4096));
         let mut buf = Vec::new();
@@ -545,7 +629,7 @@ impl EventLog {
     /// # Errors
     /// On storage failure.
     pub fn read_raw(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.db()?.begin_read().map_err(storage)?;
         let events = txn.open_table(EVENTS).map_err(storage)?;
         let mut out = Vec::with_capacity(max.min(4096));
         let mut buf = Vec::new();
@@ -566,7 +650,7 @@ impl EventLog {
     /// # Errors
     /// On storage failure.
     pub fn committed_offset(&self, consumer: &str) -> Result<u64, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.db()?.begin_read().map_err(storage)?;
         let offsets = txn.open_table(CONSUMER_OFFSETS).map_err(storage)?;
         Ok(offsets.get(consumer).map_err(storage)?.map_or(0, |v| v.value()))
     }
@@ -576,9 +660,15 @@ impl EventLog {
     /// # Errors
     /// On storage failure; the previous offset then still stands.
     pub fn commit_offset(&self, consumer: &str, next_offset: u64) -> Result<(), LogError> {
-        let txn = self.db.begin_write().map_err(storage)?;
-        txn.open_table(CONSUMER_OFFSETS).map_err(storage)?.insert(consumer, next_offset).map_err(storage)?;
-        txn.commit().map_err(storage)
+        let committed = (|| {
+            let txn = self.db.db()?.begin_write().map_err(storage)?;
+            txn.open_table(CONSUMER_OFFSETS).map_err(storage)?.insert(consumer, next_offset).map_err(storage)?;
+            txn.commit().map_err(storage)
+        })();
+        if let Err(error) = &committed {
+            self.db.recover_from(error);
+        }
+        committed
     }
 
     /// The checkpoint last stored under `key`, if any.
@@ -586,7 +676,7 @@ impl EventLog {
     /// # Errors
     /// On storage failure.
     pub fn checkpoint(&self, key: &str) -> Result<Option<Vec<u8>>, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.db()?.begin_read().map_err(storage)?;
         let checkpoints = txn.open_table(CHECKPOINTS).map_err(storage)?;
         Ok(checkpoints.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
     }
@@ -596,7 +686,7 @@ impl EventLog {
     /// # Errors
     /// On storage failure or an undecodable record.
     pub fn dead_letters(&self, from: u64, max: usize) -> Result<Vec<(u64, DeadLetter)>, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.db()?.begin_read().map_err(storage)?;
         let dead = txn.open_table(DEAD_LETTERS).map_err(storage)?;
         let mut out = Vec::new();
         for entry in dead.range(from..).map_err(storage)?.take(max) {
@@ -614,7 +704,7 @@ impl EventLog {
     /// # Errors
     /// On storage failure.
     pub fn dead_letter_count(&self) -> Result<u64, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.db()?.begin_read().map_err(storage)?;
         txn.open_table(DEAD_LETTERS).map_err(storage)?.len().map_err(storage)
     }
 
@@ -623,7 +713,7 @@ impl EventLog {
     /// # Errors
     /// On storage failure.
     pub fn dead_letter_head(&self) -> Result<u64, LogError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db.db()?.begin_read().map_err(storage)?;
         let low = txn.open_table(LOW_WATER).map_err(storage)?;
         next_key(&txn.open_table(DEAD_LETTERS).map_err(storage)?, &low, "dead_letters")
     }
@@ -632,7 +722,7 @@ impl EventLog {
 /// The committer thread: takes the first waiting batch and every batch queued behind it (up
 /// to [`MAX_GROUP_EVENTS`]), commits them together, moves the head, then answers each caller.
 fn commit_loop(
-    db: &std::sync::Weak<Database>,
+    db: &std::sync::Weak<Store>,
     head: &watch::Sender<u64>,
     codec: &Arc<codec::Codec>,
     requests: &std::sync::mpsc::Receiver<Request>,
@@ -647,7 +737,17 @@ fn commit_loop(
             group.push(next);
         }
         let results = match db.upgrade() {
-            Some(db) => commit_group(&db, &group.iter().map(|r| (&r.batch, r.limit.as_ref())).collect::<Vec<_>>()),
+            Some(store) => {
+                let batches: Vec<_> = group.iter().map(|r| (&r.batch, r.limit.as_ref())).collect();
+                let results = match store.db() {
+                    Ok(db) => commit_group(&db, &batches),
+                    Err(_) => batches.iter().map(|_| Err(LogError::Reopening)).collect(),
+                };
+                if let Some(Err(error)) = results.iter().find(|r| r.is_err()) {
+                    store.recover_from(error);
+                }
+                results
+            }
             None => group.iter().map(|_| Err(LogError::Stopped)).collect(),
         };
         for (request, result) in group.iter().zip(&results) {
@@ -671,9 +771,10 @@ fn commit_loop(
 /// Trains the log's dictionary on its latest events, beside the committer (training takes a
 /// fraction of a second that appends should not wait for). Until it is stored, events are
 /// stored uncompressed; if it fails, they stay so (logged) until the process restarts.
-fn train_in_background(db: std::sync::Weak<Database>, codec: Arc<codec::Codec>) {
+fn train_in_background(store: std::sync::Weak<Store>, codec: Arc<codec::Codec>) {
     let spawned = std::thread::Builder::new().name("vigil-log-train".into()).spawn(move || {
-        let Some(db) = db.upgrade() else { return };
+        let Some(store) = store.upgrade() else { return };
+        let Ok(db) = store.db() else { return };
         let trained = codec::samples(&db, EVENTS).and_then(|samples| codec.train_and_store(&db, &samples));
         match trained {
             Ok(id) => tracing::info!(dictionary = id, "log dictionary trained: new events are stored compressed"),
@@ -974,14 +1075,14 @@ mod tests {
         assert_eq!((receipt.appended, receipt.duplicates, receipt.head), (1, 1, 5));
         assert_eq!(log.read(0, 10).unwrap()[0].0, 2);
         log.truncate_before(5, 1).unwrap();
-        let txn = log.db.begin_read().unwrap();
+        let txn = log.db.db().unwrap().begin_read().unwrap();
         assert_eq!(txn.open_table(EVENT_IDS).unwrap().len().unwrap(), 0, "the index holds nothing truncated");
     }
 
     /// `batches` committed as one group, as the committer does with batches queued together.
     fn append_as_one_group(log: &EventLog, batches: &[AppendBatch]) -> Vec<Result<AppendReceipt, LogError>> {
         let prepared: Vec<Prepared> = batches.iter().map(|b| Prepared::new(b, &log.codec, &log.privacy)).collect();
-        commit_group(&log.db, &prepared.iter().map(|b| (b, log.limit.as_ref())).collect::<Vec<_>>())
+        commit_group(&log.db.db().unwrap(), &prepared.iter().map(|b| (b, log.limit.as_ref())).collect::<Vec<_>>())
     }
 
     #[test]
@@ -1064,7 +1165,7 @@ mod tests {
     }
 
     fn stored_value(log: &EventLog, offset: u64) -> Vec<u8> {
-        let txn = log.db.begin_read().unwrap();
+        let txn = log.db.db().unwrap().begin_read().unwrap();
         txn.open_table(EVENTS).unwrap().get(offset).unwrap().unwrap().value().to_vec()
     }
 

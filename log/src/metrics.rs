@@ -15,6 +15,8 @@ pub struct LogMetrics {
     pub commits: Counter,
     /// Appended batches per commit.
     pub group_batches: Histogram,
+    /// Writes that failed on storage (a full disk, an I/O error); the log is reopened after each.
+    pub write_failures: Counter,
 }
 
 /// This process's log counters.
@@ -22,6 +24,7 @@ pub fn log_metrics() -> &'static LogMetrics {
     static METRICS: LazyLock<LogMetrics> = LazyLock::new(|| LogMetrics {
         commits: Counter::default(),
         group_batches: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
+        write_failures: Counter::default(),
     });
     &METRICS
 }
@@ -38,5 +41,10 @@ pub fn register(registry: &mut Registry) {
         "vigil_log_group_batches",
         "Appended batches written together by one commit (group commit)",
         metrics.group_batches.clone(),
+    );
+    registry.register(
+        "vigil_log_write_failures",
+        "Log writes that failed on storage (a full disk, an I/O error); ingest answers 503 meanwhile",
+        metrics.write_failures.clone(),
     );
 }
