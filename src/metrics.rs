@@ -39,12 +39,12 @@ fn registry(role: Role) -> (Registry, Offsets) {
             offsets.committed.clone(),
         );
         vigil_processor::metrics::register_pipeline(&mut registry);
-        vigil_processor::metrics::register_retention(&mut registry);
     }
     if role == Role::Process {
         vigil_processor::stream::register_metrics(&mut registry);
     }
     if matches!(role, Role::Run | Role::Process) {
+        vigil_processor::metrics::register_retention(&mut registry);
         vigil_processor::metrics::register_unrecorded(&mut registry);
         vigil_processor::metrics::register_outbox(&mut registry);
         vigil_processor::metrics::register_complaints(&mut registry);

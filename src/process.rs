@@ -137,6 +137,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tasks.spawn(async move { run_enrich(kafka, enricher, join, stop).await.context("enrich stage") });
     }
     if let Some(clickhouse) = config.clickhouse.clone() {
+        let retention =
+            vigil_processor::retention::clickhouse_loop(clickhouse.clone(), config.retention.clone(), shutdown.clone());
+        tasks.spawn(retention.map_ok());
         let sink = vigil_processor::clickhouse_feed::feed_from_kafka(
             kafka.clone(),
             clickhouse,

@@ -182,6 +182,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         let pusher = vigil_processor::actuation::push::spawn_clickhouse(&outbox, config, &shutdown)?;
         tasks.spawn(async move { pusher.await.context("decision pusher (ClickHouse)") });
     }
+    if let Some(config) = &clickhouse {
+        let retention =
+            vigil_processor::retention::clickhouse_loop(config.clone(), args.retention.clone(), shutdown.clone());
+        tasks.spawn(retention.map_ok());
+    }
     if let Some(config) = clickhouse {
         let sink = vigil_processor::clickhouse_feed::feed_from_log(
             log.clone(),

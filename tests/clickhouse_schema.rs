@@ -244,3 +244,48 @@ fn a_replay_into_clickhouse_counts_nothing_twice_even_after_a_batch_cut_short() 
     assert_eq!(replayed, expected, "replays and a batch cut short leave every answer unchanged");
     assert!(expected[1].lines().count() > 10, "the data spans minutes and kinds:\n{}", expected[1]);
 }
+
+/// Retention on ClickHouse 18.16 (no table TTL there): the partitions whose days are all before
+/// the first kept day go, from the raw events and every rollup; later days, and the sink's
+/// record of what it stored, stay.
+#[test]
+fn retention_drops_old_partitions_from_every_table_and_keeps_the_rest() {
+    use vigil_warehouse::clickhouse::{ClickHouseConfig, ClickHouseWriter, drop_partitions_before};
+
+    let server = ClickHouse::start();
+    assert!(migrate(&server.url, "retained").0);
+    let config = ClickHouseConfig { database: "retained".into(), ..ClickHouseConfig::new(&server.url) };
+    // Events of late 2025, 200 of them moved forty days on (into January 2026).
+    let mut all = events(500);
+    for event in &mut all[300..] {
+        event.occurred_at += chrono::TimeDelta::days(40);
+    }
+    let first_kept = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+    let kept = all.iter().filter(|e| e.occurred_at.date_naive() >= first_kept).count();
+    assert!(kept > 50 && kept < 500, "{kept}");
+    let logged: Vec<(u64, &vigil_schemas::DeliveryEvent)> = (0..).zip(&all).collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dropped = runtime.block_on(async {
+        let mut sink = ClickHouseWriter::open(&config, 0).await.unwrap();
+        sink.write_batch(&logged).await.unwrap();
+        drop_partitions_before(&config, first_kept).await.unwrap()
+    });
+    let mut tables: Vec<&str> = dropped.iter().map(|d| d.table.as_str()).collect();
+    tables.sort_unstable();
+    tables.dedup();
+    assert_eq!(tables, ["events", "events_per_day", "events_per_hour", "events_per_minute"], "{dropped:?}");
+    for query in [
+        "SELECT count() FROM retained.events FINAL FORMAT TSV",
+        "SELECT sum(events) FROM retained.events_per_minute FORMAT TSV",
+        "SELECT sum(events) FROM retained.events_per_day FORMAT TSV",
+    ] {
+        assert_eq!(server.query(query), format!("{kept}\n"), "{query}");
+    }
+    assert_eq!(
+        server.query("SELECT sum(events) FROM retained.sink_batches FORMAT TSV"),
+        "500\n",
+        "the sink's record stays"
+    );
+    let again = runtime.block_on(drop_partitions_before(&config, first_kept));
+    assert!(again.unwrap().is_empty(), "nothing more to drop");
+}

@@ -113,7 +113,7 @@ pub fn register_pipeline(registry: &mut Registry) {
 /// Registers the retention counter (`vigil run`'s pipeline), every kind at 0 from the start.
 pub fn register_retention(registry: &mut Registry) {
     let deleted = &processor_metrics().retention_deleted;
-    for what in ["events", "dead_letters", "warehouse_days"] {
+    for what in ["events", "dead_letters", "warehouse_days", "clickhouse_partitions"] {
         let _ = deleted.get_or_create(&WhatLabel { what });
     }
     registry.register(

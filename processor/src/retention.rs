@@ -1,5 +1,6 @@
 //! Retention for `vigil run` (`[retention]` of the configuration): the log of record by age
-//! and by size, its dead letters by age, the Parquet warehouse by day.
+//! and by size, its dead letters by age, the Parquet warehouse by day; and ClickHouse's
+//! partitions by day or month, wherever a role feeds ClickHouse ([`clickhouse_loop`]).
 //!
 //! Deleting from the log never passes what the derived state's latest durable snapshot and
 //! every consumer of the log have taken (the warehouse writer and any other cursor), so a
@@ -229,6 +230,34 @@ pub fn apply(
         );
     }
     Ok(retained)
+}
+
+/// Retention in ClickHouse until `shutdown`: every `check_every`, the partitions older than
+/// `warehouse` are dropped (ClickHouse 18.16 has no TTL; see
+/// [`vigil_warehouse::clickhouse::drop_partitions_before`]). A failure is logged and tried at
+/// the next check.
+pub async fn clickhouse_loop(
+    config: vigil_warehouse::clickhouse::ClickHouseConfig,
+    settings: RetentionSettings,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let Some(age) = settings.warehouse else { return };
+    loop {
+        let first_kept = (Utc::now() - age).date_naive();
+        match vigil_warehouse::clickhouse::drop_partitions_before(&config, first_kept).await {
+            Ok(dropped) => {
+                crate::metrics::processor_metrics()
+                    .retention_deleted
+                    .get_or_create(&crate::metrics::WhatLabel { what: "clickhouse_partitions" })
+                    .inc_by(dropped.len() as u64);
+            }
+            Err(error) => tracing::warn!(%error, "ClickHouse retention failed; will retry"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(settings.check_every) => {}
+        }
+    }
 }
 
 #[cfg(test)]

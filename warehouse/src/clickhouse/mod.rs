@@ -202,6 +202,73 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<Vec<Applied>, ClickHou
     Ok(applied)
 }
 
+/// A partition [`drop_partitions_before`] dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedPartition {
+    pub table: String,
+    /// `YYYYMMDD` (the raw events) or `YYYYMM` (the rollups, the decisions).
+    pub partition: String,
+}
+
+/// Retention in ClickHouse: drops every partition of Vigil's tables whose days all fall
+/// before `first_kept` (a day of `events`; a month of the rollups and decisions, once the
+/// whole month is past). ClickHouse 18.16 has no table TTL, but drops a partition in one
+/// cheap step, and every Vigil table is partitioned by time; tables without a time partition
+/// (`sink_batches`, `schema_migrations`) are never touched.
+///
+/// # Errors
+/// When ClickHouse cannot be reached or refuses a drop; the partitions dropped before stay
+/// dropped.
+pub async fn drop_partitions_before(
+    config: &ClickHouseConfig,
+    first_kept: chrono::NaiveDate,
+) -> Result<Vec<DroppedPartition>, ClickHouseError> {
+    #[derive(clickhouse::Row, Deserialize)]
+    struct Part {
+        table: String,
+        partition: String,
+    }
+    let database = config.valid_database()?;
+    let client = config.client()?;
+    let parts = client
+        .query("SELECT table, partition FROM system.parts WHERE database = ? AND active GROUP BY table, partition")
+        .bind(database)
+        .fetch_all::<Part>()
+        .await
+        .map_err(ClickHouseError::at(&config.url))?;
+    let mut dropped = Vec::new();
+    for Part { table, partition } in parts {
+        let plain = |name: &str| name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !plain(&table) || !partition_is_before(&partition, first_kept) {
+            continue;
+        }
+        client
+            .query(&format!("ALTER TABLE {database}.{table} DROP PARTITION {partition}"))
+            .execute()
+            .await
+            .map_err(ClickHouseError::at(&config.url))?;
+        tracing::info!(table, partition, "ClickHouse partition dropped by retention");
+        dropped.push(DroppedPartition { table, partition });
+    }
+    Ok(dropped)
+}
+
+/// Whether a time partition (`YYYYMMDD` or `YYYYMM`) lies wholly before `first_kept`.
+fn partition_is_before(partition: &str, first_kept: chrono::NaiveDate) -> bool {
+    use chrono::NaiveDate;
+    if !partition.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    match partition.len() {
+        8 => NaiveDate::parse_from_str(partition, "%Y%m%d").is_ok_and(|day| day < first_kept),
+        6 => NaiveDate::parse_from_str(&format!("{partition}01"), "%Y%m%d")
+            .ok()
+            .and_then(|month| month.checked_add_months(chrono::Months::new(1)))
+            .is_some_and(|next_month| next_month <= first_kept),
+        _ => false,
+    }
+}
+
 /// `(table, column)` of an `ALTER TABLE <table> ADD COLUMN <column> ...` statement.
 fn added_column(statement: &str) -> Option<(&str, &str)> {
     let words: Vec<&str> = statement.split_whitespace().take(6).collect();
@@ -255,6 +322,17 @@ fn connector() -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::conne
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_goes_only_when_all_its_days_are_past() {
+        let first_kept = chrono::NaiveDate::from_ymd_opt(2026, 3, 15).unwrap();
+        assert!(partition_is_before("20260314", first_kept));
+        assert!(!partition_is_before("20260315", first_kept));
+        assert!(partition_is_before("202602", first_kept), "February is wholly past");
+        assert!(!partition_is_before("202603", first_kept), "March still has kept days");
+        assert!(!partition_is_before("tuple()", first_kept));
+        assert!(!partition_is_before("2026", first_kept));
+    }
 
     #[test]
     fn migration_files_split_into_statements_without_comments() {
