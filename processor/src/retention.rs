@@ -243,6 +243,11 @@ pub async fn clickhouse_loop(
 ) {
     let Some(age) = settings.warehouse else { return };
     loop {
+        // As the pipeline's retention: the first pass one interval after the start.
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(settings.check_every) => {}
+        }
         let first_kept = (Utc::now() - age).date_naive();
         match vigil_warehouse::clickhouse::drop_partitions_before(&config, first_kept).await {
             Ok(dropped) => {
@@ -252,10 +257,6 @@ pub async fn clickhouse_loop(
                     .inc_by(dropped.len() as u64);
             }
             Err(error) => tracing::warn!(%error, "ClickHouse retention failed; will retry"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(settings.check_every) => {}
         }
     }
 }
