@@ -11,7 +11,8 @@
 //!
 //! Accepted records per second are the 200 answers over the run's length; each run's log head
 //! is checked to hold at least that many events, and its mean group (batches per commit) is
-//! read from `/metrics`. `cargo test --all-targets` runs this without `--bench`: then it only
+//! read from `/metrics`; after the run, the bytes of its `log/` directory over its events (a
+//! log of single-record commits, the compact log's hardest case). `cargo test --all-targets` runs this without `--bench`: then it only
 //! posts a few hundred records from concurrent tasks and checks each is stored once.
 
 #![allow(clippy::unwrap_used)]
@@ -94,11 +95,14 @@ struct Level {
     refused: u64,
     mean_group: f64,
     p99_ms: f64,
+    /// Bytes of the run's `log/` directory over the events it holds.
+    log_bytes_per_event: f64,
 }
 
 /// One wrk run at `connections` against a fresh `vigil run`.
 fn run_level(dir: &Path, script: &Path, connections: usize) -> Level {
-    let vigil = start(&dir.join(format!("data-{connections}")));
+    let data = dir.join(format!("data-{connections}"));
+    let vigil = start(&data);
     let output = Command::new("wrk")
         .arg(format!("-t{}", connections.min(2)))
         .arg(format!("-c{connections}"))
@@ -149,7 +153,17 @@ fn run_level(dir: &Path, script: &Path, connections: usize) -> Level {
     assert!(head >= accepted, "every 200 is in the log: head {head} < accepted {accepted}");
     let mean_group =
         metric(&vigil.base, "vigil_log_group_batches_sum") / metric(&vigil.base, "vigil_log_group_batches_count");
-    Level { connections, accepted_per_s: accepted / seconds, refused: refused as u64, mean_group, p99_ms }
+    drop(vigil);
+    let log_bytes: u64 =
+        std::fs::read_dir(data.join("log")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    Level {
+        connections,
+        accepted_per_s: accepted / seconds,
+        refused: refused as u64,
+        mean_group,
+        p99_ms,
+        log_bytes_per_event: log_bytes as f64 / head,
+    }
 }
 
 /// Without `--bench`: concurrent single-record posts through reqwest, each stored once.
@@ -207,6 +221,7 @@ fn main() {
             "refused": l.refused,
             "mean_group": l.mean_group,
             "p99_ms": l.p99_ms,
+            "log_bytes_per_event": l.log_bytes_per_event,
         })).collect::<Vec<_>>(),
         "commit": std::env::var("VIGIL_BENCH_COMMIT").unwrap_or_default(),
         "date": chrono::Utc::now().format("%Y-%m-%d").to_string(),

@@ -66,8 +66,24 @@ use vigil_schemas::{DeadLetter, DeliveryEvent};
 
 /// offset -> serialised DeliveryEvent (JSON).
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-/// event_id -> offset: the dedupe index.
-const EVENT_IDS: TableDefinition<&str, u64> = TableDefinition::new("event_ids");
+/// The event id's index key ([`index_key`]) -> offset: the dedupe index.
+const EVENT_KEYS: TableDefinition<u128, u64> = TableDefinition::new("event_keys");
+/// event_id -> offset, as logs before 16-byte keys kept it: moved into [`EVENT_KEYS`] on open.
+const LEGACY_EVENT_IDS: TableDefinition<&str, u64> = TableDefinition::new("event_ids");
+
+/// An event id as the dedupe index keys it: 16 bytes, fixed width. Vigil's ids are 32 hex
+/// digits (128 bits of a hash), taken as they are; any other id is hashed (SHA-256, first
+/// 16 bytes). Half the bytes of the id as text, and no length per entry.
+fn index_key(event_id: &str) -> u128 {
+    if event_id.len() == 32
+        && let Ok(key) = u128::from_str_radix(event_id, 16)
+    {
+        return key;
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(event_id.as_bytes());
+    u128::from_be_bytes(digest[..16].try_into().expect("16 of 32 bytes"))
+}
 /// consumer name -> next offset it will read.
 const CONSUMER_OFFSETS: TableDefinition<&str, u64> = TableDefinition::new("consumer_offsets");
 /// source key (e.g. a tailed file) -> opaque checkpoint bytes.
@@ -362,13 +378,14 @@ impl EventLog {
         // Create every table up front so readers never meet a missing one.
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(EVENTS).map_err(storage)?;
-        txn.open_table(EVENT_IDS).map_err(storage)?;
+        txn.open_table(EVENT_KEYS).map_err(storage)?;
         txn.open_table(CONSUMER_OFFSETS).map_err(storage)?;
         txn.open_table(CHECKPOINTS).map_err(storage)?;
         txn.open_table(DEAD_LETTERS).map_err(storage)?;
         txn.open_table(LOW_WATER).map_err(storage)?;
         txn.open_table(codec::DICTIONARIES).map_err(storage)?;
         txn.commit().map_err(storage)?;
+        move_legacy_index(&db)?;
         let head = {
             let txn = db.begin_read().map_err(storage)?;
             let events = txn.open_table(EVENTS).map_err(storage)?;
@@ -453,9 +470,9 @@ impl EventLog {
                     false
                 })
                 .map_err(storage)?;
-            let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
+            let mut ids = txn.open_table(EVENT_KEYS).map_err(storage)?;
             for id in &shipped_ids {
-                ids.remove(id.as_str()).map_err(storage)?;
+                ids.remove(index_key(id)).map_err(storage)?;
             }
             let mut dead = txn.open_table(DEAD_LETTERS).map_err(storage)?;
             let seq = dead_letter_seq.min(next_key(&dead, &low, "dead_letters")?);
@@ -823,7 +840,7 @@ fn write(txn: &redb::WriteTransaction, batch: &Prepared, limit: Option<&Limit>) 
     let mut receipt = AppendReceipt::default();
     let low = txn.open_table(LOW_WATER).map_err(storage)?;
     let mut events = txn.open_table(EVENTS).map_err(storage)?;
-    let mut ids = txn.open_table(EVENT_IDS).map_err(storage)?;
+    let mut ids = txn.open_table(EVENT_KEYS).map_err(storage)?;
     let mut offset = next_key(&events, &low, "events")?;
     if let Some(limit) = limit {
         let offsets = txn.open_table(CONSUMER_OFFSETS).map_err(storage)?;
@@ -844,12 +861,13 @@ fn write(txn: &redb::WriteTransaction, batch: &Prepared, limit: Option<&Limit>) 
         }
     }
     for (event_id, bytes) in &batch.events {
-        if ids.get(event_id.as_str()).map_err(storage)?.is_some() {
+        let key = index_key(event_id);
+        if ids.get(key).map_err(storage)?.is_some() {
             receipt.duplicates += 1;
             continue;
         }
         events.insert(offset, bytes.as_slice()).map_err(storage)?;
-        ids.insert(event_id.as_str(), offset).map_err(storage)?;
+        ids.insert(key, offset).map_err(storage)?;
         offset += 1;
         receipt.appended += 1;
     }
@@ -897,6 +915,39 @@ fn partition_point(
         }
     }
     Ok(low)
+}
+
+/// Moves a log's dedupe index from its former string keys to [`index_key`]s, in chunks (a
+/// one-time step when a log written by an earlier version is opened).
+fn move_legacy_index(db: &Database) -> Result<(), LogError> {
+    use redb::TableHandle as _;
+    loop {
+        let txn = db.begin_write().map_err(storage)?;
+        if !txn.list_tables().map_err(storage)?.any(|t| t.name() == LEGACY_EVENT_IDS.name()) {
+            return Ok(());
+        }
+        let moved = {
+            let mut legacy = txn.open_table(LEGACY_EVENT_IDS).map_err(storage)?;
+            let mut keys = txn.open_table(EVENT_KEYS).map_err(storage)?;
+            let mut chunk = Vec::new();
+            for entry in legacy.iter().map_err(storage)?.take(50_000) {
+                let (id, offset) = entry.map_err(storage)?;
+                chunk.push((id.value().to_owned(), offset.value()));
+            }
+            for (id, offset) in &chunk {
+                keys.insert(index_key(id), offset).map_err(storage)?;
+                legacy.remove(id.as_str()).map_err(storage)?;
+            }
+            chunk.len()
+        };
+        if moved == 0 {
+            txn.delete_table(LEGACY_EVENT_IDS).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        if moved > 0 {
+            tracing::info!(moved, "log dedupe index: entries moved to 16-byte keys");
+        }
+    }
 }
 
 /// One past the largest key of a dense u64-keyed table, or its low-water mark when truncation
@@ -1076,7 +1127,7 @@ mod tests {
         assert_eq!(log.read(0, 10).unwrap()[0].0, 2);
         log.truncate_before(5, 1).unwrap();
         let txn = log.db.db().unwrap().begin_read().unwrap();
-        assert_eq!(txn.open_table(EVENT_IDS).unwrap().len().unwrap(), 0, "the index holds nothing truncated");
+        assert_eq!(txn.open_table(EVENT_KEYS).unwrap().len().unwrap(), 0, "the index holds nothing truncated");
     }
 
     /// `batches` committed as one group, as the committer does with batches queued together.
@@ -1264,6 +1315,32 @@ mod tests {
         assert!(log.file_bytes().unwrap() > 0);
         log.truncate_before(10, 4).unwrap();
         assert_eq!(log.first_offset().unwrap(), 10, "an emptied log starts at its head");
+    }
+
+    #[test]
+    fn a_log_with_the_former_string_index_still_dedupes_after_it_is_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = EventLog::open(dir.path()).unwrap();
+            log.append(&batch(&["a", "0123456789abcdef0123456789abcdef"])).unwrap();
+            // Put the index back as an earlier version kept it.
+            let db = log.db.db().unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(EVENT_KEYS).unwrap();
+            {
+                let mut legacy = txn.open_table(LEGACY_EVENT_IDS).unwrap();
+                legacy.insert("a", 0).unwrap();
+                legacy.insert("0123456789abcdef0123456789abcdef", 1).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let log = EventLog::open(dir.path()).unwrap();
+        let receipt = log.append(&batch(&["a", "0123456789abcdef0123456789abcdef", "b"])).unwrap();
+        assert_eq!((receipt.appended, receipt.duplicates), (1, 2));
+        let txn = log.db.db().unwrap().begin_read().unwrap();
+        assert!(txn.open_table(LEGACY_EVENT_IDS).is_err(), "the former table is gone");
+        assert_ne!(index_key("a"), index_key("b"));
+        assert_eq!(index_key("0123456789abcdef0123456789abcdef"), 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
     }
 
     proptest::proptest! {
