@@ -325,9 +325,13 @@ impl Role {
     fn ignores(self) -> &'static [&'static str] {
         match self {
             Self::Run => &["kafka", "buffer"],
-            Self::Ingest => &["classifier", "processor", "actuation", "clickhouse", "suppressions", "alerting"],
-            // Suppressions are pushed, and alerts delivered, by `vigil run` only, for now.
-            Self::Process => &["sources", "buffer", "relays", "suppressions", "alert receivers"],
+            // The buffer deletes what the broker acknowledged; [retention] is for the log of record.
+            Self::Ingest => {
+                &["classifier", "processor", "actuation", "clickhouse", "suppressions", "alerting", "retention"]
+            }
+            // Suppressions are pushed, and alerts delivered, by `vigil run` only, for now; this
+            // role ingests nothing, so it has no addresses to rewrite.
+            Self::Process => &["sources", "buffer", "relays", "suppressions", "alert receivers", "privacy"],
         }
     }
 }
@@ -428,6 +432,8 @@ impl Config {
             "alerting" => self.alerting.rules.is_some() || !self.alerting.receivers.is_empty(),
             "alert receivers" => !self.alerting.receivers.is_empty(),
             "relays" => !self.relays.is_empty(),
+            "retention" => self.retention != vigil_processor::retention::RetentionSettings::default(),
+            "privacy" => self.privacy.recipients != RecipientMode::Keep,
             "actuation" => {
                 self.actuation.rules.is_some()
                     || self.actuation.kumod_url.is_some()
