@@ -32,6 +32,10 @@ pub enum Command {
     /// Rebuild the derived state (reputation, suppressions) from offset 0 of the log and print
     /// its digest; `vigil run` must not be running on the same data directory.
     Replay(ReplayArgs),
+    /// Erase one person: every copy of their address, in the log, the warehouse, the derived
+    /// state and ClickHouse, becomes one random pseudonym; prints what was rewritten where.
+    /// `vigil run` must be stopped (while it runs, `DELETE /api/v1/admin/recipients/{address}`).
+    Erase(EraseArgs),
     /// Create Vigil's ClickHouse database and tables, or bring them up to this version's schema
     /// (`schemas/clickhouse/`); safe to run again.
     Migrate(MigrateArgs),
@@ -123,6 +127,20 @@ pub struct ReplayArgs {
     /// Deprecated name of `--what-if-rules`.
     #[arg(long = "rules", value_name = "FILE", hide = true, conflicts_with = "what_if_rules")]
     pub rules: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EraseArgs {
+    /// The configuration of `vigil run`: its `data_dir`, `[privacy]` (to find the address
+    /// under its pseudonym) and `[clickhouse]` are used.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The data directory of `vigil run` (default: the configuration's).
+    #[arg(long, env = "VIGIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The person's address.
+    #[arg(long, value_name = "ADDRESS")]
+    pub recipient: String,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ mod classify;
 mod cli;
 mod config;
 mod demo;
+mod erase;
 mod ingest;
 mod metrics;
 mod migrate;
@@ -44,6 +45,11 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         cli::Command::Replay(args) => {
             init_tracing();
             replay::replay(&args)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        cli::Command::Erase(args) => {
+            init_tracing();
+            erase::erase(&args)?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         cli::Command::Migrate(args) => {

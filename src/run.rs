@@ -74,6 +74,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let tokens = load_tokens(&args.tokens, args.api_tokens.as_deref())?;
     let ready = Arc::new(AtomicBool::new(false));
     let clickhouse = args.clickhouse_url.as_deref().map(|url| args.clickhouse.config(url));
+    let (eraser, erasures) = vigil_processor::view::Eraser::new(log.clone(), clickhouse.clone());
+    let pipeline = pipeline.with_erasures(erasures);
     let store = match &clickhouse {
         Some(config) => {
             let applied = vigil_warehouse::clickhouse::migrate(config)
@@ -120,6 +122,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .merge(vigil_query::alerts::router(vigil_query::alerts::AlertsState {
             view: View::new(pipeline.state()),
             outbox: Some(alert_outbox.clone()),
+        }))
+        .merge(vigil_query::recipients::router(vigil_query::recipients::RecipientsState {
+            view: View::new(pipeline.state()),
+            log: log.clone(),
+            eraser,
         }))
         .merge(vigil_query::ui::router())
         .route(vigil_ingest::kumomta::PATH, receiver())

@@ -8,24 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Vigil, eventually, run_vigil};
-use serde_json::Value;
-
-/// The state's offset and digest once the processor has caught up with the log's head.
-/// No traffic flows when this is called, so once caught up the state stays put.
-async fn settled_state(vigil: &Vigil) -> Value {
-    eventually("the processor to catch up with the log", Duration::from_secs(60), || async {
-        let (_, metrics) = vigil.get_text("/metrics").await;
-        let head = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("vigil_log_head_offset "))
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let (_, state) = vigil.get("/api/v1/state").await;
-        head.is_some() && state["offset"].as_u64() == head
-    })
-    .await;
-    vigil.get("/api/v1/state").await.1
-}
+use common::{Vigil, eventually, run_vigil, settled_state};
 
 #[tokio::test]
 async fn state_survives_kill_9_clean_restart_and_replay_unchanged() {
@@ -40,7 +23,7 @@ async fn state_survives_kill_9_clean_restart_and_replay_unchanged() {
 
     // Rebuilt from the log (no snapshot was due yet).
     let vigil = Vigil::start(dir.path(), &[]).await;
-    let rebuilt = settled_state(&vigil).await;
+    let rebuilt = settled_state(&vigil, None).await;
     assert!(rebuilt["scopes"].as_u64().unwrap() > 20, "{rebuilt}");
     let as_of = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let queries = [
@@ -61,7 +44,7 @@ async fn state_survives_kill_9_clean_restart_and_replay_unchanged() {
 
     // Loaded from the snapshot.
     let vigil = Vigil::start(dir.path(), &[]).await;
-    let loaded = settled_state(&vigil).await;
+    let loaded = settled_state(&vigil, None).await;
     assert_eq!(loaded, rebuilt);
     for (query, expected) in queries.iter().zip(&answers) {
         assert_eq!(&vigil.get(query).await.1, expected, "{query}");
@@ -107,7 +90,7 @@ async fn retention_trims_the_log_without_changing_the_state_and_replay_starts_fr
         let (status, body) = vigil.post("/ingest/kumomta", batch(b)).await;
         assert_eq!(status, 200, "{body}");
     }
-    let before = settled_state(&vigil).await;
+    let before = settled_state(&vigil, None).await;
     let delivered = serde_json::json!([{"provider": "google", "delivered": 300, "deferred": 0, "bounced": 0, "expired": 0, "complaints": 0, "attempts": 300}]);
     vigil.wait_for_summary("group_by=provider", &delivered).await;
     eventually("retention to delete the 300 events", Duration::from_secs(60), || async {

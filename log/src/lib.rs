@@ -140,6 +140,27 @@ struct Limit {
     max_pending: u64,
 }
 
+/// The one field an erasure needs from a stored event.
+#[derive(serde::Deserialize)]
+struct Recipient {
+    #[serde(default)]
+    recipient: Option<String>,
+}
+
+/// Records an erasure reads, and rewrites, per transaction.
+const ERASE_CHUNK: usize = 10_000;
+
+/// What [`EventLog::erase`] rewrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Erased {
+    /// The person's events.
+    pub events: u64,
+    /// Dead letters that mentioned the address.
+    pub dead_letters: u64,
+    /// The log's head when the erasure began: it covers every offset before it.
+    pub through: u64,
+}
+
 /// The one field truncation needs from a stored event.
 #[derive(serde::Deserialize)]
 struct EventId {
@@ -435,6 +456,12 @@ impl EventLog {
         self
     }
 
+    /// What this handle keeps of recipients' addresses.
+    #[must_use]
+    pub fn privacy(&self) -> &privacy::RecipientPrivacy {
+        &self.privacy
+    }
+
     /// Deletes the events before `offset` and the dead letters before `dead_letter_seq`
     /// (shipped elsewhere), with the events' dedupe entries, so a truncated log's index stays
     /// as small as what it holds: a source that re-sends a shipped event appends it again, and
@@ -518,6 +545,109 @@ impl EventLog {
         let request =
             Request { batch: Prepared::new(batch, &self.codec, &self.privacy), limit: self.limit.clone(), reply };
         self.committer.send(request).map_err(|_| LogError::Stopped)
+    }
+
+    /// Rewrites one person's events and dead letters in place (see
+    /// [`privacy::Erasure`]): every copy of their address, in every field and in the source
+    /// record, becomes the erasure's pseudonym. Offsets, event ids and everything else stay,
+    /// so consumers' positions, the dedupe index and the counts derived from the log do not
+    /// move. Covers what the log holds when it is called; returns what was rewritten.
+    ///
+    /// The log is scanned under read transactions (appends go on meanwhile) and rewritten in
+    /// write transactions of at most [`ERASE_CHUNK`] records, so memory stays bounded.
+    ///
+    /// # Errors
+    /// On storage failure or an undecodable record; what was rewritten before stays rewritten,
+    /// and calling again finishes the job.
+    pub fn erase(&self, erasure: &privacy::Erasure) -> Result<Erased, LogError> {
+        let through = self.head();
+        let mut erased = Erased { events: 0, dead_letters: 0, through };
+        let mut from = self.first_offset()?;
+        let mut buf = Vec::new();
+        while from < through {
+            let mut rewritten = Vec::new();
+            {
+                let txn = self.db.db()?.begin_read().map_err(storage)?;
+                let events = txn.open_table(EVENTS).map_err(storage)?;
+                let mut read = 0;
+                for entry in events.range(from..through).map_err(storage)?.take(ERASE_CHUNK) {
+                    let (offset, stored) = entry.map_err(storage)?;
+                    let offset = offset.value();
+                    (from, read) = (offset + 1, read + 1);
+                    let json = self.decompress(offset, stored.value(), &mut buf)?;
+                    if !erasure.mentions(json) {
+                        continue;
+                    }
+                    let recipient = serde_json::from_slice::<Recipient>(json)
+                        .map_err(|source| LogError::Corrupt { offset, source })?
+                        .recipient;
+                    if recipient.is_some_and(|r| erasure.is_person(&r)) {
+                        let json = erasure.rewrite(json).into_owned();
+                        rewritten.push((offset, codec::Codec::encode(self.codec.current().as_ref(), json)));
+                    }
+                }
+                if read < ERASE_CHUNK {
+                    from = through;
+                }
+            }
+            erased.events += self.rewrite_in_place(EVENTS, &rewritten)?;
+        }
+        let mut seq = 0;
+        loop {
+            let letters = self.dead_letters_stored(seq, ERASE_CHUNK)?;
+            let Some((last, _)) = letters.last() else { break };
+            seq = last + 1;
+            let rewritten: Vec<_> = letters
+                .into_iter()
+                .filter(|(_, json)| erasure.mentions(json))
+                .map(|(seq, json)| (seq, erasure.rewrite(&json).into_owned()))
+                .collect();
+            erased.dead_letters += self.rewrite_in_place(DEAD_LETTERS, &rewritten)?;
+        }
+        Ok(erased)
+    }
+
+    /// Up to `max` dead letters from `from`, as stored.
+    fn dead_letters_stored(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        let txn = self.db.db()?.begin_read().map_err(storage)?;
+        let dead = txn.open_table(DEAD_LETTERS).map_err(storage)?;
+        let mut out = Vec::new();
+        for entry in dead.range(from..).map_err(storage)?.take(max) {
+            let (seq, bytes) = entry.map_err(storage)?;
+            out.push((seq.value(), bytes.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Replaces the values of `records` in `table` that it still holds (retention may have
+    /// deleted some since they were read), in one durable transaction. Returns how many.
+    fn rewrite_in_place(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+        records: &[(u64, Vec<u8>)],
+    ) -> Result<u64, LogError> {
+        if records.is_empty() {
+            return Ok(0);
+        }
+        let written = (|| {
+            let txn = self.db.db()?.begin_write().map_err(storage)?;
+            let mut count = 0;
+            {
+                let mut table = txn.open_table(table).map_err(storage)?;
+                for (key, value) in records {
+                    if table.get(key).map_err(storage)?.is_some() {
+                        table.insert(key, value.as_slice()).map_err(storage)?;
+                        count += 1;
+                    }
+                }
+            }
+            txn.commit().map_err(storage)?;
+            Ok(count)
+        })();
+        if let Err(error) = &written {
+            self.db.recover_from(error);
+        }
+        written
     }
 
     /// The first offset the log still holds (0 until retention deletes; the head when it

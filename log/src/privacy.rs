@@ -82,6 +82,95 @@ impl RecipientPrivacy {
     }
 }
 
+/// The local part every erased address becomes, before 32 random hex characters.
+const ERASED_PREFIX: &str = "erased-";
+
+/// True when `recipient` is what an erasure left of an address (`erased-<32 hex>@domain`):
+/// the fold keeps no suppression for it.
+#[must_use]
+pub fn is_erased(recipient: &str) -> bool {
+    recipient.strip_prefix(ERASED_PREFIX).and_then(|rest| rest.split_once('@')).is_some_and(|(token, _)| {
+        token.len() == 32 && token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Why a person cannot be erased.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ErasureError {
+    #[error("`{0}` is not an email address")]
+    NotAnAddress(String),
+    #[error("[privacy] recipients = \"domain\" keeps no person's address: there is nothing to erase")]
+    NothingKept,
+}
+
+/// One person's erasure: the address as the stores keep it (the address itself, or its keyed
+/// pseudonym in `hash` mode), and what every copy of it becomes: `erased-<32 random hex>@domain`.
+///
+/// The replacement is random, so nothing (not the address, not the privacy key) leads back to
+/// it; it is the same for all of the person's events, so what the derived state joined on the
+/// recipient (a complaint to the delivery before it) joins alike when the log is replayed, and
+/// counts stay equal. The fold keeps no suppression for an erased address ([`is_erased`]).
+#[derive(Debug, Clone)]
+pub struct Erasure {
+    stored: String,
+    replacement: String,
+    /// The stored form, any case.
+    pattern: Regex,
+}
+
+impl Erasure {
+    /// The erasure of `address` in a log kept under `privacy`.
+    ///
+    /// # Errors
+    /// When `address` is not an address, or `privacy` keeps none.
+    pub fn new(privacy: &RecipientPrivacy, address: &str) -> Result<Self, ErasureError> {
+        let address = address.trim();
+        let whole = ADDRESS.find(address.as_bytes()).is_some_and(|m| m.start() == 0 && m.end() == address.len());
+        if !whole {
+            return Err(ErasureError::NotAnAddress(address.to_owned()));
+        }
+        if matches!(privacy, RecipientPrivacy::Domain) {
+            return Err(ErasureError::NothingKept);
+        }
+        let stored = privacy.address(address).to_ascii_lowercase();
+        let domain = stored.rsplit_once('@').map_or("", |(_, d)| d);
+        let token: String = rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect();
+        let replacement = format!("{ERASED_PREFIX}{token}@{domain}");
+        let pattern = Regex::new(&format!("(?i){}", regex::escape(&stored))).expect("an escaped literal compiles");
+        Ok(Self { stored, replacement, pattern })
+    }
+
+    /// The address as the stores keep it, in lower case.
+    #[must_use]
+    pub fn stored(&self) -> &str {
+        &self.stored
+    }
+
+    /// What every copy of it becomes.
+    #[must_use]
+    pub fn replacement(&self) -> &str {
+        &self.replacement
+    }
+
+    /// True when `recipient` is this person.
+    #[must_use]
+    pub fn is_person(&self, recipient: &str) -> bool {
+        recipient.eq_ignore_ascii_case(&self.stored)
+    }
+
+    /// True when `text` holds a copy of the address, in any case.
+    #[must_use]
+    pub fn mentions(&self, text: &[u8]) -> bool {
+        self.pattern.is_match(text)
+    }
+
+    /// `text` with every copy of the address, in any case, replaced.
+    #[must_use]
+    pub fn rewrite<'a>(&self, text: &'a [u8]) -> Cow<'a, [u8]> {
+        self.pattern.replace_all(text, self.replacement.as_bytes())
+    }
+}
+
 /// 32 hex characters of HMAC-SHA256 over the address in lower case.
 fn pseudonym(key: &[u8], address: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
@@ -118,5 +207,25 @@ mod tests {
         assert!(!domain.to_lowercase().contains("jane"));
         assert!(matches!(RecipientPrivacy::Keep.apply(json), Cow::Borrowed(_)));
         assert_eq!(format!("{hash:?}"), "hash (key withheld)");
+    }
+
+    #[test]
+    fn an_erasure_replaces_every_copy_with_one_random_pseudonym() {
+        let json = br#"{"recipient":"Jane@Example.com","response_text":"550 <jane@example.com> unknown; cc janet@example.com"}"#;
+        let erasure = Erasure::new(&RecipientPrivacy::Keep, " jane@example.com ").unwrap();
+        let erased = String::from_utf8(erasure.rewrite(json).into_owned()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&erased).unwrap();
+        let recipient = value["recipient"].as_str().unwrap();
+        assert!(is_erased(recipient) && recipient.ends_with("@example.com"), "{recipient}");
+        assert_eq!(erased.matches(recipient).count(), 2, "{erased}");
+        assert!(erased.contains("janet@example.com"), "another person is left alone: {erased}");
+        assert_ne!(Erasure::new(&RecipientPrivacy::Keep, "jane@example.com").unwrap().replacement(), recipient);
+        assert!(!is_erased("erased-jane@example.com") && !is_erased("jane@example.com"));
+
+        let hash = RecipientPrivacy::Hash(Arc::from(&b"secret"[..]));
+        let erasure = Erasure::new(&hash, "Jane@Example.com").unwrap();
+        assert!(erasure.is_person(&hash.address("jane@example.com")));
+        assert_eq!(Erasure::new(&RecipientPrivacy::Domain, "jane@example.com").unwrap_err(), ErasureError::NothingKept);
+        assert!(matches!(Erasure::new(&RecipientPrivacy::Keep, "jane"), Err(ErasureError::NotAnAddress(_))));
     }
 }

@@ -142,6 +142,22 @@ impl ComplaintJoin {
         self.recent.is_empty()
     }
 
+    /// Renames a remembered recipient (an erasure: see `vigil_log::privacy::Erasure`), keeping
+    /// its place in the recency order, so later complaints join exactly as a replay of the
+    /// rewritten log would. Returns whether it was remembered. Linear in what is remembered.
+    pub fn rename(&mut self, from: &str, to: &str) -> bool {
+        let from = from.to_ascii_lowercase();
+        if !self.recent.contains(&from) {
+            return false;
+        }
+        let mut renamed = LruCache::new(self.recent.cap());
+        while let Some((recipient, sent)) = self.recent.pop_lru() {
+            renamed.put(if recipient == from { to.to_ascii_lowercase() } else { recipient }, sent);
+        }
+        self.recent = renamed;
+        true
+    }
+
     /// Remembers a delivery, or attributes a complaint that is not attributed yet; other
     /// events pass untouched. Returns the complaint's attribution.
     pub fn observe(&mut self, event: &mut DeliveryEvent) -> Option<Attribution> {

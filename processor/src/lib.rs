@@ -40,6 +40,8 @@
 //!   them to Slack, PagerDuty, Teams, a signed webhook or Alertmanager.
 //! - [`state`]: the fold of both, its digest and snapshots.
 //! - [`pipeline`]: the async loop from the log to the warehouse and the state.
+//! - [`erasure`]: one person's address rewritten everywhere (log, warehouse, state,
+//!   ClickHouse), between two batches of the pipeline or with `vigil run` stopped.
 //! - [`retention`]: what `vigil run` deletes from the log, its dead letters and the
 //!   warehouse, and the bound it never passes.
 //! - [`stream`]: the same on Kafka (`vigil process`): enrich in a consumer group, fold
@@ -57,6 +59,7 @@ pub mod classify;
 pub mod clickhouse_feed;
 pub mod complaints;
 pub mod enrich;
+pub mod erasure;
 pub mod metrics;
 pub mod pipeline;
 pub mod providers;

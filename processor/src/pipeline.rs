@@ -182,6 +182,8 @@ pub struct Pipeline {
     unrecorded: std::sync::Mutex<Unrecorded>,
     state: SharedState,
     config: PipelineConfig,
+    /// Erasures asked for through [`crate::erasure::Eraser`], done between batches.
+    erasures: Option<crate::erasure::ErasureRequests>,
 }
 
 impl Pipeline {
@@ -197,6 +199,7 @@ impl Pipeline {
             unrecorded: std::sync::Mutex::default(),
             state: Arc::new(RwLock::new(DerivedState::new())),
             config,
+            erasures: None,
         }
     }
 
@@ -362,8 +365,17 @@ impl Pipeline {
         Ok(committed)
     }
 
+    /// Takes the erasures `requests` brings (from its [`crate::erasure::Eraser`]), each
+    /// between two batches.
+    #[must_use]
+    pub fn with_erasures(mut self, requests: crate::erasure::ErasureRequests) -> Self {
+        self.erasures = Some(requests);
+        self
+    }
+
     /// Processes the log from `offset` until `shutdown` is cancelled.
-    pub async fn run(self, mut offset: u64, shutdown: CancellationToken) {
+    pub async fn run(mut self, mut offset: u64, shutdown: CancellationToken) {
+        let mut erasures = self.erasures.take();
         let mut head = self.log.subscribe();
         let mut next_compaction = tokio::time::Instant::now() + self.config.compaction_interval;
         let retention_every = self.config.retention.as_ref().map_or(Duration::from_secs(3600), |r| r.check_every);
@@ -372,6 +384,9 @@ impl Pipeline {
         let mut next_snapshot = tokio::time::Instant::now() + self.config.snapshot_interval;
         let mut snapshot_offset = offset;
         loop {
+            while let Some(request) = erasures.as_mut().and_then(|e| e.0.try_recv().ok()) {
+                self.erase(request).await;
+            }
             if offset > snapshot_offset && tokio::time::Instant::now() >= next_snapshot && !self.snapshots_held_back() {
                 self.snapshot().await;
                 snapshot_offset = offset;
@@ -388,6 +403,7 @@ impl Pipeline {
                         return;
                     }
                     changed = head.changed() => if changed.is_err() { return },
+                    Some(request) = next_erasure(&mut erasures) => self.erase(request).await,
                     () = tokio::time::sleep(RETRY_UNRECORDED), if self.waiting() => {
                         let retried = match self.record_decisions(Vec::new()).await {
                             Ok(()) => self.record_notices(Vec::new()).await,
@@ -442,6 +458,40 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// One erasure (see [`crate::erasure`]): the log, the warehouse files and the state, then
+    /// the snapshot again, so no file of the data directory keeps the address. Between
+    /// batches, so nothing folds or writes the warehouse meanwhile.
+    async fn erase(&self, request: crate::erasure::Request) {
+        use crate::erasure::{EraseError, ErasureReport};
+        let crate::erasure::Request { erasure, reply } = request;
+        let (log, writer, state) = (self.log.clone(), Arc::clone(&self.writer), Arc::clone(&self.state));
+        // A snapshot held back (the outboxes refused something) stays held back; the next
+        // one, written once they recover, is without the person.
+        let snapshot_dir = self.config.state_dir.clone().filter(|_| !self.snapshots_held_back());
+        let erased = tokio::task::spawn_blocking(move || -> Result<ErasureReport, EraseError> {
+            let (in_log, warehouse) = crate::erasure::erase_files(&log, &writer, &erasure)?;
+            let mut erased = state.write().expect("state lock poisoned").erase(&erasure);
+            if let Some(dir) = snapshot_dir {
+                state.read().expect("state lock poisoned").save(&dir)?;
+                erased.snapshot = true;
+            }
+            Ok(ErasureReport {
+                erased_as: erasure.replacement().to_owned(),
+                log: in_log,
+                warehouse,
+                state: erased,
+                clickhouse_rows: None,
+            })
+        })
+        .await
+        .unwrap_or(Err(EraseError::Stopped));
+        if let Err(error) = &erased {
+            tracing::error!(%error, "an erasure failed; what it rewrote stays rewritten, and erasing again finishes it");
+        }
+        // The asker may have given up (a timed-out request); the erasure stands.
+        let _ = reply.send(erased);
     }
 
     /// Writes the derived state's snapshot; a failure is logged and retried next interval
@@ -538,6 +588,14 @@ impl Pipeline {
         crate::metrics::processor_metrics().batch_seconds.observe(started.elapsed().as_secs_f64());
         tracing::debug!(from = offset, to = end, "batch committed to the warehouse and folded");
         Ok(end)
+    }
+}
+
+/// The next erasure asked for; never, without an eraser.
+async fn next_erasure(erasures: &mut Option<crate::erasure::ErasureRequests>) -> Option<crate::erasure::Request> {
+    match erasures {
+        Some(requests) => requests.0.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -7,6 +7,11 @@
 //! time rather than by arrival makes the list independent of the order events are folded in,
 //! so processors reading partitions in any interleaving agree. Events our own MTA generated
 //! never suppress anyone: an administrative bounce says nothing about the address.
+//!
+//! An operator takes a recipient off the list with a `suppression_removed` event in the log
+//! (its audit record: who, why, when); a later suppressing event puts them back. Removals act
+//! in log order, so only `vigil run`, which folds one log, serves them. An address an erasure
+//! rewrote (`vigil_log::privacy::is_erased`) is never suppressed: it belongs to no one.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -59,6 +64,25 @@ pub struct Suppressions {
     by_recipient: HashMap<String, Suppression>,
 }
 
+/// The event that takes `recipient` off the list when folded: what an operator's request is
+/// written to the log as, its audit record. Its id is unique to the request (its time
+/// included).
+#[must_use]
+pub fn operator_removal(recipient: &str, action: vigil_schemas::OperatorAction, at: DateTime<Utc>) -> DeliveryEvent {
+    let mut hasher = blake3::Hasher::new();
+    for part in ["operator-unsuppress", recipient, &action.author, &action.reason, &format!("{at:?}")] {
+        hasher.update(part.as_bytes());
+        hasher.update(&[0]);
+    }
+    let id = hasher.finalize().to_hex()[..32].to_owned();
+    let mut event = DeliveryEvent::new(id, SourceKind::Operator, EventKind::SuppressionRemoved, at, at);
+    event.source_type = Some("unsuppress".into());
+    event.recipient = Some(recipient.to_ascii_lowercase());
+    event.recipient_domain = recipient.rsplit_once('@').map(|(_, domain)| domain.to_ascii_lowercase());
+    event.operator = Some(action);
+    event
+}
+
 /// Why an event suppresses its recipient, if it does: the reason, and a hard bounce's class.
 #[must_use]
 pub fn suppresses(event: &DeliveryEvent) -> Option<(Reason, Option<String>)> {
@@ -86,11 +110,23 @@ impl Suppressions {
         Self::default()
     }
 
-    /// Adds the event's recipient when the event suppresses it. Returns true if it did.
+    /// Adds the event's recipient when the event suppresses it, removes it on an operator's
+    /// `suppression_removed`. Returns true if the event suppressed.
     pub fn record(&mut self, event: &DeliveryEvent) -> bool {
+        if event.kind == EventKind::SuppressionRemoved {
+            if let Some(recipient) = &event.recipient {
+                self.remove(recipient);
+            }
+            return false;
+        }
         let Some((reason, class)) = reason_of(event) else { return false };
-        // `@domain` is an address whose person was not kept ([privacy] recipients = "domain").
-        let Some(recipient) = event.recipient.as_deref().filter(|r| !r.is_empty() && !r.starts_with('@')) else {
+        // `@domain` is an address whose person was not kept ([privacy] recipients = "domain");
+        // an erased address belongs to no one.
+        let Some(recipient) = event
+            .recipient
+            .as_deref()
+            .filter(|r| !r.is_empty() && !r.starts_with('@') && !vigil_log::privacy::is_erased(r))
+        else {
             return false;
         };
         let key = recipient.to_ascii_lowercase();
@@ -121,6 +157,11 @@ impl Suppressions {
             }
         }
         true
+    }
+
+    /// Takes a recipient (case-insensitive) off the list; returns its entry.
+    pub fn remove(&mut self, recipient: &str) -> Option<Suppression> {
+        self.by_recipient.remove(&recipient.to_ascii_lowercase())
     }
 
     #[must_use]
@@ -218,5 +259,19 @@ mod tests {
         reversed.record(&event(EventKind::Complaint, "angry@example.org", None, 3));
         reversed.record(&event(EventKind::Bounced, "Gone@Example.com", Some(BounceClass::InvalidRecipient), 0));
         assert_eq!(reversed, list);
+    }
+
+    #[test]
+    fn an_operator_removal_takes_a_recipient_off_until_the_next_suppressing_event() {
+        let mut list = Suppressions::new();
+        list.record(&event(EventKind::Complaint, "angry@example.org", None, 0));
+        let mut removal = event(EventKind::SuppressionRemoved, "Angry@Example.org", None, 1);
+        removal.source = SourceKind::Operator;
+        assert!(!list.record(&removal));
+        assert!(list.get("angry@example.org").is_none());
+        assert!(list.record(&event(EventKind::Unsubscribe, "angry@example.org", None, 2)), "suppressed again");
+        assert_eq!(list.get("angry@example.org").unwrap().reason, Reason::Unsubscribe);
+        let erased = "erased-0123456789abcdef0123456789abcdef@example.org";
+        assert!(!list.record(&event(EventKind::Complaint, erased, None, 3)), "an erased address is no one");
     }
 }

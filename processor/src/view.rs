@@ -34,13 +34,14 @@ pub use crate::actuation::{Decision, Status, operator_lift};
 pub use crate::alert_dispatch::Silence;
 pub use crate::alert_push::{AlertOutbox, AlertOutboxError};
 pub use crate::alerting::{Alert, AlertNotice, AlertState, Severity};
+pub use crate::erasure::{EraseError, Eraser, ErasureReport};
 pub use crate::pipeline::SharedState;
 pub use crate::reputation::counters::outcome;
 pub use crate::reputation::score::{MIN_ATTEMPTS, score};
 pub use crate::reputation::store::HORIZON_MINUTES;
 pub use crate::reputation::{LabelKind, Metric, Rates, Scope, ScopeValues, Score, Totals, Window, WindowRow};
 use crate::state::DerivedState;
-pub use crate::suppression::Suppression;
+pub use crate::suppression::{Suppression, operator_removal};
 
 /// Why the view could not answer.
 #[derive(Debug, thiserror::Error)]

@@ -20,8 +20,11 @@
 //! - [`auth`]: bearer tokens with roles for `/api/v1`.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' types.
 //! - [`tsa`]: KumoMTA's traffic-shaping surface, one file per endpoint.
-//! - [`actions`]: the decisions, throttles and warm-up API, and an operator's lift: the one
-//!   route that writes, an `action_lifted` event appended to the log of record (on `vigil run`).
+//! - [`actions`]: the decisions, throttles and warm-up API, and an operator's lift, written
+//!   as an `action_lifted` event appended to the log of record (on `vigil run`).
+//! - [`recipients`]: an operator taking a recipient off the suppression list (a
+//!   `suppression_removed` event in the log, its audit record) and an admin erasing one
+//!   person everywhere (on `vigil run`).
 //! - [`alerts`]: the alerts now and their history, and silences.
 //! - [`metrics`]: request latency by route and status.
 //! - [`ui`]: the dashboards (`dashboards/web/`), embedded, at `/`.
@@ -34,6 +37,7 @@ pub mod error;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
+pub mod recipients;
 pub mod routes;
 pub mod tsa;
 pub mod ui;

@@ -85,7 +85,7 @@ const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         path: "/api/v1/suppressions",
-        summary: "Suppressed recipients (JSON, or CSV with `format=csv` or `format=listmonk`)",
+        summary: "Suppressed recipients (JSON, or CSV with `format=csv` or `format=listmonk`); POST /api/v1/suppressions/remove with `recipient`, `author` and `reason` takes one off (operator, on vigil run; docs/privacy.md), and DELETE /api/v1/admin/recipients/{address} erases a person everywhere (admin)",
         params: &[schema::<SuppressionParams>],
         answers: &[schema::<SuppressionPage>],
     },

@@ -44,11 +44,16 @@ pub enum EventKind {
     /// An operator took an action in force back before it expired (source `operator`; what and
     /// why in [`DeliveryEvent::operator`]). In the log so that a replay lifts it again.
     ActionLifted,
+    /// An operator took a recipient off the suppression list (source `operator`; the recipient
+    /// in [`DeliveryEvent::recipient`], who and why in [`DeliveryEvent::operator`], whose
+    /// `action_key` is `suppression`). The audit record of the removal, and in the log so that
+    /// a replay removes it again.
+    SuppressionRemoved,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::Reception,
         Self::Delivered,
         Self::Deferred,
@@ -66,6 +71,7 @@ impl EventKind {
         Self::Delayed,
         Self::Transferred,
         Self::ActionLifted,
+        Self::SuppressionRemoved,
     ];
 
     /// The snake_case name used in JSON, Parquet and the API.
@@ -89,6 +95,7 @@ impl EventKind {
             Self::Delayed => "delayed",
             Self::Transferred => "transferred",
             Self::ActionLifted => "action_lifted",
+            Self::SuppressionRemoved => "suppression_removed",
         }
     }
 

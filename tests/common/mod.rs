@@ -183,6 +183,22 @@ impl Drop for Vigil {
     }
 }
 
+/// The state (`/api/v1/state`, read with `bearer` when given) once the processor has folded
+/// everything the log holds. Call it when no traffic flows: once caught up, the state stays put.
+pub async fn settled_state(vigil: &Vigil, bearer: Option<&str>) -> Value {
+    eventually("the processor to catch up with the log", Duration::from_secs(60), || async {
+        let (_, metrics) = vigil.get_text("/metrics").await;
+        let head = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("vigil_log_head_offset "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let (_, state) = vigil.get_as("/api/v1/state", bearer).await;
+        head.is_some() && state["offset"].as_u64() == head
+    })
+    .await;
+    vigil.get_as("/api/v1/state", bearer).await.1
+}
+
 /// Polls `condition` every 50 ms until it holds; panics naming `what` after `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut condition: F)
 where

@@ -214,6 +214,86 @@ impl ParquetWriter {
         File::open(dir).and_then(|d| d.sync_all()).map_err(WarehouseError::io(dir))
     }
 
+    /// Rewrites one person's rows (an erasure): in every events file with a row whose
+    /// recipient `is_person`, every text column of those rows is passed through `rewrite`
+    /// (which replaces each copy of the address), and the file is replaced atomically. Files
+    /// merged away but not yet deleted are rewritten too. The hourly rollup holds no
+    /// addresses; its counts stay, as the events do. Returns what was rewritten.
+    ///
+    /// # Errors
+    /// On I/O or encoding failure; files already rewritten stay rewritten, and calling again
+    /// finishes the job.
+    pub fn erase(
+        &self,
+        is_person: &dyn Fn(&str) -> bool,
+        rewrite: &dyn Fn(&str) -> String,
+    ) -> Result<ErasedRows, WarehouseError> {
+        use datafusion::arrow::array::{Array, AsArray, StringArray};
+        use datafusion::arrow::datatypes::DataType;
+        use datafusion::parquet::arrow::ProjectionMask;
+        let mut erased = ErasedRows::default();
+        let schema = event_schema();
+        for part in files::list_parts(&self.root, Table::Events)? {
+            let open = || File::open(&part.path).map_err(WarehouseError::io(&part.path));
+            // Only the recipient column is read to find the files to rewrite.
+            let builder = ParquetRecordBatchReaderBuilder::try_new(open()?)?;
+            let mask = ProjectionMask::columns(builder.parquet_schema(), ["recipient"]);
+            let mut holds_person = false;
+            for batch in builder.with_projection(mask).build()? {
+                let batch = batch?;
+                if let Some(recipients) = batch.column_by_name("recipient").and_then(|c| c.as_string_opt::<i32>()) {
+                    holds_person |= recipients.iter().flatten().any(is_person);
+                }
+                if holds_person {
+                    break;
+                }
+            }
+            if !holds_person {
+                continue;
+            }
+            let tmp = self
+                .root
+                .join("tmp")
+                .join(format!("erase-{:020}-{:020}-{}.parquet.tmp", part.start, part.end, part.date));
+            let mut file = File::create(&tmp).map_err(WarehouseError::io(&tmp))?;
+            let mut writer = ArrowWriter::try_new(&mut file, Arc::clone(&schema), Some(self.props.clone()))?;
+            for batch in ParquetRecordBatchReaderBuilder::try_new(open()?)?.build()? {
+                let batch = conform(&batch?, &schema)?;
+                let Some(recipients) = batch.column_by_name("recipient").and_then(|c| c.as_string_opt::<i32>()) else {
+                    writer.write(&batch)?;
+                    continue;
+                };
+                let person: Vec<bool> = recipients.iter().map(|r| r.is_some_and(is_person)).collect();
+                erased.rows += person.iter().filter(|p| **p).count() as u64;
+                let columns = batch
+                    .columns()
+                    .iter()
+                    .map(|column| match column.data_type() {
+                        DataType::Utf8 => {
+                            let text = column.as_string::<i32>();
+                            let rewritten: StringArray = text
+                                .iter()
+                                .zip(&person)
+                                .map(|(value, person)| match value {
+                                    Some(value) if *person => Some(rewrite(value)),
+                                    other => other.map(str::to_owned),
+                                })
+                                .collect();
+                            Arc::new(rewritten) as Arc<dyn Array>
+                        }
+                        _ => Arc::clone(column),
+                    })
+                    .collect();
+                writer.write(&RecordBatch::try_new(Arc::clone(&schema), columns)?)?;
+            }
+            writer.close()?;
+            file.sync_all().map_err(WarehouseError::io(&tmp))?;
+            self.publish(&tmp, &part.path)?;
+            erased.files += 1;
+        }
+        Ok(erased)
+    }
+
     /// Writes the events of log offsets `[start, end)` (each with its offset), one file per
     /// day of `occurred_at`. When this returns, the files are durable and visible.
     ///
@@ -244,6 +324,15 @@ impl ParquetWriter {
         }
         Ok(written)
     }
+}
+
+/// What [`ParquetWriter::erase`] rewrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ErasedRows {
+    /// Events files rewritten.
+    pub files: u64,
+    /// The person's rows in them.
+    pub rows: u64,
 }
 
 /// `batch` in `schema`: a file written by an older Vigil lacks the columns added since (they

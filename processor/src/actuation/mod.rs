@@ -235,6 +235,10 @@ impl ActuationState {
             }
             return;
         }
+        if event.kind == EventKind::SuppressionRemoved {
+            // An operator's change to the suppression list: nothing for the rules.
+            return;
+        }
         if !event.internal {
             self.rate.seen(&rules.rate, event.egress_source.as_deref(), event.provider.as_deref());
         }

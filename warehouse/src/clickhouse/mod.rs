@@ -78,6 +78,10 @@ pub enum ClickHouseError {
         #[source]
         source: clickhouse::error::Error,
     },
+    #[error(
+        "ClickHouse at {url} has not finished {pending} mutation(s) of events (an erasure); it goes on, and erasing again waits for it"
+    )]
+    MutationPending { url: String, pending: u64 },
     #[error("migration {version} ({name}) failed at statement {statement}: {source}")]
     Migration {
         version: u32,
@@ -251,6 +255,78 @@ pub async fn drop_partitions_before(
         dropped.push(DroppedPartition { table, partition });
     }
     Ok(dropped)
+}
+
+/// The columns of `events` an erasure leaves alone: the sorting key (ClickHouse cannot
+/// update it; none of it is a recipient's) and what holds no text.
+const ERASE_KEEPS: [&str; 3] = ["egress_source", "provider", "event_id"];
+/// How long an erasure waits for ClickHouse to finish rewriting.
+const ERASE_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Erasure in ClickHouse: in every row of `events` whose recipient is `stored` (any case),
+/// every copy of the address in every text column becomes `replacement`, by an
+/// `ALTER TABLE events UPDATE` mutation (18.16 has them), awaited until ClickHouse has
+/// rewritten every part. The rollups hold no addresses, and their counts stay right: the
+/// rows stay, rewritten. Returns the rows rewritten.
+///
+/// # Errors
+/// When ClickHouse cannot be reached, refuses the mutation, or has not finished it within
+/// five minutes (it goes on; calling again waits for it).
+pub async fn erase_recipient(
+    config: &ClickHouseConfig,
+    stored: &str,
+    replacement: &str,
+) -> Result<u64, ClickHouseError> {
+    let database = config.valid_database()?;
+    let client = config.client()?;
+    let at = ClickHouseError::at(&config.url);
+    let rows: u64 = client
+        .query(&format!("SELECT count() FROM {database}.events WHERE lower(recipient) = ?"))
+        .bind(stored)
+        .fetch_one()
+        .await
+        .map_err(at)?;
+    if rows > 0 {
+        let columns: Vec<String> = client
+            .query("SELECT name FROM system.columns WHERE database = ? AND table = 'events' AND type = 'String'")
+            .bind(database)
+            .fetch_all()
+            .await
+            .map_err(ClickHouseError::at(&config.url))?;
+        let plain = |name: &str| name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let pattern = format!("(?i){}", regex::escape(stored));
+        let mut assignments = Vec::new();
+        let mut binds = Vec::new();
+        for column in columns.iter().filter(|c| plain(c) && !ERASE_KEEPS.contains(&c.as_str())) {
+            assignments.push(format!("{column} = replaceRegexpAll({column}, ?, ?)"));
+            binds.extend([pattern.as_str(), replacement]);
+        }
+        let mut mutation = client.query(&format!(
+            "ALTER TABLE {database}.events UPDATE {} WHERE lower(recipient) = ?",
+            assignments.join(", ")
+        ));
+        for bind in binds {
+            mutation = mutation.bind(bind);
+        }
+        mutation.bind(stored).execute().await.map_err(ClickHouseError::at(&config.url))?;
+    }
+    let deadline = std::time::Instant::now() + ERASE_WAIT;
+    loop {
+        let pending: u64 = client
+            .query("SELECT count() FROM system.mutations WHERE database = ? AND table = 'events' AND is_done = 0")
+            .bind(database)
+            .fetch_one()
+            .await
+            .map_err(ClickHouseError::at(&config.url))?;
+        if pending == 0 {
+            return Ok(rows);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ClickHouseError::MutationPending { url: config.url.clone(), pending });
+        }
+        // ClickHouse has no way to wait for a mutation on 18.16 (`mutations_sync` came later).
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// Whether a time partition (`YYYYMMDD` or `YYYYMM`) lies wholly before `first_kept`.
