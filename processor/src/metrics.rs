@@ -49,7 +49,7 @@ pub struct ProcessorMetrics {
     pub alerts: Family<AlertLabels, Gauge>,
     /// Decisions and alert notices an outbox refused, waiting in memory to be recorded.
     pub unrecorded: Family<WhatLabel, Gauge>,
-    /// What retention deleted: `events`, `dead_letters`, `warehouse_days`.
+    /// What retention deleted: `events`, `dead_letters`, `warehouse_days`, `decisions`.
     pub retention_deleted: Family<WhatLabel, Counter>,
 }
 

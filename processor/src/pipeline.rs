@@ -521,9 +521,14 @@ impl Pipeline {
     async fn retain(&self) {
         let Some(settings) = self.config.retention.clone() else { return };
         let (log, writer, snapshots) = (self.log.clone(), Arc::clone(&self.writer), self.config.state_dir.is_some());
+        let outbox = self.outbox.clone();
         let pass = tokio::task::spawn_blocking(move || -> Result<_, crate::retention::RetentionError> {
+            let now = chrono::Utc::now();
+            if let Some(outbox) = &outbox {
+                crate::retention::apply_to_decisions(outbox, &settings, now)?;
+            }
             let keep_from = crate::retention::keep_from(&log, snapshots)?;
-            crate::retention::apply(&log, &writer, &settings, chrono::Utc::now(), keep_from)
+            crate::retention::apply(&log, &writer, &settings, now, keep_from)
         })
         .await;
         match pass {

@@ -38,6 +38,10 @@ pub struct RetentionSettings {
     pub warehouse: Option<Duration>,
     /// Dead letters older than this are deleted. Default 30 days.
     pub dead_letters: Option<Duration>,
+    /// Decisions (`/api/v1/decisions`, the decision outbox) made longer ago than this, once
+    /// every pusher has passed them, are deleted. Default 90 days; never shorter than `log`.
+    /// (Alert notices are kept 7 days on the events' clock, by the alert outbox itself.)
+    pub decisions: Option<Duration>,
     /// How often the limits are applied. Default 5 minutes.
     pub check_every: Duration,
 }
@@ -49,6 +53,7 @@ impl Default for RetentionSettings {
             log_max_bytes: Some(20 << 30),
             warehouse: Some(Duration::from_secs(400 * 86_400)),
             dead_letters: Some(Duration::from_secs(30 * 86_400)),
+            decisions: Some(Duration::from_secs(90 * 86_400)),
             check_every: Duration::from_secs(300),
         }
     }
@@ -63,6 +68,7 @@ impl<'de> Deserialize<'de> for RetentionSettings {
             log_max_bytes: Option<String>,
             warehouse: Option<String>,
             dead_letters: Option<String>,
+            decisions: Option<String>,
             check_every: Option<String>,
         }
         let given = Given::deserialize(deserializer)?;
@@ -83,6 +89,19 @@ impl<'de> Deserialize<'de> for RetentionSettings {
         }
         if let Some(text) = given.dead_letters {
             settings.dead_letters = age("dead_letters", &text)?;
+        }
+        if let Some(text) = given.decisions {
+            settings.decisions = age("decisions", &text)?;
+        }
+        if let (Some(decisions), Some(log)) = (settings.decisions, settings.log)
+            && decisions < log
+        {
+            // A state rebuilt from the log decides again what the log still holds.
+            return Err(serde::de::Error::custom(format!(
+                "decisions ({}) must be at least log ({}): a rebuild from the log decides its decisions again",
+                humantime::format_duration(decisions),
+                humantime::format_duration(log)
+            )));
         }
         if let Some(text) = given.check_every {
             settings.check_every = age("check_every", &text)?
@@ -154,6 +173,8 @@ pub enum RetentionError {
     Log(#[from] LogError),
     #[error(transparent)]
     Warehouse(#[from] WarehouseError),
+    #[error(transparent)]
+    Decisions(#[from] crate::actuation::push::OutboxError),
 }
 
 /// What the log must keep for the state to be rebuilt: the smallest consumer offset, with the
@@ -232,6 +253,37 @@ pub fn apply(
     Ok(retained)
 }
 
+/// Decisions per transaction: recording new ones waits behind each.
+const DECISION_CHUNK: usize = 10_000;
+
+/// Retention of the decision outbox at `now` (`[retention] decisions`): decisions made
+/// before `now - decisions` that every pusher has passed. Blocking. Returns how many went.
+///
+/// # Errors
+/// When the outbox fails; what was deleted before stays deleted.
+pub fn apply_to_decisions(
+    outbox: &crate::actuation::push::Outbox,
+    settings: &RetentionSettings,
+    now: DateTime<Utc>,
+) -> Result<u64, RetentionError> {
+    let Some(age) = settings.decisions else { return Ok(0) };
+    let before = now - age;
+    let mut deleted = 0;
+    loop {
+        let chunk = outbox.delete_before(before, DECISION_CHUNK)?;
+        deleted += chunk;
+        if chunk < DECISION_CHUNK as u64 {
+            break;
+        }
+    }
+    let metrics = crate::metrics::processor_metrics();
+    metrics.retention_deleted.get_or_create(&crate::metrics::WhatLabel { what: "decisions" }).inc_by(deleted);
+    if deleted > 0 {
+        tracing::info!(decisions = deleted, "retention deleted");
+    }
+    Ok(deleted)
+}
+
 /// Retention in ClickHouse until `shutdown`: every `check_every`, the partitions older than
 /// `warehouse` are dropped (ClickHouse 18.16 has no TTL; see
 /// [`vigil_warehouse::clickhouse::drop_partitions_before`]). A failure is logged and tried at
@@ -297,6 +349,10 @@ check_every = "30s""#,
         assert!(bad.to_string().contains("unknown unit"), "{bad}");
         assert!(toml::from_str::<RetentionSettings>(r#"log = "soon""#).is_err());
         assert!(toml::from_str::<RetentionSettings>(r#"check_every = "0s""#).is_err());
+        let short = toml::from_str::<RetentionSettings>(r#"decisions = "1d""#).unwrap_err();
+        assert!(short.to_string().contains("must be at least log"), "{short}");
+        let both: RetentionSettings = toml::from_str("log = \"1d\"\ndecisions = \"2d\"").unwrap();
+        assert_eq!(both.decisions, Some(Duration::from_secs(2 * 86_400)));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -324,6 +324,51 @@ impl Outbox {
             }
         }
         tx.commit().map_err(OutboxError::from)
+    }
+
+    /// Deletes decisions made before `before` that every pusher has passed (retention,
+    /// `[retention] decisions`), with their ids and given-up deliveries; at most `max` per
+    /// call, oldest first. The newest decision is always kept: sequence numbers go on from it,
+    /// and pushers' cursors with them. Returns how many were deleted.
+    ///
+    /// A decision deleted here and decided again (a rebuild of the state from a log older
+    /// than the snapshot) would be recorded again; its action has long expired by then, and
+    /// pushers skip expired actions, so nothing is applied twice.
+    ///
+    /// # Errors
+    /// When the file cannot be read or written; then nothing was deleted.
+    pub fn delete_before(&self, before: DateTime<Utc>, max: usize) -> Result<u64, OutboxError> {
+        let tx = self.db.begin_write()?;
+        let deleted;
+        {
+            let mut log = tx.open_table(DECISIONS)?;
+            let Some(newest) = log.last()?.map(|(k, _)| k.value()) else { return Ok(0) };
+            let cursors = tx.open_table(CURSORS)?;
+            let mut passed = newest;
+            for row in cursors.iter()? {
+                passed = passed.min(row?.1.value());
+            }
+            let mut old = Vec::new();
+            for row in log.range(..passed)?.take(max) {
+                let (seq, json) = row?;
+                let decision: Decision = serde_json::from_str(json.value())?;
+                // Decisions are recorded in about the order they are made.
+                if decision.at >= before {
+                    break;
+                }
+                old.push((seq.value(), decision.decision_id));
+            }
+            let mut ids = tx.open_table(BY_ID)?;
+            let mut failures = tx.open_table(FAILURES)?;
+            for (seq, id) in &old {
+                log.remove(seq)?;
+                ids.remove(id.as_str())?;
+                failures.remove(id.as_str())?;
+            }
+            deleted = old.len() as u64;
+        }
+        tx.commit()?;
+        Ok(deleted)
     }
 
     /// The deliveries given up for each of `decision_ids` that has any.
@@ -960,6 +1005,37 @@ mod tests {
     }
 
     use super::test_suspension as suspension;
+
+    #[test]
+    fn retention_deletes_old_decisions_every_pusher_passed_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let now = Utc::now();
+        let made = |days: i64, key: &str| {
+            let decision = suspension(Status::Applied, TimeDelta::hours(1));
+            Decision { at: now - TimeDelta::days(days), action_key: key.into(), ..decision }.with_id()
+        };
+        let decisions = [made(100, "a"), made(95, "b"), made(1, "c")];
+        assert_eq!(outbox.record(&decisions).unwrap(), 3);
+        outbox.ensure_cursor("kumod").unwrap();
+        outbox.settle("kumod", 1, &[]).unwrap();
+        let cutoff = now - TimeDelta::days(90);
+        assert_eq!(outbox.delete_before(cutoff, 100).unwrap(), 1, "the second waits for the pusher");
+        outbox.settle("kumod", 3, &[]).unwrap();
+        assert_eq!(outbox.delete_before(cutoff, 100).unwrap(), 1);
+        assert_eq!(outbox.delete_before(cutoff, 100).unwrap(), 0, "the recent one stays");
+        let kept = outbox.read(0, 10).unwrap();
+        assert_eq!(kept.iter().map(|(seq, d)| (*seq, d.action_key.as_str())).collect::<Vec<_>>(), vec![(2, "c")]);
+        assert_eq!(outbox.record(std::slice::from_ref(&decisions[2])).unwrap(), 0, "its id is still known");
+
+        // Everything old and nobody pushing: the newest stays, so numbers go on from it.
+        let idle = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(idle.path()).unwrap();
+        outbox.record(&[made(100, "a"), made(99, "b")]).unwrap();
+        assert_eq!(outbox.delete_before(cutoff, 100).unwrap(), 1);
+        outbox.record(&[made(0, "d")]).unwrap();
+        assert_eq!(outbox.read(0, 10).unwrap().iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![1, 2]);
+    }
 
     #[tokio::test]
     async fn a_lift_deletes_the_suspension_by_the_id_kumod_gave_and_old_ones_are_not_pushed() {
