@@ -268,6 +268,9 @@ pub struct RunArgs {
     /// `[privacy]` of the configuration file.
     #[arg(skip)]
     pub privacy: crate::config::PrivacySection,
+    /// `[dns]` of the configuration file.
+    #[arg(skip)]
+    pub dns: vigil_ingest::dns::DnsSettings,
 }
 
 /// The deprecated `--rules` of `vigil run` and `vigil classify`: its files, with a warning,
@@ -354,6 +357,7 @@ impl RunArgs {
         self.complaint_join = config.processor.complaint_join;
         self.retention = config.retention;
         self.privacy = config.privacy;
+        self.dns = config.dns;
         Ok(self)
     }
 }

@@ -67,6 +67,9 @@ pub struct Config {
     /// `[privacy]`: what is kept of recipients' addresses.
     #[serde(default)]
     pub privacy: PrivacySection,
+    /// `[dns]`: the MX lookups of recipient domains (`vigil_ingest::dns`).
+    #[serde(default)]
+    pub dns: vigil_ingest::dns::DnsSettings,
 }
 
 /// `[privacy]`: `recipients = "keep" | "hash" | "domain"`; `hash` takes its key from
@@ -160,6 +163,7 @@ impl Default for Config {
             alerting: AlertingSection::default(),
             retention: vigil_processor::retention::RetentionSettings::default(),
             privacy: PrivacySection::default(),
+            dns: vigil_ingest::dns::DnsSettings::default(),
         }
     }
 }
@@ -327,11 +331,11 @@ impl Role {
             Self::Run => &["kafka", "buffer"],
             // The buffer deletes what the broker acknowledged; [retention] is for the log of record.
             Self::Ingest => {
-                &["classifier", "processor", "actuation", "clickhouse", "suppressions", "alerting", "retention"]
+                &["classifier", "processor", "actuation", "clickhouse", "suppressions", "alerting", "retention", "dns"]
             }
             // Suppressions are pushed, and alerts delivered, by `vigil run` only, for now; this
             // role ingests nothing, so it has no addresses to rewrite.
-            Self::Process => &["sources", "buffer", "relays", "suppressions", "alert receivers", "privacy"],
+            Self::Process => &["sources", "buffer", "relays", "suppressions", "alert receivers", "privacy", "dns"],
         }
     }
 }
@@ -349,6 +353,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("VIGIL_API_TOKEN", "actuation.api_token"),
     ("VIGIL_API_TOKENS", "api.tokens_file"),
     ("VIGIL_CA_FILE", "tls.ca_file"),
+    ("VIGIL_DNS_MX_LOOKUP", "dns.mx_lookup"),
 ];
 
 impl Config {
@@ -412,6 +417,7 @@ impl Config {
             "actuation.api_token" => self.actuation.api_token = Some(value),
             "api.tokens_file" => self.api.tokens_file = Some(value.into()),
             "tls.ca_file" => self.tls.ca_file = Some(value.into()),
+            "dns.mx_lookup" => self.dns.mx_lookup = value.parse().context("expected true or false")?,
             other => anyhow::bail!("no key {other}"),
         }
         Ok(())
@@ -434,6 +440,7 @@ impl Config {
             "relays" => !self.relays.is_empty(),
             "retention" => self.retention != vigil_processor::retention::RetentionSettings::default(),
             "privacy" => self.privacy.recipients != RecipientMode::Keep,
+            "dns" => self.dns != vigil_ingest::dns::DnsSettings::default(),
             "actuation" => {
                 self.actuation.rules.is_some()
                     || self.actuation.kumod_url.is_some()

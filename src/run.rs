@@ -44,9 +44,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     tracing::info!(recipients = ?privacy, "recipient privacy");
+    let shutdown = CancellationToken::new();
+    let mx = vigil_ingest::dns::spawn(&args.dns, shutdown.clone()).context("[dns]")?;
     let log = EventLog::open(&log_dir)
         .with_context(|| format!("opening the log in {}", log_dir.display()))?
-        .with_privacy(privacy);
+        .with_privacy(privacy)
+        .with_annotator(Arc::clone(&mx) as Arc<dyn vigil_log::Annotator>);
     let writer = ParquetWriter::open(&warehouse_dir)?;
 
     let classifier = build_classifier(&args.bounce_rules)?;
@@ -128,6 +131,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             log: log.clone(),
             eraser,
         }))
+        .merge(vigil_query::providers::router(explain_provider(mx)))
         .merge(vigil_query::ui::router())
         .route(vigil_ingest::kumomta::PATH, receiver())
         .merge(relays)
@@ -156,7 +160,6 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     println!("vigil listening on http://{bound}");
     tracing::info!(%bound, data_dir = %args.data_dir.display(), "vigil run starting");
 
-    let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     spawn_http(&mut tasks, listener, app, &shutdown);
 
@@ -250,6 +253,28 @@ pub(crate) async fn supervise(
         result??;
     }
     Ok(())
+}
+
+/// `/api/v1/providers`: the provider data file's answer for the domain, else its MX's.
+fn explain_provider(mx: Arc<vigil_ingest::dns::MxCache>) -> vigil_query::providers::Explain {
+    use vigil_schemas::api::providers::ProvidersResponse;
+    let providers = ProviderMap::bundled();
+    Arc::new(move |domain: &str| {
+        let answer = mx.explain(domain);
+        let by_domain = providers.lookup(Some(domain), None);
+        let by_mx = answer.mx_host.as_deref().map(|host| providers.lookup(None, Some(host)));
+        let (provider, decided_by) = match by_mx {
+            _ if by_domain != "other" => (by_domain, "domain"),
+            Some(provider) if provider != "other" => (provider, "mx"),
+            _ => ("other", "none"),
+        };
+        ProvidersResponse {
+            domain: domain.to_owned(),
+            provider: provider.to_owned(),
+            decided_by: decided_by.to_owned(),
+            mx: answer,
+        }
+    })
 }
 
 /// The rules that act: the file given, else the bundled set.

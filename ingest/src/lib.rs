@@ -39,11 +39,15 @@
 //! - [`mailbox`]: bounce mailboxes (IMAP through [`imap`], maildir) into the log.
 //! - [`upload`]: `POST /ingest/dsn` and `POST /ingest/dmarc`.
 //! - [`dmarc`]: DMARC aggregate reports (XML, gzip, zip) and their rows as events.
+//! - [`dns`]: the MX of recipient domains, looked up in the background and written into
+//!   the events that name none (through [`vigil_log::Annotator`]), so relay and DSN events of
+//!   custom domains count under the provider that hosts them.
 //! - [`dsn`]: decoding bounce, complaint and auto-reply mail (RFC 3464, RFC 5965, RFC 3834 and
 //!   common non-standard bounce bodies).
 
 pub mod direct;
 pub mod dmarc;
+pub mod dns;
 pub mod dsn;
 pub mod exim;
 pub mod feedback_loop;

@@ -26,6 +26,12 @@ pub struct RefusalLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `resolved`, `no_mx`, `failed`, `dropped` (the lookup queue was full).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeadLetterLabels {
     pub source: String,
     pub reason: &'static str,
@@ -64,6 +70,8 @@ pub struct IngestMetrics {
     pub ship_spills: Counter,
     /// Age in seconds of the oldest event not yet acknowledged by the broker (ingest role).
     pub oldest_unacknowledged_seconds: Gauge,
+    /// MX lookups of recipient domains, by outcome ([`crate::dns`]).
+    pub dns_lookups: Family<OutcomeLabel, Counter>,
 }
 
 static METRICS: LazyLock<IngestMetrics> = LazyLock::new(IngestMetrics::default);
@@ -102,6 +110,11 @@ pub fn register(registry: &mut Registry) {
         m.refused.clone(),
     );
     registry.register("vigil_ingest_waiting_requests", "HTTP ingest requests waiting for a turn", m.waiting.clone());
+    registry.register(
+        "vigil_dns_mx_lookups",
+        "MX lookups of recipient domains, by outcome (resolved, no_mx, failed; dropped: the lookup queue was full)",
+        m.dns_lookups.clone(),
+    );
     registry.register(
         "vigil_ingest_unverified_requests",
         "Webhook requests answered 401: signature or credential not verified, or a stale timestamp",

@@ -216,6 +216,19 @@ pub struct EventLog {
     path: Arc<Path>,
     /// What this handle keeps of recipients' addresses.
     privacy: privacy::RecipientPrivacy,
+    /// What is added to events from knowledge looked up at the edge (the MX of a recipient
+    /// domain), before they are written.
+    annotator: Option<Arc<dyn Annotator>>,
+}
+
+/// Facts looked up at the edge and written into events before they are stored, so the fold
+/// stays a pure function of the log: a replay reads the answer the first pass had, not
+/// today's. Called on the append path for every event: answer from memory, never wait (look
+/// up in the background and answer a later event).
+pub trait Annotator: Send + Sync + std::fmt::Debug {
+    /// The MX host to record on an event to `domain` that names none (no `mx_host`, no
+    /// KumoMTA `site`), when known.
+    fn mx_host(&self, domain: &str) -> Option<Arc<str>>;
 }
 
 /// The database, closed and opened again when a failed write (a full disk) left redb
@@ -330,15 +343,31 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(batch: &AppendBatch, codec: &codec::Codec, privacy: &privacy::RecipientPrivacy) -> Self {
+    fn new(
+        batch: &AppendBatch,
+        codec: &codec::Codec,
+        privacy: &privacy::RecipientPrivacy,
+        annotator: Option<&dyn Annotator>,
+    ) -> Self {
         let redacted = |json: Vec<u8>| match privacy.apply(&json) {
             std::borrow::Cow::Borrowed(_) => json,
             std::borrow::Cow::Owned(rewritten) => rewritten,
         };
+        let serialise = |event: &DeliveryEvent| serde_json::to_vec(event).expect("DeliveryEvent always serialises");
         let json: Vec<Vec<u8>> = batch
             .events
             .iter()
-            .map(|e| redacted(serde_json::to_vec(e).expect("DeliveryEvent always serialises")))
+            .map(|event| {
+                // An event that names the MX it went to (or KumoMTA's site, which holds it) keeps it.
+                let names_mx = event.mx_host.is_some() || event.site.as_deref().is_some_and(|s| !s.is_empty());
+                let mx = annotator.filter(|_| !names_mx).and_then(|annotator| {
+                    event.recipient_domain.as_deref().and_then(|domain| annotator.mx_host(domain))
+                });
+                redacted(match mx {
+                    Some(mx) => serialise(&DeliveryEvent { mx_host: Some(mx.to_string()), ..event.clone() }),
+                    None => serialise(event),
+                })
+            })
             .collect();
         let new_dictionary = if codec.has_dictionary() {
             None
@@ -431,7 +460,16 @@ impl EventLog {
             .name("vigil-log-commit".into())
             .spawn(move || commit_loop(&weak_db, &thread_head, &thread_codec, &requests))
             .map_err(|source| LogError::Open { path: dir.display().to_string(), source })?;
-        Ok(Self { db, head, limit: None, committer, codec, path: dir.into(), privacy: privacy::RecipientPrivacy::Keep })
+        Ok(Self {
+            db,
+            head,
+            limit: None,
+            committer,
+            codec,
+            path: dir.into(),
+            privacy: privacy::RecipientPrivacy::Keep,
+            annotator: None,
+        })
     }
 
     /// This log as a bounded buffer: appends fail with [`LogError::Full`] while `consumer` has
@@ -453,6 +491,13 @@ impl EventLog {
     #[must_use]
     pub fn with_privacy(mut self, privacy: privacy::RecipientPrivacy) -> Self {
         self.privacy = privacy;
+        self
+    }
+
+    /// This log adding `annotator`'s facts to everything appended through it (and its clones).
+    #[must_use]
+    pub fn with_annotator(mut self, annotator: Arc<dyn Annotator>) -> Self {
+        self.annotator = Some(annotator);
         self
     }
 
@@ -542,8 +587,11 @@ impl EventLog {
     }
 
     fn enqueue(&self, batch: &AppendBatch, reply: Reply) -> Result<(), LogError> {
-        let request =
-            Request { batch: Prepared::new(batch, &self.codec, &self.privacy), limit: self.limit.clone(), reply };
+        let request = Request {
+            batch: Prepared::new(batch, &self.codec, &self.privacy, self.annotator.as_deref()),
+            limit: self.limit.clone(),
+            reply,
+        };
         self.committer.send(request).map_err(|_| LogError::Stopped)
     }
 
@@ -1097,6 +1145,29 @@ mod tests {
     use chrono::DateTime;
     use vigil_schemas::{EventKind, SourceKind};
 
+    /// Knows one domain's MX.
+    #[derive(Debug)]
+    struct AcmeMx;
+
+    impl Annotator for AcmeMx {
+        fn mx_host(&self, domain: &str) -> Option<Arc<str>> {
+            (domain == "acme.example").then(|| Arc::from("mx1.acme.example"))
+        }
+    }
+
+    #[test]
+    fn the_annotator_gives_an_mx_to_events_that_name_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap().with_annotator(Arc::new(AcmeMx));
+        let to = |id: &str, domain: &str| DeliveryEvent { recipient_domain: Some(domain.into()), ..event(id) };
+        let named = DeliveryEvent { mx_host: Some("mx.elsewhere.example".into()), ..to("named", "acme.example") };
+        let site = DeliveryEvent { site: Some("ip-1->mx.kumo.example@smtp_client".into()), ..to("site", "acme.example") };
+        let events = vec![to("bare", "acme.example"), named, site, to("unknown", "other.example")];
+        log.append(&AppendBatch { events, ..AppendBatch::default() }).unwrap();
+        let stored: Vec<Option<String>> = log.read(0, 10).unwrap().into_iter().map(|(_, e)| e.mx_host).collect();
+        assert_eq!(stored, [Some("mx1.acme.example".into()), Some("mx.elsewhere.example".into()), None, None]);
+    }
+
     #[test]
     fn reading_without_raw_is_reading_with_raw_minus_raw() {
         let dir = tempfile::tempdir().unwrap();
@@ -1262,7 +1333,7 @@ mod tests {
 
     /// `batches` committed as one group, as the committer does with batches queued together.
     fn append_as_one_group(log: &EventLog, batches: &[AppendBatch]) -> Vec<Result<AppendReceipt, LogError>> {
-        let prepared: Vec<Prepared> = batches.iter().map(|b| Prepared::new(b, &log.codec, &log.privacy)).collect();
+        let prepared: Vec<Prepared> = batches.iter().map(|b| Prepared::new(b, &log.codec, &log.privacy, None)).collect();
         commit_group(&log.db.db().unwrap(), &prepared.iter().map(|b| (b, log.limit.as_ref())).collect::<Vec<_>>())
     }
 

@@ -25,6 +25,7 @@
 //! - [`recipients`]: an operator taking a recipient off the suppression list (a
 //!   `suppression_removed` event in the log, its audit record) and an admin erasing one
 //!   person everywhere (on `vigil run`).
+//! - [`providers`]: which provider a recipient domain is counted under, and why.
 //! - [`alerts`]: the alerts now and their history, and silences.
 //! - [`metrics`]: request latency by route and status.
 //! - [`ui`]: the dashboards (`dashboards/web/`), embedded, at `/`.
@@ -37,6 +38,7 @@ pub mod error;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
+pub mod providers;
 pub mod recipients;
 pub mod routes;
 pub mod tsa;

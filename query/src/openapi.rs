@@ -84,6 +84,12 @@ const ENDPOINTS: &[Endpoint] = &[
         answers: &[schema::<vigil_schemas::api::dmarc::DmarcResponse>],
     },
     Endpoint {
+        path: "/api/v1/providers",
+        summary: "The mailbox provider a recipient domain is counted under, and how it was decided (the provider data file, or the domain's MX from DNS)",
+        params: &[schema::<vigil_schemas::api::providers::ProvidersParams>],
+        answers: &[schema::<vigil_schemas::api::providers::ProvidersResponse>],
+    },
+    Endpoint {
         path: "/api/v1/suppressions",
         summary: "Suppressed recipients (JSON, or CSV with `format=csv` or `format=listmonk`); POST /api/v1/suppressions/remove with `recipient`, `author` and `reason` takes one off (operator, on vigil run; docs/privacy.md), and DELETE /api/v1/admin/recipients/{address} erases a person everywhere (admin)",
         params: &[schema::<SuppressionParams>],

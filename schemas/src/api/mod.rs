@@ -11,6 +11,7 @@ pub mod deadletters;
 pub mod dmarc;
 pub mod events;
 pub mod ingest;
+pub mod providers;
 pub mod state;
 pub mod summary;
 

@@ -1,0 +1,171 @@
+//! MX lookups of recipient domains against a real DNS server on loopback (Debian's `dnsmasq`,
+//! which `scripts/test` installs): custom domains hosted by Google Workspace and Microsoft 365
+//! are counted under `google` and `microsoft`, and a server that never answers stalls neither
+//! ingest nor the fold.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Vigil, eventually};
+use serde_json::{Value, json};
+
+/// `$VIGIL_DNSMASQ`, else Debian's `/usr/sbin/dnsmasq`.
+fn dnsmasq_binary() -> PathBuf {
+    let path = std::env::var("VIGIL_DNSMASQ").map_or_else(|_| PathBuf::from("/usr/sbin/dnsmasq"), PathBuf::from);
+    assert!(path.is_file(), "{} not found: run ./scripts/test (it installs Debian's dnsmasq-base)", path.display());
+    path
+}
+
+/// dnsmasq on a loopback port, answering for `.example` only, with `mx` records
+/// (`domain,host,preference`); stopped when dropped.
+struct Dns {
+    child: Child,
+    port: u16,
+}
+
+impl Dns {
+    fn start(mx: &[&str]) -> Self {
+        let port = common::free_port();
+        let mut command = Command::new(dnsmasq_binary());
+        command.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--pid-file=",
+            "--user=root",
+            // Authoritative for .example: an unknown name there is NXDOMAIN, not a refusal.
+            "--local=/example/",
+            &format!("--port={port}"),
+        ]);
+        command.args(mx.iter().map(|record| format!("--mx-host={record}")));
+        let child = command.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("starting dnsmasq");
+        Self { child, port }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `vigil run` resolving through `server`.
+async fn vigil_with_dns(dir: &Path, server: &str, timeout_ms: u64) -> Vigil {
+    let config = dir.join("vigil.toml");
+    std::fs::write(&config, format!("[dns]\nservers = [\"{server}\"]\ntimeout_ms = {timeout_ms}\n")).unwrap();
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let args = ["--config", config.to_str().unwrap()];
+    Vigil::start_with_env(&listen, &dir.join("data"), &args, &[("VIGIL_DNS_MX_LOOKUP", "true")]).await
+}
+
+/// A KumoMTA bounce to `recipient` that names no MX (no site, no peer), as a relay's or a
+/// DSN's event would.
+fn bounce(id: &str, recipient: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    json!({
+        "type": "Bounce", "id": id, "sender": "news@shop.example", "recipient": recipient,
+        "queue": "campaign:tenant@domain", "site": "", "size": 2048,
+        "response": {"code": 550, "enhanced_code": {"class": 5, "subject": 1, "detail": 1},
+                     "content": "5.1.1 user unknown", "command": "."},
+        "egress_pool": "pool-1", "egress_source": "ip-1", "timestamp": now, "created": now - 5,
+        "num_attempts": 1, "bounce_classification": "Uncategorized", "meta": {}, "headers": {},
+        "nodeid": "557f3ad4-2c8c-11ee-976e-782d7e12e173"
+    })
+    .to_string()
+}
+
+async fn provider(vigil: &Vigil, domain: &str) -> Value {
+    let (status, body) = vigil.get(&format!("/api/v1/providers?domain={domain}")).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The provider once DNS has answered (or failed) for `domain`.
+async fn settled(vigil: &Vigil, domain: &str) -> Value {
+    eventually(&format!("DNS to answer for {domain}"), Duration::from_secs(30), || async {
+        provider(vigil, domain).await["mx"]["state"] != "pending"
+    })
+    .await;
+    provider(vigil, domain).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn custom_domains_are_counted_under_the_provider_their_mx_names() {
+    let dns = Dns::start(&[
+        "acme-corp.example,acme-corp-example.mail.protection.outlook.com,10",
+        "startup.example,alt1.aspmx.l.google.com,5",
+        "startup.example,aspmx.l.google.com,1",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let vigil = vigil_with_dns(dir.path(), &format!("127.0.0.1:{}", dns.port), 2000).await;
+
+    let acme = settled(&vigil, "Acme-Corp.example.").await;
+    assert_eq!(acme["domain"], "acme-corp.example");
+    assert_eq!((acme["provider"].as_str(), acme["decided_by"].as_str()), (Some("microsoft"), Some("mx")), "{acme}");
+    assert_eq!(acme["mx"]["mx_host"], "acme-corp-example.mail.protection.outlook.com", "{acme}");
+    let startup = settled(&vigil, "startup.example").await;
+    assert_eq!(startup["provider"], "google", "{startup}");
+    assert_eq!(startup["mx"]["mx_host"], "aspmx.l.google.com", "the most preferred MX: {startup}");
+    let nothing = settled(&vigil, "no-mail.example").await;
+    assert_eq!(
+        (nothing["mx"]["state"].as_str(), nothing["provider"].as_str()),
+        (Some("no_mx"), Some("other")),
+        "{nothing}"
+    );
+    let gmail = provider(&vigil, "gmail.com").await;
+    assert_eq!((gmail["provider"].as_str(), gmail["decided_by"].as_str()), (Some("google"), Some("domain")), "{gmail}");
+    let (status, body) = vigil.get("/api/v1/providers?domain=not%20a%20domain").await;
+    assert_eq!(status, 400, "{body}");
+
+    // Events that name no MX now carry the one DNS gave, and count under its provider.
+    let records =
+        [bounce("a1", "jo@acme-corp.example"), bounce("s1", "al@startup.example"), bounce("n1", "x@no-mail.example")];
+    let (status, body) = vigil.post("/ingest/kumomta", format!("[{}]", records.join(","))).await;
+    assert_eq!(status, 200, "{body}");
+    vigil
+        .wait_for_summary(
+            "group_by=provider",
+            &json!([
+                {"provider": "google", "delivered": 0, "deferred": 0, "bounced": 1, "expired": 0, "complaints": 0, "attempts": 1},
+                {"provider": "microsoft", "delivered": 0, "deferred": 0, "bounced": 1, "expired": 0, "complaints": 0, "attempts": 1},
+                {"provider": "other", "delivered": 0, "deferred": 0, "bounced": 1, "expired": 0, "complaints": 0, "attempts": 1},
+            ]),
+        )
+        .await;
+    let (_, events) = vigil.get("/api/v1/events?recipient=jo@acme-corp.example").await;
+    assert_eq!(events["rows"][0]["provider"], "microsoft", "{events}");
+    let (_, metrics) = vigil.get_text("/metrics").await;
+    assert!(metrics.contains("vigil_dns_mx_lookups_total{outcome=\"resolved\"}"), "{metrics}");
+    vigil.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_server_that_never_answers_stalls_neither_ingest_nor_the_fold() {
+    // A UDP socket nobody reads: every query times out.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vigil = vigil_with_dns(dir.path(), &silent.local_addr().unwrap().to_string(), 300).await;
+    let records: Vec<String> = (0..50).map(|i| bounce(&format!("b{i}"), &format!("u{i}@domain-{i}.example"))).collect();
+    let (status, body) = vigil.post("/ingest/kumomta", format!("[{}]", records.join(","))).await;
+    assert_eq!(status, 200, "{body}");
+    vigil
+        .wait_for_summary(
+            "group_by=provider",
+            &json!([{"provider": "other", "delivered": 0, "deferred": 0, "bounced": 50, "expired": 0, "complaints": 0, "attempts": 50}]),
+        )
+        .await;
+    let failed = settled(&vigil, "domain-7.example").await;
+    assert_eq!(failed["mx"]["state"], "failed", "{failed}");
+    assert!(failed["mx"]["reason"].is_string(), "{failed}");
+    vigil.terminate();
+}
