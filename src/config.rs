@@ -353,7 +353,7 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ("VIGIL_API_TOKEN", "actuation.api_token"),
     ("VIGIL_API_TOKENS", "api.tokens_file"),
     ("VIGIL_CA_FILE", "tls.ca_file"),
-    ("VIGIL_DNS_MX_LOOKUP", "dns.mx_lookup"),
+    ("VIGIL_DNS", "dns.enabled"),
 ];
 
 impl Config {
@@ -417,7 +417,7 @@ impl Config {
             "actuation.api_token" => self.actuation.api_token = Some(value),
             "api.tokens_file" => self.api.tokens_file = Some(value.into()),
             "tls.ca_file" => self.tls.ca_file = Some(value.into()),
-            "dns.mx_lookup" => self.dns.mx_lookup = value.parse().context("expected true or false")?,
+            "dns.enabled" => self.dns.enabled = value.parse().context("expected true or false")?,
             other => anyhow::bail!("no key {other}"),
         }
         Ok(())

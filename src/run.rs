@@ -45,11 +45,15 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!(recipients = ?privacy, "recipient privacy");
     let shutdown = CancellationToken::new();
-    let mx = vigil_ingest::dns::spawn(&args.dns, shutdown.clone()).context("[dns]")?;
+    let resolver = vigil_ingest::dns::resolver(&args.dns).context("[dns]")?;
+    let mx = vigil_ingest::dns::start_mx(&args.dns, resolver.clone(), shutdown.clone());
+    let blocklists = Arc::new(vigil_ingest::blocklist::Blocklists::new(&args.dns));
+    let edge = vigil_ingest::dns::Edge { mx: Arc::clone(&mx), blocklists: Arc::clone(&blocklists) };
     let log = EventLog::open(&log_dir)
         .with_context(|| format!("opening the log in {}", log_dir.display()))?
         .with_privacy(privacy)
-        .with_annotator(Arc::clone(&mx) as Arc<dyn vigil_log::Annotator>);
+        .with_annotator(Arc::new(edge));
+    vigil_ingest::blocklist::start(&blocklists, resolver, log.clone(), shutdown.clone());
     let writer = ParquetWriter::open(&warehouse_dir)?;
 
     let classifier = build_classifier(&args.bounce_rules)?;
@@ -132,6 +136,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             eraser,
         }))
         .merge(vigil_query::providers::router(explain_provider(mx)))
+        .merge(vigil_query::providers::blocklists_router(Arc::new(move || blocklists.report())))
         .merge(vigil_query::ui::router())
         .route(vigil_ingest::kumomta::PATH, receiver())
         .merge(relays)

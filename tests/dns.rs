@@ -30,7 +30,12 @@ struct Dns {
 
 impl Dns {
     fn start(mx: &[&str]) -> Self {
-        let port = common::free_port();
+        let records: Vec<String> = mx.iter().map(|record| format!("--mx-host={record}")).collect();
+        Self::start_on(common::free_port(), &records)
+    }
+
+    /// On `port`, with these dnsmasq record options (`--host-record=...`, `--txt-record=...`).
+    fn start_on(port: u16, records: &[String]) -> Self {
         let mut command = Command::new(dnsmasq_binary());
         command.args([
             "--keep-in-foreground",
@@ -46,7 +51,7 @@ impl Dns {
             "--local=/example/",
             &format!("--port={port}"),
         ]);
-        command.args(mx.iter().map(|record| format!("--mx-host={record}")));
+        command.args(records);
         let child = command.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("starting dnsmasq");
         Self { child, port }
     }
@@ -59,13 +64,13 @@ impl Drop for Dns {
     }
 }
 
-/// `vigil run` resolving through `server`.
-async fn vigil_with_dns(dir: &Path, server: &str, timeout_ms: u64) -> Vigil {
+/// `vigil run` resolving through `server`, with `more` keys in `[dns]`.
+async fn vigil_with_dns(dir: &Path, server: &str, timeout_ms: u64, more: &str) -> Vigil {
     let config = dir.join("vigil.toml");
-    std::fs::write(&config, format!("[dns]\nservers = [\"{server}\"]\ntimeout_ms = {timeout_ms}\n")).unwrap();
+    std::fs::write(&config, format!("[dns]\nservers = [\"{server}\"]\ntimeout_ms = {timeout_ms}\n{more}")).unwrap();
     let listen = format!("127.0.0.1:{}", common::free_port());
     let args = ["--config", config.to_str().unwrap()];
-    Vigil::start_with_env(&listen, &dir.join("data"), &args, &[("VIGIL_DNS_MX_LOOKUP", "true")]).await
+    Vigil::start_with_env(&listen, &dir.join("data"), &args, &[("VIGIL_DNS", "true")]).await
 }
 
 /// A KumoMTA bounce to `recipient` that names no MX (no site, no peer), as a relay's or a
@@ -107,7 +112,7 @@ async fn custom_domains_are_counted_under_the_provider_their_mx_names() {
         "startup.example,aspmx.l.google.com,1",
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let vigil = vigil_with_dns(dir.path(), &format!("127.0.0.1:{}", dns.port), 2000).await;
+    let vigil = vigil_with_dns(dir.path(), &format!("127.0.0.1:{}", dns.port), 2000, "").await;
 
     let acme = settled(&vigil, "Acme-Corp.example.").await;
     assert_eq!(acme["domain"], "acme-corp.example");
@@ -154,7 +159,7 @@ async fn a_name_server_that_never_answers_stalls_neither_ingest_nor_the_fold() {
     // A UDP socket nobody reads: every query times out.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let vigil = vigil_with_dns(dir.path(), &silent.local_addr().unwrap().to_string(), 300).await;
+    let vigil = vigil_with_dns(dir.path(), &silent.local_addr().unwrap().to_string(), 300, "").await;
     let records: Vec<String> = (0..50).map(|i| bounce(&format!("b{i}"), &format!("u{i}@domain-{i}.example"))).collect();
     let (status, body) = vigil.post("/ingest/kumomta", format!("[{}]", records.join(","))).await;
     assert_eq!(status, 200, "{body}");
@@ -167,5 +172,73 @@ async fn a_name_server_that_never_answers_stalls_neither_ingest_nor_the_fold() {
     let failed = settled(&vigil, "domain-7.example").await;
     assert_eq!(failed["mx"]["state"], "failed", "{failed}");
     assert!(failed["mx"]["reason"].is_string(), "{failed}");
+    vigil.terminate();
+}
+
+/// The rows of `/api/v1/blocklists` as `(target, zone) -> row`.
+async fn blocklist_rows(vigil: &Vigil) -> std::collections::BTreeMap<(String, String), Value> {
+    let (status, body) = vigil.get("/api/v1/blocklists").await;
+    assert_eq!(status, 200, "{body}");
+    body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            ((row["target"].as_str().unwrap().to_owned(), row["zone"].as_str().unwrap().to_owned()), row.clone())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_and_delistings_become_events_and_a_refusal_is_no_listing() {
+    let listed = [
+        "--host-record=10.2.0.192.bl.example,127.0.0.2".to_owned(),
+        "--txt-record=10.2.0.192.bl.example,Listed for sending spam".to_owned(),
+        // Spamhaus's answer to a query through a public resolver: not a listing.
+        "--host-record=10.2.0.192.strict.example,127.255.255.254".to_owned(),
+        "--host-record=shop.example.dbl.example,127.0.1.2".to_owned(),
+    ];
+    let port = common::free_port();
+    let dns = Dns::start_on(port, &listed);
+    let dir = tempfile::tempdir().unwrap();
+    let more = "mx_lookup = false\nblocklists = [\"bl.example\", \"strict.example\"]\ndomain_blocklists = [\"dbl.example\"]\n\
+                ips = [\"192.0.2.10\", \"192.0.2.11\"]\nsending_domains = [\"shop.example\"]\ncheck_every_s = 1\n";
+    let vigil = vigil_with_dns(dir.path(), &format!("127.0.0.1:{port}"), 2000, more).await;
+    eventually("both listings", Duration::from_secs(30), || async {
+        vigil.get("/api/v1/blocklists").await.1["listed"] == 2
+    })
+    .await;
+    let rows = blocklist_rows(&vigil).await;
+    let row = |target: &str, zone: &str| rows[&(target.to_owned(), zone.to_owned())].clone();
+    let listing = row("192.0.2.10", "bl.example");
+    assert_eq!((listing["state"].as_str(), listing["code"].as_str()), (Some("listed"), Some("127.0.0.2")), "{listing}");
+    assert_eq!(listing["reason"], "Listed for sending spam", "{listing}");
+    assert_eq!(row("shop.example", "dbl.example")["state"], "listed");
+    let refusal = row("192.0.2.10", "strict.example");
+    assert_eq!(
+        (refusal["state"].as_str(), refusal["code"].as_str()),
+        (Some("refused"), Some("127.255.255.254")),
+        "{refusal}"
+    );
+    assert_eq!(row("192.0.2.11", "bl.example")["state"], "clear");
+    eventually("the listings in the warehouse", Duration::from_secs(30), || async {
+        vigil.get("/api/v1/events?kind=blocklisted").await.1["rows"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    let (_, events) = vigil.get("/api/v1/events?kind=blocklisted").await;
+    let texts: Vec<&str> =
+        events["rows"].as_array().unwrap().iter().map(|e| e["response_text"].as_str().unwrap()).collect();
+    assert!(texts.contains(&"bl.example lists 192.0.2.10: 127.0.0.2 Listed for sending spam"), "{texts:?}");
+
+    // The list drops the IP: a delisting, once.
+    drop(dns);
+    let _dns = Dns::start_on(port, &listed[2..]);
+    eventually("the delisting", Duration::from_secs(30), || async {
+        vigil.get("/api/v1/events?kind=delisted").await.1["rows"].as_array().is_some_and(|r| r.len() == 1)
+    })
+    .await;
+    let rows = blocklist_rows(&vigil).await;
+    assert_eq!(rows[&("192.0.2.10".to_owned(), "bl.example".to_owned())]["state"], "clear");
+    assert_eq!(vigil.get("/api/v1/blocklists").await.1["listed"], 1, "the domain stays listed");
     vigil.terminate();
 }

@@ -21,8 +21,8 @@ impl Drop for Vigil {
 /// for the address it prints.
 pub fn start(mut command: Command) -> Vigil {
     let mut child = command
-        // Benchmarks talk to loopback only: no MX lookups through the host's resolver.
-        .env("VIGIL_DNS_MX_LOOKUP", "false")
+        // Benchmarks talk to loopback only: no DNS lookups through the host's resolver.
+        .env("VIGIL_DNS", "false")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -48,6 +48,8 @@ const CONCURRENT: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsSettings {
+    /// Every lookup (MX, block lists) at all. Default true.
+    pub enabled: bool,
     /// Look up the MX of recipient domains whose events name none. Default true.
     pub mx_lookup: bool,
     /// Name servers (`"IP:port"`, UDP then TCP); empty: the system's (`/etc/resolv.conf`).
@@ -56,11 +58,36 @@ pub struct DnsSettings {
     pub timeout_ms: u64,
     /// Domains kept in memory at most. Default 100 000 (about 10 MB).
     pub max_domains: usize,
+    /// The block lists sending IPs are checked against (zones).
+    pub blocklists: Vec<String>,
+    /// The block lists sending domains are checked against.
+    pub domain_blocklists: Vec<String>,
+    /// Sending IPs always checked, besides those the events carry.
+    pub ips: Vec<std::net::IpAddr>,
+    /// Sending domains always checked, besides those the events carry.
+    pub sending_domains: Vec<String>,
+    /// How often every target is checked against every list. Default 1800 s.
+    pub check_every_s: u64,
 }
 
 impl Default for DnsSettings {
     fn default() -> Self {
-        Self { mx_lookup: true, servers: Vec::new(), timeout_ms: 2000, max_domains: 100_000 }
+        Self {
+            enabled: true,
+            mx_lookup: true,
+            servers: Vec::new(),
+            timeout_ms: 2000,
+            max_domains: 100_000,
+            // Lists that answer anonymous queries within their free-use terms (docs/dns.md);
+            // Barracuda's needs the resolver's address registered first.
+            blocklists: ["zen.spamhaus.org", "bl.spamcop.net", "bl.mailspike.net", "psbl.surriel.com"]
+                .map(String::from)
+                .to_vec(),
+            domain_blocklists: vec!["dbl.spamhaus.org".into()],
+            ips: Vec::new(),
+            sending_domains: Vec::new(),
+            check_every_s: 1800,
+        }
     }
 }
 
@@ -151,18 +178,12 @@ impl MxCache {
     }
 }
 
-impl vigil_log::Annotator for MxCache {
-    fn mx_host(&self, domain: &str) -> Option<Arc<str>> {
-        self.mx(domain)
-    }
-}
-
 fn outcome(outcome: &'static str) -> crate::metrics::OutcomeLabel {
     crate::metrics::OutcomeLabel { outcome }
 }
 
 /// The resolver `settings` describe: its name servers, or the system's.
-fn resolver(settings: &DnsSettings) -> Result<TokioResolver, DnsError> {
+fn build_resolver(settings: &DnsSettings) -> Result<TokioResolver, DnsError> {
     let mut builder = if settings.servers.is_empty() {
         TokioResolver::builder_tokio()?
     } else {
@@ -184,18 +205,30 @@ fn resolver(settings: &DnsSettings) -> Result<TokioResolver, DnsError> {
     Ok(builder.build())
 }
 
-/// The cache, and the task that fills it until `shutdown` (none when `mx_lookup` is off).
+/// The resolver of `settings` (its name servers, or the system's); none when lookups are off.
 ///
 /// # Errors
 /// When no name server is given and the system's configuration cannot be read.
-pub fn spawn(settings: &DnsSettings, shutdown: CancellationToken) -> Result<Arc<MxCache>, DnsError> {
+pub fn resolver(settings: &DnsSettings) -> Result<Option<Arc<TokioResolver>>, DnsError> {
+    if !settings.enabled {
+        return Ok(None);
+    }
+    build_resolver(settings).map(|r| Some(Arc::new(r)))
+}
+
+/// The MX cache, and the task that fills it through `resolver` until `shutdown` (none when
+/// there is no resolver or `mx_lookup` is off: the cache then knows nothing).
+#[must_use]
+pub fn start_mx(
+    settings: &DnsSettings,
+    resolver: Option<Arc<TokioResolver>>,
+    shutdown: CancellationToken,
+) -> Arc<MxCache> {
     let (queue, mut requests) = mpsc::channel::<String>(QUEUE);
     let capacity = NonZeroUsize::new(settings.max_domains).unwrap_or(NonZeroUsize::MIN);
-    let cache = Arc::new(MxCache { entries: Mutex::new(LruCache::new(capacity)), queue, enabled: settings.mx_lookup });
-    if !settings.mx_lookup {
-        return Ok(cache);
-    }
-    let resolver = Arc::new(resolver(settings)?);
+    let resolver = resolver.filter(|_| settings.mx_lookup);
+    let cache = Arc::new(MxCache { entries: Mutex::new(LruCache::new(capacity)), queue, enabled: resolver.is_some() });
+    let Some(resolver) = resolver else { return cache };
     let filled = Arc::clone(&cache);
     tokio::spawn(async move {
         let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT));
@@ -213,7 +246,25 @@ pub fn spawn(settings: &DnsSettings, shutdown: CancellationToken) -> Result<Arc<
             });
         }
     });
-    Ok(cache)
+    cache
+}
+
+/// What the log asks of DNS for each event it appends: the MX cache's answer, and the block
+/// lists' note of the sending IP and domain.
+#[derive(Debug)]
+pub struct Edge {
+    pub mx: Arc<MxCache>,
+    pub blocklists: Arc<crate::blocklist::Blocklists>,
+}
+
+impl vigil_log::Annotator for Edge {
+    fn mx_host(&self, domain: &str) -> Option<Arc<str>> {
+        self.mx.mx(domain)
+    }
+
+    fn observe(&self, event: &vigil_schemas::DeliveryEvent) {
+        self.blocklists.observe(event);
+    }
 }
 
 /// One MX lookup, as a cache entry.

@@ -42,9 +42,12 @@
 //! - [`dns`]: the MX of recipient domains, looked up in the background and written into
 //!   the events that name none (through [`vigil_log::Annotator`]), so relay and DSN events of
 //!   custom domains count under the provider that hosts them.
+//! - [`blocklist`]: our sending IPs and domains checked against DNS block lists on a
+//!   schedule; listings and delistings written to the log as events.
 //! - [`dsn`]: decoding bounce, complaint and auto-reply mail (RFC 3464, RFC 5965, RFC 3834 and
 //!   common non-standard bounce bodies).
 
+pub mod blocklist;
 pub mod direct;
 pub mod dmarc;
 pub mod dns;

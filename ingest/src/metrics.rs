@@ -32,6 +32,12 @@ pub struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneLabel {
+    /// A block list's zone, from the configuration.
+    pub zone: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeadLetterLabels {
     pub source: String,
     pub reason: &'static str,
@@ -72,6 +78,8 @@ pub struct IngestMetrics {
     pub oldest_unacknowledged_seconds: Gauge,
     /// MX lookups of recipient domains, by outcome ([`crate::dns`]).
     pub dns_lookups: Family<OutcomeLabel, Counter>,
+    /// Our sending IPs and domains a block list lists now, per list ([`crate::blocklist`]).
+    pub blocklisted: Family<ZoneLabel, Gauge>,
 }
 
 static METRICS: LazyLock<IngestMetrics> = LazyLock::new(IngestMetrics::default);
@@ -114,6 +122,11 @@ pub fn register(registry: &mut Registry) {
         "vigil_dns_mx_lookups",
         "MX lookups of recipient domains, by outcome (resolved, no_mx, failed; dropped: the lookup queue was full)",
         m.dns_lookups.clone(),
+    );
+    registry.register(
+        "vigil_dns_blocklisted",
+        "Our sending IPs and domains the block list lists at its last check (GET /api/v1/blocklists)",
+        m.blocklisted.clone(),
     );
     registry.register(
         "vigil_ingest_unverified_requests",

@@ -229,6 +229,9 @@ pub trait Annotator: Send + Sync + std::fmt::Debug {
     /// The MX host to record on an event to `domain` that names none (no `mx_host`, no
     /// KumoMTA `site`), when known.
     fn mx_host(&self, domain: &str) -> Option<Arc<str>>;
+
+    /// Sees every event appended (the sending IPs and domains to watch). Default: nothing.
+    fn observe(&self, _event: &DeliveryEvent) {}
 }
 
 /// The database, closed and opened again when a failed write (a full disk) left redb
@@ -358,6 +361,9 @@ impl Prepared {
             .events
             .iter()
             .map(|event| {
+                if let Some(annotator) = annotator {
+                    annotator.observe(event);
+                }
                 // An event that names the MX it went to (or KumoMTA's site, which holds it) keeps it.
                 let names_mx = event.mx_host.is_some() || event.site.as_deref().is_some_and(|s| !s.is_empty());
                 let mx = annotator.filter(|_| !names_mx).and_then(|annotator| {
@@ -1161,7 +1167,8 @@ mod tests {
         let log = EventLog::open(dir.path()).unwrap().with_annotator(Arc::new(AcmeMx));
         let to = |id: &str, domain: &str| DeliveryEvent { recipient_domain: Some(domain.into()), ..event(id) };
         let named = DeliveryEvent { mx_host: Some("mx.elsewhere.example".into()), ..to("named", "acme.example") };
-        let site = DeliveryEvent { site: Some("ip-1->mx.kumo.example@smtp_client".into()), ..to("site", "acme.example") };
+        let site =
+            DeliveryEvent { site: Some("ip-1->mx.kumo.example@smtp_client".into()), ..to("site", "acme.example") };
         let events = vec![to("bare", "acme.example"), named, site, to("unknown", "other.example")];
         log.append(&AppendBatch { events, ..AppendBatch::default() }).unwrap();
         let stored: Vec<Option<String>> = log.read(0, 10).unwrap().into_iter().map(|(_, e)| e.mx_host).collect();
@@ -1333,7 +1340,8 @@ mod tests {
 
     /// `batches` committed as one group, as the committer does with batches queued together.
     fn append_as_one_group(log: &EventLog, batches: &[AppendBatch]) -> Vec<Result<AppendReceipt, LogError>> {
-        let prepared: Vec<Prepared> = batches.iter().map(|b| Prepared::new(b, &log.codec, &log.privacy, None)).collect();
+        let prepared: Vec<Prepared> =
+            batches.iter().map(|b| Prepared::new(b, &log.codec, &log.privacy, None)).collect();
         commit_group(&log.db.db().unwrap(), &prepared.iter().map(|b| (b, log.limit.as_ref())).collect::<Vec<_>>())
     }
 

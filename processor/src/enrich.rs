@@ -58,8 +58,9 @@ impl Enricher {
     /// an administrative bounce's `551 5.7.1` or a suspended queue's `451 4.4.4` would
     /// otherwise read as an authentication failure or a routing error at the receiver.
     pub fn enrich(&self, event: &mut DeliveryEvent) {
-        if event.source == SourceKind::Operator {
-            // A person's action names its target (the action's provider) itself.
+        if matches!(event.source, SourceKind::Operator | SourceKind::Dns) {
+            // A person's action names its target (the action's provider) itself; a block
+            // list's verdict is about our IP or domain, not a recipient's provider.
             return;
         }
         event.provider = Some(self.providers.provider_of(event));

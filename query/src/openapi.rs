@@ -90,6 +90,12 @@ const ENDPOINTS: &[Endpoint] = &[
         answers: &[schema::<vigil_schemas::api::providers::ProvidersResponse>],
     },
     Endpoint {
+        path: "/api/v1/blocklists",
+        summary: "What the DNS block lists say of our sending IPs and domains now (listed, clear, refused, failed), with since when",
+        params: &[],
+        answers: &[schema::<vigil_schemas::api::blocklists::BlocklistsResponse>],
+    },
+    Endpoint {
         path: "/api/v1/suppressions",
         summary: "Suppressed recipients (JSON, or CSV with `format=csv` or `format=listmonk`); POST /api/v1/suppressions/remove with `recipient`, `author` and `reason` takes one off (operator, on vigil run; docs/privacy.md), and DELETE /api/v1/admin/recipients/{address} erases a person everywhere (admin)",
         params: &[schema::<SuppressionParams>],

@@ -1,13 +1,15 @@
-//! `GET /api/v1/providers?domain=`: the mailbox provider a recipient domain is counted under,
-//! and how that was decided (the provider data file's domains, else the domain's MX from DNS
-//! against the file's MX suffixes). The role that serves it supplies the answer, since it
-//! owns the DNS cache.
+//! What DNS says, answered by the role that owns the lookups (`vigil run`):
+//! - `GET /api/v1/providers?domain=`: the mailbox provider a recipient domain is counted
+//!   under, and how that was decided (the provider data file's domains, else the domain's MX
+//!   from DNS against the file's MX suffixes);
+//! - `GET /api/v1/blocklists`: what the DNS block lists say of our sending IPs and domains.
 
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use vigil_schemas::api::blocklists::BlocklistsResponse;
 use vigil_schemas::api::providers::{ProvidersParams, ProvidersResponse};
 
 use crate::ApiError;
@@ -36,4 +38,17 @@ async fn providers(
         return Err(ApiError::BadRequest(format!("`{}` is not a domain name (e.g. acme.example)", params.domain)));
     }
     Ok(Json(explain(&domain)))
+}
+
+/// The block lists' state now.
+pub type Blocklists = Arc<dyn Fn() -> BlocklistsResponse + Send + Sync>;
+
+pub const BLOCKLISTS_PATH: &str = "/api/v1/blocklists";
+
+pub fn blocklists_router(report: Blocklists) -> Router {
+    Router::new().route(BLOCKLISTS_PATH, get(blocklists)).with_state(report)
+}
+
+async fn blocklists(State(report): State<Blocklists>) -> Json<BlocklistsResponse> {
+    Json(report())
 }

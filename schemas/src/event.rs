@@ -49,11 +49,17 @@ pub enum EventKind {
     /// `action_key` is `suppression`). The audit record of the removal, and in the log so that
     /// a replay removes it again.
     SuppressionRemoved,
+    /// A DNS block list lists one of our sending IPs (`sending_ip`) or domains
+    /// (`sender_domain`): source `dns`, the list's zone in `source_node`, its return code and
+    /// reason in `response_text`.
+    Blocklisted,
+    /// A block list no longer lists it (same fields as [`EventKind::Blocklisted`]).
+    Delisted,
 }
 
 impl EventKind {
     /// Every kind, in declaration order.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 20] = [
         Self::Reception,
         Self::Delivered,
         Self::Deferred,
@@ -72,6 +78,8 @@ impl EventKind {
         Self::Transferred,
         Self::ActionLifted,
         Self::SuppressionRemoved,
+        Self::Blocklisted,
+        Self::Delisted,
     ];
 
     /// The snake_case name used in JSON, Parquet and the API.
@@ -96,6 +104,8 @@ impl EventKind {
             Self::Transferred => "transferred",
             Self::ActionLifted => "action_lifted",
             Self::SuppressionRemoved => "suppression_removed",
+            Self::Blocklisted => "blocklisted",
+            Self::Delisted => "delisted",
         }
     }
 
@@ -134,6 +144,8 @@ pub enum SourceKind {
     Dmarc,
     /// A person, through the API or the dashboards.
     Operator,
+    /// Vigil's own DNS checks (block lists).
+    Dns,
 }
 
 impl SourceKind {
@@ -155,6 +167,7 @@ impl SourceKind {
             Self::Postal => "postal",
             Self::Elasticemail => "elasticemail",
             Self::Dsn => "dsn",
+            Self::Dns => "dns",
             Self::Arf => "arf",
             Self::Dmarc => "dmarc",
             Self::Operator => "operator",

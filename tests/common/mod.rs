@@ -64,9 +64,9 @@ impl Vigil {
             .args(["run", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            // Tests talk to loopback only: no MX lookups through the host's resolver, unless a
+            // Tests talk to loopback only: no DNS lookups through the host's resolver, unless a
             // test points [dns] at its own server (and sets this variable itself).
-            .env("VIGIL_DNS_MX_LOOKUP", "false")
+            .env("VIGIL_DNS", "false")
             .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())

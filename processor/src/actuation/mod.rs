@@ -235,8 +235,9 @@ impl ActuationState {
             }
             return;
         }
-        if event.kind == EventKind::SuppressionRemoved {
-            // An operator's change to the suppression list: nothing for the rules.
+        if matches!(event.kind, EventKind::SuppressionRemoved | EventKind::Blocklisted | EventKind::Delisted) {
+            // An operator's change to the suppression list, a block list's verdict: no
+            // delivery outcome for the rules.
             return;
         }
         if !event.internal {

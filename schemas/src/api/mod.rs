@@ -7,6 +7,7 @@
 //! rates and score, suppressions, decisions, warm-up progress) still declare those types in
 //! the API crate, next to the handlers, until the values move here too.
 
+pub mod blocklists;
 pub mod deadletters;
 pub mod dmarc;
 pub mod events;
