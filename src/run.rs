@@ -53,7 +53,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the log in {}", log_dir.display()))?
         .with_privacy(privacy)
         .with_annotator(Arc::new(edge));
-    vigil_ingest::blocklist::start(&blocklists, resolver, log.clone(), shutdown.clone());
+    vigil_ingest::blocklist::start(&blocklists, resolver.clone(), log.clone(), shutdown.clone());
+    let domain_checks =
+        vigil_ingest::domain_checks::start(&args.dns, Arc::clone(&blocklists), resolver, shutdown.clone());
     let writer = ParquetWriter::open(&warehouse_dir)?;
 
     let classifier = build_classifier(&args.bounce_rules)?;
@@ -137,6 +139,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         }))
         .merge(vigil_query::providers::router(explain_provider(mx)))
         .merge(vigil_query::providers::blocklists_router(Arc::new(move || blocklists.report())))
+        .merge(vigil_query::providers::domains_router(Arc::new(move || domain_checks.report())))
         .merge(vigil_query::ui::router())
         .route(vigil_ingest::kumomta::PATH, receiver())
         .merge(relays)

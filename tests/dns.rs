@@ -1,7 +1,8 @@
 //! MX lookups of recipient domains against a real DNS server on loopback (Debian's `dnsmasq`,
 //! which `scripts/test` installs): custom domains hosted by Google Workspace and Microsoft 365
-//! are counted under `google` and `microsoft`, and a server that never answers stalls neither
-//! ingest nor the fold.
+//! are counted under `google` and `microsoft`; a server that never answers stalls neither
+//! ingest nor the fold; block listings and delistings are events; sending domains' SPF, DKIM
+//! and DMARC are read as receivers read them.
 
 #![allow(clippy::unwrap_used)]
 
@@ -240,5 +241,61 @@ async fn listings_and_delistings_become_events_and_a_refusal_is_no_listing() {
     let rows = blocklist_rows(&vigil).await;
     assert_eq!(rows[&("192.0.2.10".to_owned(), "bl.example".to_owned())]["state"], "clear");
     assert_eq!(vigil.get("/api/v1/blocklists").await.1["listed"], 1, "the domain stays listed");
+    vigil.terminate();
+}
+
+/// A 2048-bit RSA public key (SubjectPublicKeyInfo, base64), made for this test with openssl.
+const RSA_2048: &str = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAnee7cq8ymUWxIaT9PU3W371ED91b8tS8+clmdA85kK4g9wPeDY8qc2wuX9cmfRQMn+sdsuDV1bU5p7QBHzJ3y9nV9Wrbicz2+kSq0a6pMnoLLkvQjDZrttUT3YB89F5OhF7TvFXV/K7Da0+qjOmF/qW+fvi7EFko4Q2BQYj32PJwix2qLVoaqfy/obrXH8dpDLBZpdW7mgzs7x2Gk2/Lu3oyRu511n/M0Q3XrVmvp5QyOH/UmBov0x2dMI0KlUP8keaeHv8FHuoiwQOMOtuXlg7OqwbYGCmIFqW4GsXtR3DB1F+qWo3uVsVlZVZFkxKtXsOpztTBYYsrWBToedjNTQIDAQAB";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sending_domains_spf_dkim_and_dmarc_are_checked_with_a_fix_each() {
+    let mut records: Vec<String> = Vec::new();
+    // shop.example: 11 includes (the limit is 10), no DKIM key at s1, DMARC p=none.
+    let includes: Vec<String> = (1..=11).map(|i| format!("include:s{i}.example")).collect();
+    records.push(format!("--txt-record=shop.example,v=spf1 {} -all", includes.join(" ")));
+    records.extend((1..=11).map(|i| format!("--txt-record=s{i}.example,v=spf1 -all")));
+    records.push("--txt-record=_dmarc.shop.example,v=DMARC1; p=none".into());
+    // good.example: all set; the key in strings of at most 255 bytes, as DNS requires.
+    records.push("--txt-record=good.example,v=spf1 ip4:192.0.2.0/24 -all".into());
+    let key: Vec<&str> = RSA_2048.as_bytes().chunks(200).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    records.push(format!("--txt-record=s1._domainkey.good.example,v=DKIM1; k=rsa; p={}", key.join(",")));
+    records.push("--txt-record=_dmarc.good.example,v=DMARC1; p=reject; rua=mailto:dmarc@good.example".into());
+    records.push("--txt-record=_mta-sts.good.example,v=STSv1; id=20261201".into());
+    records.push("--txt-record=_smtp._tls.good.example,v=TLSRPTv1; rua=mailto:tls@good.example".into());
+    let port = common::free_port();
+    let _dns = Dns::start_on(port, &records);
+    let dir = tempfile::tempdir().unwrap();
+    let more = "mx_lookup = false\nblocklists = []\ndomain_blocklists = []\nips = [\"192.0.2.10\"]\n\
+                sending_domains = [\"shop.example\", \"good.example\"]\ndkim_selectors = [\"s1\"]\ncheck_every_s = 1\n";
+    let vigil = vigil_with_dns(dir.path(), &format!("127.0.0.1:{port}"), 2000, more).await;
+    eventually("both domains checked", Duration::from_secs(30), || async {
+        vigil.get("/api/v1/domains").await.1["domains"].as_array().is_some_and(|d| d.len() == 2)
+    })
+    .await;
+    let (_, body) = vigil.get("/api/v1/domains").await;
+    let report =
+        |domain: &str| body["domains"].as_array().unwrap().iter().find(|d| d["domain"] == domain).unwrap().clone();
+    let has =
+        |report: &Value, check: &str, severity: &str, text: &str| {
+            report["findings"].as_array().unwrap().iter().any(|f| {
+                f["check"] == check && f["severity"] == severity && f["message"].as_str().unwrap().contains(text)
+            })
+        };
+    let shop = report("shop.example");
+    assert_eq!(shop["severity"], "error", "{shop}");
+    assert!(has(&shop, "spf", "error", "11 DNS lookups"), "{shop}");
+    assert!(has(&shop, "spf", "error", "192.0.2.10 sends for the domain but SPF does not allow it"), "{shop}");
+    assert!(has(&shop, "dkim", "error", "selector s1: no key published"), "{shop}");
+    assert!(has(&shop, "dmarc", "warning", "p=none"), "{shop}");
+    assert!(
+        shop["findings"].as_array().unwrap().iter().filter(|f| f["severity"] != "ok").all(|f| f["fix"].is_string()),
+        "{shop}"
+    );
+    let good = report("good.example");
+    assert_eq!(good["severity"], "ok", "{good}");
+    assert!(has(&good, "spf", "ok", "0 DNS lookups"), "{good}");
+    assert!(has(&good, "dkim", "ok", "RSA key of 2048 bits"), "{good}");
+    assert!(has(&good, "dmarc", "ok", "p=reject"), "{good}");
+    assert!(has(&good, "mta_sts", "ok", "published") && has(&good, "tls_rpt", "ok", "published"), "{good}");
     vigil.terminate();
 }

@@ -108,9 +108,6 @@ pub struct Blocklists {
 impl Blocklists {
     /// Notes a sending IP and domain of an event (bounded: see [`MAX_TARGETS`]).
     pub fn observe(&self, event: &DeliveryEvent) {
-        if self.ip_zones.is_empty() && self.domain_zones.is_empty() {
-            return;
-        }
         let add = |set: &Mutex<BTreeSet<String>>, value: &str| {
             let mut set = set.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if set.len() < MAX_TARGETS && !set.contains(value) {
@@ -123,6 +120,19 @@ impl Blocklists {
         if let Some(domain) = event.sender_domain.as_deref().filter(|d| d.contains('.')) {
             add(&self.domains, domain);
         }
+    }
+
+    /// The sending IPs watched (seen and configured).
+    #[must_use]
+    pub fn ips(&self) -> Vec<IpAddr> {
+        let ips = self.ips.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ips.iter().filter_map(|ip| ip.parse().ok()).collect()
+    }
+
+    /// The sending domains watched (seen and configured).
+    #[must_use]
+    pub fn domains(&self) -> Vec<String> {
+        self.domains.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect()
     }
 
     /// The state now, for `/api/v1/blocklists`.

@@ -66,8 +66,11 @@ pub struct DnsSettings {
     pub ips: Vec<std::net::IpAddr>,
     /// Sending domains always checked, besides those the events carry.
     pub sending_domains: Vec<String>,
-    /// How often every target is checked against every list. Default 1800 s.
+    /// How often every target is checked against every list, and every sending domain's
+    /// SPF, DKIM and DMARC. Default 1800 s.
     pub check_every_s: u64,
+    /// DKIM selectors looked up on every sending domain. Default none (no DKIM check).
+    pub dkim_selectors: Vec<String>,
 }
 
 impl Default for DnsSettings {
@@ -87,6 +90,7 @@ impl Default for DnsSettings {
             ips: Vec::new(),
             sending_domains: Vec::new(),
             check_every_s: 1800,
+            dkim_selectors: Vec::new(),
         }
     }
 }

@@ -44,6 +44,8 @@
 //!   custom domains count under the provider that hosts them.
 //! - [`blocklist`]: our sending IPs and domains checked against DNS block lists on a
 //!   schedule; listings and delistings written to the log as events.
+//! - [`domain_checks`]: our sending domains' SPF, DKIM, DMARC, MTA-STS and TLS-RPT, read as
+//!   receivers read them, with a severity and a fix per finding.
 //! - [`dsn`]: decoding bounce, complaint and auto-reply mail (RFC 3464, RFC 5965, RFC 3834 and
 //!   common non-standard bounce bodies).
 
@@ -51,6 +53,7 @@ pub mod blocklist;
 pub mod direct;
 pub mod dmarc;
 pub mod dns;
+pub mod domain_checks;
 pub mod dsn;
 pub mod exim;
 pub mod feedback_loop;

@@ -96,6 +96,12 @@ const ENDPOINTS: &[Endpoint] = &[
         answers: &[schema::<vigil_schemas::api::blocklists::BlocklistsResponse>],
     },
     Endpoint {
+        path: "/api/v1/domains",
+        summary: "Our sending domains' SPF (lookups against the limit of 10, coverage of our IPs), DKIM, DMARC, MTA-STS and TLS-RPT, as findings with a severity and a fix",
+        params: &[],
+        answers: &[schema::<vigil_schemas::api::domains::DomainsResponse>],
+    },
+    Endpoint {
         path: "/api/v1/suppressions",
         summary: "Suppressed recipients (JSON, or CSV with `format=csv` or `format=listmonk`); POST /api/v1/suppressions/remove with `recipient`, `author` and `reason` takes one off (operator, on vigil run; docs/privacy.md), and DELETE /api/v1/admin/recipients/{address} erases a person everywhere (admin)",
         params: &[schema::<SuppressionParams>],

@@ -2,7 +2,8 @@
 //! - `GET /api/v1/providers?domain=`: the mailbox provider a recipient domain is counted
 //!   under, and how that was decided (the provider data file's domains, else the domain's MX
 //!   from DNS against the file's MX suffixes);
-//! - `GET /api/v1/blocklists`: what the DNS block lists say of our sending IPs and domains.
+//! - `GET /api/v1/blocklists`: what the DNS block lists say of our sending IPs and domains;
+//! - `GET /api/v1/domains`: our sending domains' SPF, DKIM, DMARC, MTA-STS and TLS-RPT.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use vigil_schemas::api::blocklists::BlocklistsResponse;
+use vigil_schemas::api::domains::DomainsResponse;
 use vigil_schemas::api::providers::{ProvidersParams, ProvidersResponse};
 
 use crate::ApiError;
@@ -42,13 +44,21 @@ async fn providers(
 
 /// The block lists' state now.
 pub type Blocklists = Arc<dyn Fn() -> BlocklistsResponse + Send + Sync>;
+/// The sending domains' last checks.
+pub type Domains = Arc<dyn Fn() -> DomainsResponse + Send + Sync>;
 
 pub const BLOCKLISTS_PATH: &str = "/api/v1/blocklists";
+pub const DOMAINS_PATH: &str = "/api/v1/domains";
 
 pub fn blocklists_router(report: Blocklists) -> Router {
-    Router::new().route(BLOCKLISTS_PATH, get(blocklists)).with_state(report)
+    report_router(BLOCKLISTS_PATH, report)
 }
 
-async fn blocklists(State(report): State<Blocklists>) -> Json<BlocklistsResponse> {
-    Json(report())
+pub fn domains_router(report: Domains) -> Router {
+    report_router(DOMAINS_PATH, report)
+}
+
+/// `GET path` answering what `report` says now.
+fn report_router<T: serde::Serialize + Send + 'static>(path: &str, report: Arc<dyn Fn() -> T + Send + Sync>) -> Router {
+    Router::new().route(path, get(move || std::future::ready(Json(report()))))
 }

@@ -10,6 +10,7 @@
 pub mod blocklists;
 pub mod deadletters;
 pub mod dmarc;
+pub mod domains;
 pub mod events;
 pub mod ingest;
 pub mod providers;
