@@ -194,6 +194,8 @@ mod tests {
             .inc();
         ingest.file_lag_bytes.get_or_create(&source).set(0);
         ingest.unverified.get_or_create(&SourceLabel { source: "ses".into() }).inc();
+        ingest.dns_lookups.get_or_create(&vigil_ingest::metrics::OutcomeLabel { outcome: "resolved" }).inc();
+        ingest.blocklisted.get_or_create(&vigil_ingest::metrics::ZoneLabel { zone: "zen.spamhaus.org".into() }).set(0);
         let pusher = vigil_processor::metrics::PusherLabel { pusher: "kumod".into() };
         vigil_processor::metrics::processor_metrics().outbox_depth.get_or_create(&pusher).set(0);
         vigil_processor::metrics::processor_metrics().outbox_oldest_seconds.get_or_create(&pusher).set(0);
