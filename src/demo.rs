@@ -15,12 +15,22 @@ use vigil_log::EventLog;
 const SOURCES: [(&str, &str); 4] =
     [("ip-1", "10.0.0.1"), ("ip-2", "10.0.0.2"), ("ip-3", "10.0.0.3"), ("ip-4", "10.0.0.4")];
 /// (recipient domain, MX site as KumoMTA factors it, MX host, provider weight).
-const DESTINATIONS: [(&str, &str, &str, u32); 6] = [
+/// (recipient domain, KumoMTA site's MX part, the MX host, weight). The last three are
+/// companies' own domains: two hosted by Microsoft 365 and Google Workspace (their MX says
+/// so, and Vigil counts them under `microsoft` and `google`), one on its own server (`other`).
+const DESTINATIONS: [(&str, &str, &str, u32); 8] = [
     ("gmail.com", "(alt1|alt2|alt3|alt4)?.gmail-smtp-in.l.google.com", "gmail-smtp-in.l.google.com", 40),
     ("outlook.com", "outlook-com.olc.protection.outlook.com", "outlook-com.olc.protection.outlook.com", 20),
     ("hotmail.com", "hotmail-com.olc.protection.outlook.com", "hotmail-com.olc.protection.outlook.com", 8),
     ("yahoo.com", "(mta5|mta6|mta7).am0.yahoodns.net", "mta5.am0.yahoodns.net", 18),
     ("icloud.com", "mx0(1|2).mail.icloud.com", "mx01.mail.icloud.com", 8),
+    (
+        "northwind.example",
+        "northwind-example.mail.protection.outlook.com",
+        "northwind-example.mail.protection.outlook.com",
+        4,
+    ),
+    ("contoso-labs.example", "(alt1|alt2)?.aspmx.l.google.com", "aspmx.l.google.com", 4),
     ("example-corp.com", "mx.example-corp.com", "mx.example-corp.com", 6),
 ];
 const TENANTS: [(&str, &str); 3] = [("acme", "newsletter"), ("acme", "receipts"), ("globex", "spring-sale")];
@@ -214,6 +224,25 @@ mod tests {
             records.iter().enumerate().map(|(i, r)| (format!("demo {i}"), r.as_bytes())),
         )
         .unwrap();
+    }
+
+    /// The demo's company domains count under the provider that hosts their mail, as the MX
+    /// in KumoMTA's records says.
+    #[test]
+    fn company_domains_count_under_the_provider_their_mx_names() {
+        let enricher = vigil_processor::Enricher::bundled();
+        let mut seen = std::collections::BTreeMap::new();
+        for record in batch(Utc::now(), Utc::now(), 2000) {
+            for mut event in vigil_ingest::kumomta::normalise_record(&record, Utc::now()).unwrap() {
+                enricher.enrich(&mut event);
+                if let (Some(domain), Some(provider)) = (event.recipient_domain.clone(), event.provider.clone()) {
+                    seen.insert(domain, provider);
+                }
+            }
+        }
+        assert_eq!(seen.get("northwind.example").map(String::as_str), Some("microsoft"), "{seen:?}");
+        assert_eq!(seen.get("contoso-labs.example").map(String::as_str), Some("google"), "{seen:?}");
+        assert_eq!(seen.get("example-corp.com").map(String::as_str), Some("other"), "{seen:?}");
     }
 
     /// The demo's traffic as `vigil run --demo` stores it (the back-filled hour in one batch,
