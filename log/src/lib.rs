@@ -34,7 +34,8 @@
 //!   which drops those events' dedupe entries too (the buffer dedupes what it holds; the
 //!   consumers downstream dedupe by `event_id`). Offsets are never reused after a truncation.
 //! - Storage: an event is kept whole (its normalised fields and its source record) and reads
-//!   back byte for byte as `serde_json::to_vec` wrote it. Once the log holds 2 000 events (or
+//!   back byte for byte as `serde_json::to_vec` wrote it (with an annotator's `mx_host`, when
+//!   it adds one, as its first field). Once the log holds 2 000 events (or
 //!   receives a first batch that large) it trains a zstd dictionary on them and stores it in
 //!   itself; events after that are stored compressed with it. Both forms are always read.
 //!
@@ -138,6 +139,19 @@ struct Limit {
     /// The consumer cursor of the dead letters (they are shipped too, and bounded the same).
     dead_letter_consumer: Arc<str>,
     max_pending: u64,
+}
+
+/// `json`, an event without `mx_host`, with `mx_host` as its first field: cheaper than
+/// cloning the event to set it, and `raw` stays last (where [`decode_without_raw`] looks).
+fn with_mx_host(json: &[u8], mx: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len() + mx.len() + 16);
+    out.extend_from_slice(b"{\"mx_host\":");
+    serde_json::to_writer(&mut out, mx).expect("a string serialises");
+    if json.len() > 2 {
+        out.push(b',');
+    }
+    out.extend_from_slice(json.get(1..).unwrap_or_default());
+    out
 }
 
 /// The one field an erasure needs from a stored event.
@@ -369,9 +383,10 @@ impl Prepared {
                 let mx = annotator.filter(|_| !names_mx).and_then(|annotator| {
                     event.recipient_domain.as_deref().and_then(|domain| annotator.mx_host(domain))
                 });
+                let json = serialise(event);
                 redacted(match mx {
-                    Some(mx) => serialise(&DeliveryEvent { mx_host: Some(mx.to_string()), ..event.clone() }),
-                    None => serialise(event),
+                    Some(mx) => with_mx_host(&json, &mx),
+                    None => json,
                 })
             })
             .collect();
@@ -1169,10 +1184,16 @@ mod tests {
         let named = DeliveryEvent { mx_host: Some("mx.elsewhere.example".into()), ..to("named", "acme.example") };
         let site =
             DeliveryEvent { site: Some("ip-1->mx.kumo.example@smtp_client".into()), ..to("site", "acme.example") };
-        let events = vec![to("bare", "acme.example"), named, site, to("unknown", "other.example")];
+        let bare = DeliveryEvent { raw: Some(r#"{"email":"jo@acme.example"}"#.into()), ..to("bare", "acme.example") };
+        let events = vec![bare, named, site, to("unknown", "other.example")];
         log.append(&AppendBatch { events, ..AppendBatch::default() }).unwrap();
+        let expected = [Some("mx1.acme.example".into()), Some("mx.elsewhere.example".into()), None, None];
         let stored: Vec<Option<String>> = log.read(0, 10).unwrap().into_iter().map(|(_, e)| e.mx_host).collect();
-        assert_eq!(stored, [Some("mx1.acme.example".into()), Some("mx.elsewhere.example".into()), None, None]);
+        assert_eq!(stored, expected);
+        let lean: Vec<Option<String>> =
+            log.read_without_raw(0, 10).unwrap().into_iter().map(|(_, e)| e.mx_host).collect();
+        assert_eq!(lean, expected, "the fast path that cuts the raw record off keeps the MX");
+        assert_eq!(log.read(0, 1).unwrap()[0].1.raw.as_deref(), Some(r#"{"email":"jo@acme.example"}"#));
     }
 
     #[test]
