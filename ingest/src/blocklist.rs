@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
 use hickory_resolver::TokioResolver;
 use tokio_util::sync::CancellationToken;
 use vigil_log::{AppendBatch, EventLog};
@@ -27,6 +28,8 @@ use vigil_schemas::{DeliveryEvent, EventKind, SourceKind};
 
 /// Targets kept at most, of each kind: what is seen beyond is not checked.
 const MAX_TARGETS: usize = 1024;
+/// Queries in flight at once.
+pub(crate) const CONCURRENT: usize = 16;
 
 /// What a list said of one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,20 +284,20 @@ pub fn start(
     tokio::spawn(async move {
         loop {
             let mut events = Vec::new();
-            for (target, zone) in checker.work() {
-                let name = query_name(&target, &zone);
-                let (verdict, reason) = match resolver.ipv4_lookup(name.as_str()).await {
-                    Ok(answer) => {
-                        let verdict = verdict(&answer.iter().map(|a| a.0).collect::<Vec<_>>());
-                        let reason = match verdict {
-                            Verdict::Listed(_) => txt(&resolver, &name).await,
-                            _ => None,
-                        };
-                        (verdict, reason)
+            // Queries in parallel, so a resolver that times out does not stretch a pass past
+            // the interval; answers are recorded in the order of the work list.
+            let answers: Vec<_> = futures::stream::iter(checker.work())
+                .map(|(target, zone)| {
+                    let resolver = &resolver;
+                    async move {
+                        let (verdict, reason) = ask(resolver, &query_name(&target, &zone)).await;
+                        (target, zone, verdict, reason)
                     }
-                    Err(error) if error.is_no_records_found() || error.is_nx_domain() => (Verdict::Clear, None),
-                    Err(error) => (Verdict::Failed(error.to_string()), None),
-                };
+                })
+                .buffered(CONCURRENT)
+                .collect()
+                .await;
+            for (target, zone, verdict, reason) in answers {
                 events.extend(checker.record(&target, &zone, verdict, reason));
             }
             checker.publish_listed();
@@ -310,6 +313,22 @@ pub fn start(
             }
         }
     });
+}
+
+/// What a list says of the name: its verdict, and its reason when it lists it.
+async fn ask(resolver: &TokioResolver, name: &str) -> (Verdict, Option<String>) {
+    match resolver.ipv4_lookup(name).await {
+        Ok(answer) => {
+            let verdict = verdict(&answer.iter().map(|a| a.0).collect::<Vec<_>>());
+            let reason = match verdict {
+                Verdict::Listed(_) => txt(resolver, name).await,
+                _ => None,
+            };
+            (verdict, reason)
+        }
+        Err(error) if error.is_no_records_found() || error.is_nx_domain() => (Verdict::Clear, None),
+        Err(error) => (Verdict::Failed(error.to_string()), None),
+    }
 }
 
 /// The list's reason for a listing (its TXT record), if it gives one.

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::StreamExt as _;
 use hickory_resolver::TokioResolver;
 use tokio_util::sync::CancellationToken;
 use vigil_schemas::api::domains::{DomainReport, DomainsResponse, Finding};
@@ -314,6 +315,13 @@ impl DomainChecks {
     }
 }
 
+impl DomainChecks {
+    fn keep(&self, reports: Vec<DomainReport>) {
+        let mut kept = self.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        kept.extend(reports.into_iter().map(|report| (report.domain.clone(), report)));
+    }
+}
+
 /// Every TXT string of `name` (each record's strings joined), empty when there is none.
 async fn txt(resolver: &TokioResolver, name: &str) -> Result<Vec<String>, String> {
     match resolver.txt_lookup(name).await {
@@ -422,16 +430,20 @@ pub fn start(
     tokio::spawn(async move {
         loop {
             let ips = watched.ips();
-            for domain in watched.domains() {
-                let findings = check(&resolver, &domain, &checker.selectors, &ips).await;
-                let report = DomainReport {
-                    domain: domain.clone(),
-                    checked_at: Utc::now(),
-                    severity: worst(&findings).to_owned(),
-                    findings,
-                };
-                checker.reports.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(domain, report);
-            }
+            // Domains in parallel, as the block lists' queries.
+            let reports: Vec<DomainReport> = futures::stream::iter(watched.domains())
+                .map(|domain| {
+                    let (resolver, selectors, ips) = (&resolver, &checker.selectors, &ips);
+                    async move {
+                        let findings = check(resolver, &domain, selectors, ips).await;
+                        let severity = worst(&findings).to_owned();
+                        DomainReport { domain, checked_at: Utc::now(), severity, findings }
+                    }
+                })
+                .buffer_unordered(crate::blocklist::CONCURRENT)
+                .collect()
+                .await;
+            checker.keep(reports);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(checker.check_every) => {}
