@@ -112,9 +112,10 @@ impl Blocklists {
     /// Notes a sending IP and domain of an event (bounded: see [`MAX_TARGETS`]).
     pub fn observe(&self, event: &DeliveryEvent) {
         let add = |set: &Mutex<BTreeSet<String>>, value: &str| {
+            let value = value.to_ascii_lowercase();
             let mut set = set.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if set.len() < MAX_TARGETS && !set.contains(value) {
-                set.insert(value.to_ascii_lowercase());
+            if set.len() < MAX_TARGETS && !set.contains(&value) {
+                set.insert(value);
             }
         };
         if let Some(ip) = event.sending_ip.as_deref().filter(|ip| ip.parse::<IpAddr>().is_ok()) {

@@ -129,6 +129,14 @@ impl MxCache {
         if !self.enabled {
             return None;
         }
+        // Entries are kept in lower case; events normally carry their domain so already.
+        let lowered;
+        let domain = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = domain.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            domain
+        };
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (known, due) = match entries.get(domain) {
@@ -139,7 +147,7 @@ impl MxCache {
             None => (None, true),
         };
         if due {
-            let domain = domain.to_ascii_lowercase();
+            let domain = domain.to_owned();
             // A full queue: the domain is asked again the next time it comes by.
             if self.queue.try_send(domain.clone()).is_ok() {
                 if known.is_none() {
